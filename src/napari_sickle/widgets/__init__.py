@@ -1,0 +1,1 @@
+"""Thin magicgui/Qt front ends over napari_sickle.analysis and napari_sickle.training."""

@@ -1,0 +1,331 @@
+"""Classify single bone-marrow / white cells and explain the decision with CAMs.
+
+Plain Python (no Qt/napari). Cells may have any size, any dtype and 1, 3 or 4 channels;
+each is converted to RGB, resized to the model's input size and normalised with the
+model's own mean/std. Heatmaps are returned at each cell's own size.
+
+``explain`` uses pytorch-grad-cam with one target per image and always with gradients
+enabled (never under ``no_grad``/``inference_mode``). The faithfulness score of each
+heatmap comes from ``pytorch_grad_cam.metrics``:
+
+* ``"confidence"`` (default): :class:`CamMultImageConfidenceChange` on the softmax
+  probability of the target class: probability(image x heatmap) - probability(image).
+  Near 0 or positive: the highlighted pixels alone keep the evidence; strongly negative:
+  the heatmap misses it.
+* ``"road"``: :class:`ROADCombined` (mean over percentiles of
+  least-relevant-first minus most-relevant-first removal; higher is better). Slower.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._progress import report
+
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam", "layercam")
+CAM_METHOD_LABELS = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+    "eigencam": "Eigen-CAM",
+    "layercam": "Layer-CAM",
+}
+FAITHFULNESS_METRICS = ("confidence", "road", None)
+
+
+@dataclass
+class BMResult:
+    """Classification (and optionally explanation) of ``n`` cells."""
+
+    class_names: tuple[str, ...]
+    display_names: tuple[str, ...]
+    probabilities: np.ndarray  # (n, K) softmax
+    top_k: int
+    targets: np.ndarray  # (n,) class index explained (== predicted unless chosen)
+    shapes: list[tuple[int, int]]  # (H, W) of each input cell
+    heatmaps: list[np.ndarray] | None = None  # each (H_i, W_i) float32 in [0, 1]
+    faithfulness: np.ndarray | None = None  # (n,)
+    method: str | None = None
+    faithfulness_metric: str | None = None
+    model_arch: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.probabilities.shape[0])
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def top_k_table(self):
+        """Long table: one row per (cell, rank) with ``cell, rank, class, name, probability``."""
+        import pandas as pd
+
+        k = min(self.top_k, len(self.class_names))
+        order = np.argsort(-self.probabilities, axis=1)[:, :k]
+        rows = []
+        for i in range(self.n):
+            for r, c in enumerate(order[i]):
+                rows.append({
+                    "cell": i, "rank": r + 1, "class": self.class_names[c],
+                    "name": self.display_names[c], "probability": float(self.probabilities[i, c]),
+                })
+        return pd.DataFrame(rows, columns=["cell", "rank", "class", "name", "probability"])
+
+    def summary(self):
+        """One row per cell: prediction, its probability, top-k text, target and faithfulness."""
+        import pandas as pd
+
+        k = min(self.top_k, len(self.class_names))
+        order = np.argsort(-self.probabilities, axis=1)[:, :k]
+        pred = self.predicted
+        df = pd.DataFrame({
+            "cell": np.arange(self.n),
+            "prediction": [self.class_names[c] for c in pred],
+            "probability": self.probabilities[np.arange(self.n), pred].astype(float),
+            "top_k": ["; ".join(f"{self.class_names[c]} {self.probabilities[i, c]:.2f}" for c in order[i])
+                      for i in range(self.n)],
+            "target": [self.class_names[c] for c in self.targets],
+        })
+        for r in range(k):
+            df[f"top{r + 1}"] = [self.class_names[c] for c in order[:, r]]
+            df[f"p_top{r + 1}"] = self.probabilities[np.arange(self.n), order[:, r]].astype(float)
+        if self.faithfulness is not None:
+            df["faithfulness"] = self.faithfulness.astype(float)
+        return df
+
+
+# --------------------------------------------------------------------------- input handling
+def to_rgb_float(img) -> np.ndarray:
+    """Any 2-D/3-D cell image -> (H, W, 3) float32 in [0, 1].
+
+    Grey (H,W) or (H,W,1) is repeated to 3 channels, RGBA drops alpha, channels-first
+    (C,H,W) with C in 1/3/4 is transposed; uint8 is divided by 255, other integer types
+    and out-of-range floats are rescaled by their min/max; bool becomes 0/1.
+    """
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"A cell image must be 2-D (grey) or 3-D (H, W, C); got shape {a.shape}.")
+    if a.shape[-1] == 4:
+        a = a[..., :3]
+    elif a.shape[-1] == 2:
+        a = a[..., :1]
+    elif a.shape[-1] not in (1, 3):
+        raise ValueError(f"A cell image needs 1, 3 or 4 channels; got {a.shape[-1]} (shape {a.shape}).")
+    if a.shape[0] < 2 or a.shape[1] < 2:
+        raise ValueError(f"A cell image must be at least 2x2 pixels; got {a.shape[:2]}.")
+    if a.dtype == bool:
+        f = a.astype(np.float32)
+    elif a.dtype == np.uint8:
+        f = a.astype(np.float32) / 255.0
+    else:
+        f = a.astype(np.float32)
+        if not np.all(np.isfinite(f)):
+            f = np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(f.min()), float(f.max())
+        if np.issubdtype(a.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            pass
+        elif hi > lo:
+            f = (f - lo) / (hi - lo)
+        else:
+            f = np.zeros_like(f)
+    if f.shape[-1] == 1:
+        f = np.repeat(f, 3, axis=-1)
+    return np.ascontiguousarray(f, dtype=np.float32)
+
+
+def as_cell_list(images) -> list[np.ndarray]:
+    """Split the input into a list of cells (see :func:`classify_cells`)."""
+    if isinstance(images, (list, tuple)):
+        cells = [np.asarray(c) for c in images]
+    else:
+        a = np.asarray(images)
+        if a.ndim == 2:
+            cells = [a]
+        elif a.ndim == 3:
+            cells = [a] if a.shape[-1] in (3, 4) else list(a)
+        elif a.ndim == 4:
+            cells = list(a)
+        else:
+            raise ValueError(f"Cannot interpret an array of shape {a.shape} as cell images.")
+    if not cells:
+        raise ValueError("No cell images were given.")
+    return cells
+
+
+def preprocess(cells: Sequence[np.ndarray], model) -> "Any":
+    """Cells -> normalised (N, 3, S, S) float tensor for ``model`` (a BMClassifier)."""
+    import torch
+    import torch.nn.functional as F
+
+    s = int(model.input_size)
+    mean = torch.tensor(model.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(model.std, dtype=torch.float32).view(3, 1, 1)
+    out = []
+    for c in cells:
+        t = torch.from_numpy(to_rgb_float(c)).permute(2, 0, 1)[None]
+        if t.shape[-2:] != (s, s):
+            t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        out.append(((t[0].clamp(0, 1) - mean) / std))
+    return torch.stack(out)
+
+
+def _resolve_target(target, model) -> int | None:
+    if target is None or (isinstance(target, str) and target.lower() in ("", "predicted", "none")):
+        return None
+    if isinstance(target, (int, np.integer)):
+        t = int(target)
+        if not 0 <= t < model.n_classes:
+            raise ValueError(f"Target class index {t} is out of range 0..{model.n_classes - 1}.")
+        return t
+    names = [str(n) for n in model.class_names]
+    tl = str(target).strip()
+    if tl in names:
+        return names.index(tl)
+    for i in range(model.n_classes):  # full names / "CODE (Full name)"
+        if tl.lower() in (model.display_name(i).lower(), model.display_name(i).split(" (")[-1].rstrip(")").lower()):
+            return i
+    raise ValueError(f"Unknown target class {target!r}; the model's classes are {names}.")
+
+
+def _result(model, probs, top_k, targets, shapes, **kw) -> BMResult:
+    return BMResult(
+        class_names=tuple(model.class_names),
+        display_names=tuple(model.display_name(i) for i in range(model.n_classes)),
+        probabilities=probs, top_k=int(top_k), targets=np.asarray(targets, dtype=int), shapes=shapes,
+        model_arch=model.arch, **kw,
+    )
+
+
+# --------------------------------------------------------------------------- public API
+def classify_cells(images, model=None, *, top_k: int = 5, batch_size: int = 32, device="auto",
+                   progress=None) -> BMResult:
+    """Classify cells.
+
+    ``images``: a list of arrays (each one cell, any size/dtype, 1/3/4 channels), or an
+    array: (H,W) or (H,W,3|4) is one cell, (N,H,W) a grey stack, (N,H,W,C) a colour stack.
+    ``model``: a BMClassifier, a checkpoint path, or None for the built-in default.
+    """
+    import torch
+
+    from .._device import resolve_device
+    from ..models.bm import load_bm_model
+
+    model = load_bm_model(model)
+    cells = [_shape_cell(c) for c in as_cell_list(images)]
+    shapes = [tuple(int(s) for s in c.shape[:2]) for c in cells]
+    dev = resolve_device(device)
+    net = model.module.to(dev).eval()
+    n = len(cells)
+    bs = max(1, int(batch_size))
+    probs = []
+    report(progress, "classify", 0, n)
+    for start in range(0, n, bs):
+        x = preprocess(cells[start:start + bs], model).to(dev)
+        with torch.inference_mode():
+            probs.append(torch.softmax(net(x).float(), dim=1).cpu().numpy())
+        report(progress, "classify", min(start + bs, n), n)
+    p = np.concatenate(probs)
+    return _result(model, p, top_k, p.argmax(1), shapes)
+
+
+def _shape_cell(c):
+    a = np.asarray(c)
+    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)
+    return a
+
+
+def _cam_class(method: str):
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+
+    m = str(method).lower().replace("-", "").replace("_", "").replace(" ", "")
+    table = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcamplusplus": GradCAMPlusPlus,
+             "scorecam": ScoreCAM, "eigencam": EigenCAM, "layercam": LayerCAM}
+    if m not in table:
+        raise ValueError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
+    return table[m], ("gradcam++" if m == "gradcamplusplus" else m)
+
+
+def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: int = 5,
+            batch_size: int = 16, device="auto", faithfulness: str | None = "confidence",
+            progress=None) -> BMResult:
+    """Classify cells and compute one CAM heatmap per cell.
+
+    ``target``: None (each cell's predicted class), a class index, or a class name/code
+    (the same class for every cell). Heatmaps are resized to each cell's own size.
+    """
+    import torch
+    import torch.nn.functional as F
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    from .._device import resolve_device
+    from ..models.bm import load_bm_model
+
+    if faithfulness not in FAITHFULNESS_METRICS:
+        raise ValueError(f"faithfulness must be one of {FAITHFULNESS_METRICS}")
+    cam_cls, method = _cam_class(method)
+    model = load_bm_model(model)
+    chosen = _resolve_target(target, model)
+    cells = [_shape_cell(c) for c in as_cell_list(images)]
+    shapes = [tuple(int(s) for s in c.shape[:2]) for c in cells]
+    dev = resolve_device(device)
+    net = model.module.to(dev).eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    n = len(cells)
+    bs = max(1, int(batch_size))
+    probs, targets, heatmaps, faith = [], [], [], []
+    metric = None
+    if faithfulness == "confidence":
+        from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+
+        metric = CamMultImageConfidenceChange()
+    elif faithfulness == "road":
+        from pytorch_grad_cam.metrics.road import ROADCombined
+
+        metric = ROADCombined(percentiles=[20, 40, 60, 80])
+    report(progress, "explain", 0, n)
+    with torch.enable_grad(), torch.inference_mode(False):
+        cam = cam_cls(model=net, target_layers=model.target_layers(),
+                      reshape_transform=model.reshape_transform())
+        if method == "scorecam":
+            cam.batch_size = bs
+        try:
+            for start in range(0, n, bs):
+                batch = cells[start:start + bs]
+                x = preprocess(batch, model).to(dev)
+                if chosen is None:
+                    with torch.no_grad():
+                        logits = net(x)
+                    tgt = logits.argmax(1).cpu().numpy()
+                else:
+                    tgt = np.full(len(batch), chosen)
+                cam_targets = [ClassifierOutputTarget(int(t)) for t in tgt]
+                grayscale = cam(input_tensor=x, targets=cam_targets)  # (B, S, S) in [0, 1]
+                logits = cam.outputs.detach()
+                probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                targets.append(tgt)
+                if metric is not None:
+                    soft = [ClassifierOutputSoftmaxTarget(int(t)) for t in tgt]
+                    faith.append(np.asarray(metric(x, grayscale, soft, net), dtype=np.float32).reshape(-1))
+                g = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32))[:, None]
+                for j, shp in enumerate(shapes[start:start + bs]):
+                    h = F.interpolate(g[j:j + 1], size=shp, mode="bilinear", align_corners=False)[0, 0]
+                    heatmaps.append(h.clamp(0, 1).numpy())
+                report(progress, "explain", min(start + bs, n), n)
+        finally:
+            cam.activations_and_grads.release()
+    p = np.concatenate(probs)
+    return _result(
+        model, p, top_k, np.concatenate(targets), shapes, heatmaps=heatmaps,
+        faithfulness=np.concatenate(faith) if faith else None, method=method,
+        faithfulness_metric=faithfulness if faith else None,
+    )

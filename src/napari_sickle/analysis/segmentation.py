@@ -1,0 +1,563 @@
+"""Watershed vs U-Net vs connected components: cell instance segmentation and its comparison.
+
+All functions take an image as a numpy array — grayscale (H, W) or colour (H, W, 3/4), any
+dtype (8/16-bit, float) — and return int32 instance label images (0 = background).
+Cells are assumed darker than the background (bright-field smears); pass
+``polarity="bright"`` for the opposite.
+
+- :func:`segment_connected_components`: threshold -> fill holes -> 4-connected components
+  (the baseline; touching cells stay merged).
+- :func:`segment_watershed`: threshold -> distance transform -> ``peak_local_max`` markers
+  -> ``watershed`` (scikit-image).
+- :func:`segment_unet`: tiled U-Net inference (overlapping tiles, linear blending) predicting
+  background / interior / boundary; instances grow from interior seeds by watershed.
+- :func:`compare_segmentations` runs several and scores them against a ground truth.
+- :func:`evaluate_segmentation` scores them on an image/mask folder or on simulated smears
+  (what ``python -m napari_sickle.evaluate segmentation`` prints).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .._progress import report
+from .seg_metrics import SegmentationMetrics, as_instances, merged_mask, remove_small, segmentation_metrics
+
+METHODS: tuple[str, ...] = ("watershed", "unet", "connected_components")
+THRESHOLD_METHODS: tuple[str, ...] = ("otsu", "li", "yen", "triangle", "mean", "isodata")
+
+
+# ----------------------------------------------------------------------------- input
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 from gray / RGB / RGBA, 8/16-bit or float (IO team's converter)."""
+    try:
+        from ..io.images import to_rgb_uint8 as _conv
+    except ImportError:  # pragma: no cover - io not installed
+        _conv = None
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+        raise ValueError(
+            f"expected a 2-D grayscale or (H, W, 3/4) colour image, got shape {image.shape}"
+        )
+    if _conv is not None:
+        return _conv(image)
+    if image.ndim == 3 and image.shape[-1] == 1:  # pragma: no cover
+        image = image[..., 0]
+    if image.dtype != np.uint8:  # pragma: no cover
+        a = image.astype(np.float64)
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        image = np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) / (hi - lo) * 255).astype(np.uint8)
+    if image.ndim == 2:  # pragma: no cover
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """float32 gray in [0, 1]."""
+    rgb = to_rgb_uint8(image).astype(np.float32) / 255.0
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _threshold(gray: np.ndarray, method: str) -> float:
+    from skimage import filters
+
+    funcs = {
+        "otsu": filters.threshold_otsu,
+        "li": filters.threshold_li,
+        "yen": filters.threshold_yen,
+        "triangle": filters.threshold_triangle,
+        "mean": filters.threshold_mean,
+        "isodata": filters.threshold_isodata,
+    }
+    if method not in funcs:
+        raise ValueError(f"unknown threshold method {method!r}; choose one of {THRESHOLD_METHODS}")
+    return float(funcs[method](gray))
+
+
+def foreground_mask(
+    image: np.ndarray,
+    threshold_method: str = "otsu",
+    polarity: str = "dark",
+    min_contrast: float = 0.08,
+    fill_holes: bool = True,
+) -> np.ndarray:
+    """Boolean cell mask by a global threshold. An image without contrast has no cells."""
+    from scipy import ndimage as ndi
+
+    if polarity not in ("dark", "bright"):
+        raise ValueError("polarity must be 'dark' or 'bright'")
+    gray = to_gray(image)
+    lo, hi = np.percentile(gray, [0.5, 99.5])
+    if hi - lo < min_contrast:  # flat or noise-only image: nothing to segment
+        return np.zeros(gray.shape, bool)
+    thr = _threshold(gray, threshold_method)
+    fg = gray < thr if polarity == "dark" else gray > thr
+    if fill_holes:
+        fg = ndi.binary_fill_holes(fg)
+    return fg
+
+
+def _auto_sizes(fg: np.ndarray) -> tuple[float, int]:
+    """Typical cell radius and a minimum object size from the foreground components."""
+    from skimage.measure import label
+
+    lab = label(fg, connectivity=1)
+    areas = np.bincount(lab.ravel())[1:]
+    areas = areas[areas >= 30]
+    if areas.size == 0:
+        return 5.0, 30
+    # The lower half of the components is mostly single cells (clusters are large).
+    typical = float(np.percentile(areas, 40))
+    radius = float(np.sqrt(typical / np.pi))
+    return radius, int(max(30, 0.15 * typical))
+
+
+# ----------------------------------------------------------------------------- methods
+def segment_connected_components(
+    image: np.ndarray,
+    threshold_method: str = "otsu",
+    min_size: Optional[int] = None,
+    polarity: str = "dark",
+    progress=None,
+) -> np.ndarray:
+    """Baseline: one label per 4-connected foreground region (touching cells stay merged)."""
+    from skimage.measure import label
+
+    report(progress, "connected components", 0, 2)
+    fg = foreground_mask(image, threshold_method, polarity)
+    if min_size is None:
+        min_size = _auto_sizes(fg)[1]
+    report(progress, "connected components", 1, 2)
+    lab = label(fg, connectivity=1).astype(np.int32)
+    if lab.max():
+        lab = remove_small(lab, int(min_size))
+    report(progress, "connected components", 2, 2)
+    return as_instances(lab)
+
+
+def segment_watershed(
+    image: np.ndarray,
+    threshold_method: str = "otsu",
+    min_distance: Optional[int] = None,
+    min_size: Optional[int] = None,
+    polarity: str = "dark",
+    smooth_sigma: float = 2.0,
+    progress=None,
+) -> np.ndarray:
+    """Classic marker watershed from scikit-image.
+
+    threshold (``threshold_method``) -> Euclidean distance transform (Gaussian-smoothed by
+    ``smooth_sigma``) -> ``peak_local_max`` markers at least ``min_distance`` px apart ->
+    ``watershed(-distance, markers, mask=foreground)`` -> objects below ``min_size`` px dropped.
+    ``min_distance=None`` uses 0.6 × the typical cell radius and ``min_size=None`` 15 % of
+    the typical cell area, both estimated from the image's foreground components.
+    """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    report(progress, "watershed", 0, 4)
+    fg = foreground_mask(image, threshold_method, polarity)
+    if not fg.any():
+        report(progress, "watershed", 4, 4)
+        return np.zeros(fg.shape, np.int32)
+    radius, auto_min = _auto_sizes(fg)
+    if min_size is None:
+        min_size = auto_min
+    if min_distance is None:
+        min_distance = max(3, int(round(0.6 * radius)))
+    fg = remove_small(fg, int(min_size))
+    report(progress, "watershed", 1, 4)
+    dist = ndi.distance_transform_edt(fg).astype(np.float32)
+    if smooth_sigma and smooth_sigma > 0:
+        dist = ndi.gaussian_filter(dist, smooth_sigma)
+    report(progress, "watershed", 2, 4)
+    coords = peak_local_max(dist, min_distance=int(min_distance), threshold_abs=1.0, exclude_border=False)
+    coords = coords[fg[coords[:, 0], coords[:, 1]]] if len(coords) else coords
+    markers = np.zeros(fg.shape, np.int32)
+    markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
+    report(progress, "watershed", 3, 4)
+    lab = watershed(-dist, markers, mask=fg).astype(np.int32)
+    # foreground components that received no marker become their own objects
+    from skimage.measure import label
+
+    missing = fg & (lab == 0)
+    if missing.any():
+        extra = label(missing, connectivity=1)
+        lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
+    lab = remove_small(lab, int(min_size))
+    report(progress, "watershed", 4, 4)
+    return as_instances(lab)
+
+
+# ----------------------------------------------------------------------------- U-Net
+def _resolve_unet(model, device):
+    """model: path / checkpoint dict / (module, config) / module -> (module, config)."""
+    from ..models.unet import DEFAULT_CONFIG, load_unet
+
+    if isinstance(model, (str, Path, dict)):
+        return load_unet(model, device=device)
+    if isinstance(model, tuple):
+        net, cfg = model
+        return net.to(device).eval(), {**DEFAULT_CONFIG, **cfg}
+    cfg = {**DEFAULT_CONFIG, "depth": getattr(model, "depth", DEFAULT_CONFIG["depth"])}
+    return model.to(device).eval(), cfg
+
+
+def normalize_image(rgb: np.ndarray) -> np.ndarray:
+    """(3, H, W) float32: per-channel standardisation over the whole image."""
+    a = rgb.astype(np.float32) / 255.0
+    mean = a.reshape(-1, a.shape[-1]).mean(axis=0)
+    std = a.reshape(-1, a.shape[-1]).std(axis=0)
+    a = (a - mean) / np.maximum(std, 0.02)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def _resize_chw(t, size):
+    import torch.nn.functional as F
+
+    return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _tile_starts(n: int, tile: int, step: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile, step))
+    starts.append(n - tile)
+    return sorted(set(starts))
+
+
+def predict_unet_probabilities(
+    image: np.ndarray,
+    model,
+    tile: int = 512,
+    overlap: int = 64,
+    device="auto",
+    progress=None,
+    output_size: Optional[tuple] = None,
+) -> np.ndarray:
+    """Class probabilities (3, H, W) float32 by tiled inference with linear blending.
+
+    The image is resized by the checkpoint's ``scale`` first; tiles of ``tile`` px (at that
+    scale) overlap by ``overlap`` px and are blended with weights that ramp linearly over the
+    overlap, so seams vanish and only one tile is in the network at a time.
+    """
+    import torch
+
+    from .._device import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    net, cfg = _resolve_unet(model, dev)
+    rgb = to_rgb_uint8(image)
+    H, W = rgb.shape[:2]
+    scale = float(cfg.get("scale", 1.0))
+    x = torch.from_numpy(normalize_image(rgb))
+    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    if (h, w) != (H, W):
+        x = _resize_chw(x, (h, w))
+    mult = 2 ** int(cfg.get("depth", 3))
+    tile = max(mult, int(tile) // mult * mult)
+    overlap = int(min(max(0, overlap), tile // 2))
+    # pad so that every tile is full-sized and a multiple of 2**depth
+    ph = max(tile, -(-h // mult) * mult) if h > tile else -(-h // mult) * mult
+    pw = max(tile, -(-w // mult) * mult) if w > tile else -(-w // mult) * mult
+    th, tw = min(tile, ph), min(tile, pw)
+    xp = np.pad(x.numpy(), ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect" if min(h, w) > 1 else "edge")
+    n_cls = int(cfg.get("n_classes", 3))
+    acc = np.zeros((n_cls, ph, pw), np.float32)
+    wsum = np.zeros((ph, pw), np.float32)
+
+    def ramp(n):
+        r = np.ones(n, np.float32)
+        if overlap > 0 and n > 2 * overlap:
+            e = np.linspace(1.0 / (overlap + 1), 1.0, overlap, dtype=np.float32)
+            r[:overlap] = e
+            r[-overlap:] = e[::-1]
+        return r
+
+    wt = np.outer(ramp(th), ramp(tw))
+    ys = _tile_starts(ph, th, th - overlap)
+    xs = _tile_starts(pw, tw, tw - overlap)
+    total = len(ys) * len(xs)
+    done = 0
+    report(progress, "U-Net tiles", 0, total)
+    with torch.inference_mode():
+        for y0 in ys:
+            for x0 in xs:
+                t = torch.from_numpy(np.ascontiguousarray(xp[:, y0 : y0 + th, x0 : x0 + tw]))[None].to(dev)
+                p = torch.softmax(net(t).float(), dim=1)[0].cpu().numpy()
+                acc[:, y0 : y0 + th, x0 : x0 + tw] += p * wt
+                wsum[y0 : y0 + th, x0 : x0 + tw] += wt
+                done += 1
+                report(progress, "U-Net tiles", done, total)
+    probs = acc[:, :h, :w] / np.maximum(wsum[:h, :w], 1e-6)
+    out = output_size or (H, W)
+    if tuple(out) != (h, w):
+        probs = _resize_chw(torch.from_numpy(np.ascontiguousarray(probs)), tuple(out)).numpy()
+    return probs
+
+
+def unet_probabilities_to_instances(
+    probs: np.ndarray,
+    min_size: int = 30,
+    seed_threshold: float = 0.5,
+    min_seed_size: int = 8,
+) -> np.ndarray:
+    """Instances from (background, interior, boundary) probabilities.
+
+    Foreground = P(background) < 0.5. Seeds = connected regions of P(interior) >
+    ``seed_threshold`` (interiors of touching cells are separated by the boundary class);
+    each seed grows over the foreground by watershed on P(boundary) + P(background).
+    """
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    fg = probs[0] < 0.5
+    if not fg.any():
+        return np.zeros(fg.shape, np.int32)
+    seeds = label((probs[1] > seed_threshold) & fg, connectivity=1)
+    if seeds.max():
+        seeds = remove_small(seeds, int(min_seed_size))
+    lab = watershed(1.0 - probs[1], seeds, mask=fg).astype(np.int32)
+    missing = fg & (lab == 0)
+    if missing.any():
+        extra = label(missing, connectivity=1)
+        lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
+    if lab.max():
+        lab = remove_small(lab, int(min_size))
+    return as_instances(lab)
+
+
+def segment_unet(
+    image: np.ndarray,
+    model,
+    tile: int = 512,
+    overlap: int = 64,
+    device="auto",
+    min_size: Optional[int] = None,
+    progress=None,
+) -> np.ndarray:
+    """Instance labels from a trained U-Net (path, checkpoint dict or module) by tiled inference.
+
+    ``tile``/``overlap`` are in pixels of the network's working scale (the checkpoint's
+    ``scale``; 0.5 for the BBBC041 recipe). ``min_size`` defaults to 30 px scaled by 1/scale².
+    """
+    from .._device import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    net, cfg = _resolve_unet(model, dev)
+    probs = predict_unet_probabilities(image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress)
+    if min_size is None:
+        min_size = int(round(30 / max(float(cfg.get("scale", 1.0)), 1e-3) ** 2))
+    return unet_probabilities_to_instances(probs, min_size=min_size)
+
+
+# ----------------------------------------------------------------------------- comparison
+@dataclass
+class ComparisonResult:
+    """Per-method instance labels, timings and (with a ground truth) metrics."""
+
+    labels: dict = field(default_factory=dict)  # method -> int32 (H, W)
+    seconds: dict = field(default_factory=dict)  # method -> float
+    metrics: dict = field(default_factory=dict)  # method -> SegmentationMetrics (empty without GT)
+    merged: dict = field(default_factory=dict)  # method -> int32 labels of merged predictions
+    ground_truth: Optional[np.ndarray] = None  # instance labels of the GT, if given
+
+    def metrics_table(self):
+        """pandas DataFrame, one row per method."""
+        import pandas as pd
+
+        rows = []
+        for m, lab in self.labels.items():
+            row = {"method": m, "count": int(lab.max()), "seconds": round(self.seconds.get(m, float("nan")), 3)}
+            if m in self.metrics:
+                d = self.metrics[m].as_dict()
+                row.update(
+                    dice=d["dice"], iou=d["iou"], f1_50=d["instance_f1_50"], count_true=d["count_true"],
+                    count_error=d["count_error"], merges=d["merges"], splits=d["splits"],
+                )
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def check_ground_truth(image_shape, ground_truth) -> np.ndarray:
+    gt = np.asarray(ground_truth)
+    if gt.ndim == 3 and gt.shape[-1] in (3, 4):  # mask stored as RGB
+        gt = gt[..., 0]
+    if gt.ndim != 2:
+        raise ValueError(f"ground truth must be a 2-D mask or label image, got shape {gt.shape}")
+    if gt.shape != tuple(image_shape[:2]):
+        raise ValueError(
+            f"ground truth is {gt.shape[1]}x{gt.shape[0]} (WxH) but the image is "
+            f"{image_shape[1]}x{image_shape[0]}; they must have the same size"
+        )
+    return as_instances(gt)
+
+
+def compare_segmentations(
+    image: np.ndarray,
+    ground_truth: Optional[np.ndarray] = None,
+    methods: Sequence[str] = ("watershed", "connected_components"),
+    unet_model=None,
+    watershed_params: Optional[dict] = None,
+    cc_params: Optional[dict] = None,
+    unet_params: Optional[dict] = None,
+    device="auto",
+    progress=None,
+) -> ComparisonResult:
+    """Run ``methods`` on ``image`` and, with ``ground_truth`` (mask or labels), score them."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a 2-D or (H, W, C) image, got shape {image.shape}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+    if not methods:
+        raise ValueError("choose at least one segmentation method")
+    if "unet" in methods and unet_model is None:
+        raise ValueError("the U-Net method needs a trained model (a unet checkpoint, best.pt)")
+    gt = check_ground_truth(image.shape, ground_truth) if ground_truth is not None else None
+    res = ComparisonResult(ground_truth=gt)
+    n = len(methods)
+
+    for i, m in enumerate(methods):
+        def sub(stage, done, total, _i=i):
+            report(progress, stage, _i * 100 + int(100 * done / max(total, 1)), n * 100)
+
+        t0 = time.perf_counter()
+        if m == "watershed":
+            lab = segment_watershed(image, progress=sub, **(watershed_params or {}))
+        elif m == "connected_components":
+            lab = segment_connected_components(image, progress=sub, **(cc_params or {}))
+        else:
+            lab = segment_unet(image, unet_model, device=device, progress=sub, **(unet_params or {}))
+        res.seconds[m] = time.perf_counter() - t0
+        res.labels[m] = lab
+        if gt is not None:
+            met = segmentation_metrics(lab, gt)
+            res.metrics[m] = met
+            res.merged[m] = np.where(np.isin(lab, met.merged_ids), lab, 0).astype(np.int32)
+        report(progress, "compare", (i + 1) * 100, n * 100)
+    return res
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _read_pair(image_path, mask_path, gt_min_size):
+    try:
+        from ..io.images import read_image
+    except ImportError:  # pragma: no cover
+        from imageio.v3 import imread as read_image
+    try:
+        from ..io.masks import read_mask
+    except ImportError:  # pragma: no cover - until io.masks lands
+        def read_mask(p):
+            m = np.asarray(read_image(p))
+            if m.ndim == 3:
+                m = m[..., :3].max(axis=-1)
+            return m > (m.max() / 2 if m.max() > 0 else 0)
+
+    img = read_image(image_path)
+    gt = as_instances(read_mask(mask_path), min_size=gt_min_size)
+    return img, gt
+
+
+def scan_pairs(root) -> list[tuple[Path, Path]]:
+    """Image/mask pairs: ``images/`` + ``masks/`` by stem, or ``*_img.*`` + ``*_mask.*``."""
+    try:
+        from ..io.datasets import scan_image_mask_pairs
+
+        df = scan_image_mask_pairs(root)
+        return [(Path(a), Path(b)) for a, b in zip(df["image"], df["mask"])]
+    except ImportError:
+        pass
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder of image/mask pairs")
+    pairs = []
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        masks = {p.stem: p for p in (root / "masks").iterdir() if p.is_file()}
+        for p in sorted((root / "images").iterdir()):
+            if p.stem in masks:
+                pairs.append((p, masks[p.stem]))
+    else:
+        for p in sorted(root.glob("*_img.*")):
+            cands = list(root.glob(p.name.rsplit("_img.", 1)[0] + "_mask.*"))
+            if cands:
+                pairs.append((p, cands[0]))
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs found in {root} (expected images/ + masks/ or *_img/*_mask)")
+    return pairs
+
+
+def evaluate_segmentation(
+    data,
+    unet_model=None,
+    device="auto",
+    methods: Optional[Sequence[str]] = None,
+    watershed_params: Optional[dict] = None,
+    unet_params: Optional[dict] = None,
+    gt_min_size: int = 30,
+    limit: Optional[int] = None,
+    images: Optional[Sequence[str]] = None,
+    n_simulated: int = 2,
+    progress=None,
+) -> dict:
+    """Mean metrics per method over a folder of image/mask pairs or ``"simulated"`` smears.
+
+    Returns ``{method: {"dice", "iou", "instance_f1_50", "count_error", "merges", "splits",
+    "precision_50", "recall_50"}, ..., "n_images": n}``; ``methods`` defaults to watershed and
+    connected components, plus the U-Net when ``unet_model`` is given. Ground-truth masks are
+    split into cells by 4-connected components; specks under ``gt_min_size`` px are dropped.
+    ``images`` restricts a folder to those file stems (e.g. a checkpoint's ``test_images``).
+    """
+    if methods is None:
+        methods = ["watershed", "connected_components"] + (["unet"] if unet_model is not None else [])
+    items = []
+    if isinstance(data, str) and data == "simulated":
+        from ..data.simulate import simulate_smear
+
+        for s in range(n_simulated):
+            sm = simulate_smear(seed=1000 + s)
+            items.append(("simulated", sm.image, as_instances(sm.instances)))
+    else:
+        pairs = scan_pairs(data)
+        if images is not None:
+            wanted = {Path(str(n)).stem for n in images}
+            pairs = [(ip, mp) for ip, mp in pairs if Path(ip).stem in wanted]
+            if not pairs:
+                raise ValueError(f"none of the requested images {sorted(wanted)} is in {data}")
+        for ip, mp in pairs[: limit or None]:
+            items.append((ip, mp, None))
+    if unet_model is not None and "unet" in methods:
+        from .._device import resolve_device
+
+        dev = resolve_device(device) if isinstance(device, str) else device
+        unet_model = _resolve_unet(unet_model, dev)
+    per = {m: [] for m in methods}
+    images = []
+    for k, item in enumerate(items):
+        if item[0] == "simulated":
+            _, img, gt = item
+            name = f"simulated-{k}"
+        else:
+            img, gt = _read_pair(item[0], item[1], gt_min_size)
+            name = Path(item[0]).name
+        res = compare_segmentations(
+            img, gt, methods=methods, unet_model=unet_model, watershed_params=watershed_params,
+            unet_params=unet_params, device=device,
+        )
+        for m in methods:
+            per[m].append(res.metrics[m].as_dict())
+        images.append(name)
+        report(progress, "evaluate", k + 1, len(items))
+    out: dict = {}
+    keys = ("dice", "iou", "instance_f1_50", "count_error", "merges", "splits", "precision_50", "recall_50")
+    for m in methods:
+        out[m] = {key: float(np.mean([d[key] for d in per[m]])) for key in keys}
+    out["n_images"] = len(items)
+    out["images"] = images
+    return out

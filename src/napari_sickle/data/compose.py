@@ -1,0 +1,429 @@
+"""Multi-cell training data from single-cell crops (issue 4).
+
+Most labs have single-cell annotations only, but classifying multi-cell regions needs
+multi-cell training data. This module turns class folders of single-cell crops (e.g. the
+Xu et al. 2017 ``sickle-rbc`` set) into
+
+* multi-label **patches** of 1-4 touching/overlapping cells with their type sets
+  (:func:`compose_patches`; a patch is the bounding region of its cells, ready to be
+  resized to 224x224), and
+* whole **smears** with instance masks, per-cell types and connected-region boxes with
+  multi-label type sets (:func:`compose_smear`, returns a
+  :class:`~napari_sickle.data.simulate.SimulatedSmear`).
+
+How: each crop is segmented (:func:`segment_crop`: deviation from the crop's border
+background, Otsu threshold, closing, hole filling, the component at the centre). A cell is
+converted to optical density relative to its own crop's background,
+``OD = -log(I / I_bg)``, inside its (soft) mask only, so neighbouring cell fragments and
+the crop's own background never travel with it. Cells are randomly flipped, rotated and
+scaled, placed touching/overlapping (their ODs add, as absorbances do in brightfield), and
+rendered on a background whose level and noise are estimated from the crops' borders, with
+an illumination gradient. Only the class folder matters; file names are never used.
+
+No Qt/napari imports here.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..constants import RBC_TYPES, XU_FOLDER_TO_TYPE
+from .simulate import (
+    SimulatedSmear,
+    _background,
+    _finish,
+    cell_table,
+    paint_instances,
+    place_cells,
+    regions_from_instances,
+)
+
+__all__ = [
+    "Crop",
+    "CropList",
+    "segment_crop",
+    "load_crops",
+    "crops_from_arrays",
+    "compose_patches",
+    "compose_smear",
+]
+
+
+@dataclass
+class Crop:
+    """One single-cell crop: RGB image, its segmented cell mask, type and source file."""
+
+    image: np.ndarray  # (h, w, 3) uint8
+    mask: np.ndarray  # (h, w) bool
+    type_index: int  # index into RBC_TYPES
+    path: str = ""
+    background: np.ndarray = field(default=None, repr=False)  # (3,) float, border median
+    noise: float = 0.0  # robust std of the border (grey levels)
+
+    def __post_init__(self):
+        if self.background is None:
+            self.background, self.noise = _border_stats(self.image, self.mask)
+
+    @property
+    def type_name(self) -> str:
+        return RBC_TYPES[self.type_index]
+
+
+class CropList(list):
+    """A list of :class:`Crop` with ``skipped`` (unreadable files) and ``skipped_files``."""
+
+    skipped: int = 0
+    skipped_files: list
+
+
+# --------------------------------------------------------------------------------------
+# Segmentation of a single-cell crop
+# --------------------------------------------------------------------------------------
+def _border(img: np.ndarray, width: int = 2) -> np.ndarray:
+    h, w = img.shape[:2]
+    sel = np.zeros((h, w), bool)
+    sel[:width] = sel[-width:] = True
+    sel[:, :width] = sel[:, -width:] = True
+    return sel
+
+
+def _border_stats(image: np.ndarray, mask: np.ndarray | None = None):
+    img = np.asarray(image, np.float32)
+    if img.ndim == 2:
+        img = img[..., None].repeat(3, axis=2)
+    sel = _border(img)
+    if mask is not None:
+        far = ~ndi.binary_dilation(mask, iterations=3)
+        if (far & sel).sum() >= 8:
+            sel = sel & far
+        elif far.sum() >= 8:
+            sel = far
+    vals = img[sel]
+    bg = np.median(vals, axis=0)
+    mad = np.median(np.abs(vals - bg), axis=0).mean() * 1.4826
+    return bg.astype(np.float32), float(mad)
+
+
+def segment_crop(image: np.ndarray, min_fraction: float = 0.05) -> np.ndarray:
+    """Cell mask of a single-cell crop (the cell is the object at the centre).
+
+    Works for filled (stained, darker than background) cells and for outline-style cells
+    (dark rim and bright halo, interior close to the background, as in the Xu et al.
+    crops): the deviation of each pixel from the border background is thresholded with
+    Otsu, closed, hole-filled, and the connected component at (or nearest to) the centre
+    is kept. An open outline falls back to its convex hull.
+    """
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import convex_hull_image, disk, remove_small_objects
+
+    img = np.asarray(image, np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    img = img[..., :3]
+    h, w = img.shape[:2]
+    sm = ndi.gaussian_filter(img, sigma=(1.0, 1.0, 0))
+    bg = np.median(sm[_border(sm)], axis=0)
+    dev = np.abs(sm - bg).max(axis=2)
+    border_dev = dev[_border(dev)]
+    floor = np.median(border_dev) + 3 * 1.4826 * np.median(np.abs(border_dev - np.median(border_dev))) + 2.0
+    try:
+        thr = max(float(threshold_otsu(dev)), float(floor))
+    except ValueError:  # constant image
+        return np.zeros((h, w), bool)
+    fg = dev > thr
+    fg = ndi.binary_closing(np.pad(fg, 3), disk(2), iterations=1)[3:-3, 3:-3]
+    fg = ndi.binary_fill_holes(fg)
+    fg = remove_small_objects(fg, max(8, int(min_fraction * h * w)))
+    lab, n = ndi.label(fg)
+    if n == 0:
+        return np.zeros((h, w), bool)
+    # the component containing the centre, else the one closest to it (by pixel distance)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    yy, xx = np.indices((h, w))
+    d = np.hypot(yy - cy, xx - cx)
+    best = min(range(1, n + 1), key=lambda k: d[lab == k].min())
+    mask = lab == best
+    # an outline that did not close (a ring) -> its convex hull
+    hull = convex_hull_image(mask)
+    if mask.sum() < 0.6 * hull.sum() and ndi.binary_fill_holes(mask).sum() < 0.6 * hull.sum():
+        ring_like = (mask & ~ndi.binary_erosion(mask, iterations=2)).sum() > 0.7 * mask.sum()
+        if ring_like:
+            mask = hull
+    return mask
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+def load_crops(root, mapping: Mapping[str, str] = XU_FOLDER_TO_TYPE, min_pixels: int = 50) -> CropList:
+    """Read and segment every crop in the class folders of ``root``.
+
+    ``mapping`` maps folder names to RBC types (default: the Xu et al. 2017 folders, see
+    :data:`napari_sickle.constants.XU_FOLDER_TO_TYPE`); folders whose name is itself an RBC
+    type key (``oval_disc`` ...) are accepted too, other folders are ignored with a
+    warning. Unreadable images and crops whose segmentation finds no cell are skipped and
+    counted (``result.skipped``, ``result.skipped_files``) with a warning.
+    Raises ValueError if the folder does not exist or holds no usable crop.
+    """
+    from ..io.images import is_image_path, read_image, to_rgb_uint8
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: crop folder does not exist")
+    out = CropList()
+    skipped: list[str] = []
+    ignored = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        t = mapping.get(folder.name)
+        if t is None and folder.name in RBC_TYPES:
+            t = folder.name
+        if t is None:
+            ignored.append(folder.name)
+            continue
+        ti = RBC_TYPES.index(t)
+        for f in sorted(folder.iterdir()):
+            if not f.is_file() or f.name.startswith(".") or not is_image_path(f):
+                continue
+            try:
+                img = to_rgb_uint8(read_image(f))
+            except Exception:  # noqa: BLE001 -- unreadable files are skipped and counted
+                skipped.append(str(f))
+                continue
+            mask = segment_crop(img)
+            if mask.sum() < min_pixels:
+                skipped.append(str(f))
+                continue
+            out.append(Crop(img, mask, ti, str(f)))
+    if ignored:
+        warnings.warn(f"{root}: ignored folder(s) not mapped to an RBC type: {ignored}", UserWarning, stacklevel=2)
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} unreadable or empty crop(s)", UserWarning, stacklevel=2)
+    out.skipped = len(skipped)
+    out.skipped_files = skipped
+    if not out:
+        raise ValueError(
+            f"{root}: no usable crops found in class folders (expected folders named like "
+            f"{sorted(mapping)[:4]}... or {list(RBC_TYPES)[:2]}...)"
+        )
+    return out
+
+
+def crops_from_arrays(items: Sequence[tuple[np.ndarray, int | str]], masks=None) -> CropList:
+    """Crops from in-memory ``(image, type)`` pairs (segmented unless ``masks`` are given)."""
+    from ..io.images import to_rgb_uint8
+    from .simulate import resolve_type
+
+    out = CropList()
+    for k, (img, t) in enumerate(items):
+        img = to_rgb_uint8(np.asarray(img))
+        m = segment_crop(img) if masks is None else np.asarray(masks[k], bool)
+        out.append(Crop(img, m, resolve_type(t), f"<array {k}>"))
+    out.skipped, out.skipped_files = 0, []
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Augmentation and placement
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Piece:
+    """An augmented cell ready to be placed: OD patch, mask and geometry."""
+
+    od: np.ndarray  # (h, w, 3) float32 absorbance relative to its crop background
+    mask: np.ndarray  # (h, w) bool
+    type_index: int
+    cy: float
+    cx: float
+    radius: float
+
+
+def _augment(crop: Crop, rng: np.random.Generator, scale=(0.85, 1.15), rotate: bool = True) -> _Piece:
+    from skimage.transform import rescale, rotate as sk_rotate
+
+    img = crop.image.astype(np.float32)
+    bg = np.maximum(crop.background, 1.0)
+    alpha = ndi.gaussian_filter(crop.mask.astype(np.float32), 0.8)
+    alpha = np.maximum(alpha, crop.mask * 0.5)  # keep the rim inside the soft mask
+    od = -np.log(np.clip((img + 0.5) / (bg + 0.5), 1e-3, 4.0)) * alpha[..., None]
+    # crop to the mask's bounding box plus a small margin
+    ys, xs = np.nonzero(crop.mask)
+    m = 3
+    y0, y1 = max(0, ys.min() - m), min(img.shape[0], ys.max() + 1 + m)
+    x0, x1 = max(0, xs.min() - m), min(img.shape[1], xs.max() + 1 + m)
+    od, mask = od[y0:y1, x0:x1], crop.mask[y0:y1, x0:x1].astype(np.float32)
+    if rng.random() < 0.5:
+        od, mask = od[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        od, mask = od[::-1], mask[::-1]
+    s = float(rng.uniform(*scale)) if scale else 1.0
+    if abs(s - 1) > 1e-3:
+        od = rescale(od, s, order=1, channel_axis=2, anti_aliasing=False, preserve_range=True)
+        mask = rescale(mask, s, order=1, anti_aliasing=False, preserve_range=True)
+    if rotate:
+        ang = float(rng.uniform(0, 360))
+        od = sk_rotate(od, ang, resize=True, order=1, mode="constant", cval=0.0, preserve_range=True)
+        mask = sk_rotate(mask, ang, resize=True, order=1, mode="constant", cval=0.0, preserve_range=True)
+    mask = mask > 0.5
+    from .simulate import _largest_component
+
+    mask = _largest_component(ndi.binary_fill_holes(mask))
+    ys, xs = np.nonzero(mask)
+    # pad so the dilated ring used for touching tests fits inside the patch
+    od = np.pad(od, ((1, 1), (1, 1), (0, 0)))
+    mask = np.pad(mask, 1)
+    area = float(mask.sum())
+    return _Piece(od.astype(np.float32), mask, crop.type_index, ys.mean() + 1, xs.mean() + 1, np.sqrt(area / np.pi))
+
+
+def _pick(crops: Sequence[Crop], rng, k: int, type_mix=None) -> list[Crop]:
+    if type_mix is None:
+        return [crops[int(i)] for i in rng.integers(0, len(crops), size=k)]
+    from .simulate import _type_probs
+
+    p = _type_probs(type_mix)
+    by_type = {t: [c for c in crops if c.type_index == t] for t in range(len(RBC_TYPES))}
+    avail = np.array([len(by_type[t]) > 0 for t in range(len(RBC_TYPES))])
+    if not (p[avail] > 0).any():
+        raise ValueError("type_mix asks only for types that have no crops")
+    p = np.where(avail, p, 0)
+    p = p / p.sum()
+    ts = rng.choice(len(RBC_TYPES), size=k, p=p)
+    return [by_type[t][int(rng.integers(len(by_type[t])))] for t in ts]
+
+
+def _bg_level(crops: Sequence[Crop]) -> tuple[np.ndarray, float]:
+    bgs = np.array([c.background for c in crops], np.float32)
+    noise = float(np.median([c.noise for c in crops])) if crops else 2.0
+    return np.median(bgs, axis=0), noise
+
+
+# --------------------------------------------------------------------------------------
+# Patches
+# --------------------------------------------------------------------------------------
+def compose_patches(
+    crops: Sequence[Crop],
+    n: int,
+    seed: int = 0,
+    max_cells: int = 4,
+    *,
+    min_cells: int = 1,
+    max_overlap: float = 0.2,
+    type_mix=None,
+    margin: int = 4,
+    return_masks: bool = False,
+) -> list[tuple]:
+    """``n`` multi-label patches of ``min_cells..max_cells`` touching/overlapping cells.
+
+    Returns a list of ``(patch rgb uint8 (h, w, 3), types (6,) int 0/1, n_cells)``; with
+    ``return_masks=True`` each item also carries the (h, w) int32 instance mask of the
+    patch. All cells of a patch form one connected region (each new cell is pushed against
+    one already placed until it touches it, and about half the time until it overlaps it);
+    the patch is the bounding box of that region plus ``margin`` px.
+    """
+    if not crops:
+        raise ValueError("compose_patches needs at least one crop")
+    if not 1 <= min_cells <= max_cells:
+        raise ValueError(f"need 1 <= min_cells <= max_cells, got {min_cells}, {max_cells}")
+    rng = np.random.default_rng(seed)
+    bg_all, noise_all = _bg_level(crops)
+    out = []
+    while len(out) < n:
+        k = int(rng.integers(min_cells, max_cells + 1))
+        chosen = _pick(crops, rng, k, type_mix)
+        pieces = [_augment(c, rng) for c in chosen]
+        size = int(sum(max(p.mask.shape) for p in pieces) * 1.2) + 8
+        shape = (size, size)
+        # first cell in the middle, the others touching the cluster
+        first = pieces[0]
+        placed = [(0, (size - first.mask.shape[0]) // 2, (size - first.mask.shape[1]) // 2)]
+        rest = place_cells(pieces, shape, rng, cluster_fraction=1.0, max_overlap=max_overlap,
+                           preplaced=placed)
+        items = [(pieces[i], t, l) for i, t, l in rest]
+        inst = paint_instances([(p.mask, t, l) for p, t, l in items], shape)
+        regions = ndi.label(inst > 0)[1]
+        if len(items) < k or regions != 1:
+            continue  # a cell did not fit against the cluster: draw again
+        od = np.zeros(shape + (3,), np.float32)
+        for p, t, l in items:
+            h, w = p.mask.shape
+            od[t : t + h, l : l + w] += p.od
+        ys, xs = np.nonzero(inst)
+        mg = int(margin)
+        y0, y1 = max(0, ys.min() - mg), min(size, ys.max() + 1 + mg)
+        x0, x1 = max(0, xs.min() - mg), min(size, xs.max() + 1 + mg)
+        od = od[y0:y1, x0:x1]
+        inst = inst[y0:y1, x0:x1]
+        tint = np.clip(bg_all / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
+        illum = _background(rng, od.shape[:2], tint)
+        img = _finish(od, illum, rng, blur=0.0, noise=max(0.5, noise_all * 0.5), rgb=True)
+        types = np.zeros(len(RBC_TYPES), np.int64)
+        types[[p.type_index for p, _, _ in items]] = 1
+        # a cell hidden completely would not count; keep the visible ones
+        visible = [p.type_index for j, (p, _, _) in enumerate(items) if (inst == j + 1).any()]
+        types = np.zeros(len(RBC_TYPES), np.int64)
+        types[visible] = 1
+        item = (img, types, len(visible))
+        out.append(item + (inst,) if return_masks else item)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Smears
+# --------------------------------------------------------------------------------------
+def compose_smear(
+    crops: Sequence[Crop],
+    seed: int = 0,
+    shape: tuple[int, int] = (1080, 1920),
+    n_cells: int | None = None,
+    *,
+    cluster_fraction: float = 0.3,
+    max_overlap: float = 0.2,
+    type_mix=None,
+    scale: tuple[float, float] = (0.85, 1.15),
+    coverage: float = 0.3,
+    image_name: str | None = None,
+    progress=None,
+) -> SimulatedSmear:
+    """A whole smear built from real crops, with the same ground truth as ``simulate_smear``.
+
+    ``n_cells`` defaults to the number of cells that cover about ``coverage`` of the image
+    (at least 150 on a 1920x1080 smear of 45-85 px cells). Crops are drawn uniformly (the
+    folder's own type mix) unless ``type_mix`` is given.
+    """
+    if not crops:
+        raise ValueError("compose_smear needs at least one crop")
+    rng = np.random.default_rng(seed)
+    H, W = int(shape[0]), int(shape[1])
+    if n_cells is None:
+        mean_area = float(np.mean([c.mask.sum() for c in crops]))
+        n_cells = int(round(coverage * H * W / max(mean_area, 1.0)))
+        n_cells = int(np.clip(n_cells, 1, 400 * (H * W) / (1080 * 1920) + 1))
+    chosen = _pick(crops, rng, int(n_cells), type_mix)
+    pieces = [_augment(c, rng, scale=scale) for c in chosen]
+    pos = place_cells(pieces, (H, W), rng, cluster_fraction, max_overlap, progress=progress)
+    items = [(pieces[i], t, l) for i, t, l in pos]
+    instances = paint_instances([(p.mask, t, l) for p, t, l in items], (H, W))
+    od = np.zeros((H, W, 3), np.float32)
+    for p, t, l in items:
+        h, w = p.mask.shape
+        od[t : t + h, l : l + w] += p.od
+    bg, noise = _bg_level(crops)
+    tint = np.clip(bg / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
+    illum = _background(rng, (H, W), tint)
+    image = _finish(od, illum, rng, blur=float(rng.uniform(0.0, 0.5)), noise=max(0.5, noise * 0.7), rgb=True)
+    from .simulate import _drop_hidden
+
+    kept = [p.type_index for p, _, _ in items]
+    rows = [(k + 1,) for k in range(len(items))]
+    instances, kept, rows = _drop_hidden(instances, kept, rows)
+    cell_types = np.asarray(kept, dtype=np.int64)
+    name = image_name or f"composed_seed{seed}.png"
+    region_labels, regions = regions_from_instances(instances, cell_types, name)
+    cells = cell_table(instances, region_labels, cell_types)
+    return SimulatedSmear(image=image, instances=instances, cell_types=cell_types,
+                          region_labels=region_labels, regions=regions, cells=cells, seed=seed, name=name)

@@ -1,0 +1,447 @@
+"""Train any napari-sickle model from the command line.
+
+    python -m napari_sickle.train {detector,multilabel,bm,unet} --data D --out DIR
+        [--epochs N] [--device auto|cuda|mps|cpu] [--backbone NAME] [--seed S]
+        [--resume DIR/last.pt] [--folds K] [--json-progress] [--threads T]
+        [--batch-size B] [--lr LR] [--input-size PX] [-o KEY=VALUE ...]
+
+    python -m napari_sickle.train multilabel-protocol --data SICKLE_DATA/sickle-rbc --out DIR
+
+``--data`` is a folder (class folders of crops, ``images/`` + ``masks/`` pairs, a Pascal
+VOC folder), a multi-label CSV table, or ``simulated`` for built-in simulated data.
+Each kind dispatches to ``napari_sickle.training.<kind>.train_<kind>`` (see
+docs/training.md for the contract).
+
+On a terminal a tqdm progress bar is shown. With ``--json-progress`` exactly one JSON
+object is printed per line on stdout, with ``event`` one of ``start``, ``step``,
+``epoch``, ``checkpoint``, ``warning``, ``done``, ``error``. Bad input (an empty folder, a
+class folder with a single image, a CSV with a missing column, ``--resume`` on a missing
+file, ...) ends with exit code 2 and a one-line message, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+KINDS = ("detector", "multilabel", "bm", "unet")
+PROTOCOL = "multilabel-protocol"
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"}
+
+#: Exit code for bad input (argparse uses 2 as well).
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class UsageError(ValueError):
+    """Bad input detected before or during training: reported in one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------------------
+def get_trainer(kind: str) -> Callable[..., dict]:
+    """Return ``train_<kind>`` from ``napari_sickle.training.<kind>``.
+
+    The environment variable ``NAPARI_SICKLE_TRAINER_<KIND>=module:function`` points a
+    kind at another callable with the same signature (for plugging in experimental
+    trainers); it is not needed for normal use.
+    """
+    override = os.environ.get(f"NAPARI_SICKLE_TRAINER_{kind.upper().replace('-', '_')}")
+    if override:
+        mod_name, _, func_name = override.partition(":")
+    elif kind == PROTOCOL:
+        mod_name, func_name = "napari_sickle.training.protocol", "run_protocol"
+    else:
+        mod_name, func_name = f"napari_sickle.training.{kind}", f"train_{kind}"
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and mod_name.startswith(exc.name):
+            raise UsageError(f"Training for {kind!r} is not available in this installation ({mod_name} is missing).") from exc
+        raise
+    try:
+        return getattr(module, func_name)
+    except AttributeError as exc:
+        raise UsageError(f"{mod_name} has no {func_name}().") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# input checks that give clear messages before any heavy import
+# ---------------------------------------------------------------------------------------
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS
+
+
+def check_data(data: str, kind: str) -> None:
+    """Raise :class:`UsageError` for input that cannot possibly train."""
+    if data == "simulated":
+        return
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise UsageError(f"--data {data}: no such file or folder.")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise UsageError(f"--data {data}: expected a folder or a .csv table, got a {path.suffix or 'plain'} file.")
+        if path.stat().st_size == 0:
+            raise UsageError(f"--data {data}: the CSV file is empty.")
+        if kind == "multilabel":
+            from .io.datasets import read_multilabel_table
+
+            read_multilabel_table(path)  # DatasetError naming a missing column / file
+        return
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise UsageError(f"--data {data}: the folder is empty.")
+    names = {p.name for p in entries}
+    if {"images", "masks"} <= names or {"JPEGImages", "Annotations"} <= names:
+        for sub in ("images", "JPEGImages"):
+            if (path / sub).is_dir() and not any(_is_image(p) for p in (path / sub).iterdir()):
+                raise UsageError(f"--data {data}: {sub}/ holds no images.")
+        return
+    subdirs = sorted(p for p in entries if p.is_dir())
+    if subdirs and kind in ("multilabel", "bm", PROTOCOL):
+        counts = {d.name: sum(1 for p in d.rglob("*") if _is_image(p)) for d in subdirs}
+        if sum(counts.values()) == 0:
+            raise UsageError(f"--data {data}: none of the class folders ({', '.join(counts)}) holds an image.")
+        for name, n in counts.items():
+            if n == 0:
+                raise UsageError(f"--data {data}: class folder '{name}' is empty.")
+            if n == 1:
+                raise UsageError(
+                    f"--data {data}: class folder '{name}' has only one image; every class needs at "
+                    "least two (one to train on, one to validate)."
+                )
+        return
+    if not subdirs and not any(_is_image(p) for p in entries) and not any(p.suffix == ".csv" for p in entries):
+        raise UsageError(f"--data {data}: the folder holds no images, class folders or dataset layout.")
+
+
+def count_unreadable(data: str, limit: int = 5000) -> tuple[int, list[str]]:
+    """Count image files under ``data`` that cannot be opened (the trainers skip them)."""
+    if data == "simulated" or not Path(data).is_dir():
+        return 0, []
+    try:
+        from .io.images import read_image
+    except Exception:  # the IO module is not importable: nothing to count
+        return 0, []
+    bad: list[str] = []
+    files = [p for p in Path(data).rglob("*") if _is_image(p)][:limit]
+    for p in files:
+        try:
+            read_image(p)
+        except Exception:
+            bad.append(str(p))
+    return len(bad), bad
+
+
+# ---------------------------------------------------------------------------------------
+# progress reporting
+# ---------------------------------------------------------------------------------------
+def _jsonable(obj: Any):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item"):
+        try:
+            return obj.item()
+        except Exception:
+            pass
+    return str(obj)
+
+
+def to_json(obj: dict) -> str:
+    """One line of strict JSON (NaN/inf become null, numpy values become Python)."""
+    return json.dumps(_replace_nan(obj), default=_jsonable)
+
+
+def _replace_nan(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _replace_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_replace_nan(v) for v in obj]
+    return obj
+
+
+class Reporter:
+    """Turns ``progress``/``log`` callbacks into JSON lines or a tqdm bar."""
+
+    def __init__(self, json_mode: bool, out: Path, stream=None, min_interval: float = 0.25):
+        self.json_mode = json_mode
+        self.out = Path(out)
+        self.stream = stream or sys.stdout
+        self.min_interval = min_interval
+        self._last_emit = 0.0
+        self._stage = None
+        self._bar = None
+        self._ckpt_mtimes: dict[str, float] = {}
+
+    def emit(self, event: str, **fields) -> None:
+        if self.json_mode:
+            self.stream.write(to_json({"event": event, **fields}) + "\n")
+            self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if not self.json_mode:
+            if self._bar is not None:
+                self._bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr, flush=True)
+
+    # progress(stage, done, total)
+    def progress(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        stage_changed = stage != self._stage
+        if self.json_mode:
+            if stage_changed or done >= total or now - self._last_emit >= self.min_interval:
+                self._last_emit = now
+                self.emit("step", stage=str(stage), done=int(done), total=int(total))
+            self._stage = stage
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover
+            return
+        if stage_changed or self._bar is None:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = tqdm(total=max(int(total), 1), desc=str(stage), unit="it", leave=False, disable=None,
+                             file=sys.stderr, dynamic_ncols=True)
+            self._stage = stage
+        if self._bar.total != max(int(total), 1):
+            self._bar.total = max(int(total), 1)
+        self._bar.n = int(done)
+        self._bar.refresh()
+
+    # log(dict)
+    def log(self, record: dict) -> None:
+        record = dict(record)
+        event = record.pop("event", "log")
+        if self.json_mode:
+            self.emit(event, **record)
+        else:
+            if event == "epoch":
+                parts = [f"epoch {record.get('epoch')}/{record.get('epochs')}"]
+                for key in ("loss", "val_loss"):
+                    if isinstance(record.get(key), (int, float)):
+                        parts.append(f"{key} {record[key]:.4f}")
+                if isinstance(record.get("metric"), (int, float)):
+                    parts.append(f"{record.get('metric_name', 'metric')} {record['metric']:.4f}")
+                self.message("  ".join(parts))
+            elif event in ("warning", "fold", "info"):
+                self.message(f"{event}: " + ", ".join(f"{k}={v}" for k, v in record.items()))
+        if event == "epoch":
+            self.check_checkpoints(epoch=record.get("epoch"))
+
+    def check_checkpoints(self, epoch=None) -> None:
+        """Emit a ``checkpoint`` event when last.pt / best.pt changed on disk."""
+        for name in ("last.pt", "best.pt"):
+            path = self.out / name
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                continue
+            if self._ckpt_mtimes.get(name) != mtime:
+                self._ckpt_mtimes[name] = mtime
+                self.emit("checkpoint", path=str(path), which=name[:-3], epoch=epoch)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# ---------------------------------------------------------------------------------------
+# argument parsing
+# ---------------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        if low in ("true", "yes", "on"):
+            return True
+        if low in ("false", "no", "off"):
+            return False
+        return text
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"option {text!r} is not KEY=VALUE")
+    key, _, value = text.partition("=")
+    return key.strip().replace("-", "_"), _parse_value(value.strip())
+
+
+def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
+    p.add_argument("--data", required=True,
+                   help="folder (class folders, images/+masks/, VOC), multi-label CSV, or 'simulated'")
+    p.add_argument("--out", required=True, help="output folder for best.pt / last.pt")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (trainer default if omitted)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--backbone", default=None, help="backbone/architecture name (trainer default if omitted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=None, help="k for k-fold cross-validation where it applies")
+    if not protocol:
+        p.add_argument("--resume", default=None, help="continue an interrupted run from its last.pt")
+    p.add_argument("--json-progress", action="store_true", help="print one JSON object per line")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--input-size", dest="input_size", type=int, default=None,
+                   help="network input size in pixels (kind-specific default)")
+    p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
+                   metavar="KEY=VALUE", help="extra trainer option (repeatable), e.g. -o n_composed=1000")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m napari_sickle.train",
+        description="Train napari-sickle models (detector, multilabel, bm, unet).",
+    )
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{detector,multilabel,bm,unet,multilabel-protocol}")
+    helps = {
+        "detector": "Faster R-CNN RBC region detector (images/+masks/, VOC, or simulated)",
+        "multilabel": "six-type multi-label RBC classifier + abnormal classifier",
+        "bm": "bone-marrow / white-cell classifier (class folders)",
+        "unet": "U-Net cell segmentation (images/+masks/ or simulated)",
+    }
+    for kind in KINDS:
+        _add_common(sub.add_parser(kind, help=helps[kind], description=helps[kind]))
+    p = sub.add_parser(PROTOCOL, help="the paper's Table 1 protocol (5-fold CV; Models A, A*, B) + abnormal accuracy")
+    _add_common(p, protocol=True)
+    return parser
+
+
+def build_kwargs(args: argparse.Namespace, progress, log) -> dict:
+    kwargs: dict[str, Any] = dict(
+        epochs=args.epochs, device=args.device, backbone=args.backbone, seed=args.seed,
+        folds=args.folds, progress=progress, log=log,
+    )
+    if args.kind != PROTOCOL:
+        kwargs["resume"] = args.resume
+    for name in ("batch_size", "lr", "input_size"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    for key, value in args.options:
+        kwargs[key] = value
+    return kwargs
+
+
+def _user_error_types() -> tuple[type, ...]:
+    types: list[type] = [UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError]
+    for mod, name in (("napari_sickle.io.datasets", "DatasetError"), ("napari_sickle.io.images", "ImageReadError"),
+                      ("napari_sickle.models.checkpoint", "CheckpointError")):
+        try:
+            types.append(getattr(importlib.import_module(mod), name))
+        except Exception:
+            pass
+    return tuple(types)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) and text.startswith("'"):
+        text = f"missing key {text}"
+    return " ".join(text.split())
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through the widget's Stop
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out).expanduser()
+    rep = Reporter(args.json_progress, out)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not in the main thread (e.g. called from a test thread)
+        pass
+    t0 = time.perf_counter()
+    try:
+        if args.kind != PROTOCOL and args.resume is not None and not Path(args.resume).expanduser().is_file():
+            raise UsageError(f"--resume {args.resume}: no such checkpoint file.")
+        if args.epochs is not None and args.epochs < 1:
+            raise UsageError("--epochs must be at least 1.")
+        if args.folds is not None and args.folds < 2:
+            raise UsageError("--folds must be at least 2.")
+        check_data(args.data, args.kind)
+        trainer = get_trainer(args.kind)
+        out.mkdir(parents=True, exist_ok=True)
+        n_bad, bad = count_unreadable(args.data)
+        rep.emit("start", kind=args.kind, data=str(args.data), out=str(out), epochs=args.epochs,
+                 device=args.device, backbone=args.backbone, seed=args.seed, resume=getattr(args, "resume", None),
+                 pid=os.getpid())
+        if n_bad:
+            rep.emit("warning", message=f"{n_bad} unreadable image(s) will be skipped", skipped=n_bad, files=bad[:20])
+            rep.message(f"warning: {n_bad} unreadable image(s) will be skipped (e.g. {bad[0]})")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(int(args.threads))
+        result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, rep.log))
+        rep.check_checkpoints()
+        result = dict(result or {})
+        seconds = float(result.get("seconds", time.perf_counter() - t0))
+        rep.close()
+        done = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics", {}),
+                "seconds": seconds, "skipped": n_bad}
+        if args.kind == PROTOCOL:
+            done["report"] = result.get("report")
+        rep.emit("done", **done)
+        if not args.json_progress:
+            print(to_json({k: v for k, v in done.items()}), flush=True)
+        return 0
+    except KeyboardInterrupt:
+        rep.close()
+        rep.check_checkpoints()
+        last = out / "last.pt"
+        msg = "stopped by the user" + (f"; resume with --resume {last}" if last.is_file() else "")
+        rep.emit("error", message=msg, stopped=True, checkpoint=str(last) if last.is_file() else None)
+        if not args.json_progress:
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+        rep.close()
+        user = isinstance(exc, _user_error_types()) or (
+            isinstance(exc, (ValueError, KeyError)) and type(exc).__module__.startswith(("napari_sickle", "builtins"))
+        )
+        msg = _one_line(exc)
+        if not user:
+            msg = f"{type(exc).__name__}: {msg}"
+        rep.emit("error", message=msg, type=type(exc).__name__)
+        if not args.json_progress:
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+        if args.debug or os.environ.get("NAPARI_SICKLE_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_USAGE if user else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

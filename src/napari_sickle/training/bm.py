@@ -1,0 +1,435 @@
+"""Train and evaluate the bone-marrow / white-cell classifier (Glüge et al. 2024 recipe).
+
+Recipe: class-balanced ``WeightedRandomSampler``; ``RandomResizedCrop`` (scale 0.08-1,
+ratio 0.75-1.33), random rotation 0-180 degrees, horizontal and vertical flips;
+SGD with momentum 0.9 whose learning rate comes from a short learning-rate range test
+(exponential sweep, the lr at the steepest descent of the smoothed loss);
+``ReduceLROnPlateau`` (factor 0.1, patience 3) on the validation loss; normalisation
+mean/std computed from the training images; stratified k-fold with ``folds``.
+
+``data`` layouts:
+
+* class folders of single-cell crops (class = sub-folder name);
+* a CSV table (or a folder holding ``labels.csv``) with an image column (``image`` or
+  ``path``) and a class column (``class_name``, ``label`` or ``class``); relative paths
+  are resolved against the CSV's folder (the ``wbc-zheng2018`` layout);
+* ``"simulated"``: :func:`napari_sickle.data.bm_sim.simulate_bm_cells`.
+
+Options (``**options``): ``input_size`` (default: the arch's, 64 for simulated data),
+``batch_size`` (32), ``lr`` (None: range test), ``augment`` (True), ``crop_scale``
+((0.08, 1.0)), ``val_fraction`` (0.2, without ``folds``), ``n_per_class`` (simulated, 64),
+``pretrained`` (True), ``weight_decay`` (1e-4), ``patience`` (3), ``class_names``.
+
+With ``folds=k`` one model per fold is trained in ``out/fold<i>/``; metrics are computed
+on the pooled out-of-fold predictions, and ``out/best.pt`` is the fold model with the
+best validation macro-F1. ``resume`` continues a single-split run from its ``last.pt``.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._progress import report
+
+DEFAULT_ARCH = "efficientnet_lite0"
+IMAGE_COLUMNS = ("image", "path", "file", "filename")
+CLASS_COLUMNS = ("class_name", "label", "class")
+
+
+# --------------------------------------------------------------------------- data
+def _read_rgb(path) -> np.ndarray:
+    from ..io.images import read_image, to_rgb_uint8
+
+    return to_rgb_uint8(read_image(path))
+
+
+def _table_from_csv(csv: Path):
+    import pandas as pd
+
+    from ..io.datasets import DatasetError
+
+    df = pd.read_csv(csv)
+    img_col = next((c for c in IMAGE_COLUMNS if c in df.columns), None)
+    cls_col = next((c for c in CLASS_COLUMNS if c in df.columns), None)
+    if img_col is None or cls_col is None:
+        missing = "an image column (" + "/".join(IMAGE_COLUMNS) + ")" if img_col is None else \
+            "a class column (" + "/".join(CLASS_COLUMNS) + ")"
+        raise DatasetError(f"{csv}: missing {missing}; columns are {list(df.columns)}")
+    paths = [str((csv.parent / p).resolve()) if not Path(p).is_absolute() else str(p) for p in df[img_col].astype(str)]
+    return pd.DataFrame({"path": paths, "label": df[cls_col].astype(str).values})
+
+
+def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int = 0):
+    """-> (images: list of (H,W,3) uint8, labels: list[str], class_names: tuple, skipped: int)."""
+    import warnings
+
+    from ..io.datasets import DatasetError, scan_class_folders
+
+    if isinstance(data, str) and data == "simulated":
+        from ..data.bm_sim import simulate_bm_cells
+
+        sim = simulate_bm_cells(n_per_class=n_per_class, size=input_size, seed=seed)
+        return list(sim.images), [sim.class_names[i] for i in sim.labels], sim.class_names, 0
+    p = Path(data).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder.")
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DatasetError(f"{p}: expected a folder of class folders or a CSV table.")
+        table = _table_from_csv(p)
+    elif (p / "labels.csv").is_file():
+        table = _table_from_csv(p / "labels.csv")
+    else:
+        table = scan_class_folders(p)
+    images, labels, skipped = [], [], int(getattr(table, "attrs", {}).get("skipped", 0))
+    for path, label in zip(table["path"], table["label"]):
+        try:
+            images.append(_read_rgb(path))
+            labels.append(str(label))
+        except (ValueError, OSError) as exc:
+            skipped += 1
+            warnings.warn(f"skipped unreadable image {path}: {exc}", UserWarning, stacklevel=2)
+    if not images:
+        raise DatasetError(f"{p}: no readable images.")
+    names = tuple(sorted(set(labels)))
+    if len(names) < 2:
+        raise DatasetError(f"{p}: need at least two classes, found {list(names)}.")
+    counts = {c: labels.count(c) for c in names}
+    few = [c for c, k in counts.items() if k < 2]
+    if few:
+        raise DatasetError(f"{p}: class(es) {few} have a single image; need at least two per class.")
+    return images, labels, names, skipped
+
+
+def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (in [0, 1]) over all pixels of the training images."""
+    s = np.zeros(3)
+    s2 = np.zeros(3)
+    n = 0
+    for im in images:
+        f = im.reshape(-1, 3).astype(np.float64) / 255.0
+        s += f.sum(0)
+        s2 += (f ** 2).sum(0)
+        n += f.shape[0]
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-8))
+    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+class _CellDataset:
+    def __init__(self, images, targets, transform):
+        import torch
+
+        self.x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]
+        self.y = list(int(t) for t in targets)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.transform(self.x[i]), self.y[i]
+
+
+def _transforms(size, mean, std, augment, crop_scale):
+    import torch
+    from torchvision.transforms import v2
+
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if not augment:
+        train = v2.Compose([v2.Resize((size, size), antialias=True), *tail])
+    else:
+        fill = [int(round(255 * m)) for m in mean]
+        train = v2.Compose([
+            v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=(0.75, 1.33), antialias=True),
+            v2.RandomRotation(180, fill=fill),
+            v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *tail,
+        ])
+    val = v2.Compose([v2.Resize((size, size), antialias=True), *tail])
+    return train, val
+
+
+# --------------------------------------------------------------------------- lr range test
+def lr_range_test(model, loader, criterion, device, *, start=1e-5, end=1.0, steps=40,
+                  momentum=0.9, weight_decay=1e-4) -> float:
+    """Exponential lr sweep on a copy of the weights; the lr at the steepest loss descent."""
+    import copy
+
+    import torch
+
+    state = copy.deepcopy(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=start, momentum=momentum, weight_decay=weight_decay)
+    gamma = (end / start) ** (1.0 / max(steps - 1, 1))
+    lrs, losses, smooth, best = [], [], None, math.inf
+    model.train()
+    it = iter(loader)
+    for i in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        lr = start * gamma ** i
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        loss = criterion(model(x.to(device)), y.to(device))
+        loss.backward()
+        opt.step()
+        v = float(loss)
+        smooth = v if smooth is None else 0.7 * smooth + 0.3 * v
+        lrs.append(lr)
+        losses.append(smooth)
+        best = min(best, smooth)
+        if not math.isfinite(v) or smooth > 4 * best:
+            break
+    model.load_state_dict(state)
+    if len(losses) < 4:
+        return 1e-3
+    grad = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
+    lr = float(lrs[int(np.argmin(grad[: max(len(grad) - 2, 2)]))])
+    return float(min(max(lr, 1e-4), 0.1))
+
+
+# --------------------------------------------------------------------------- one fit
+def _evaluate_loader(model, loader, criterion, device):
+    import torch
+
+    model.eval()
+    total, n, preds, ys, probs = 0.0, 0, [], [], []
+    with torch.no_grad():
+        for x, y in loader:
+            out = model(x.to(device)).float()
+            total += float(criterion(out, y.to(device))) * len(y)
+            n += len(y)
+            probs.append(torch.softmax(out, 1).cpu().numpy())
+            ys.append(y.numpy())
+    p = np.concatenate(probs)
+    return total / max(n, 1), p, np.concatenate(ys)
+
+
+def _metrics(y_true, y_pred, class_names) -> dict:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    pr, rc, f1, sup = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    return {
+        "macro_f1": float(mf), "macro_precision": float(mp), "macro_recall": float(mr),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "per_class": {c: {"precision": float(pr[i]), "recall": float(rc[i]), "f1": float(f1[i]),
+                          "support": int(sup[i])} for i, c in enumerate(class_names)},
+        "n": int(len(y_true)),
+    }
+
+
+def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, epochs, device, seed,
+         resume, progress, log, opts, stage="train", data_desc=""):
+    import torch
+
+    from .._device import resolve_device
+    from ..models.bm import build_bm_model
+    from ..models.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dev = resolve_device(device)
+    size = int(opts["input_size"])
+    mean, std = channel_stats(train_imgs)
+    model = build_bm_model(arch, class_names, pretrained=opts["pretrained"], input_size=size, mean=mean, std=std)
+    net = model.module.to(dev)
+    train_tf, val_tf = _transforms(size, mean, std, opts["augment"], opts["crop_scale"])
+    counts = np.bincount(train_y, minlength=len(class_names)).astype(float)
+    weights = 1.0 / counts[np.asarray(train_y)]
+    g = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
+                                                     num_samples=len(train_y), replacement=True, generator=g)
+    bs = int(opts["batch_size"])
+    train_loader = torch.utils.data.DataLoader(_CellDataset(train_imgs, train_y, train_tf), batch_size=bs,
+                                               sampler=sampler, drop_last=len(train_y) > bs)
+    val_loader = torch.utils.data.DataLoader(_CellDataset(val_imgs, val_y, val_tf), batch_size=bs)
+    criterion = torch.nn.CrossEntropyLoss()
+    start_epoch, history, best_metric = 0, [], -math.inf
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(resume, kind="bm")
+        if list(ckpt["config"].get("class_names", [])) != list(class_names):
+            raise ValueError(f"--resume {resume}: its classes {ckpt['config'].get('class_names')} differ "
+                             f"from the data's {list(class_names)}.")
+        net.load_state_dict(ckpt["state_dict"])
+        lr = float(ckpt["recipe"]["lr"])
+    elif opts["lr"] is not None:
+        lr = float(opts["lr"])
+    else:
+        report(progress, "lr range test", 0, 1)
+        lr = lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get("lr_test_steps", 30)))
+        report(progress, "lr range test", 1, 1)
+        if log:
+            log({"event": "lr_range_test", "lr": lr})
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=float(opts["weight_decay"]))
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=int(opts["patience"]))
+    if ckpt is not None:
+        ex = ckpt["extra"]
+        opt.load_state_dict(ex["optimizer"])
+        sched.load_state_dict(ex["scheduler"])
+        start_epoch = int(ex["epoch"])
+        history = list(ex.get("history", []))
+        best_metric = float(ex.get("best_metric", -math.inf))
+    recipe = {
+        "arch": model.arch, "optimizer": "SGD", "momentum": 0.9, "lr": lr, "lr_source":
+            "given" if opts["lr"] is not None else "range test", "weight_decay": float(opts["weight_decay"]),
+        "scheduler": "ReduceLROnPlateau(factor=0.1, patience=%d)" % int(opts["patience"]),
+        "sampler": "WeightedRandomSampler", "augment": bool(opts["augment"]),
+        "crop_scale": list(opts["crop_scale"]), "rotation": [0, 180], "flips": ["h", "v"],
+        "epochs": int(epochs), "batch_size": bs, "input_size": size, "seed": int(seed),
+        "pretrained": bool(opts["pretrained"]), "data": data_desc, "n_train": len(train_y), "n_val": len(val_y),
+    }
+    model.recipe = recipe
+    steps_per_epoch = len(train_loader)
+    last_p = None
+    for epoch in range(start_epoch, epochs):
+        net.train()
+        tot, n = 0.0, 0
+        for step, (x, y) in enumerate(train_loader):
+            opt.zero_grad()
+            loss = criterion(net(x.to(dev)), y.to(dev))
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(y)
+            n += len(y)
+            report(progress, stage, epoch * steps_per_epoch + step + 1, epochs * steps_per_epoch)
+        val_loss, p, yv = _evaluate_loader(net, val_loader, criterion, dev)
+        sched.step(val_loss)
+        m = _metrics(yv, p.argmax(1), class_names)
+        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": int(epochs), "loss": tot / max(n, 1),
+               "val_loss": val_loss, "metric": m["macro_f1"], "metric_name": "macro_f1",
+               "accuracy": m["accuracy"], "lr": opt.param_groups[0]["lr"]}
+        history.append(rec)
+        if log:
+            log(dict(rec))
+        improved = m["macro_f1"] > best_metric
+        if improved:
+            best_metric = m["macro_f1"]
+            model.metrics = {k: v for k, v in m.items()}
+            model.metrics["epoch"] = epoch + 1
+            model.save(out / "best.pt")
+            last_p = p
+        model_last = model.to_checkpoint(extra={
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+            "history": history, "best_metric": best_metric})
+        model_last["metrics"] = m
+        save_checkpoint(model_last, out / "last.pt")
+    if last_p is None:  # resumed after the last epoch: evaluate the best checkpoint
+        from ..models.bm import load_bm_model
+
+        best = load_bm_model(out / "best.pt")
+        _, last_p, _ = _evaluate_loader(best.module.to(dev), val_loader, criterion, dev)
+    return {"best_metric": best_metric, "history": history, "val_proba": last_p, "lr": lr}
+
+
+def _options(options: dict, arch: str, simulated: bool) -> dict:
+    from ..models.bm import DEFAULT_INPUT_SIZE, canonical_arch
+
+    opts = dict(options)
+    opts.setdefault("input_size", 64 if simulated and "tiny" in arch else None)
+    if opts["input_size"] is None:
+        opts["input_size"] = DEFAULT_INPUT_SIZE[canonical_arch(arch)]
+    opts.setdefault("batch_size", 32)
+    opts.setdefault("lr", None)
+    opts.setdefault("augment", True)
+    opts.setdefault("crop_scale", (0.08, 1.0))
+    opts.setdefault("val_fraction", 0.2)
+    opts.setdefault("n_per_class", 64)
+    opts.setdefault("pretrained", True)
+    opts.setdefault("weight_decay", 1e-4)
+    opts.setdefault("patience", 3)
+    if isinstance(opts["crop_scale"], (int, float)):
+        opts["crop_scale"] = (float(opts["crop_scale"]), 1.0)
+    if isinstance(opts["augment"], str):
+        opts["augment"] = opts["augment"].lower() not in ("0", "false", "no", "off")
+    return opts
+
+
+def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
+             progress=None, log=None, **options) -> dict:
+    """Train a BM classifier; see the module docstring. Returns checkpoint, metrics, history, seconds."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    from ..models.bm import canonical_arch
+
+    t0 = time.perf_counter()
+    arch = canonical_arch(backbone or DEFAULT_ARCH)
+    simulated = isinstance(data, str) and data == "simulated"
+    opts = _options(options, arch, simulated)
+    epochs = int(epochs or 10)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is not None and not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file.")
+    if resume is not None and folds:
+        raise ValueError("--resume continues a single-split run; it cannot be combined with --folds.")
+    images, labels, names, skipped = load_bm_data(data, input_size=int(opts["input_size"]),
+                                                  n_per_class=int(opts["n_per_class"]), seed=seed)
+    if opts.get("class_names"):
+        extra = sorted(set(labels) - set(opts["class_names"]))
+        if extra:
+            raise ValueError(f"classes {extra} in the data are not in class_names")
+        names = tuple(opts["class_names"])
+    y = np.array([names.index(lab) for lab in labels])
+    desc = str(data)
+    common = dict(arch=arch, epochs=epochs, device=device, seed=seed, progress=progress, log=log,
+                  opts=opts, data_desc=desc)
+    if folds:
+        k = int(folds)
+        skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        oof = np.zeros((len(y), len(names)))
+        fold_best, history = [], []
+        for i, (tr, va) in enumerate(skf.split(np.zeros(len(y)), y)):
+            if log:
+                log({"event": "fold", "fold": i + 1, "folds": k})
+            res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out / f"fold{i + 1}",
+                       resume=None, stage=f"fold {i + 1}/{k}", **common)
+            oof[va] = res["val_proba"]
+            fold_best.append(res["best_metric"])
+            history += [dict(h, fold=i + 1) for h in res["history"]]
+        metrics = _metrics(y, oof.argmax(1), names)
+        metrics["folds"] = k
+        metrics["fold_macro_f1"] = [float(f) for f in fold_best]
+        best_fold = int(np.argmax(fold_best)) + 1
+        shutil.copyfile(out / f"fold{best_fold}" / "best.pt", out / "best.pt")
+        shutil.copyfile(out / f"fold{best_fold}" / "last.pt", out / "last.pt")
+        metrics["checkpoint_fold"] = best_fold
+    else:
+        idx = np.arange(len(y))
+        tr, va = train_test_split(idx, test_size=float(opts["val_fraction"]), stratify=y, random_state=seed)
+        res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out,
+                   resume=resume, **common)
+        metrics = _metrics(y[va], res["val_proba"].argmax(1), names)
+        history = res["history"]
+    metrics["skipped"] = int(skipped)
+    return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history,
+            "seconds": time.perf_counter() - t0}
+
+
+def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=None) -> dict:
+    """Macro/per-class precision, recall, F1 and accuracy of ``model`` on ``data``."""
+    from ..analysis.bm import classify_cells
+    from ..models.bm import load_bm_model
+
+    clf = load_bm_model(model)
+    images, labels, _, skipped = load_bm_data(data, input_size=clf.input_size)
+    names = list(clf.class_names)
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise ValueError(f"the data has classes {unknown} that the model does not know ({names}).")
+    res = classify_cells(images, clf, batch_size=batch_size, device=device, progress=progress)
+    y = np.array([names.index(lab) for lab in labels])
+    m = _metrics(y, res.predicted, names)
+    if skipped:
+        m["skipped"] = int(skipped)
+    return m

@@ -1,0 +1,462 @@
+"""Train and evaluate the six-head multi-label RBC classifier.
+
+Recipe (recorded in every checkpoint): the ImageNet backbone is frozen, so its pooled
+features are computed once per patch and cached in memory; the six heads (FC512-FC1-sigmoid)
+then train on those features with binary cross-entropy. The paper uses Adam at lr 1e-5; on
+cached features that needs thousands of epochs, so the default here is Adam at lr 1e-3
+(``lr=1e-5`` reproduces the paper's setting). A gradient-boosting classifier is then fitted
+on the six head outputs for the abnormal call (abnormal = any type but Oval/Disc) and stored
+in the checkpoint.
+
+Data (``data``):
+
+* ``"simulated"``: region patches cut from simulated smears (``n_smears`` smears, seed-based);
+* a CSV file: a multi-label patch table (``path`` + six 0/1 type columns);
+* a folder of class sub-folders of single-cell crops: the Xu et al. 2017 folder names map onto
+  the six types (``constants.XU_FOLDER_TO_TYPE``); folders named like a type (``oval_disc``...)
+  are taken as that type. ``compose=N`` adds N multi-cell patches composed from those crops.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..constants import ABNORMAL_TYPES, RBC_TYPES, XU_FOLDER_TO_TYPE
+
+DEFAULT_EPOCHS = 40
+DEFAULT_LR = 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+class PatchSet:
+    """Images with the boxes to classify and their 0/1 type rows.
+
+    ``items``: list of (image (H,W,3) uint8, boxes (k,4)); ``y``: (N,6) in item/box order;
+    ``groups``: (N,) group ids (patient / smear) for grouped splits; ``names``: (N,) source names.
+    """
+
+    def __init__(self):
+        self.items: list[tuple[np.ndarray, np.ndarray]] = []
+        self.y: list[np.ndarray] = []
+        self.groups: list[str] = []
+        self.names: list[str] = []
+        self.skipped = 0
+
+    def add(self, image, boxes, y, group, names):
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        y = np.asarray(y, dtype=np.float32).reshape(-1, len(RBC_TYPES))
+        self.items.append((image, boxes))
+        self.y.extend(list(y))
+        self.groups.extend([group] * len(boxes))
+        self.names.extend(list(names))
+
+    @property
+    def Y(self) -> np.ndarray:
+        return np.asarray(self.y, dtype=np.float32).reshape(-1, len(RBC_TYPES))
+
+    def __len__(self):
+        return len(self.y)
+
+
+def _rgb(path):
+    from ..io.images import read_image, to_rgb_uint8
+
+    return to_rgb_uint8(read_image(path))
+
+
+def _folder_type(name: str) -> str:
+    if name in XU_FOLDER_TO_TYPE:
+        return XU_FOLDER_TO_TYPE[name]
+    low = name.lower().replace("-", "_").replace("/", "_").replace(" ", "_")
+    for t in RBC_TYPES:
+        if low == t:
+            return t
+    from ..io.datasets import DatasetError
+
+    raise DatasetError(
+        f"class folder {name!r} maps to none of the six RBC types; use the Xu et al. folder names "
+        f"{sorted(XU_FOLDER_TO_TYPE)} or the type names {list(RBC_TYPES)}"
+    )
+
+
+def _patient(path: str) -> str:
+    stem = Path(path).stem
+    return stem.split("_")[0] if "_" in stem else stem
+
+
+def load_patches(data, *, seed: int = 0, n_smears: int = 7, compose: int = 0, progress=None,
+                 smear_shape=(1080, 1920)) -> PatchSet:
+    """Load a multi-label patch set from any supported ``data`` (see module docstring)."""
+    from ..io.datasets import DatasetError
+
+    ps = PatchSet()
+    if isinstance(data, str) and data == "simulated":
+        from ..data.simulate import simulate_smear
+
+        for k in range(n_smears):
+            sm = simulate_smear(seed=seed * 1000 + k, shape=smear_shape)
+            reg = sm.regions
+            boxes = reg[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
+            ps.add(sm.image, boxes, reg[list(RBC_TYPES)].to_numpy(), f"smear{k}",
+                   [f"smear{seed * 1000 + k}:{r}" for r in reg["region_id"]])
+            if progress is not None:
+                progress("simulate", k + 1, n_smears)
+        return ps
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        from ..io.datasets import read_multilabel_table
+
+        df = read_multilabel_table(path)
+        for i, row in enumerate(df.itertuples(index=False)):
+            try:
+                img = _rgb(row.path)
+            except ValueError:
+                ps.skipped += 1
+                continue
+            h, w = img.shape[:2]
+            ps.add(img, [[0, 0, w, h]], [[getattr(row, t) for t in RBC_TYPES]], _patient(row.path), [row.path])
+            if progress is not None:
+                progress("load", i + 1, len(df))
+        if len(ps) == 0:
+            raise DatasetError(f"{path}: none of the listed images could be read")
+        return ps
+    if path.is_dir():
+        from ..io.datasets import scan_class_folders
+
+        df = scan_class_folders(path)
+        ps.skipped = int(df.attrs.get("skipped", 0))
+        types = {lab: _folder_type(lab) for lab in df["label"].unique()}
+        for i, row in enumerate(df.itertuples(index=False)):
+            try:
+                img = _rgb(row.path)
+            except ValueError:
+                ps.skipped += 1
+                continue
+            h, w = img.shape[:2]
+            y = np.zeros(len(RBC_TYPES))
+            y[RBC_TYPES.index(types[row.label])] = 1
+            ps.add(img, [[0, 0, w, h]], [y], _patient(row.path), [row.path])
+            if progress is not None:
+                progress("load", i + 1, len(df))
+        if compose:
+            from ..data.compose import compose_patches, load_crops
+
+            crops = load_crops(path)
+            for j, (patch, types_, n_cells) in enumerate(compose_patches(crops, int(compose), seed=seed)):
+                h, w = patch.shape[:2]
+                ps.add(patch, [[0, 0, w, h]], [types_], f"composed{j}", [f"composed:{j}"])
+        return ps
+    raise DatasetError(
+        f"{data}: not a multi-label data source; give 'simulated', a CSV patch table or a folder of class folders"
+    )
+
+
+def compute_features(clf, ps: PatchSet, batch_size: int = 64, progress=None):
+    """Pooled backbone features (N, D) for every box of a PatchSet (batched)."""
+    import torch
+
+    feats = []
+    n_total = len(ps)
+    done = 0
+    # group small whole-image crops into batches
+    pending = []
+
+    def flush():
+        nonlocal done
+        if pending:
+            crops = torch.cat(pending)
+            pending.clear()
+            feats.append(clf.features(crops, batch_size=batch_size))
+            done_ = sum(len(f) for f in feats)
+            if progress is not None:
+                progress("features", done_, n_total)
+
+    for image, boxes in ps.items:
+        pending.append(clf.crops(image, boxes).cpu())
+        if sum(len(p) for p in pending) >= batch_size:
+            flush()
+    flush()
+    return torch.cat(feats) if feats else torch.zeros((0, 1))
+
+
+# ------------------------------------------------------------------------------------------
+# metrics
+# ------------------------------------------------------------------------------------------
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, abnormal_pred: np.ndarray | None = None,
+                       threshold: float = 0.5) -> dict:
+    """Per-type ROC AUC, mean AUC, exact-match accuracy and abnormal accuracy.
+
+    A type whose truth is all 0 or all 1 has no AUC (``None``) and is left out of the mean."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true).astype(int).reshape(-1, len(RBC_TYPES))
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(RBC_TYPES))
+    auc = {}
+    for j, t in enumerate(RBC_TYPES):
+        if len(np.unique(y_true[:, j])) < 2:
+            auc[t] = None
+        else:
+            auc[t] = float(roc_auc_score(y_true[:, j], probs[:, j]))
+    vals = [v for v in auc.values() if v is not None]
+    pred = (probs >= threshold).astype(int)
+    exact = float(np.mean(np.all(pred == y_true, axis=1))) if len(y_true) else float("nan")
+    abn_true = _abnormal_truth(y_true)
+    if abnormal_pred is None:
+        abnormal_pred = _abnormal_truth(pred)
+    abn_acc = float(np.mean(np.asarray(abnormal_pred).astype(int) == abn_true)) if len(y_true) else float("nan")
+    return {
+        "auc": auc,
+        "mean_auc": float(np.mean(vals)) if vals else None,
+        "exact_match_accuracy": exact,
+        "abnormal_accuracy": abn_acc,
+        "n": int(len(y_true)),
+    }
+
+
+def _abnormal_truth(y: np.ndarray) -> np.ndarray:
+    idx = [RBC_TYPES.index(t) for t in ABNORMAL_TYPES]
+    return (np.asarray(y)[:, idx].max(axis=1) > 0).astype(int)
+
+
+def fit_abnormal_model(probs: np.ndarray, y: np.ndarray, seed: int = 0):
+    """GradientBoostingClassifier on the six head outputs -> abnormal (0/1)."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    target = _abnormal_truth(y)
+    gb = GradientBoostingClassifier(n_estimators=100, max_depth=2, learning_rate=0.1, random_state=seed)
+    if len(np.unique(target)) < 2:
+        from sklearn.dummy import DummyClassifier
+
+        return DummyClassifier(strategy="most_frequent").fit(probs, target)
+    return gb.fit(probs, target)
+
+
+# ------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------
+def _split(ps: PatchSet, val_fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    n = len(ps)
+    idx = np.arange(n)
+    if n < 5 or val_fraction <= 0:
+        return idx, idx
+    strat = _abnormal_truth(ps.Y)
+    try:
+        return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
+    except ValueError:
+        return train_test_split(idx, test_size=val_fraction, random_state=seed)
+
+
+def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer_state=None, start_epoch=0,
+                 on_epoch=None, progress=None, device="cpu"):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(heads.parameters(), lr=lr)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    lossf = torch.nn.BCEWithLogitsLoss()
+    X = torch.as_tensor(X, dtype=torch.float32)
+    Y = torch.as_tensor(Y, dtype=torch.float32)
+    Xv = torch.as_tensor(Xv, dtype=torch.float32)
+    Yv = torch.as_tensor(Yv, dtype=torch.float32)
+    heads.to(device)
+    for epoch in range(start_epoch, epochs):
+        heads.train()
+        perm = torch.randperm(len(X), generator=g)
+        tot = 0.0
+        for i in range(0, len(X), batch_size):
+            b = perm[i:i + batch_size]
+            opt.zero_grad()
+            loss = lossf(heads(X[b].to(device)), Y[b].to(device))
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(b)
+        heads.eval()
+        with torch.no_grad():
+            vlogits = heads(Xv.to(device)).cpu()
+            vloss = float(lossf(vlogits, Yv)) if len(Xv) else float("nan")
+        if progress is not None:
+            progress("train", epoch + 1, epochs)
+        if on_epoch is not None:
+            on_epoch(epoch, tot / max(len(X), 1), vloss, torch.sigmoid(vlogits).numpy(), opt)
+    return opt
+
+
+def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
+                     progress=None, log=None, input_size: int | None = None, lr: float = DEFAULT_LR,
+                     batch_size: int = 64, val_fraction: float = 0.2, n_smears: int = 7, compose: int = 0,
+                     pretrained: bool = True, val_data=None, **options) -> dict:
+    """Train the six heads (+ abnormal model) on cached frozen-backbone features.
+
+    Writes ``out/best.pt`` (best validation mean AUC) and ``out/last.pt`` (for ``resume``)
+    after every epoch. ``folds=k`` first runs k-fold cross-validation (grouped by patient /
+    smear when there are enough groups) and reports it under ``metrics["cv"]``.
+    ``val_data``: an optional separate validation source instead of a random split.
+    Returns {"checkpoint", "metrics", "history", "seconds"}.
+    """
+    import torch
+
+    from .._device import resolve_device
+    from ..models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ..models.multilabel import CPU_INPUT_SIZE, RBCClassifier, new_classifier
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    epochs = int(epochs or DEFAULT_EPOCHS)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dev = resolve_device(device)
+    resumed = None
+    if resume is not None:
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"--resume: checkpoint {resume} does not exist")
+        resumed = load_checkpoint(resume, kind="multilabel")
+        backbone = resumed["config"]["backbone"]
+        input_size = resumed["config"]["input_size"]
+    backbone = backbone or "efficientnet-lite0"
+    input_size = int(input_size or CPU_INPUT_SIZE)
+    if resumed is not None:
+        clf = RBCClassifier.from_checkpoint(resumed, device=dev)
+    else:
+        clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev)
+    emit = log or (lambda d: None)
+
+    ps = load_patches(data, seed=seed, n_smears=n_smears, compose=compose, progress=progress)
+    if len(ps) < 2:
+        from ..io.datasets import DatasetError
+
+        raise DatasetError(f"{data}: only {len(ps)} patch(es); at least 2 are needed to train")
+    feats = compute_features(clf, ps, batch_size=batch_size, progress=progress).numpy()
+    Y = ps.Y
+    emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": int(feats.shape[1])})
+
+    metrics: dict[str, Any] = {}
+    if folds:
+        metrics["cv"] = _cross_validate(feats, Y, np.asarray(ps.groups), int(folds), epochs=epochs, lr=lr,
+                                        batch_size=batch_size, seed=seed, log=emit, progress=progress)
+
+    if val_data is not None:
+        vps = load_patches(val_data, seed=seed + 1, n_smears=max(1, n_smears // 4), progress=progress)
+        vfeats = compute_features(clf, vps, batch_size=batch_size).numpy()
+        Xtr, Ytr, Xva, Yva = feats, Y, vfeats, vps.Y
+    else:
+        tr, va = _split(ps, val_fraction, seed)
+        Xtr, Ytr, Xva, Yva = feats[tr], Y[tr], feats[va], Y[va]
+
+    recipe = {
+        "features": "frozen ImageNet backbone, pooled, cached",
+        "backbone": backbone, "input_size": input_size, "optimizer": "Adam", "lr": lr,
+        "loss": "BCEWithLogits per type", "epochs": epochs, "batch_size": batch_size, "seed": seed,
+        "data": str(data), "n_patches": int(len(ps)), "val_fraction": val_fraction,
+        "abnormal_model": "sklearn GradientBoostingClassifier(n_estimators=100, max_depth=2) on the six outputs",
+        "paper_lr": 1e-5,
+    }
+    clf.recipe = recipe
+    history: list[dict] = list(resumed["extra"].get("history", [])) if resumed else []
+    best = {"metric": -1.0, "epoch": -1}
+    if resumed is not None:
+        best = dict(resumed["extra"].get("best", best))
+    start_epoch = int(resumed["extra"].get("epoch", -1)) + 1 if resumed else 0
+    opt_state = resumed["extra"].get("optimizer") if resumed else None
+
+    def on_epoch(epoch, loss, vloss, vprobs, opt):
+        m = multilabel_metrics(Yva, vprobs)
+        metric = m["mean_auc"] if m["mean_auc"] is not None else m["exact_match_accuracy"]
+        improved = metric is not None and metric > best["metric"]
+        if improved or epoch + 1 == epochs or clf.abnormal_model is None:
+            # the abnormal model follows the heads it was fitted on
+            clf.abnormal_model = fit_abnormal_model(clf.head_probs(Xtr), Ytr, seed=seed)
+        m["abnormal_accuracy"] = float(np.mean((clf.abnormal_proba(vprobs) >= 0.5) == _abnormal_truth(Yva))) \
+            if len(Yva) else float("nan")
+        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": loss, "val_loss": vloss,
+               "metric": metric, "metric_name": "val_mean_auc", "exact_match_accuracy": m["exact_match_accuracy"],
+               "abnormal_accuracy": m["abnormal_accuracy"]}
+        history.append(rec)
+        emit(rec)
+        clf.metrics = {**{k: v for k, v in m.items()}, "epoch": epoch + 1}
+        extra = {"epoch": epoch, "optimizer": opt.state_dict(), "history": history}
+        if improved:
+            best.update(metric=float(metric), epoch=epoch + 1)
+            save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best)}), out / "best.pt")
+        save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best)}), out / "last.pt")
+
+    _train_heads(clf.net.heads, Xtr, Ytr, Xva, Yva, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                 optimizer_state=opt_state, start_epoch=start_epoch, on_epoch=on_epoch, progress=progress, device=dev)
+    if not (out / "best.pt").is_file():
+        raise CheckpointError(f"training wrote no best checkpoint in {out}")
+    best_ck = load_checkpoint(out / "best.pt", kind="multilabel")
+    metrics.update({"val": best_ck["metrics"], "best_epoch": best["epoch"]})
+    return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history,
+            "seconds": time.time() - t0}
+
+
+def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, progress):
+    import torch
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    from ..models.multilabel import make_heads
+
+    strat = np.argmax(Y, axis=1) * 2 + _abnormal_truth(Y)
+    n_groups = len(np.unique(groups))
+    if n_groups >= k:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = list(splitter.split(feats, strat, groups))
+        grouped = True
+    else:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = list(splitter.split(feats, strat))
+        grouped = False
+    fold_metrics = []
+    for f, (tr, te) in enumerate(splits):
+        torch.manual_seed(seed + f)
+        heads = make_heads(feats.shape[1])
+        _train_heads(heads, feats[tr], Y[tr], feats[te], Y[te], epochs=epochs, lr=lr, batch_size=batch_size,
+                     seed=seed + f)
+        heads.eval()
+        with torch.no_grad():
+            ptr = torch.sigmoid(heads(torch.as_tensor(feats[tr]))).numpy()
+            pte = torch.sigmoid(heads(torch.as_tensor(feats[te]))).numpy()
+        abn = fit_abnormal_model(ptr, Y[tr], seed=seed)
+        m = multilabel_metrics(Y[te], pte, abn.predict(pte))
+        m["fold"] = f + 1
+        fold_metrics.append(m)
+        log({"event": "fold", "fold": f + 1, "folds": k, **{kk: v for kk, v in m.items() if kk != "auc"}})
+        if progress is not None:
+            progress("cv", f + 1, k)
+    summ = {}
+    for key in ("mean_auc", "exact_match_accuracy", "abnormal_accuracy"):
+        vals = [m[key] for m in fold_metrics if m[key] is not None]
+        summ[key] = float(np.mean(vals)) if vals else None
+        summ[key + "_std"] = float(np.std(vals)) if vals else None
+    return {"folds": fold_metrics, "mean": summ, "k": k, "grouped_by_patient": grouped}
+
+
+# ------------------------------------------------------------------------------------------
+# evaluation
+# ------------------------------------------------------------------------------------------
+def evaluate_multilabel(model, data, device="auto", *, batch_size: int = 64, seed: int = 12345,
+                        n_smears: int = 2, threshold: float | None = None, **options) -> dict:
+    """Per-type AUC, mean AUC, exact-match and abnormal accuracy of a checkpoint on ``data``.
+
+    ``data`` as for :func:`train_multilabel`; "simulated" uses held-out seeds (``seed``)."""
+    from .._device import resolve_device
+    from ..models.multilabel import RBCClassifier
+
+    dev = resolve_device(device)
+    clf = RBCClassifier.from_checkpoint(model, device=dev)
+    ps = load_patches(data, seed=seed, n_smears=n_smears)
+    feats = compute_features(clf, ps, batch_size=batch_size)
+    probs = clf.head_probs(feats)
+    thr = float(threshold if threshold is not None else clf.config.get("type_threshold", 0.5))
+    m = multilabel_metrics(ps.Y, probs, clf.abnormal_proba(probs) >= 0.5, threshold=thr)
+    if ps.skipped:
+        m["skipped"] = int(ps.skipped)
+    return m

@@ -1,0 +1,218 @@
+"""The paper's Table 1 protocol on class folders of single-RBC crops (Qiu et al.).
+
+``python -m napari_sickle.train multilabel-protocol --data SICKLE_DATA/sickle-rbc --out DIR``
+
+* k-fold cross-validation (default 5, stratified by the single cell's type);
+* in every fold, multi-cell patches are composed from the *training* crops for training
+  and from the *test* crops for testing (``data.compose.compose_patches``), so no cell
+  is seen on both sides;
+* Model A: six heads trained on single cells + composed multi-cell patches, tested on the
+  mixed test set (single + multi-cell); A*: the same model tested on single cells only;
+  Model B: trained on single cells only, tested on the mixed set;
+* every model is also scored on the multi-cell patches alone;
+* the gradient-boosting abnormal classifier (scikit-learn) on the six head outputs gives
+  the abnormal accuracy (abnormal = any type other than Oval/Disc).
+
+Features come from the frozen ImageNet backbone (``models.multilabel``), computed once per
+image and cached in memory, so each fold's heads train in seconds on a CPU. Results are
+written to ``DIR/protocol.json`` and ``DIR/table1.md``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .._progress import report
+from ..constants import RBC_TYPE_LABELS, RBC_TYPES, XU_FOLDER_TO_TYPE
+
+
+def _abnormal(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y)[:, 1:].any(1).astype(int)
+
+
+def _onehot(idx: int) -> np.ndarray:
+    v = np.zeros(len(RBC_TYPES), dtype=np.float32)
+    v[idx] = 1
+    return v
+
+
+def _load_crops(root):
+    from ..data.compose import load_crops
+    from ..io.datasets import DatasetError
+
+    crops = load_crops(root, mapping=XU_FOLDER_TO_TYPE)
+    if len(crops) < 10:
+        raise DatasetError(f"{root}: only {len(crops)} readable single-cell crops; the protocol needs class folders "
+                           "named as in Xu et al. 2017 (Discocytes, Oval, Elongated, ...).")
+    return crops
+
+
+def _patchset(images, ys, group):
+    """Whole-image patches -> the RBC team's PatchSet (one box per patch)."""
+    from .multilabel import PatchSet
+
+    ps = PatchSet()
+    for i, (im, y) in enumerate(zip(images, ys)):
+        h, w = im.shape[:2]
+        ps.add(im, [[0, 0, w, h]], [y], group, [f"{group}:{i}"])
+    return ps
+
+
+def _features(clf, images, ys, group, progress, stage):
+    from ..io.images import to_rgb_uint8
+    from .multilabel import compute_features
+
+    ps = _patchset([to_rgb_uint8(im) for im in images], ys, group)
+    cb = None if progress is None else (lambda _s, d, t: progress(stage, d, t))
+    return compute_features(clf, ps, progress=cb).numpy(), ps.Y
+
+
+def _fit(clf_feat_dim, X, Y, *, epochs, lr, batch_size, seed):
+    import torch
+
+    from ..models.multilabel import make_heads
+    from .multilabel import _train_heads
+
+    torch.manual_seed(seed)
+    heads = make_heads(clf_feat_dim)
+    _train_heads(heads, X, Y, X[:0], Y[:0], epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    return heads.eval()
+
+
+def _probs(heads, X):
+    import torch
+
+    with torch.inference_mode():
+        return torch.sigmoid(heads(torch.as_tensor(X, dtype=torch.float32))).numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# the protocol
+# ---------------------------------------------------------------------------------------
+def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0, folds=None, progress=None,
+                 log=None, input_size: int = 96, n_train_patches: int = 1000, n_test_patches: int = 200,
+                 max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3, batch_size: int = 64,
+                 **_ignored) -> dict:
+    """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
+    with ``metrics`` (mean over folds) and ``report`` (per fold and mean)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from .._device import resolve_device
+    from ..data.compose import compose_patches
+    from ..models.multilabel import new_classifier
+    from .multilabel import fit_abnormal_model, multilabel_metrics
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds = int(folds or 5)
+    head_epochs = int(head_epochs or epochs or 40)
+    backbone = backbone or "efficientnet-lite0"
+    dev = resolve_device(device)
+    crops = _load_crops(data)
+    strata = np.array([c.type_index for c in crops])
+    clf = new_classifier(backbone, input_size=int(input_size), pretrained=True, device=dev)
+    X_single, y_single = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops],
+                                   "single", progress, "features: single cells")
+    dim = X_single.shape[1]
+    fit = dict(epochs=head_epochs, lr=lr, batch_size=int(batch_size))
+
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    per_fold = []
+    for k, (tr, te) in enumerate(skf.split(np.zeros(len(crops)), strata)):
+        report(progress, "folds", k, folds)
+        tr_crops = [crops[i] for i in tr]
+        te_crops = [crops[i] for i in te]
+        train_p = compose_patches(tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells)
+        test_p = compose_patches(te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells)
+        train_p = [p for p in train_p if p[2] >= 2]
+        test_p = [p for p in test_p if p[2] >= 2]
+        X_trp, y_trp = _features(clf, [p[0] for p in train_p], [p[1] for p in train_p], "train-patches",
+                                 progress, f"features: fold {k + 1} train patches")
+        X_tep, y_tep = _features(clf, [p[0] for p in test_p], [p[1] for p in test_p], "test-patches",
+                                 progress, f"features: fold {k + 1} test patches")
+        X_tes, y_tes = X_single[te], y_single[te]
+        X_mix, y_mix = np.concatenate([X_tes, X_tep]), np.concatenate([y_tes, y_tep])
+
+        models = {
+            "A": _fit(dim, np.concatenate([X_single[tr], X_trp]), np.concatenate([y_single[tr], y_trp]),
+                      seed=seed + k, **fit),
+            "B": _fit(dim, X_single[tr], y_single[tr], seed=seed + k, **fit),
+        }
+        fold = {"fold": k + 1, "n_train_single": int(len(tr)), "n_train_patches": int(len(train_p)),
+                "n_test_single": int(len(te)), "n_test_patches": int(len(test_p))}
+        for name, heads in models.items():
+            train_X = np.concatenate([X_single[tr], X_trp]) if name == "A" else X_single[tr]
+            train_Y = np.concatenate([y_single[tr], y_trp]) if name == "A" else y_single[tr]
+            gbc = fit_abnormal_model(_probs(heads, train_X), train_Y, seed=seed)
+            for test_name, (Xe, ye) in {"mixed": (X_mix, y_mix), "single": (X_tes, y_tes),
+                                        "multi": (X_tep, y_tep)}.items():
+                pr = _probs(heads, Xe)
+                m = multilabel_metrics(ye, pr, gbc.predict(pr))
+                fold[f"{name}/{test_name}"] = m
+        per_fold.append(fold)
+        if log is not None:
+            log({"event": "fold", "fold": k + 1, "folds": folds,
+                 "A_mixed_exact_match": fold["A/mixed"]["exact_match_accuracy"],
+                 "A_single_exact_match": fold["A/single"]["exact_match_accuracy"],
+                 "B_mixed_exact_match": fold["B/mixed"]["exact_match_accuracy"]})
+    report(progress, "folds", folds, folds)
+
+    summary = {}
+    for key in [k for k in per_fold[0] if "/" in k]:
+        ms = [f[key] for f in per_fold]
+        summary[key] = {
+            "exact_match_accuracy": float(np.mean([m["exact_match_accuracy"] for m in ms])),
+            "exact_match_std": float(np.std([m["exact_match_accuracy"] for m in ms])),
+            "mean_auc": float(np.mean([m["mean_auc"] for m in ms if m["mean_auc"] is not None])),
+            "abnormal_accuracy": float(np.mean([m["abnormal_accuracy"] for m in ms])),
+            "auc": {t: float(np.mean([m["auc"][t] for m in ms if m["auc"].get(t) is not None])) for t in RBC_TYPES
+                    if any(m["auc"].get(t) is not None for m in ms)},
+            "n": int(sum(m["n"] for m in ms)),
+        }
+    seconds = time.perf_counter() - t0
+    rep = {"data": str(data), "folds": folds, "backbone": backbone, "input_size": int(input_size),
+           "head_epochs": head_epochs, "n_train_patches": int(n_train_patches),
+           "n_test_patches": int(n_test_patches), "max_cells": int(max_cells), "seed": int(seed),
+           "device": str(dev), "seconds": seconds, "summary": summary, "per_fold": per_fold}
+    (out / "protocol.json").write_text(json.dumps(rep, indent=2, default=float))
+    (out / "table1.md").write_text(table1_markdown(rep))
+    metrics = {
+        "A_mixed_exact_match": summary["A/mixed"]["exact_match_accuracy"],
+        "A*_single_exact_match": summary["A/single"]["exact_match_accuracy"],
+        "A_multi_exact_match": summary["A/multi"]["exact_match_accuracy"],
+        "B_mixed_exact_match": summary["B/mixed"]["exact_match_accuracy"],
+        "B_multi_exact_match": summary["B/multi"]["exact_match_accuracy"],
+        "A*_single_mean_auc": summary["A/single"]["mean_auc"],
+        "A_mixed_abnormal_accuracy": summary["A/mixed"]["abnormal_accuracy"],
+        "A*_single_abnormal_accuracy": summary["A/single"]["abnormal_accuracy"],
+    }
+    return {"checkpoint": None, "metrics": metrics, "history": per_fold, "seconds": seconds,
+            "report": str(out / "table1.md")}
+
+
+def table1_markdown(rep: dict) -> str:
+    s = rep["summary"]
+    rows = [("Model A", "single + multi-cell", "mixed", "A/mixed"),
+            ("Model A*", "single + multi-cell", "single cells", "A/single"),
+            ("Model A", "single + multi-cell", "multi-cell patches", "A/multi"),
+            ("Model B", "single cells", "mixed", "B/mixed"),
+            ("Model B", "single cells", "single cells", "B/single"),
+            ("Model B", "single cells", "multi-cell patches", "B/multi")]
+    lines = ["| model | trained on | tested on | n | exact match (mean ± sd over folds) | mean AUC | abnormal acc. | "
+             + " | ".join(RBC_TYPE_LABELS[t] + " AUC" for t in RBC_TYPES) + " |",
+             "|" + "---|" * (7 + len(RBC_TYPES))]
+    for label, trained, tested, key in rows:
+        m = s[key]
+        aucs = " | ".join(f"{m['auc'][t]:.3f}" if t in m["auc"] else "–" for t in RBC_TYPES)
+        lines.append(f"| {label} | {trained} | {tested} | {m['n']} | {m['exact_match_accuracy']:.3f} ± "
+                     f"{m['exact_match_std']:.3f} | {m['mean_auc']:.3f} | {m['abnormal_accuracy']:.3f} | {aucs} |")
+    lines.append("")
+    lines.append(f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px, "
+                 f"{rep['head_epochs']} head epochs, {rep['n_train_patches']} composed training patches and "
+                 f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
+                 f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}.")
+    return "\n".join(lines) + "\n"

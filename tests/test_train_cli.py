@@ -1,0 +1,142 @@
+"""`python -m napari_sickle.train`: real trainers on tiny data, JSON progress, resume and
+clear one-line errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sickle.constants import RBC_TYPES
+from napari_sickle.train import main
+
+TINY_ML = ["--threads", "1", "--input-size", "32", "--batch-size", "16", "-o", "pretrained=False"]
+
+
+def _write_png(path: Path, arr) -> None:
+    import imageio.v3 as iio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, arr)
+
+
+def _cell(rng, elongated: bool) -> np.ndarray:
+    """A 24x24 grey crop: a dark disc or a dark elongated ellipse on a light background."""
+    yy, xx = np.mgrid[:24, :24] - 11.5
+    a, b = (10, 4) if elongated else (8, 8)
+    inside = (xx / a) ** 2 + (yy / b) ** 2 <= 1
+    img = np.full((24, 24), 200, np.uint8)
+    img[inside] = 90
+    return np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def crops_root(tmp_path_factory) -> Path:
+    """Class folders named as in Xu et al. 2017, 6 crops each, plus one unreadable file."""
+    root = tmp_path_factory.mktemp("crops")
+    rng = np.random.default_rng(0)
+    for folder, elong in (("Discocytes", False), ("Elongated", True)):
+        for i in range(6):
+            _write_png(root / folder / f"P{i % 2}_{i}.png", _cell(rng, elong))
+    (root / "Discocytes" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+def _run_json(argv, capsys):
+    code = main(argv + ["--json-progress"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    events = [json.loads(ln) for ln in lines]  # every line is one JSON object
+    return code, events
+
+
+def test_multilabel_json_progress_checkpoints_and_resume(crops_root, tmp_path, capsys):
+    from napari_sickle.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    code, events = _run_json(["multilabel", "--data", str(crops_root), "--out", str(out), "--epochs", "2",
+                              *TINY_ML], capsys)
+    assert code == 0, events[-1]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert {"step", "epoch", "checkpoint"} <= set(kinds)
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(isinstance(e["loss"], float) and e["metric_name"] for e in epochs)
+    # the unreadable file is skipped and counted, not fatal
+    warn = [e for e in events if e["event"] == "warning"]
+    assert warn and warn[0]["skipped"] == 1
+    assert events[-1]["skipped"] == 1
+    done = events[-1]
+    assert Path(done["checkpoint"]) == out / "best.pt"
+    ck = load_checkpoint(out / "best.pt", kind="multilabel")
+    assert ck["config"]["input_size"] == 32
+    assert load_checkpoint(out / "last.pt")["extra"]["epoch"] == 1  # 0-based: two epochs done
+
+    # --resume continues from last.pt up to the new epoch count
+    code, events = _run_json(["multilabel", "--data", str(crops_root), "--out", str(out), "--epochs", "3",
+                              "--resume", str(out / "last.pt"), *TINY_ML], capsys)
+    assert code == 0
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [3]
+
+
+def test_subprocess_terminal_mode_prints_result(crops_root, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_sickle.train", "multilabel", "--data", str(crops_root), "--out", str(out),
+         "--epochs", "1", *TINY_ML], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(result["checkpoint"]).is_file()
+    assert "epoch 1/1" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["empty", "one_image", "missing_column", "missing_resume", "no_such_data"])
+def test_clear_errors(case, crops_root, tmp_path):
+    data = tmp_path / "data"
+    extra = []
+    if case == "empty":
+        data.mkdir()
+        expect = "empty"
+    elif case == "one_image":
+        _write_png(data / "Discocytes" / "a.png", np.zeros((8, 8), np.uint8))
+        _write_png(data / "Discocytes" / "b.png", np.zeros((8, 8), np.uint8))
+        _write_png(data / "Echinocytes" / "c.png", np.zeros((8, 8), np.uint8))
+        expect = "'Echinocytes' has only one image"
+    elif case == "missing_column":
+        _write_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+        data = tmp_path / "table.csv"
+        cols = [t for t in RBC_TYPES if t != "granular"]
+        data.write_text("path," + ",".join(cols) + "\na.png," + ",".join("0" for _ in cols) + "\n")
+        expect = "granular"
+    elif case == "missing_resume":
+        data = crops_root
+        extra = ["--resume", str(tmp_path / "nope" / "last.pt")]
+        expect = "no such checkpoint"
+    else:
+        expect = "no such file or folder"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_sickle.train", "multilabel", "--data", str(data), "--out",
+         str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    assert expect in err
+
+
+def test_json_error_event(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, events = _run_json(["bm", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert events == [{"event": "error", "message": f"--data {tmp_path / 'empty'}: the folder is empty.",
+                       "type": "UsageError"}]
+
+
+def test_unknown_option_value_parsing():
+    from napari_sickle.train import build_kwargs, build_parser
+
+    args = build_parser().parse_args(["unet", "--data", "simulated", "--out", "x", "-o", "base=8", "-o",
+                                      "augment=false", "--lr", "0.01"])
+    kw = build_kwargs(args, None, None)
+    assert kw["base"] == 8 and kw["augment"] is False and kw["lr"] == 0.01 and kw["resume"] is None

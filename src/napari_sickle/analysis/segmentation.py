@@ -344,7 +344,7 @@ def segment_unet(
     """Instance labels from a trained U-Net (path, checkpoint dict or module) by tiled inference.
 
     ``tile``/``overlap`` are in pixels of the network's working scale (the checkpoint's
-    ``scale``; 0.5 for the BBBC041 recipe). ``min_size`` defaults to 30 px scaled by 1/scale².
+    ``scale``; 0.25 for the BBBC041 recipe). ``min_size`` defaults to 30 px scaled by 1/scale².
     """
     from .._device import resolve_device
 

@@ -77,7 +77,7 @@ DEFAULT_CONFIG = {
     "in_channels": 3,
     "n_classes": 3,
     "class_names": list(CLASS_NAMES),
-    "scale": 0.5,
+    "scale": 0.25,
     "normalization": "per_image",
 }
 

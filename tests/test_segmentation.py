@@ -1,0 +1,165 @@
+"""Watershed / connected components / tiled U-Net segmentation, comparison and bad input."""
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sickle.analysis.segmentation import (
+    compare_segmentations,
+    predict_unet_probabilities,
+    segment_connected_components,
+    segment_unet,
+    segment_watershed,
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _sim_small():
+    from napari_sickle.data.simulate import simulate_smear
+
+    return simulate_smear(seed=5, shape=(300, 400))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_unet() -> str:
+    """A tiny U-Net trained for a few steps on tiny simulated smears (shared by test modules)."""
+    from napari_sickle.training.unet import train_unet
+
+    out = Path(tempfile.mkdtemp(prefix="sickle-unet-"))
+    res = train_unet(
+        "simulated", out, epochs=1, device="cpu", n_simulated=2, simulated_shape=(160, 160),
+        steps_per_epoch=2, batch_size=2, crop=64, scale=0.5, base_channels=8, depth=2,
+    )
+    return res["checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def sim_small():
+    return _sim_small()
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    return _tiny_unet()
+
+
+def two_touching_cells(shape=(120, 200), dtype=np.uint8):
+    """Bright background, two dark overlapping disks (radius 25) and one lone disk."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 220.0)
+    gt = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate([(60, 50), (60, 92), (60, 160)], start=1):
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= 25**2
+        img[d] = 90
+        gt[d & (gt == 0)] = k
+    rng = np.random.default_rng(0)
+    img = np.clip(img + rng.normal(0, 3, shape), 0, 255)
+    if dtype == np.uint16:
+        return (img * 257).astype(np.uint16), gt
+    return img.astype(np.uint8), gt
+
+
+def test_watershed_splits_touching_cells_connected_components_merges():
+    img, gt = two_touching_cells()
+    ws = segment_watershed(img)
+    cc = segment_connected_components(img)
+    assert ws.dtype == np.int32 and ws.shape == img.shape
+    assert ws.max() == 3
+    assert cc.max() == 2  # the touching pair stays one object
+    res = compare_segmentations(img, gt, methods=["watershed", "connected_components"])
+    assert res.metrics["watershed"].instance_f1_50 == pytest.approx(1.0)
+    assert res.metrics["watershed"].merges == 0
+    assert res.metrics["connected_components"].merges == 1
+    assert res.metrics["connected_components"].merged_cells == 2
+    assert res.merged["connected_components"].max() > 0 and res.merged["watershed"].max() == 0
+    table = res.metrics_table()
+    assert list(table["method"]) == ["watershed", "connected_components"]
+    assert {"dice", "iou", "f1_50", "count", "merges", "splits"} <= set(table.columns)
+
+
+def test_simulated_smear_with_touching_cells(sim_small):
+    res = compare_segmentations(sim_small.image, sim_small.instances)
+    ws, cc = res.metrics["watershed"], res.metrics["connected_components"]
+    assert ws.count_true == int(sim_small.instances.max())
+    assert ws.dice > 0.9
+    assert ws.instance_f1_50 > cc.instance_f1_50
+    assert cc.merges >= 1  # the simulated smear has touching cells
+    assert ws.merges < cc.merges
+
+
+def test_image_without_cells_gives_no_objects():
+    rng = np.random.default_rng(1)
+    blank = np.clip(rng.normal(215, 2, (150, 180, 3)), 0, 255).astype(np.uint8)
+    assert segment_watershed(blank).max() == 0
+    assert segment_connected_components(blank).max() == 0
+    res = compare_segmentations(blank, np.zeros((150, 180), np.uint8))
+    m = res.metrics["watershed"]
+    assert m.count_pred == 0 and m.count_true == 0 and m.dice == 1.0
+    assert segment_watershed(np.zeros((50, 60), np.uint8)).max() == 0  # flat image
+
+
+def test_ground_truth_of_another_size_is_a_clear_error():
+    img, gt = two_touching_cells()
+    with pytest.raises(ValueError, match=r"200x120.*same size"):
+        compare_segmentations(img, gt[:, :150])
+
+
+def test_16_bit_and_rgba_images_give_the_same_result():
+    img8, gt = two_touching_cells()
+    img16, _ = two_touching_cells(dtype=np.uint16)
+    ref = segment_watershed(img8)
+    assert np.array_equal(segment_watershed(img16) > 0, ref > 0)
+    assert segment_watershed(img16).max() == ref.max()
+    rgba = np.dstack([img8, img8, img8, np.full_like(img8, 255)])
+    assert np.array_equal(segment_watershed(rgba), ref)
+    res = compare_segmentations(rgba, gt)
+    assert res.metrics["watershed"].instance_f1_50 == pytest.approx(1.0)
+
+
+def test_unknown_method_and_missing_unet_model():
+    img, _ = two_touching_cells()
+    with pytest.raises(ValueError, match="unknown method"):
+        compare_segmentations(img, methods=["snakes"])
+    with pytest.raises(ValueError, match="U-Net"):
+        compare_segmentations(img, methods=["unet"])
+
+
+def test_tiled_unet_inference_matches_one_big_tile(tiny_unet):
+    """Overlapping tiles blended linearly give nearly the same probabilities as one tile."""
+    from napari_sickle.models.unet import load_unet
+
+    net, cfg = load_unet(tiny_unet)
+    img, _ = two_touching_cells(shape=(300, 420))
+    whole = predict_unet_probabilities(img, (net, cfg), tile=1024, overlap=0, device="cpu")
+    calls = []
+    tiled = predict_unet_probabilities(
+        img, (net, cfg), tile=64, overlap=16, device="cpu", progress=lambda s, d, t: calls.append((d, t))
+    )
+    assert whole.shape == tiled.shape == (3, 300, 420)
+    assert np.allclose(tiled.sum(0), 1.0, atol=1e-4)
+    assert calls[-1][0] == calls[-1][1] > 4  # several tiles, progress reported for each
+    assert np.abs(whole - tiled).mean() < 0.05
+
+
+def test_segment_unet_returns_instances(tiny_unet, sim_small):
+    lab = segment_unet(sim_small.image, tiny_unet, device="cpu")
+    assert lab.shape == sim_small.instances.shape and lab.dtype == np.int32
+    res = compare_segmentations(
+        sim_small.image, sim_small.instances, methods=["unet", "watershed"], unet_model=tiny_unet, device="cpu"
+    )
+    assert set(res.labels) == {"unet", "watershed"}
+    assert 0.0 <= res.metrics["unet"].dice <= 1.0
+
+
+def test_evaluate_segmentation_on_bbbc041_fixture(fixtures_dir):
+    from napari_sickle.analysis.segmentation import evaluate_segmentation
+
+    out = evaluate_segmentation(fixtures_dir / "bbbc041seg")
+    assert out["n_images"] == 2
+    for m in ("watershed", "connected_components"):
+        assert set(out[m]) >= {"dice", "iou", "instance_f1_50", "count_error"}
+        assert 0.8 < out[m]["dice"] <= 1.0
+    # splitting touching cells is what watershed is for
+    assert out["watershed"]["instance_f1_50"] > out["connected_components"]["instance_f1_50"]

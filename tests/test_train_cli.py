@@ -50,49 +50,41 @@ def _run_json(argv, capsys):
     return code, events
 
 
-def test_multilabel_json_progress_checkpoints_and_resume(crops_root, tmp_path, capsys):
+def test_train_terminal_then_resume_with_json_progress(crops_root, tmp_path, capsys):
+    """A real multilabel training run in a subprocess (terminal mode), then --resume with JSON lines."""
     from napari_sickle.models.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_sickle.train", "multilabel", "--data", str(crops_root), "--out", str(out),
+         "--epochs", "1", *TINY_ML], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(result["checkpoint"]) == out / "best.pt"
+    assert result["skipped"] == 1  # the unreadable file is skipped and counted, not fatal
+    assert "epoch 1/1" in proc.stderr and "1 unreadable image" in proc.stderr
+    assert load_checkpoint(out / "last.pt", kind="multilabel")["extra"]["epoch"] == 0
+
     code, events = _run_json(["multilabel", "--data", str(crops_root), "--out", str(out), "--epochs", "2",
-                              *TINY_ML], capsys)
+                              "--resume", str(out / "last.pt"), *TINY_ML], capsys)
     assert code == 0, events[-1]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert {"step", "epoch", "checkpoint"} <= set(kinds)
+    assert {"step", "epoch", "checkpoint", "warning"} <= set(kinds)
+    assert events[0]["resume"] == str(out / "last.pt")
     epochs = [e for e in events if e["event"] == "epoch"]
-    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["epoch"] for e in epochs] == [2]  # continues after the stored epoch
     assert all(isinstance(e["loss"], float) and e["metric_name"] for e in epochs)
-    # the unreadable file is skipped and counted, not fatal
-    warn = [e for e in events if e["event"] == "warning"]
-    assert warn and warn[0]["skipped"] == 1
-    assert events[-1]["skipped"] == 1
-    done = events[-1]
-    assert Path(done["checkpoint"]) == out / "best.pt"
-    ck = load_checkpoint(out / "best.pt", kind="multilabel")
-    assert ck["config"]["input_size"] == 32
-    assert load_checkpoint(out / "last.pt")["extra"]["epoch"] == 1  # 0-based: two epochs done
-
-    # --resume continues from last.pt up to the new epoch count
-    code, events = _run_json(["multilabel", "--data", str(crops_root), "--out", str(out), "--epochs", "3",
-                              "--resume", str(out / "last.pt"), *TINY_ML], capsys)
-    assert code == 0
-    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [3]
-
-
-def test_subprocess_terminal_mode_prints_result(crops_root, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "napari_sickle.train", "multilabel", "--data", str(crops_root), "--out", str(out),
-         "--epochs", "1", *TINY_ML], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert Path(result["checkpoint"]).is_file()
-    assert "epoch 1/1" in proc.stderr
+    assert [e for e in events if e["event"] == "warning"][0]["skipped"] == 1
+    ckpt_events = [e for e in events if e["event"] == "checkpoint"]
+    assert {Path(e["path"]).name for e in ckpt_events} == {"last.pt", "best.pt"}
+    ck = load_checkpoint(out / "last.pt", kind="multilabel")
+    assert ck["extra"]["epoch"] == 1 and ck["config"]["input_size"] == 32
+    assert Path(events[-1]["checkpoint"]).is_file()
 
 
 @pytest.mark.parametrize("case", ["empty", "one_image", "missing_column", "missing_resume", "no_such_data"])
-def test_clear_errors(case, crops_root, tmp_path):
+def test_clear_errors(case, crops_root, tmp_path, capsys):
     data = tmp_path / "data"
     extra = []
     if case == "empty":
@@ -115,14 +107,20 @@ def test_clear_errors(case, crops_root, tmp_path):
         expect = "no such checkpoint"
     else:
         expect = "no such file or folder"
-    proc = subprocess.run(
-        [sys.executable, "-m", "napari_sickle.train", "multilabel", "--data", str(data), "--out",
-         str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    err = proc.stderr.strip()
+    code = main(["multilabel", "--data", str(data), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
     assert expect in err
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_error_in_a_real_process_has_no_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "napari_sickle.train", "detector", "--data", str(tmp_path / "empty"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --data {tmp_path / 'empty'}: the folder is empty."
 
 
 def test_json_error_event(tmp_path, capsys):

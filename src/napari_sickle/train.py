@@ -195,6 +195,11 @@ class Reporter:
         self._stage = None
         self._bar = None
         self._ckpt_mtimes: dict[str, float] = {}
+        for name in ("last.pt", "best.pt"):  # files from an earlier run are not news
+            try:
+                self._ckpt_mtimes[name] = (self.out / name).stat().st_mtime_ns
+            except OSError:
+                pass
 
     def emit(self, event: str, **fields) -> None:
         if self.json_mode:
@@ -210,6 +215,7 @@ class Reporter:
 
     # progress(stage, done, total)
     def progress(self, stage: str, done: int, total: int) -> None:
+        self.check_checkpoints()
         now = time.monotonic()
         stage_changed = stage != self._stage
         if self.json_mode:
@@ -254,7 +260,8 @@ class Reporter:
             self.check_checkpoints(epoch=record.get("epoch"))
 
     def check_checkpoints(self, epoch=None) -> None:
-        """Emit a ``checkpoint`` event when last.pt / best.pt changed on disk."""
+        """Emit a ``checkpoint`` event when last.pt / best.pt changed on disk (checked at
+        every progress/log call; ``epoch`` is the epoch being logged, if any)."""
         for name in ("last.pt", "best.pt"):
             path = self.out / name
             try:

@@ -39,7 +39,7 @@ def simulate_bm_cells(n_per_class: int = 64, size: int = 64, seed: int = 0,
                       marker_radius: float | None = None) -> SimulatedCells:
     """``n_per_class`` cells per class, ``size`` x ``size`` RGB, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    r_mark = float(marker_radius if marker_radius is not None else max(3.0, size / 12))
+    r_mark = float(marker_radius if marker_radius is not None else max(3.0, size / 8))
     rr, cc = np.mgrid[0:size, 0:size].astype(np.float32)
     names = SIM_CLASS_NAMES
     n = n_per_class * len(names)

@@ -72,13 +72,13 @@ def _tiny_vgg(n):
     import torch.nn as nn
     from torchvision.models.vgg import VGG, make_layers
 
-    feats = make_layers([16, "M", 32, "M", 64, "M", 64], batch_norm=True)  # stride 8
+    feats = make_layers([8, "M", 16, "M", 32, "M", 32], batch_norm=True)  # stride 8
     m = VGG(feats, num_classes=n, init_weights=True, dropout=0.2)
     m.avgpool = nn.AdaptiveAvgPool2d((1, 1))
 
     m.classifier = nn.Sequential(
-        nn.Linear(64, 64), nn.ReLU(True), nn.Dropout(0.2), nn.Linear(64, 64), nn.ReLU(True),
-        nn.Dropout(0.2), nn.Linear(64, n),
+        nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(0.2), nn.Linear(32, 32), nn.ReLU(True),
+        nn.Dropout(0.2), nn.Linear(32, n),
     )
     return m
 
@@ -93,10 +93,10 @@ def _tiny_regnet(n):
     from torchvision.models.regnet import BlockParams, RegNet
 
     bp = BlockParams(
-        depths=[1, 1, 1], widths=[16, 32, 64], group_widths=[8, 8, 8],
+        depths=[1, 1, 1], widths=[8, 16, 32], group_widths=[8, 8, 8],
         bottleneck_multipliers=[1.0, 1.0, 1.0], strides=[1, 2, 2], se_ratio=0.25,
     )  # stem stride 2 -> total stride 8
-    return RegNet(bp, num_classes=n, stem_width=16)
+    return RegNet(bp, num_classes=n, stem_width=8)
 
 
 def _tiny_vit(n, image_size=64):

@@ -50,7 +50,7 @@ def _efficientnet_fpn_backbone(pretrained: bool, weights_path=None, out_channels
         def __init__(self):
             super().__init__()
             self.body = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path,
-                                           features_only=True, out_indices=(1, 2, 3, 4))
+                                           features_only=True, out_indices=(2, 3, 4))
             chans = self.body.feature_info.channels()
             self.fpn = FeaturePyramidNetwork(chans, out_channels, extra_blocks=LastLevelMaxPool())
             self.out_channels = out_channels
@@ -64,7 +64,7 @@ def _efficientnet_fpn_backbone(pretrained: bool, weights_path=None, out_channels
     bb = EffNetFPN()
     # Freeze the stem and the first block (as torchvision does for its ResNet FPNs).
     for name, p in bb.body.named_parameters():
-        if name.startswith(("conv_stem", "bn1", "blocks.0")):
+        if name.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2")):
             p.requires_grad_(False)
     return bb
 
@@ -83,10 +83,19 @@ def build_detector(arch: str = "efficientnet-lite0-fpn", num_classes: int = 2, p
                   rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
                   box_score_thresh=0.05)
     if arch == "efficientnet-lite0-fpn":
-        bb = _efficientnet_fpn_backbone(pretrained, weights_path)
-        roi = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
-        return det.FasterRCNN(bb, num_classes=num_classes, rpn_anchor_generator=_anchor_generator(5),
-                              box_roi_pool=roi, **common)
+        # Light CPU configuration: strides 8-64, 64 FPN channels, a 256-wide box head.
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+        bb = _efficientnet_fpn_backbone(pretrained, weights_path, out_channels=64)
+        roi = MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2)
+        anchors = AnchorGenerator(((16, 32), (48, 64), (96, 128), (192, 256)), ((0.5, 1.0, 2.0),) * 4)
+        common.update(rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=600, box_batch_size_per_image=128)
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+        return det.FasterRCNN(bb, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=roi,
+                              box_head=TwoMLPHead(64 * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
+                              **common)
     if arch in ("mobilenet-v3", "resnet101-fpn", "resnet50-fpn-v2"):
         wb = None
         tv_name = {"mobilenet-v3": "mobilenet-v3", "resnet101-fpn": "resnet101", "resnet50-fpn-v2": "resnet50"}[arch]

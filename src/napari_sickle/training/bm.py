@@ -181,7 +181,7 @@ def lr_range_test(model, loader, criterion, device, *, start=1e-5, end=1.0, step
         loss = criterion(model(x.to(device)), y.to(device))
         loss.backward()
         opt.step()
-        v = float(loss)
+        v = float(loss.detach())
         smooth = v if smooth is None else 0.7 * smooth + 0.3 * v
         lrs.append(lr)
         losses.append(smooth)
@@ -300,7 +300,7 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
             loss = criterion(net(x.to(dev)), y.to(dev))
             loss.backward()
             opt.step()
-            tot += float(loss) * len(y)
+            tot += float(loss.detach()) * len(y)
             n += len(y)
             report(progress, stage, epoch * steps_per_epoch + step + 1, epochs * steps_per_epoch)
         val_loss, p, yv = _evaluate_loader(net, val_loader, criterion, dev)

@@ -277,7 +277,7 @@ def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer
             loss = lossf(heads(X[b].to(device)), Y[b].to(device))
             loss.backward()
             opt.step()
-            tot += float(loss) * len(b)
+            tot += float(loss.detach()) * len(b)
         heads.eval()
         with torch.no_grad():
             vlogits = heads(Xv.to(device)).cpu()
@@ -382,11 +382,12 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         history.append(rec)
         emit(rec)
         clf.metrics = {**{k: v for k, v in m.items()}, "epoch": epoch + 1}
-        extra = {"epoch": epoch, "optimizer": opt.state_dict(), "history": history}
+        extra = {"epoch": epoch, "history": history}
         if improved:
             best.update(metric=float(metric), epoch=epoch + 1)
             save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best)}), out / "best.pt")
-        save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best)}), out / "last.pt")
+        save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best), "optimizer": opt.state_dict()}),
+                        out / "last.pt")
 
     _train_heads(clf.net.heads, Xtr, Ytr, Xva, Yva, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                  optimizer_state=opt_state, start_epoch=start_epoch, on_epoch=on_epoch, progress=progress, device=dev)

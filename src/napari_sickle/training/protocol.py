@@ -126,10 +126,10 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
         report(progress, "folds", k, folds)
         tr_crops = [crops[i] for i in tr]
         te_crops = [crops[i] for i in te]
-        train_p = compose_patches(tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells)
-        test_p = compose_patches(te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells)
-        train_p = [p for p in train_p if p[2] >= 2]
-        test_p = [p for p in test_p if p[2] >= 2]
+        train_p = compose_patches(tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells,
+                                  min_cells=2)
+        test_p = compose_patches(te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells,
+                                 min_cells=2)
         X_trp, y_trp = _features(clf, [p[0] for p in train_p], [p[1] for p in train_p], "train-patches",
                                  progress, f"features: fold {k + 1} train patches")
         X_tep, y_tep = _features(clf, [p[0] for p in test_p], [p[1] for p in test_p], "test-patches",

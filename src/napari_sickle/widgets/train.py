@@ -23,15 +23,17 @@ SOURCES = ("folder or CSV", "simulated", "viewer layers")
 
 #: analysis widget class -> model kinds it can take, and which of its FileEdits to fill
 TARGETS = {
-    "AnalyzeRBCWidget": {"detector": ("detector",), "multilabel": ("classifier", "multilabel", "cls")},
+    "AnalyzeRBCWidget": {"detector": ("detector",), "multilabel": ("classifier", "multilabel")},
     "ClassifyBMWidget": {"bm": ("checkpoint", "model", "bm")},
-    "CompareSegmentationWidget": {"unet": ("unet", "checkpoint", "model")},
+    "CompareSegmentationWidget": {"unet": ("unet_model", "unet", "checkpoint")},
 }
 
 
 def _parse_options(text: str) -> list[str]:
+    import shlex
+
     args = []
-    for item in (text or "").replace(",", " ").split():
+    for item in shlex.split(text or ""):
         if "=" not in item:
             raise ValueError(f"Option {item!r} is not KEY=VALUE.")
         args += ["-o", item]
@@ -327,12 +329,14 @@ class TrainWidget(TaskWidget):
             keys = TARGETS[type(mg).__name__].get(kind)
             if not keys:
                 continue
-            edits = [w for w in _walk(mg) if isinstance(w, FileEdit)]
-            edit = next((w for key in keys for w in edits if key in w.name.lower()), None)
+            edits = [(name, w) for name, w in vars(mg).items() if isinstance(w, FileEdit)]
+            edits += [(w.name or "", w) for w in _walk(mg) if isinstance(w, FileEdit)]
+            edit = next((w for key in keys for name, w in edits
+                         if key in name.lower() or key in str(w.label).lower()), None)
             if edit is None:
                 continue
             edit.value = ckpt
-            loaded.append(f"{type(mg).__name__}.{edit.name}")
+            loaded.append(f"{type(mg).__name__} ({edit.label})")
         self.status.value = ("Loaded into " + ", ".join(loaded)) if loaded else (
             f"No open analysis widget takes a {kind!r} model; open one from Plugins > napari-sickle.")
         return loaded

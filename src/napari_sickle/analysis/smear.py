@@ -1,0 +1,247 @@
+"""Analyse an RBC smear: detect regions, classify each into the six types, call abnormal.
+
+``analyze_smear(image, models)`` -> :class:`SmearResult` (plain dataclass, no napari).
+
+SCD screening rule (``summary["scd_call"]``):
+
+* ``"inconclusive"`` when fewer than ``SCD_MIN_REGIONS`` (20) regions were found;
+* ``"positive"`` when at least ``SCD_MIN_SICKLE`` (3) regions are labelled Elongated/Sickle
+  *and* they make up at least ``SCD_MIN_FRACTION`` (5%) of all regions;
+* ``"negative"`` otherwise.
+
+This is a screening aid for the user's review of the flagged regions, not a diagnosis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..constants import RBC_TYPE_LABELS, RBC_TYPES
+
+SCD_MIN_REGIONS = 20
+SCD_MIN_SICKLE = 3
+SCD_MIN_FRACTION = 0.05
+SCD_RULE = (
+    f"positive if >= {SCD_MIN_SICKLE} regions and >= {SCD_MIN_FRACTION:.0%} of regions are Elongated/Sickle; "
+    f"inconclusive if fewer than {SCD_MIN_REGIONS} regions; otherwise negative"
+)
+#: Images smaller than this (either side) hold no cell: empty result.
+MIN_IMAGE_SIDE = 16
+#: Cells must be at least this much darker (0-255 gray) than the background to count as cells.
+MIN_CONTRAST = 12.0
+#: Detections whose box holds less than this fraction of cell pixels are dropped.
+MIN_BOX_FOREGROUND = 0.05
+
+
+@dataclass
+class SmearResult:
+    boxes: np.ndarray  # (N, 4) float32 x_min, y_min, x_max, y_max (pixels, max exclusive)
+    scores: np.ndarray  # (N,)
+    probs: np.ndarray  # (N, 6) per-type probabilities, order RBC_TYPES
+    labels: np.ndarray  # (N, 6) 0/1 at type_threshold
+    p_abnormal: np.ndarray  # (N,)
+    abnormal: np.ndarray  # (N,) bool
+    region_masks: np.ndarray  # (H, W) int32; row i -> id i + 1; 0 = no region
+    summary: dict = field(default_factory=dict)
+    image_shape: tuple = ()
+    image_name: str = ""
+    type_threshold: float = 0.5
+    timings: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.boxes))
+
+    @property
+    def type_names(self) -> list[str]:
+        """'+'-joined display names of each region's predicted types ('' when none)."""
+        return [
+            "+".join(RBC_TYPE_LABELS[t] for t, on in zip(RBC_TYPES, row) if on) for row in np.asarray(self.labels)
+        ]
+
+    def to_dataframe(self, image: str | None = None) -> pd.DataFrame:
+        """One row per region in the regions CSV schema (io/formats.py)."""
+        n = len(self)
+        b = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        df = pd.DataFrame({
+            "image": [image if image is not None else self.image_name] * n,
+            "region_id": np.arange(1, n + 1, dtype=np.int64),
+            "x_min": np.floor(b[:, 0]).astype(np.int64),
+            "y_min": np.floor(b[:, 1]).astype(np.int64),
+            "x_max": np.ceil(b[:, 2]).astype(np.int64),
+            "y_max": np.ceil(b[:, 3]).astype(np.int64),
+        })
+        for j, t in enumerate(RBC_TYPES):
+            df[t] = np.asarray(self.labels, dtype=np.int64).reshape(-1, 6)[:, j] if n else np.zeros(0, np.int64)
+        df["score"] = np.asarray(self.scores, dtype=np.float64)
+        for j, t in enumerate(RBC_TYPES):
+            df[f"p_{t}"] = np.asarray(self.probs, dtype=np.float64).reshape(-1, 6)[:, j] if n else np.zeros(0)
+        df["abnormal"] = np.asarray(self.abnormal, dtype=np.int64)
+        df["p_abnormal"] = np.asarray(self.p_abnormal, dtype=np.float64)
+        df["label"] = self.type_names
+        return df
+
+
+def summarize(labels: np.ndarray, abnormal: np.ndarray) -> dict:
+    labels = np.asarray(labels).reshape(-1, len(RBC_TYPES))
+    n = int(len(labels))
+    counts = {t: int(labels[:, j].sum()) for j, t in enumerate(RBC_TYPES)}
+    n_abn = int(np.asarray(abnormal).sum())
+    n_sickle = counts["elongated_sickle"]
+    if n < SCD_MIN_REGIONS:
+        call = "inconclusive"
+    elif n_sickle >= SCD_MIN_SICKLE and n_sickle >= SCD_MIN_FRACTION * n:
+        call = "positive"
+    else:
+        call = "negative"
+    return {
+        "n_regions": n,
+        "counts": counts,
+        "n_abnormal": n_abn,
+        "abnormal_fraction": float(n_abn / n) if n else 0.0,
+        "sickle_fraction": float(n_sickle / n) if n else 0.0,
+        "scd_call": call,
+        "scd_rule": SCD_RULE,
+    }
+
+
+def foreground_mask(rgb: np.ndarray) -> np.ndarray:
+    """Cell pixels of a brightfield smear: darker than the background (Otsu on 1 - gray,
+    with holes filled so pale cell centres count)."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    gray = rgb.astype(np.float32).mean(axis=2)
+    if gray.max() - gray.min() < 1e-3:
+        return np.zeros(gray.shape, bool)
+    small = gray[::4, ::4] if gray.size > 1_000_000 else gray
+    t = threshold_otsu(small)
+    dark, light = small[small < t], small[small >= t]
+    if len(dark) == 0 or len(light) == 0 or float(light.mean() - dark.mean()) < MIN_CONTRAST:
+        return np.zeros(gray.shape, bool)  # no two populations: background only
+    fg = gray < t
+    fg = ndi.binary_opening(fg, iterations=1)
+    return fg
+
+
+def box_foreground_fraction(fg: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Fraction of cell pixels inside each box (summed-area table)."""
+    h, w = fg.shape
+    sat = np.zeros((h + 1, w + 1), np.int64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(fg, axis=0), axis=1)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0 = np.clip(np.floor(b[:, 0]), 0, w).astype(int)
+    y0 = np.clip(np.floor(b[:, 1]), 0, h).astype(int)
+    x1 = np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
+    y1 = np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    return (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) / area
+
+
+def region_masks_from_boxes(fg: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(H, W) int32: the cell pixels inside each box, id = row + 1; where boxes overlap the
+    higher-scoring region wins. Holes inside a region's cells are filled."""
+    from scipy import ndimage as ndi
+
+    h, w = fg.shape
+    out = np.zeros((h, w), np.int32)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    for i in order:
+        x0, y0, x1, y1 = np.asarray(boxes[i], dtype=np.float64)
+        x0, y0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        x1, y1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        sub = ndi.binary_fill_holes(fg[y0:y1, x0:x1])
+        view = out[y0:y1, x0:x1]
+        view[(view == 0) & sub] = i + 1
+    return out
+
+
+def _empty(shape, name, thr, timings=None) -> SmearResult:
+    h, w = (shape[0], shape[1]) if len(shape) >= 2 else (0, 0)
+    z = np.zeros((0,), np.float32)
+    return SmearResult(np.zeros((0, 4), np.float32), z, np.zeros((0, 6), np.float32), np.zeros((0, 6), np.int64),
+                       z.copy(), np.zeros(0, bool), np.zeros((h, w), np.int32), summarize(np.zeros((0, 6)), []),
+                       (h, w), name, thr, timings or {})
+
+
+def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5, type_threshold: float = 0.5,
+                  batch_size: int = 64, device="auto", progress=None, image_name: str = "",
+                  region_masks: bool = True) -> SmearResult:
+    """Detect, classify and call abnormal on one smear.
+
+    image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, any dtype (16-bit and float are rescaled).
+    models: an object with ``.detector`` (models.detector.RegionDetector) and ``.classifier``
+    (models.multilabel.RBCClassifier), e.g. from ``models.registry``. ``device`` moves them
+    there (``"auto"``: keep them where they are if already placed, else resolve).
+    Progress stages: "detect", "classify", "abnormal". An image with no cell, or smaller than
+    16 px, gives an empty result. Detections whose box holds (almost) no cell pixels - pixels
+    darker than the background by Otsu's threshold - are dropped.
+    """
+    import time
+
+    import torch
+
+    from ..io.images import to_rgb_uint8
+
+    timings = {}
+    t0 = time.perf_counter()
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channels-first
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"analyze_smear needs a 2-D gray or RGB(A) image, got shape {arr.shape}")
+    if min(arr.shape[:2]) < MIN_IMAGE_SIDE:
+        return _empty(arr.shape, image_name, type_threshold, timings)
+    rgb = to_rgb_uint8(arr)
+    detector, classifier = models.detector, models.classifier
+    if device != "auto" or detector.device is None:
+        from .._device import resolve_device
+
+        dev = resolve_device(device)
+        classifier.to(dev)
+        detector.to(torch.device("cpu") if dev.type == "mps" else dev)
+    if progress is not None:
+        progress("detect", 0, 1)
+    boxes, scores, cls = detector.detect(rgb, score_threshold=score_threshold, nms_iou=nms_iou, progress=progress)
+    names = detector.class_names
+    if len(names) > 1:  # a multi-class (e.g. VOC RBC/WBC/Platelets) detector: keep the red cells
+        keep_ids = [i + 1 for i, n in enumerate(names) if n.lower() in ("rbc", "cell region", "red blood cell")]
+        if keep_ids:
+            m = np.isin(cls, keep_ids)
+            boxes, scores = boxes[m], scores[m]
+    # drop degenerate boxes and boxes without cell pixels (e.g. on an empty field)
+    fg = foreground_mask(rgb)
+    ok = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    if len(boxes):
+        ok &= box_foreground_fraction(fg, boxes) >= MIN_BOX_FOREGROUND
+    boxes, scores = boxes[ok], scores[ok]
+    timings["detect"] = time.perf_counter() - t0
+    if progress is not None:
+        progress("detect", 1, 1)
+    if len(boxes) == 0:
+        return _empty(rgb.shape, image_name, type_threshold, timings)
+    t1 = time.perf_counter()
+    if progress is not None:
+        progress("classify", 0, len(boxes))
+    probs = classifier.predict_boxes(rgb, boxes, batch_size=batch_size, progress=progress)
+    labels = (probs >= type_threshold).astype(np.int64)
+    timings["classify"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    if progress is not None:
+        progress("abnormal", 0, 1)
+    p_abn = classifier.abnormal_proba(probs)
+    abnormal = p_abn >= 0.5
+    masks = region_masks_from_boxes(fg, boxes, scores) if region_masks else \
+        np.zeros(rgb.shape[:2], np.int32)
+    timings["abnormal_and_masks"] = time.perf_counter() - t2
+    if progress is not None:
+        progress("abnormal", 1, 1)
+    timings["total"] = time.perf_counter() - t0
+    return SmearResult(boxes.astype(np.float32), scores.astype(np.float32), probs.astype(np.float32), labels,
+                       p_abn.astype(np.float32), abnormal, masks, summarize(labels, abnormal), rgb.shape[:2],
+                       image_name, float(type_threshold), timings)

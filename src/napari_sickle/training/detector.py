@@ -1,0 +1,395 @@
+"""Train and evaluate the Faster R-CNN region detector; AP50 as in Pascal VOC.
+
+Data (``data``):
+
+* ``"simulated"``: simulated smears; one box per connected region of the cell mask (the paper's
+  boxes), class "cell region";
+* an ``images/`` + ``masks/`` folder (or ``*_img``/``*_mask`` pairs): boxes from the connected
+  regions of each binary mask (``io.masks.mask_to_regions``), class "cell region";
+* a Pascal VOC folder (``JPEGImages/`` + ``Annotations/``): its boxes and class names
+  (degenerate boxes are dropped with a warning by ``io.formats.read_voc``); ``train.txt`` /
+  ``val.txt`` give the split when present. ``classes=[...]`` keeps only those classes.
+
+Recipe: images are resized by the detector's ``scale`` (CPU default 0.5), the network trains
+on random ``crop_size`` crops (random flips), AdamW lr 1e-4, batch 2; validation AP50 on whole
+images after every epoch; ``best.pt`` keeps the best AP50.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REGION_CLASS = "cell region"
+
+
+# ------------------------------------------------------------------------------------------
+# AP50
+# ------------------------------------------------------------------------------------------
+def average_precision(dets: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], iou_threshold: float = 0.5):
+    """Pascal VOC all-point AP for one class.
+
+    dets: per image (boxes (n,4), scores (n,)); gts: per image boxes (m,4) (x_min, y_min,
+    x_max, y_max). Detections of all images are ranked by score; each is a true positive if it
+    overlaps a not-yet-matched ground-truth box of its image with IoU >= ``iou_threshold``
+    (the best-overlapping one), else a false positive. AP is the area under the precision
+    envelope (precision made monotone) over recall. Returns (ap, n_gt); AP is None if n_gt == 0.
+    """
+    n_gt = int(sum(len(g) for g in gts))
+    recs = []
+    for i, (b, s) in enumerate(dets):
+        for j in range(len(s)):
+            recs.append((float(s[j]), i, j))
+    if n_gt == 0:
+        return None, 0
+    if not recs:
+        return 0.0, n_gt
+    recs.sort(key=lambda r: -r[0])
+    matched = [np.zeros(len(g), bool) for g in gts]
+    tp = np.zeros(len(recs))
+    for k, (_, i, j) in enumerate(recs):
+        g = np.asarray(gts[i], dtype=np.float64).reshape(-1, 4)
+        if len(g) == 0:
+            continue
+        ious = _iou_one(np.asarray(dets[i][0][j], dtype=np.float64), g)
+        ious[matched[i]] = -1
+        m = int(np.argmax(ious))
+        if ious[m] >= iou_threshold:
+            matched[i][m] = True
+            tp[k] = 1
+    ctp = np.cumsum(tp)
+    cfp = np.cumsum(1 - tp)
+    recall = ctp / n_gt
+    precision = ctp / np.maximum(ctp + cfp, 1e-12)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1])), n_gt
+
+
+def _iou_one(box, boxes):
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    a = (box[2] - box[0]) * (box[3] - box[1])
+    b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(a + b - inter, 1e-12)
+
+
+def ap50(predictions, targets, class_names) -> dict:
+    """AP50 per class and their mean.
+
+    predictions: per image (boxes, scores, labels 1-based); targets: per image (boxes, labels
+    1-based). Returns {"ap50", "ap50_per_class", "n_images"}."""
+    per = {}
+    for c, name in enumerate(class_names, start=1):
+        dets = [(np.asarray(b)[np.asarray(lab) == c], np.asarray(s)[np.asarray(lab) == c]) for b, s, lab in predictions]
+        gts = [np.asarray(b).reshape(-1, 4)[np.asarray(lab) == c] for b, lab in targets]
+        ap, n_gt = average_precision(dets, gts, 0.5)
+        if ap is not None:
+            per[name] = ap
+    return {"ap50": float(np.mean(list(per.values()))) if per else None, "ap50_per_class": per,
+            "n_images": int(len(targets))}
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None, split=None, progress=None,
+                        smear_shape=(1080, 1920)):
+    """Images with boxes: (list of dict(image (H,W,3) uint8, boxes (m,4), labels (m,) 1-based, name),
+    class_names, split list or None)."""
+    from ..io.datasets import DatasetError
+
+    items = []
+    if isinstance(data, str) and data == "simulated":
+        from ..data.simulate import simulate_smear
+
+        for k in range(n_smears):
+            sm = simulate_smear(seed=seed * 1000 + k, shape=smear_shape)
+            b = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
+            items.append({"image": sm.image, "boxes": b, "labels": np.ones(len(b), np.int64),
+                          "name": f"simulated_seed{seed * 1000 + k}"})
+            if progress is not None:
+                progress("simulate", k + 1, n_smears)
+        return items, [REGION_CLASS], None
+    root = Path(data)
+    if not root.exists():
+        raise DatasetError(f"{data}: does not exist")
+    from ..io.images import read_image, to_rgb_uint8
+
+    if (root / "JPEGImages").is_dir() or (root / "Annotations").is_dir():
+        from ..io.datasets import scan_voc
+        from ..io.formats import read_voc
+
+        df = scan_voc(root)
+        anns = []
+        for r in df.itertuples(index=False):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore" if progress is None else "default")
+                anns.append(read_voc(r.annotation))
+        names = sorted({c for a in anns for c in a["class"].astype(str)})
+        if classes:
+            names = [c for c in classes]
+        splits = list(df["split"]) if "split" in df.columns else None
+        for i, (r, a) in enumerate(zip(df.itertuples(index=False), anns)):
+            a = a[a["class"].astype(str).isin(names)]
+            try:
+                img = to_rgb_uint8(read_image(r.image))
+            except ValueError as exc:
+                warnings.warn(f"skipped unreadable image {r.image}: {exc}")
+                continue
+            items.append({"image": img, "boxes": a[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32),
+                          "labels": np.array([names.index(c) + 1 for c in a["class"].astype(str)], np.int64),
+                          "name": Path(r.image).name, "split": splits[i] if splits else ""})
+            if progress is not None:
+                progress("load", i + 1, len(df))
+        return items, names, [it.get("split", "") for it in items] if splits else None
+    from ..io.datasets import scan_image_mask_pairs
+    from ..io.masks import mask_to_regions, read_mask
+
+    df = scan_image_mask_pairs(root)
+    for i, r in enumerate(df.itertuples(index=False)):
+        try:
+            img = to_rgb_uint8(read_image(r.image))
+            mask = read_mask(r.mask)
+        except ValueError as exc:
+            warnings.warn(f"skipped unreadable pair {r.image}: {exc}")
+            continue
+        _, reg = mask_to_regions(mask)
+        b = reg[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
+        items.append({"image": img, "boxes": b, "labels": np.ones(len(b), np.int64), "name": Path(r.image).name})
+        if progress is not None:
+            progress("load", i + 1, len(df))
+    if not items:
+        raise DatasetError(f"{data}: no readable image/mask pairs")
+    return items, [REGION_CLASS], None
+
+
+def _scaled(item, scale):
+    """Image tensor (3,h,w) float in [0,1] and boxes resized by ``scale``."""
+    import torch
+    import torch.nn.functional as F
+
+    img = torch.as_tensor(item["image"]).permute(2, 0, 1).float().div_(255.0)
+    boxes = torch.as_tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4)
+    if scale != 1.0:
+        h, w = img.shape[-2:]
+        img = F.interpolate(img[None], size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                            align_corners=False, antialias=True)[0]
+        boxes = boxes * scale
+    return img, boxes, torch.as_tensor(item["labels"], dtype=torch.int64)
+
+
+def _random_crop(img, boxes, labels, size, rng, min_visible=0.4):
+    import torch
+
+    _, h, w = img.shape
+    ch, cw = min(size, h), min(size, w)
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    crop = img[:, y0:y0 + ch, x0:x0 + cw]
+    b = boxes.clone()
+    b[:, [0, 2]] = (b[:, [0, 2]] - x0).clamp(0, cw)
+    b[:, [1, 3]] = (b[:, [1, 3]] - y0).clamp(0, ch)
+    area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area1 = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    keep = (area1 >= min_visible * area0.clamp(min=1e-6)) & ((b[:, 2] - b[:, 0]) >= 2) & ((b[:, 3] - b[:, 1]) >= 2)
+    b, lab = b[keep], labels[keep]
+    if rng.random() < 0.5:
+        crop = crop.flip(-1)
+        b = torch.stack([cw - b[:, 2], b[:, 1], cw - b[:, 0], b[:, 3]], 1)
+    if rng.random() < 0.5:
+        crop = crop.flip(-2)
+        b = torch.stack([b[:, 0], ch - b[:, 3], b[:, 2], ch - b[:, 1]], 1)
+    return crop.contiguous(), {"boxes": b.reshape(-1, 4), "labels": lab}
+
+
+def _split_items(items, splits, val_fraction, seed):
+    n = len(items)
+    if splits and "val" in splits and "train" in splits:
+        tr = [i for i, s in enumerate(splits) if s != "val"]
+        va = [i for i, s in enumerate(splits) if s == "val"]
+        return tr, va
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(n)
+    n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
+    va = sorted(idx[:n_val].tolist())
+    tr = sorted(idx[n_val:].tolist()) or va
+    return tr, va or tr
+
+
+# ------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------
+def predict_items(det, items, batch_size=2, score_threshold=0.05, progress=None, stage="validate"):
+    """Run a RegionDetector over items; returns per image (boxes, scores, labels)."""
+    out = []
+    for k, it in enumerate(items):
+        out.append(det.detect(it["image"], score_threshold=score_threshold, nms_iou=0.5, batch_size=batch_size))
+        if progress is not None:
+            progress(stage, k + 1, len(items))
+    return out
+
+
+def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
+                   progress=None, log=None, scale: float | None = None, lr: float = 1e-4, batch_size: int = 2,
+                   crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
+                   val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
+                   smear_shape=(1080, 1920), **options) -> dict:
+    """Train a Faster R-CNN region detector (see module docstring).
+
+    ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
+    weights are available offline). ``scale``: input resize factor (default 0.5 for the CPU
+    architectures, 1.0 for the ResNet ones). ``folds`` is not used for detectors.
+    Returns {"checkpoint", "metrics", "history", "seconds"}.
+    """
+    import torch
+
+    from .._device import resolve_device
+    from ..models.checkpoint import load_checkpoint, save_checkpoint
+    from ..models.detector import RegionDetector, new_detector
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    epochs = int(epochs or 8)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dev = resolve_device(device)
+    det_dev = torch.device("cpu") if dev.type == "mps" else dev  # torchvision detection ops: CPU on MPS
+    emit = log or (lambda d: None)
+    resumed = None
+    if resume is not None:
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"--resume: checkpoint {resume} does not exist")
+        resumed = load_checkpoint(resume, kind="detector")
+
+    items, class_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears, classes=classes,
+                                                     progress=progress, smear_shape=smear_shape)
+    if val_data is not None:
+        vitems, _, _ = load_detection_data(val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names)
+        tr_items, va_items = items, vitems
+    else:
+        tr, va = _split_items(items, splits, val_fraction, seed)
+        tr_items, va_items = [items[i] for i in tr], [items[i] for i in va]
+    if resumed is not None:
+        det = RegionDetector.from_checkpoint(resumed, device=det_dev)
+        arch = det.config["arch"]
+    else:
+        arch = backbone or "efficientnet-lite0-fpn"
+        if scale is None:
+            scale = 0.5 if arch in ("efficientnet-lite0-fpn", "mobilenet-v3") else 1.0
+        det = new_detector(arch, class_names=class_names, scale=scale, pretrained=pretrained, device=det_dev)
+    scale = float(det.config["scale"])
+    prepared = [_scaled(it, scale) for it in tr_items]
+    n_boxes = int(sum(len(p[1]) for p in prepared))
+    emit({"event": "data", "n_train": len(tr_items), "n_val": len(va_items), "n_boxes": n_boxes,
+          "classes": class_names})
+    if iters_per_epoch is None:
+        px = sum(p[0].shape[-1] * p[0].shape[-2] for p in prepared)
+        iters_per_epoch = max(4, int(np.ceil(px / (crop_size * crop_size) / batch_size)))
+    params = [p for p in det.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    total_steps = epochs * iters_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.1)
+    history, best, start_epoch = [], {"metric": -1.0, "epoch": 0}, 0
+    if resumed is not None:
+        ex = resumed["extra"]
+        if "optimizer" in ex:
+            opt.load_state_dict(ex["optimizer"])
+        if "scheduler" in ex:
+            sched.load_state_dict(ex["scheduler"])
+        history = list(ex.get("history", []))
+        best = dict(ex.get("best", best))
+        start_epoch = int(ex.get("epoch", -1)) + 1
+        rng = np.random.default_rng(seed + start_epoch)
+    det.recipe = {
+        "arch": arch, "scale": scale, "optimizer": "AdamW", "lr": lr, "weight_decay": 1e-4,
+        "schedule": "OneCycle", "epochs": epochs, "iters_per_epoch": iters_per_epoch, "batch_size": batch_size,
+        "crop_size": crop_size, "augment": "random crop, h/v flips", "seed": seed, "data": str(data),
+        "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
+        "pretrained_backbone": bool(pretrained),
+    }
+    model = det.model
+    model.transform._skip_resize = True
+    step = start_epoch * iters_per_epoch
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        tot = 0.0
+        for it in range(iters_per_epoch):
+            imgs, tgts = [], []
+            for _ in range(batch_size):
+                img, boxes, labels = prepared[int(rng.integers(len(prepared)))]
+                c, t = _random_crop(img, boxes, labels, crop_size, rng)
+                imgs.append(c.to(det_dev))
+                tgts.append({k: v.to(det_dev) for k, v in t.items()})
+            losses = model(imgs, tgts)
+            loss = sum(losses.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            tot += float(loss.detach())
+            emit({"event": "step", "epoch": epoch + 1, "step": step, "steps": total_steps,
+                  "loss": float(loss.detach())})
+            if progress is not None:
+                progress("train", step, total_steps)
+        preds = predict_items(det, va_items, progress=progress)
+        m = ap50(preds, [(v["boxes"], v["labels"]) for v in va_items], class_names)
+        metric = m["ap50"] if m["ap50"] is not None else 0.0
+        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": tot / iters_per_epoch,
+               "val_loss": None, "metric": metric, "metric_name": "val_ap50", "ap50_per_class": m["ap50_per_class"]}
+        history.append(rec)
+        emit(rec)
+        det.metrics = {**m, "epoch": epoch + 1}
+        base_extra = {"epoch": epoch, "history": history}
+        if metric > best["metric"]:
+            best = {"metric": float(metric), "epoch": epoch + 1}
+            save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best}), out / "best.pt")
+        save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best, "optimizer": opt.state_dict(),
+                                                 "scheduler": sched.state_dict()}), out / "last.pt")
+        model.transform._skip_resize = True
+    if not (out / "best.pt").is_file():
+        save_checkpoint(det.to_checkpoint(extra={"history": history}), out / "best.pt")
+    best_ck = load_checkpoint(out / "best.pt", kind="detector")
+    return {"checkpoint": str(out / "best.pt"), "metrics": {"val": best_ck["metrics"], "best_epoch": best["epoch"]},
+            "history": history, "seconds": time.time() - t0}
+
+
+def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears: int = 3, split: str | None = "val",
+                      score_threshold: float = 0.05, batch_size: int = 2, **options) -> dict:
+    """AP50 (Pascal VOC all-point, IoU 0.5) of a detector checkpoint on ``data``.
+
+    ``data`` as for :func:`train_detector`; "simulated" uses held-out seeds. For a VOC folder
+    with split files only the ``split`` images are used (default "val"; None = all). Ground-truth
+    classes are matched to the detector's class names; a single-class "cell region" detector is
+    scored against every ground-truth box."""
+    import torch
+
+    from .._device import resolve_device
+    from ..models.detector import RegionDetector
+
+    dev = resolve_device(device)
+    det_dev = torch.device("cpu") if dev.type == "mps" else dev
+    det = RegionDetector.from_checkpoint(model, device=det_dev)
+    names = det.class_names
+    single = names == [REGION_CLASS]
+    items, data_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears,
+                                                    classes=None if single else names)
+    if splits and split:
+        items = [it for it, s in zip(items, splits) if s == split] or items
+    if single:
+        targets = [(it["boxes"], np.ones(len(it["boxes"]), np.int64)) for it in items]
+    else:
+        targets = [(it["boxes"], np.array([names.index(data_names[l - 1]) + 1 for l in it["labels"]], np.int64))
+                   for it in items]
+    preds = predict_items(det, items, batch_size=batch_size, score_threshold=score_threshold)
+    return ap50(preds, targets, names)

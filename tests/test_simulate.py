@@ -118,6 +118,17 @@ def test_default_smear_touching_fraction(smear):
     assert (smear.regions["n_cells"] == 1).mean() > 0.5
 
 
+def test_cells_run_off_the_edge_like_a_real_field_of_view(smear):
+    inst = smear.instances
+    border_ids = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
+    assert len(border_ids[border_ids > 0]) >= 5
+    r = smear.regions
+    assert ((r.x_min == 0) | (r.y_min == 0) | (r.x_max == 1920) | (r.y_max == 1080)).sum() >= 5
+    inner = simulate_smear(seed=0, shape=(300, 400), edge_cells=False)
+    i2 = inner.instances
+    assert not np.concatenate([i2[0], i2[-1], i2[:, 0], i2[:, -1]]).any()
+
+
 def test_overlapping_cells_top_wins_and_darker_overlap():
     s = simulate_smear(seed=5, shape=(400, 600), n_cells=40, cluster_fraction=1.0, blur=0, noise=0)
     # overlaps exist: touching pairs whose shared border is long (> a few px)

@@ -38,8 +38,8 @@ def test_compare_widget_layers_metrics_and_rerun(make_napari_viewer, qtbot):
         assert tuple(layer.scale) == (0.5, 0.5)  # results land on the input image's grid
         # the table shows the same numbers as the metric code on the layer's data
         met = segmentation_metrics(layer.data, sm.instances)
-        row = [r for r in zip(*[w.table.data.to_dict()[c] for c in w.table.column_headers]) if r[0] == m][0]
-        rowd = dict(zip(w.table.column_headers, row))
+        df = w.table.to_dataframe()
+        rowd = df[df["method"] == m].iloc[0]
         assert rowd["dice"] == pytest.approx(met.dice, abs=1e-3)
         assert rowd["f1_50"] == pytest.approx(met.instance_f1_50, abs=1e-3)
         assert rowd["merges"] == met.merges and rowd["splits"] == met.splits
@@ -68,7 +68,7 @@ def test_compare_widget_layers_metrics_and_rerun(make_napari_viewer, qtbot):
     assert len(viewer.layers) == n_layers
     assert viewer.layers["smear · watershed"] is old
     assert np.array_equal(old.data, w.last_result.labels["watershed"])
-    assert len(w.table.data.to_list()) == 2
+    assert list(w.table.to_dataframe()["method"]) == ["watershed", "connected_components"]
 
 
 def test_compare_widget_bad_ground_truth_and_cancel(make_napari_viewer, qtbot, tmp_path):

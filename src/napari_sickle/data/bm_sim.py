@@ -56,15 +56,13 @@ def simulate_bm_cells(n_per_class: int = 64, size: int = 64, seed: int = 0,
         body = _disk(rr, cc, centre, r_cell)
         img[body] = np.array([235, 180, 190], np.float32) + rng.normal(0, 6, 3)
         # two non-overlapping granule positions inside the cell body
-        while True:
-            pos = []
-            for _ in range(2):
-                ang = rng.uniform(0, 2 * np.pi)
-                rad = rng.uniform(0, r_cell - r_mark - 2)
-                pos.append(centre + rad * np.array([np.sin(ang), np.cos(ang)]))
-            if np.hypot(*(pos[0] - pos[1])) > 4 * r_mark:
-                break
-        m, d = pos
+        # marker and distractor on opposite sides of the centre, at least 2.5 radii apart
+        ang = rng.uniform(0, 2 * np.pi)
+        reach = max(r_cell - r_mark - 1, 1.3 * r_mark)
+        rad_m, rad_d = rng.uniform(0.65, 1.0, 2) * reach
+        u = np.array([np.sin(ang), np.cos(ang)])
+        m = centre + rad_m * u
+        d = centre - rad_d * np.array([np.sin(ang + rng.uniform(-0.6, 0.6)), np.cos(ang + rng.uniform(-0.6, 0.6))])
         img[_disk(rr, cc, m, r_mark)] = SIM_CLASS_COLOURS[names[labels[i]]]
         img[_disk(rr, cc, d, r_mark)] = DISTRACTOR_COLOUR
         img += rng.normal(0, 8, img.shape)

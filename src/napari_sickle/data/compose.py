@@ -39,6 +39,7 @@ from .simulate import (
     _finish,
     cell_table,
     paint_instances,
+    paste_add,
     place_cells,
     regions_from_instances,
 )
@@ -292,42 +293,56 @@ class _Piece:
     radius: float
 
 
-def _augment(crop: Crop, rng: np.random.Generator, scale=(0.85, 1.15), rotate: bool = True) -> _Piece:
-    from skimage.transform import rescale, rotate as sk_rotate
-
+def _od_patch(crop: Crop) -> np.ndarray:
+    """(h, w, 4) float32: the cell's OD (3 channels) and its mask, cropped to the mask's box
+    plus 3 px. Cached on the crop."""
+    cached = crop.__dict__.get("_od_patch")
+    if cached is not None:
+        return cached
     img = crop.image.astype(np.float32)
     bg = np.maximum(crop.background, 1.0)
     alpha = ndi.gaussian_filter(crop.mask.astype(np.float32), 0.8)
     alpha = np.maximum(alpha, crop.mask * 0.5)  # keep the rim inside the soft mask
     od = -np.log(np.clip((img + 0.5) / (bg + 0.5), 1e-3, 4.0)) * alpha[..., None]
-    # crop to the mask's bounding box plus a small margin
     ys, xs = np.nonzero(crop.mask)
     m = 3
     y0, y1 = max(0, ys.min() - m), min(img.shape[0], ys.max() + 1 + m)
     x0, x1 = max(0, xs.min() - m), min(img.shape[1], xs.max() + 1 + m)
-    od, mask = od[y0:y1, x0:x1], crop.mask[y0:y1, x0:x1].astype(np.float32)
-    if rng.random() < 0.5:
-        od, mask = od[:, ::-1], mask[:, ::-1]
-    if rng.random() < 0.5:
-        od, mask = od[::-1], mask[::-1]
-    s = float(rng.uniform(*scale)) if scale else 1.0
-    if abs(s - 1) > 1e-3:
-        od = rescale(od, s, order=1, channel_axis=2, anti_aliasing=False, preserve_range=True)
-        mask = rescale(mask, s, order=1, anti_aliasing=False, preserve_range=True)
-    if rotate:
-        ang = float(rng.uniform(0, 360))
-        od = sk_rotate(od, ang, resize=True, order=1, mode="constant", cval=0.0, preserve_range=True)
-        mask = sk_rotate(mask, ang, resize=True, order=1, mode="constant", cval=0.0, preserve_range=True)
-    mask = mask > 0.5
+    out = np.concatenate([od[y0:y1, x0:x1], crop.mask[y0:y1, x0:x1, None].astype(np.float32)], axis=2)
+    crop.__dict__["_od_patch"] = out
+    return out
+
+
+def _augment(crop: Crop, rng: np.random.Generator, scale=(0.85, 1.15), rotate: bool = True) -> _Piece:
+    """Random flips, scale and rotation (one bilinear affine resampling of OD + mask)."""
     from .simulate import _largest_component
 
+    src = _od_patch(crop)
+    if rng.random() < 0.5:
+        src = src[:, ::-1]
+    if rng.random() < 0.5:
+        src = src[::-1]
+    s = float(rng.uniform(*scale)) if scale else 1.0
+    ang = float(rng.uniform(0, 2 * np.pi)) if rotate else 0.0
+    h, w = src.shape[:2]
+    c, sn = np.cos(ang), np.sin(ang)
+    oh = int(np.ceil((abs(h * c) + abs(w * sn)) * s)) + 2
+    ow = int(np.ceil((abs(h * sn) + abs(w * c)) * s)) + 2
+    # output (y, x) -> input: R(-ang) (o - oc) / s + ic
+    inv = np.array([[c, sn], [-sn, c]]) / s
+    matrix = np.eye(3)
+    matrix[:2, :2] = inv
+    ic = np.array([(h - 1) / 2, (w - 1) / 2])
+    oc = np.array([(oh - 1) / 2, (ow - 1) / 2])
+    offset = np.zeros(3)
+    offset[:2] = ic - inv @ oc
+    res = ndi.affine_transform(np.ascontiguousarray(src), matrix, offset=offset, output_shape=(oh, ow, 4),
+                               order=1, mode="constant", cval=0.0)
+    od, mask = res[..., :3], res[..., 3] > 0.5
     mask = _largest_component(ndi.binary_fill_holes(mask))
     ys, xs = np.nonzero(mask)
-    # pad so the dilated ring used for touching tests fits inside the patch
-    od = np.pad(od, ((1, 1), (1, 1), (0, 0)))
-    mask = np.pad(mask, 1)
     area = float(mask.sum())
-    return _Piece(od.astype(np.float32), mask, crop.type_index, ys.mean() + 1, xs.mean() + 1, np.sqrt(area / np.pi))
+    return _Piece(od.astype(np.float32), mask, crop.type_index, ys.mean(), xs.mean(), np.sqrt(area / np.pi))
 
 
 def _pick(crops: Sequence[Crop], rng, k: int, type_mix=None) -> list[Crop]:
@@ -433,6 +448,7 @@ def compose_smear(
     *,
     cluster_fraction: float = 0.3,
     max_overlap: float = 0.2,
+    edge_cells: bool = True,
     type_mix=None,
     scale: tuple[float, float] = (0.85, 1.15),
     coverage: float = 0.3,
@@ -443,7 +459,8 @@ def compose_smear(
 
     ``n_cells`` defaults to the number of cells that cover about ``coverage`` of the image
     (at least 150 on a 1920x1080 smear of 45-85 px cells). Crops are drawn uniformly (the
-    folder's own type mix) unless ``type_mix`` is given.
+    folder's own type mix) unless ``type_mix`` is given. ``edge_cells`` lets cells run off
+    the image edge, as in :func:`~napari_sickle.data.simulate.simulate_smear`.
     """
     if not crops:
         raise ValueError("compose_smear needs at least one crop")
@@ -455,13 +472,13 @@ def compose_smear(
         n_cells = int(np.clip(n_cells, 1, 400 * (H * W) / (1080 * 1920) + 1))
     chosen = _pick(crops, rng, int(n_cells), type_mix)
     pieces = [_augment(c, rng, scale=scale) for c in chosen]
-    pos = place_cells(pieces, (H, W), rng, cluster_fraction, max_overlap, progress=progress)
+    pos = place_cells(pieces, (H, W), rng, cluster_fraction, max_overlap, progress=progress,
+                      edge_fraction=0.45 if edge_cells else 0.0)
     items = [(pieces[i], t, l) for i, t, l in pos]
     instances = paint_instances([(p.mask, t, l) for p, t, l in items], (H, W))
     od = np.zeros((H, W, 3), np.float32)
     for p, t, l in items:
-        h, w = p.mask.shape
-        od[t : t + h, l : l + w] += p.od
+        paste_add(od, p.od, t, l)
     bg, noise = _bg_level(crops)
     tint = np.clip(bg / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
     illum = _background(rng, (H, W), tint)

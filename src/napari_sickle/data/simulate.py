@@ -298,9 +298,9 @@ def _cell_od(cell: _Cell, rng: np.random.Generator, stain: np.ndarray) -> tuple[
         net = ndi.gaussian_filter(n, 1.2)
         net = np.abs(net) < 0.06 * np.std(net) * 3  # zero-crossing lines -> network
         dots = ndi.gaussian_filter(rng.standard_normal(mask.shape).astype(np.float32), 1.0)
-        dots = dots > np.quantile(dots, 0.93)
+        dots = dots > np.quantile(dots, 0.91)
         inner = edt > 0.28 * R
-        keep = (net & (rng.random(mask.shape) < 0.45)) | dots
+        keep = (net & (rng.random(mask.shape) < 0.6)) | dots
         ret = ndi.gaussian_filter((keep & inner).astype(np.float32), 0.6)
         od = od + (p["retic_amount"] * 1.1 * ret)[..., None] * _RETIC_OD[None, None, :]
     elif t == "granular":
@@ -457,6 +457,7 @@ def simulate_smear(
     diameter: tuple[float, float] = (45.0, 85.0),
     cluster_fraction: float = 0.3,
     max_overlap: float = 0.2,
+    edge_cells: bool = True,
     rgb: bool = True,
     blur: float | None = None,
     noise: float | None = None,
@@ -483,6 +484,9 @@ def simulate_smear(
         Fraction of cells placed touching or overlapping an existing cell.
     max_overlap : float
         Largest fraction of a cell's area another cell may cover.
+    edge_cells : bool
+        Let cells run off the image edge (cut cells, as in real fields of view); their
+        ground truth is the visible part.
     rgb : bool
         False renders a grayscale (H, W) uint8 image, like the Xu et al. crops.
     blur, noise : float, optional
@@ -505,7 +509,8 @@ def simulate_smear(
     diam = np.clip(rng.normal((dmin + dmax) / 2, (dmax - dmin) / 5, size=n_cells), dmin, dmax)
 
     cells = [_make_cell(int(types[i]), float(diam[i]), rng) for i in range(n_cells)]
-    positions = place_cells(cells, (H, W), rng, cluster_fraction, max_overlap, progress=progress)
+    positions = place_cells(cells, (H, W), rng, cluster_fraction, max_overlap, progress=progress,
+                            edge_fraction=0.45 if edge_cells else 0.0)
     placed = [(cells[i], top, left) for i, top, left in positions]
 
     # ---- render ------------------------------------------------------------------------
@@ -519,8 +524,7 @@ def simulate_smear(
     for k, (cell, top, left) in enumerate(placed):
         cell_stain = stain * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
         cod, alpha = _cell_od(cell, rng, cell_stain)
-        h, w = cell.mask.shape
-        od[top : top + h, left : left + w] += cod
+        paste_add(od, cod, top, left)
         kept_types.append(cell.type_index)
         rows.append((k + 1, RBC_TYPES[cell.type_index], left + cell.cx, top + cell.cy, 2 * cell.radius))
         if progress is not None and (k % 20 == 0 or k == len(placed) - 1):
@@ -534,10 +538,9 @@ def simulate_smear(
     name = image_name or (f"simulated_seed{seed}.png" if seed is not None else "simulated.png")
     region_labels, regions = regions_from_instances(instances, cell_types, name)
     cells = cell_table(instances, region_labels, cell_types)
-    if len(cells):
-        cells["x"] = [r[2] for r in rows]
-        cells["y"] = [r[3] for r in rows]
-        cells["diameter"] = [r[4] for r in rows]
+    cells["x"] = np.array([r[2] for r in rows], float)
+    cells["y"] = np.array([r[3] for r in rows], float)
+    cells["diameter"] = np.array([r[4] for r in rows], float)
     return SimulatedSmear(
         image=image,
         instances=instances,
@@ -550,9 +553,25 @@ def simulate_smear(
     )
 
 
+def _clip(top: int, left: int, h: int, w: int, H: int, W: int):
+    """(image slices, patch slices) of the overlap of a patch at (top, left) with an image."""
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(H, top + h), min(W, left + w)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+
+
+def paste_add(dst: np.ndarray, src: np.ndarray, top: int, left: int) -> None:
+    """``dst[top:top+h, left:left+w] += src``, clipped to ``dst``."""
+    c = _clip(top, left, src.shape[0], src.shape[1], dst.shape[0], dst.shape[1])
+    if c is not None:
+        dst[c[0]] += src[c[1]]
+
+
 def place_cells(cells, shape, rng, cluster_fraction=0.3, max_overlap=0.2, gap=2, tries=40, progress=None,
-                preplaced=()):
-    """Place cell masks on an (H, W) canvas; returns ``[(index, top, left), ...]`` in order.
+                preplaced=(), edge_fraction: float = 0.0):
+    """Place cell masks on an (H, W) image; returns ``[(index, top, left), ...]`` in order.
 
     Each item of ``cells`` needs ``mask`` (bool, local), ``cy``, ``cx`` (centre in the local
     patch) and ``radius``. With probability ``cluster_fraction`` a cell is pushed against a
@@ -561,39 +580,68 @@ def place_cells(cells, shape, rng, cluster_fraction=0.3, max_overlap=0.2, gap=2,
     its own or another cell's area. Otherwise it goes to a free spot at least ``gap`` px
     from every other cell. Cells that fit nowhere are left out. ``preplaced`` lists
     ``(index, top, left)`` positions fixed in advance.
+
+    ``edge_fraction`` > 0 lets cells run off the image edge (as in real fields of view) by
+    up to that fraction of their patch size; ``top``/``left`` may then be negative. A cell
+    cut by the edge keeps at least 40% of its area in one 4-connected piece.
     """
     H, W = int(shape[0]), int(shape[1])
-    occupancy = np.zeros((H, W), bool)
-    placed: list = []
+    P = 0
+    if edge_fraction > 0 and len(cells):
+        P = int(max(max(c.mask.shape) for c in cells) * edge_fraction) + 2
+    occupancy = np.zeros((H + 2 * P, W + 2 * P), bool)  # padded canvas, image at [P:P+H, P:P+W]
+    placed: list = []  # (cell, top, left) in padded coordinates
     out = []
     fixed = set()
     for i, top, left in preplaced:
         m = cells[i].mask
-        occupancy[top : top + m.shape[0], left : left + m.shape[1]] |= m
-        placed.append((cells[i], top, left))
+        occupancy[top + P : top + P + m.shape[0], left + P : left + P + m.shape[1]] |= m
+        placed.append((cells[i], top + P, left + P))
         out.append((i, top, left))
         fixed.add(i)
     foot = np.ones((2 * gap + 1, 2 * gap + 1), bool)
+
+    def visible_ok(mask, top, left):  # padded coordinates
+        h, w = mask.shape
+        if P == 0:
+            return top >= 0 and left >= 0 and top + h <= H and left + w <= W
+        if top < 0 or left < 0 or top + h > H + 2 * P or left + w > W + 2 * P:
+            return False
+        c = _clip(top - P, left - P, h, w, H, W)
+        if c is None:
+            return False
+        vis = mask[c[1]]
+        if vis.sum() == mask.sum():
+            return True
+        if vis.sum() < 0.4 * mask.sum():
+            return False
+        return ndi.label(vis)[1] == 1
+
     for i, cell in enumerate(cells):
         if i in fixed:
             continue
         h, w = cell.mask.shape
         pos = None
         if placed and rng.random() < cluster_fraction:
-            pos = _place_touching(cell, placed, occupancy, rng, max_overlap)
-        if pos is None and h <= H and w <= W:
+            pos = _place_touching(cell, placed, occupancy, rng, max_overlap, visible_ok)
+        if pos is None:
             dil = ndi.binary_dilation(cell.mask, foot)
-            for _ in range(tries):
-                top = int(rng.integers(0, H - h + 1))
-                left = int(rng.integers(0, W - w + 1))
-                if not (occupancy[top : top + h, left : left + w] & dil).any():
-                    pos = (top, left)
-                    break
+            lo_y, hi_y = (P - int(edge_fraction * h), P + H - h + int(edge_fraction * h)) if P else (0, H - h)
+            lo_x, hi_x = (P - int(edge_fraction * w), P + W - w + int(edge_fraction * w)) if P else (0, W - w)
+            if hi_y >= lo_y and hi_x >= lo_x:
+                for _ in range(tries):
+                    top = int(rng.integers(lo_y, hi_y + 1))
+                    left = int(rng.integers(lo_x, hi_x + 1))
+                    if not visible_ok(cell.mask, top, left):
+                        continue
+                    if not (occupancy[top : top + h, left : left + w] & dil).any():
+                        pos = (top, left)
+                        break
         if pos is not None:
             top, left = pos
             occupancy[top : top + h, left : left + w] |= cell.mask
             placed.append((cell, top, left))
-            out.append((i, top, left))
+            out.append((i, top - P, left - P))
         if progress is not None and (i % 20 == 0 or i == len(cells) - 1):
             progress("place cells", i + 1, len(cells))
     return out
@@ -607,8 +655,9 @@ def paint_instances(items, shape) -> np.ndarray:
     """
     inst = np.zeros(shape, np.int32)
     for k, (mask, top, left) in enumerate(items):
-        h, w = mask.shape
-        inst[top : top + h, left : left + w][mask] = k + 1
+        c = _clip(top, left, mask.shape[0], mask.shape[1], shape[0], shape[1])
+        if c is not None:
+            inst[c[0]][mask[c[1]]] = k + 1
     return _merge_fragments(_bridge_diagonals(inst))
 
 
@@ -654,7 +703,7 @@ def _bridge_diagonals(inst: np.ndarray) -> np.ndarray:
     return inst
 
 
-def _place_touching(cell, placed, occupancy, rng, max_overlap: float):
+def _place_touching(cell, placed, occupancy, rng, max_overlap: float, visible_ok):
     """Position (top, left) where the cell touches/overlaps an existing cell, or None."""
     H, W = occupancy.shape
     h, w = cell.mask.shape
@@ -672,7 +721,7 @@ def _place_touching(cell, placed, occupancy, rng, max_overlap: float):
         while d > 0.2 * (cell.radius + other.radius):
             cy, cx = ocy + dirv[0] * d, ocx + dirv[1] * d
             top, left = int(round(cy - cell.cy)), int(round(cx - cell.cx))
-            if top < 0 or left < 0 or top + h > H or left + w > W:
+            if not visible_ok(cell.mask, top, left):
                 break
             sub = occupancy[top : top + h, left : left + w]
             ov = int((sub & cell.mask).sum())

@@ -274,7 +274,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     items, class_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears, classes=classes,
                                                      progress=progress, smear_shape=smear_shape)
     if val_data is not None:
-        vitems, _, _ = load_detection_data(val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names)
+        vitems, _, _ = load_detection_data(val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names,
+                                           smear_shape=smear_shape)
         tr_items, va_items = items, vitems
     else:
         tr, va = _split_items(items, splits, val_fraction, seed)
@@ -306,6 +307,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             opt.load_state_dict(ex["optimizer"])
         if "scheduler" in ex:
             sched.load_state_dict(ex["scheduler"])
+            sched.total_steps = total_steps  # a resumed run may ask for more epochs
         history = list(ex.get("history", []))
         best = dict(ex.get("best", best))
         start_epoch = int(ex.get("epoch", -1)) + 1
@@ -365,7 +367,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
 
 
 def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears: int = 3, split: str | None = "val",
-                      score_threshold: float = 0.05, batch_size: int = 2, **options) -> dict:
+                      score_threshold: float = 0.05, batch_size: int = 2, smear_shape=(1080, 1920),
+                      **options) -> dict:
     """AP50 (Pascal VOC all-point, IoU 0.5) of a detector checkpoint on ``data``.
 
     ``data`` as for :func:`train_detector`; "simulated" uses held-out seeds. For a VOC folder
@@ -383,7 +386,7 @@ def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears
     names = det.class_names
     single = names == [REGION_CLASS]
     items, data_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears,
-                                                    classes=None if single else names)
+                                                    classes=None if single else names, smear_shape=smear_shape)
     if splits and split:
         items = [it for it, s in zip(items, splits) if s == split] or items
     if single:

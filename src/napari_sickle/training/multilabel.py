@@ -292,7 +292,7 @@ def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer
 def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
                      progress=None, log=None, input_size: int | None = None, lr: float = DEFAULT_LR,
                      batch_size: int = 64, val_fraction: float = 0.2, n_smears: int = 7, compose: int = 0,
-                     pretrained: bool = True, val_data=None, **options) -> dict:
+                     pretrained: bool = True, val_data=None, smear_shape=(1080, 1920), **options) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
     Writes ``out/best.pt`` (best validation mean AUC) and ``out/last.pt`` (for ``resume``)
@@ -329,7 +329,8 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev)
     emit = log or (lambda d: None)
 
-    ps = load_patches(data, seed=seed, n_smears=n_smears, compose=compose, progress=progress)
+    ps = load_patches(data, seed=seed, n_smears=n_smears, compose=compose, progress=progress,
+                      smear_shape=smear_shape)
     if len(ps) < 2:
         from ..io.datasets import DatasetError
 
@@ -344,7 +345,8 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                                         batch_size=batch_size, seed=seed, log=emit, progress=progress)
 
     if val_data is not None:
-        vps = load_patches(val_data, seed=seed + 1, n_smears=max(1, n_smears // 4), progress=progress)
+        vps = load_patches(val_data, seed=seed + 1, n_smears=max(1, n_smears // 4), progress=progress,
+                           smear_shape=smear_shape)
         vfeats = compute_features(clf, vps, batch_size=batch_size).numpy()
         Xtr, Ytr, Xva, Yva = feats, Y, vfeats, vps.Y
     else:
@@ -444,7 +446,8 @@ def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, p
 # evaluation
 # ------------------------------------------------------------------------------------------
 def evaluate_multilabel(model, data, device="auto", *, batch_size: int = 64, seed: int = 12345,
-                        n_smears: int = 2, threshold: float | None = None, **options) -> dict:
+                        n_smears: int = 2, threshold: float | None = None, smear_shape=(1080, 1920),
+                        **options) -> dict:
     """Per-type AUC, mean AUC, exact-match and abnormal accuracy of a checkpoint on ``data``.
 
     ``data`` as for :func:`train_multilabel`; "simulated" uses held-out seeds (``seed``)."""
@@ -453,7 +456,7 @@ def evaluate_multilabel(model, data, device="auto", *, batch_size: int = 64, see
 
     dev = resolve_device(device)
     clf = RBCClassifier.from_checkpoint(model, device=dev)
-    ps = load_patches(data, seed=seed, n_smears=n_smears)
+    ps = load_patches(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape)
     feats = compute_features(clf, ps, batch_size=batch_size)
     probs = clf.head_probs(feats)
     thr = float(threshold if threshold is not None else clf.config.get("type_threshold", 0.5))

@@ -75,7 +75,7 @@ class TaskWidget(Container):
                 raise Cancelled()
             bridge.progress.emit(str(stage), int(done), int(total))
 
-        worker = create_worker(func, **kwargs, progress=cb, _start_thread=False)
+        worker = create_worker(func, **kwargs, progress=cb, _start_thread=False, _ignore_errors=True)  # errors go to _on_error
 
         def _returned(result):
             if cancel.is_set():

@@ -55,7 +55,7 @@ class CompareSegmentationWidget(TaskWidget):
         self.tile = SpinBox(value=512, min=64, max=4096, step=64, label="tile")
         self.overlap = SpinBox(value=64, min=0, max=512, label="overlap")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
-        self.table = Table(value={"data": [], "columns": []}, label="metrics")
+        self.table = Table(label="metrics")
         self.table.read_only = True
         self.chart_label = Label(value="")
         for name, tip in TOOLTIPS.items():
@@ -180,10 +180,7 @@ class CompareSegmentationWidget(TaskWidget):
             show_comparison(self._viewer, result, source, name)
             self.last_result = result
             df = result.metrics_table()
-            self.table.value = {
-                "data": [[_fmt(v) for v in row] for row in df.itertuples(index=False)],
-                "columns": list(df.columns),
-            }
+            self.table.value = df.map(_fmt)
             self._draw_chart(df)
             self.status.value = "Done: " + ", ".join(f"{m} {int(lab.max())} objects" for m, lab in result.labels.items())
 

@@ -1,0 +1,104 @@
+"""BMResult -> napari LayerDataTuples (heatmap Image layers + a Shapes layer with the table).
+
+Three placements, matching the widget's inputs:
+
+* ``cell``: one 2-D cell; the heatmap has the cell's shape, scale/translate copied.
+* ``stack``: N slices; one heatmap per slice in an (N, H, W) layer with the source's
+  scale/translate (all non-channel axes).
+* ``regions``: cells cut from a larger 2-D image at ``boxes`` (row0, col0, row1, col1 in
+  the image's data pixels); one heatmap layer per region, translated by the region offset.
+
+Every placement also returns a Shapes layer ``"<prefix> results"`` with one rectangle per
+cell whose ``features`` are :meth:`BMResult.summary` (top-k classes and probabilities,
+target, faithfulness) and whose text shows the prediction and faithfulness next to each
+heatmap.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+HEATMAP_KWARGS = {"colormap": "inferno", "blending": "additive", "opacity": 0.5, "contrast_limits": (0.0, 1.0)}
+
+
+def _source_geometry(source_layer, ndim: int):
+    if source_layer is None:
+        return (1.0,) * ndim, (0.0,) * ndim
+    scale = tuple(float(s) for s in source_layer.scale)[-ndim:]
+    translate = tuple(float(t) for t in source_layer.translate)[-ndim:]
+    return scale, translate
+
+
+def _text(result) -> dict:
+    s = "{prediction} {probability:.2f}"
+    if result.faithfulness is not None:
+        s += " | faith {faithfulness:+.2f}"
+    return {"string": s, "color": "white", "size": 10, "anchor": "upper_left"}
+
+
+def heatmap_name(prefix: str, i: int | None = None) -> str:
+    return f"{prefix} heatmap" if i is None else f"{prefix} heatmap {i + 1}"
+
+
+def bm_result_layers(result, source_layer=None, *, placement: str = "cell",
+                     boxes: Sequence[Sequence[int]] | None = None, prefix: str = "BM") -> list[tuple]:
+    """LayerDataTuples for ``result``; see the module docstring for ``placement``."""
+    features = result.summary()
+    meta = {
+        "bm_table": result.top_k_table().to_dict("list"),
+        "method": result.method, "faithfulness_metric": result.faithfulness_metric,
+        "class_names": list(result.class_names), "arch": result.model_arch,
+    }
+    out: list[tuple] = []
+    if placement == "cell":
+        if result.n != 1:
+            raise ValueError(f"placement 'cell' needs one cell, got {result.n}")
+        scale, translate = _source_geometry(source_layer, 2)
+        h, w = result.shapes[0]
+        if result.heatmaps is not None:
+            meta1 = dict(meta, faithfulness=_f(result, 0))
+            out.append((result.heatmaps[0], dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale,
+                                                  translate=translate, metadata=meta1), "image"))
+        rects = [np.array([[0, 0], [h, 0], [h, w], [0, w]], float) - 0.5]
+        sh_scale, sh_translate = scale, translate
+    elif placement == "stack":
+        scale, translate = _source_geometry(source_layer, 3)
+        shapes = set(result.shapes)
+        if len(shapes) != 1:
+            raise ValueError("placement 'stack' needs cells of one size")
+        h, w = result.shapes[0]
+        if result.heatmaps is not None:
+            stack = np.stack(result.heatmaps).astype(np.float32)
+            meta1 = dict(meta, faithfulness=None if result.faithfulness is None else
+                         [float(x) for x in result.faithfulness])
+            out.append((stack, dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale, translate=translate,
+                                    metadata=meta1), "image"))
+        rects = [np.array([[i, 0, 0], [i, h, 0], [i, h, w], [i, 0, w]], float) - [0, 0.5, 0.5]
+                 for i in range(result.n)]
+        sh_scale, sh_translate = scale, translate
+    elif placement == "regions":
+        if boxes is None or len(boxes) != result.n:
+            raise ValueError("placement 'regions' needs one box per cell")
+        scale, translate = _source_geometry(source_layer, 2)
+        rects = []
+        for i, (r0, c0, r1, c1) in enumerate(boxes):
+            off = (translate[0] + r0 * scale[0], translate[1] + c0 * scale[1])
+            if result.heatmaps is not None:
+                meta1 = dict(meta, faithfulness=_f(result, i), box=[int(r0), int(c0), int(r1), int(c1)])
+                out.append((result.heatmaps[i], dict(HEATMAP_KWARGS, name=heatmap_name(prefix, i), scale=scale,
+                                                      translate=off, metadata=meta1), "image"))
+            rects.append(np.array([[r0, c0], [r1, c0], [r1, c1], [r0, c1]], float) - 0.5)
+        sh_scale, sh_translate = scale, translate
+    else:
+        raise ValueError(f"unknown placement {placement!r}")
+    out.append((rects, {
+        "name": f"{prefix} results", "shape_type": "rectangle", "features": features,
+        "text": _text(result), "edge_color": "cyan", "face_color": "transparent", "edge_width": 1,
+        "scale": sh_scale, "translate": sh_translate, "metadata": meta,
+    }, "shapes"))
+    return out
+
+
+def _f(result, i):
+    return None if result.faithfulness is None else float(result.faithfulness[i])

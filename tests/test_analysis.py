@@ -1,0 +1,280 @@
+"""RBC engine: AP50, crops, training entry points, analyze_smear and its bad inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_sickle.constants import RBC_TYPES
+
+TINY = {
+    "detector": dict(epochs=1, iters_per_epoch=6, batch_size=2, crop_size=192, n_smears=2,
+                     smear_shape=(320, 480), lr=3e-4),
+    "classifier": dict(epochs=4, n_smears=2, smear_shape=(320, 480)),
+}
+
+
+def tiny_default_models():
+    """The default models in the test cache (NAPARI_SICKLE_CACHE=tests/.cache), trained with a
+    tiny config on small simulated smears once and reused by every test session."""
+    from napari_sickle.models.checkpoint import CheckpointError
+    from napari_sickle.models.registry import default_paths, load_models, train_quick_default
+
+    try:
+        return load_models(device="cpu", allow_train=False)
+    except (FileNotFoundError, CheckpointError):
+        for p in default_paths():
+            p.unlink(missing_ok=True)
+        train_quick_default(config=TINY, device="cpu")
+        return load_models(device="cpu", allow_train=False)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_default_models()
+
+
+@pytest.fixture(scope="module")
+def small_smear():
+    from napari_sickle.data.simulate import simulate_smear
+
+    return simulate_smear(seed=77, shape=(320, 480))
+
+
+# ---------------------------------------------------------------------------------- AP50
+def test_ap50_hand_computed_case():
+    from napari_sickle.training.detector import ap50, average_precision
+
+    gts = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([[0, 0, 10, 10]], float)]
+    # image 0: TP (0.9), FP (0.8, no overlap), duplicate of GT0 (0.7 -> FP); GT1 missed
+    # image 1: TP (0.6)
+    dets = [
+        (np.array([[0, 0, 10, 10], [50, 50, 60, 60], [1, 1, 10, 10]], float), np.array([0.9, 0.8, 0.7])),
+        (np.array([[0, 0, 10, 11]], float), np.array([0.6])),
+    ]
+    # ranked: TP, FP, FP, TP; recall 1/3, 1/3, 1/3, 2/3; precision 1, 1/2, 1/3, 1/2
+    # envelope: 1 up to recall 1/3, then 1/2 up to 2/3 -> AP = 1/3 * 1 + 1/3 * 1/2 = 0.5
+    ap, n_gt = average_precision(dets, gts)
+    assert n_gt == 3
+    assert ap == pytest.approx(0.5)
+    res = ap50([(d[0], d[1], np.ones(len(d[1]), int)) for d in dets], [(g, np.ones(len(g), int)) for g in gts],
+               ["cell region"])
+    assert res["ap50"] == pytest.approx(0.5) and res["n_images"] == 2
+    # more than 100 detections per image all count (no pycocotools-style cap)
+    many = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(150)], float)
+    ap_many, _ = average_precision([(many, np.linspace(1, 0.5, 150))], [many])
+    assert ap_many == pytest.approx(1.0)
+
+
+def test_crops_from_boxes_resizes_region():
+    from napari_sickle.models.multilabel import crops_from_boxes
+
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[10:50, 20:60] = 255
+    c = crops_from_boxes(img, [[20, 10, 60, 50], [100, 60, 140, 100]], 16, mean=(0, 0, 0), std=(1, 1, 1))
+    assert tuple(c.shape) == (2, 3, 16, 16)
+    assert float(c[0, :, 1:-1, 1:-1].min()) > 0.99 and float(c[0].min()) > 0.9 and float(c[1].max()) < 0.01
+
+
+# ---------------------------------------------------------------------------------- training
+def test_train_and_evaluate_multilabel_simulated(tmp_path):
+    from napari_sickle.models.checkpoint import load_checkpoint
+    from napari_sickle.training.multilabel import evaluate_multilabel, train_multilabel
+
+    logs = []
+    r = train_multilabel("simulated", tmp_path, epochs=2, n_smears=2, smear_shape=(240, 360), log=logs.append,
+                         folds=2)
+    assert Path(r["checkpoint"]).is_file() and (tmp_path / "last.pt").is_file()
+    assert [h["epoch"] for h in r["history"]] == [1, 2]
+    assert all(json.dumps(d) for d in logs)
+    assert len(r["metrics"]["cv"]["folds"]) == 2
+    ck = load_checkpoint(r["checkpoint"], kind="multilabel")
+    assert ck["config"]["types"] == list(RBC_TYPES) and "abnormal_model_skops" in ck["extra"]
+    m = evaluate_multilabel(r["checkpoint"], "simulated", device="cpu", n_smears=1, smear_shape=(320, 480))
+    assert set(m) >= {"auc", "mean_auc", "exact_match_accuracy", "abnormal_accuracy", "n"}
+    assert m["n"] > 10 and 0.5 < m["mean_auc"] <= 1.0  # held-out smear: better than chance
+    # resume continues from last.pt
+    r2 = train_multilabel("simulated", tmp_path / "resumed", epochs=3, n_smears=2, smear_shape=(240, 360),
+                          resume=tmp_path / "last.pt")
+    assert [h["epoch"] for h in r2["history"]] == [1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_multilabel("simulated", tmp_path / "x", resume=tmp_path / "missing.pt")
+
+
+def test_train_multilabel_class_folders(tmp_path):
+    from napari_sickle.data.simulate import simulate_cell
+    from napari_sickle.io.datasets import DatasetError
+    from napari_sickle.training.multilabel import load_patches
+
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    for folder, t in [("Discocytes", "oval_disc"), ("Sickle-ISC", "elongated_sickle")]:
+        (tmp_path / folder).mkdir()
+        for i in range(3):
+            patch, _ = simulate_cell(t, 50, rng)
+            iio.imwrite(tmp_path / folder / f"P{i}_{i}.png", patch)
+    (tmp_path / "Sickle-ISC" / "broken.png").write_bytes(b"")
+    ps = load_patches(tmp_path)
+    assert len(ps) == 6 and ps.skipped == 1
+    assert ps.Y[:, RBC_TYPES.index("elongated_sickle")].sum() == 3
+    (tmp_path / "Unknown").mkdir()
+    patch, _ = simulate_cell("oval_disc", 50, rng)
+    iio.imwrite(tmp_path / "Unknown" / "a.png", patch)
+    with pytest.raises(DatasetError, match="Unknown"):
+        load_patches(tmp_path)
+
+
+def test_train_detector_resume_and_evaluate(tmp_path):
+    from napari_sickle.training.detector import evaluate_detector, train_detector
+
+    kw = dict(iters_per_epoch=2, batch_size=1, crop_size=128, n_smears=2, smear_shape=(160, 224))
+    r = train_detector("simulated", tmp_path, epochs=1, **kw)
+    assert Path(r["checkpoint"]).is_file() and (tmp_path / "last.pt").is_file()
+    assert r["history"][0]["metric_name"] == "val_ap50"
+    r2 = train_detector("simulated", tmp_path / "b", epochs=2, resume=tmp_path / "last.pt", **kw)
+    assert [h["epoch"] for h in r2["history"]] == [1, 2]
+    m = evaluate_detector(r["checkpoint"], "simulated", device="cpu", n_smears=1, smear_shape=(160, 224))
+    assert set(m) == {"ap50", "ap50_per_class", "n_images"} and m["n_images"] == 1
+    assert 0.0 <= m["ap50"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------- analysis
+def test_analyze_small_smear(models, small_smear):
+    from napari_sickle.analysis.smear import analyze_smear
+
+    stages = []
+    res = analyze_smear(small_smear.image, models, device="cpu", progress=lambda s, d, t: stages.append(s))
+    assert {"detect", "classify", "abnormal"} <= set(stages)
+    n = len(res)
+    assert n > 0
+    assert res.probs.shape == (n, 6) and res.labels.shape == (n, 6)
+    assert ((res.probs >= 0) & (res.probs <= 1)).all()
+    assert np.array_equal(res.labels, (res.probs >= 0.5).astype(int))
+    assert res.region_masks.shape == small_smear.image.shape[:2]
+    ids = set(np.unique(res.region_masks)) - {0}
+    assert ids <= set(range(1, n + 1)) and len(ids) > 0
+    # region mask pixels are cells of the simulated truth, mostly
+    assert (small_smear.instances[res.region_masks > 0] > 0).mean() > 0.8
+    df = res.to_dataframe("smear.png")
+    assert list(df.columns[:6]) == ["image", "region_id", "x_min", "y_min", "x_max", "y_max"]
+    assert all(t in df.columns and f"p_{t}" in df.columns for t in RBC_TYPES)
+    assert len(df) == n and set(df["abnormal"]) <= {0, 1}
+    s = res.summary
+    assert s["n_regions"] == n and sum(s["counts"].values()) == int(res.labels.sum())
+    assert s["scd_call"] in ("positive", "negative", "inconclusive")
+
+
+def test_scd_rule():
+    from napari_sickle.analysis.smear import summarize
+
+    lab = np.zeros((40, 6), int)
+    lab[:, 0] = 1
+    assert summarize(lab, np.zeros(40, bool))["scd_call"] == "negative"
+    lab[:3, 1] = 1
+    assert summarize(lab, lab[:, 1] > 0)["scd_call"] == "positive"
+    assert summarize(lab[:10], lab[:10, 1] > 0)["scd_call"] == "inconclusive"
+
+
+def test_bad_inputs(models, small_smear):
+    from napari_sickle.analysis.smear import analyze_smear
+    from napari_sickle.data.simulate import simulate_smear
+
+    rgb = small_smear.image
+    ref = analyze_smear(rgb, models, device="cpu")
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    assert len(analyze_smear(gray, models, device="cpu")) > 0
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    r_rgba = analyze_smear(rgba, models, device="cpu")
+    assert len(r_rgba) == len(ref)
+    r16 = analyze_smear(rgb.astype(np.uint16) * 257, models, device="cpu")
+    assert abs(len(r16) - len(ref)) <= max(2, 0.1 * len(ref))
+    tiny = analyze_smear(rgb[:8, :8], models, device="cpu")
+    assert len(tiny) == 0 and tiny.region_masks.shape == (8, 8) and tiny.to_dataframe().empty
+    empty = simulate_smear(seed=3, shape=(320, 480), n_cells=0).image
+    r0 = analyze_smear(empty, models, device="cpu")
+    assert len(r0) == 0 and r0.summary["n_regions"] == 0 and r0.region_masks.max() == 0
+    assert isinstance(r0.to_dataframe(), pd.DataFrame)
+
+
+def test_wrong_checkpoint_kind(tmp_path, models):
+    from napari_sickle.models.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+    from napari_sickle.models.registry import default_paths, load_models
+
+    det_path, clf_path = default_paths()
+    with pytest.raises(CheckpointError, match="'detector' model is needed"):
+        load_models(detector=clf_path, classifier=clf_path, device="cpu")
+    with pytest.raises(CheckpointError, match="'multilabel' model is needed"):
+        load_models(detector=det_path, classifier=det_path, device="cpu")
+    bm = save_checkpoint(make_checkpoint("bm", "resnet18", {}), tmp_path / "bm.pt")
+    with pytest.raises(CheckpointError, match="'bm'"):
+        load_models(detector=det_path, classifier=bm, device="cpu")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_models(detector=junk, classifier=clf_path, device="cpu")
+
+
+def test_missing_weights_message(tmp_path, monkeypatch):
+    from napari_sickle.models.backbones import WeightsNotFoundError, resolve_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError) as ei:
+        resolve_weights("resnet50")
+    msg = str(ei.value)
+    assert "resnet50-0676ba61.pth" in msg and str(tmp_path) in msg
+
+
+def test_efficientnet_lite0_offline_weights():
+    import torch
+
+    from napari_sickle.models.backbones import efficientnet_lite0, efficientnet_lite0_weights_file
+
+    src = torch.load(efficientnet_lite0_weights_file(), weights_only=True)
+    m = efficientnet_lite0(pretrained=True)
+    assert torch.equal(m.state_dict()["conv_stem.weight"], src["_conv_stem.weight"])
+
+
+def test_detector_tiling(models):
+    """An image much larger than the tile size is tiled; boxes come back in image coordinates."""
+    from napari_sickle.data.simulate import simulate_smear
+    from napari_sickle.models.detector import _tiles
+
+    tiles = _tiles(1000, 3000, 1024, 128)
+    assert len(tiles) == 3 and tiles[-1][3] == 3000
+    det = models.detector
+    sm = simulate_smear(seed=5, shape=(320, 960))
+    old = dict(det.config)
+    try:
+        b_full, _, _ = det.detect(sm.image)
+        det.config["tile_size"] = 256  # at scale 0.5 the 480-px-wide input needs 2 tiles
+        b_tiled, _, _ = det.detect(sm.image)
+    finally:
+        det.config.clear()
+        det.config.update(old)
+    assert len(b_tiled) > 0
+    assert b_tiled[:, 2].max() > 600  # boxes from the right-hand tile are shifted back
+    assert abs(len(b_tiled) - len(b_full)) <= max(3, 0.3 * len(b_full))
+
+
+def test_analyze_cli(tmp_path, models):
+    from napari_sickle.analyze import main
+
+    import imageio.v3 as iio
+    from napari_sickle.data.simulate import simulate_smear
+
+    img = tmp_path / "in" / "smear.png"
+    img.parent.mkdir()
+    iio.imwrite(img, simulate_smear(seed=9, shape=(320, 480)).image)
+    out = tmp_path / "out"
+    assert main([str(img), "simulated:4", "--out", str(out), "--device", "cpu", "--no-train"]) == 0
+    from napari_sickle.io.formats import read_regions_csv
+
+    df = read_regions_csv(out / "smear_regions.csv")
+    assert len(df) > 0 and all(t in df.columns for t in RBC_TYPES)
+    assert (out / "smear_overlay.png").is_file() and (out / "simulated_seed4_overlay.png").is_file()
+    summ = pd.read_csv(out / "summary.csv")
+    assert len(summ) == 2 and {"n_regions", "abnormal_fraction", "scd_call"} <= set(summ.columns)

@@ -130,10 +130,21 @@ def test_cells_run_off_the_edge_like_a_real_field_of_view(smear):
 
 
 def test_overlapping_cells_top_wins_and_darker_overlap():
+    from napari_sickle.data.simulate import paint_instances
+
+    a = np.zeros((6, 6), bool)
+    a[1:5, 1:5] = True
+    inst = paint_instances([(a, 0, 0), (a, 2, 2)], (10, 10))
+    assert inst[3, 3] == 2 and inst[1, 1] == 1 and inst[5, 5] == 2  # the later (top) cell wins
     s = simulate_smear(seed=5, shape=(400, 600), n_cells=40, cluster_fraction=1.0, blur=0, noise=0)
-    # overlaps exist: touching pairs whose shared border is long (> a few px)
-    assert len(touching_pairs(s.instances)) > 5
-    # every cell is at least partly visible and no cell is hidden
+    over = s.coverage >= 2
+    assert over.sum() > 200  # overlaps exist ...
+    # coverage and mask agree up to the few one-pixel bridges of diagonal contacts
+    assert ((s.coverage > 0) != (s.instances > 0)).sum() < 20
+    # ... and look darker than single-layer cell pixels, as absorbances add up
+    gray = s.image.mean(axis=2)
+    assert gray[over].mean() < gray[s.coverage == 1].mean() - 15
+    # every cell stays visible
     counts = np.bincount(s.instances.ravel())[1:]
     assert counts.min() >= 30
 
@@ -159,6 +170,12 @@ def test_type_mix_and_grayscale_options():
     assert set(s2.cell_types.tolist()) == {0, 4}
     with pytest.raises(ValueError):
         simulate_smear(seed=1, shape=(100, 100), type_mix={"not_a_type": 1})
+    for bad in (dict(n_cells=-1), dict(diameter=(80, 40)), dict(shape=(0, 10)), dict(max_overlap=1.5)):
+        with pytest.raises(ValueError):
+            simulate_smear(seed=1, **{"shape": (100, 100), **bad})
+    # an empty field is allowed (analysis code tests images without cells)
+    empty = simulate_smear(seed=1, shape=(100, 120), n_cells=0)
+    assert empty.n_cells == 0 and not empty.instances.any() and len(empty.regions) == 0
 
 
 def test_regions_from_instances_small_case():

@@ -63,8 +63,9 @@ def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear
         c_nrm = np.asarray(labels.colormap.map(nrm_ids[0]))
         assert not np.allclose(c_abn, c_nrm)
     # summary table
-    rows = dict((r[0], r[1]) for r in widget.summary.value["data"])
-    assert int(rows["regions"]) == n
+    table = widget.summary.to_dataframe()
+    rows = dict(zip(table["item"], table["value"]))
+    assert int(rows["regions"]) == n and "SCD screening" in rows
 
     # -- colour by type
     before = np.array(shapes.edge_color)

@@ -74,8 +74,9 @@ def test_classify_wbc_stack(make_napari_viewer, qtbot, wbc_stack, tiny_checkpoin
     assert list(feats["prediction"]) == [WBC_CLASSES[i] for i in p.argmax(1)]
     assert (feats["p_top1"] >= feats["p_top2"]).all() and (feats["p_top2"] >= feats["p_top3"]).all()
     # the widget table: one row per cell, top-3 text and the faithfulness score
-    tv = w.table.value
-    assert len(tv["data"]) == len(stack) and tv["data"][0][1].count(";") == 2
+    tv = w.table.to_dataframe()
+    assert len(tv) == len(stack) and tv["top-k"].iloc[0].count(";") == 2
+    assert list(tv["faithfulness"]) == [f"{v:+.3f}" for v in feats["faithfulness"]]
     assert "confidence" in w.faithfulness.value
     # rectangles of the result Shapes layer sit on their slices
     assert [int(round(s[0, 0])) for s in res.data] == list(range(len(stack)))

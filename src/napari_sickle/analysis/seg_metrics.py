@@ -37,6 +37,18 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[a], 0, a).astype(a.dtype)
 
 
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Sequential int32 labels 1..N of a non-negative integer label image (fast, bincount)."""
+    a = np.asarray(labels)
+    if a.size == 0 or a.max() <= 0:
+        return np.zeros(a.shape, np.int32)
+    present = np.bincount(a.ravel().astype(np.int64)) > 0
+    present[0] = False
+    lut = np.zeros(present.size, np.int32)
+    lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
+    return lut[a]
+
+
 def as_instances(mask_or_labels: np.ndarray, min_size: int = 0) -> np.ndarray:
     """int32 instance labels. Binary input (bool, or two values) -> 4-connected components."""
     from skimage.measure import label
@@ -53,9 +65,7 @@ def as_instances(mask_or_labels: np.ndarray, min_size: int = 0) -> np.ndarray:
         lab[lab < 0] = 0
     if min_size > 0 and lab.max() > 0:
         lab = remove_small(lab, min_size)
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(lab.astype(np.int32))[0]
+    return relabel(lab)
 
 
 def _overlaps(pred: np.ndarray, gt: np.ndarray):

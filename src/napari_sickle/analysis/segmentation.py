@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .._progress import report
-from .seg_metrics import SegmentationMetrics, as_instances, merged_mask, remove_small, segmentation_metrics
+from .seg_metrics import SegmentationMetrics, as_instances, merged_mask, relabel, remove_small, segmentation_metrics
 
 METHODS: tuple[str, ...] = ("watershed", "unet", "connected_components")
 THRESHOLD_METHODS: tuple[str, ...] = ("otsu", "li", "yen", "triangle", "mean", "isodata")
@@ -91,10 +91,12 @@ def foreground_mask(
     if polarity not in ("dark", "bright"):
         raise ValueError("polarity must be 'dark' or 'bright'")
     gray = to_gray(image)
-    lo, hi = np.percentile(gray, [0.5, 99.5])
+    step = max(1, int(np.sqrt(gray.size / 250_000)))  # statistics from a ~250k px subsample
+    sub = gray[::step, ::step]
+    lo, hi = np.percentile(sub, [0.5, 99.5])
     if hi - lo < min_contrast:  # flat or noise-only image: nothing to segment
         return np.zeros(gray.shape, bool)
-    thr = _threshold(gray, threshold_method)
+    thr = _threshold(sub, threshold_method)
     fg = gray < thr if polarity == "dark" else gray > thr
     if fill_holes:
         fg = ndi.binary_fill_holes(fg)
@@ -136,7 +138,7 @@ def segment_connected_components(
     if lab.max():
         lab = remove_small(lab, int(min_size))
     report(progress, "connected components", 2, 2)
-    return as_instances(lab)
+    return relabel(lab)
 
 
 def segment_watershed(
@@ -191,7 +193,7 @@ def segment_watershed(
         lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
     lab = remove_small(lab, int(min_size))
     report(progress, "watershed", 4, 4)
-    return as_instances(lab)
+    return relabel(lab)
 
 
 # ----------------------------------------------------------------------------- U-Net
@@ -304,7 +306,7 @@ def predict_unet_probabilities(
 def unet_probabilities_to_instances(
     probs: np.ndarray,
     min_size: int = 30,
-    seed_threshold: float = 0.5,
+    seed_threshold: float = 0.7,
     min_seed_size: int = 8,
 ) -> np.ndarray:
     """Instances from (background, interior, boundary) probabilities.
@@ -329,7 +331,7 @@ def unet_probabilities_to_instances(
         lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
     if lab.max():
         lab = remove_small(lab, int(min_size))
-    return as_instances(lab)
+    return relabel(lab)
 
 
 def segment_unet(

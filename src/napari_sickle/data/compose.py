@@ -397,7 +397,11 @@ def compose_patches(
     rng = np.random.default_rng(seed)
     bg_all, noise_all = _bg_level(crops)
     out = []
+    attempts = 0
     while len(out) < n:
+        attempts += 1
+        if attempts > 20 * n + 100:
+            raise RuntimeError(f"could not compose {n} connected patches from these crops ({len(out)} made)")
         k = int(rng.integers(min_cells, max_cells + 1))
         chosen = _pick(crops, rng, k, type_mix)
         pieces = [_augment(c, rng) for c in chosen]
@@ -426,9 +430,7 @@ def compose_patches(
         tint = np.clip(bg_all / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
         illum = _background(rng, od.shape[:2], tint)
         img = _finish(od, illum, rng, blur=0.0, noise=max(0.5, noise_all * 0.5), rgb=True)
-        types = np.zeros(len(RBC_TYPES), np.int64)
-        types[[p.type_index for p, _, _ in items]] = 1
-        # a cell hidden completely would not count; keep the visible ones
+        # type set = union of the visible cells' types (placement keeps every cell visible)
         visible = [p.type_index for j, (p, _, _) in enumerate(items) if (inst == j + 1).any()]
         types = np.zeros(len(RBC_TYPES), np.int64)
         types[visible] = 1
@@ -477,8 +479,10 @@ def compose_smear(
     items = [(pieces[i], t, l) for i, t, l in pos]
     instances = paint_instances([(p.mask, t, l) for p, t, l in items], (H, W))
     od = np.zeros((H, W, 3), np.float32)
+    coverage = np.zeros((H, W), np.uint8)
     for p, t, l in items:
         paste_add(od, p.od, t, l)
+        paste_add(coverage, p.mask.astype(np.uint8), t, l)
     bg, noise = _bg_level(crops)
     tint = np.clip(bg / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
     illum = _background(rng, (H, W), tint)
@@ -486,11 +490,15 @@ def compose_smear(
     from .simulate import _drop_hidden
 
     kept = [p.type_index for p, _, _ in items]
-    rows = [(k + 1,) for k in range(len(items))]
+    rows = [(k + 1, RBC_TYPES[p.type_index], l + p.cx, t + p.cy, 2 * p.radius) for k, (p, t, l) in enumerate(items)]
     instances, kept, rows = _drop_hidden(instances, kept, rows)
     cell_types = np.asarray(kept, dtype=np.int64)
     name = image_name or f"composed_seed{seed}.png"
     region_labels, regions = regions_from_instances(instances, cell_types, name)
     cells = cell_table(instances, region_labels, cell_types)
+    cells["x"] = np.array([r[2] for r in rows], float)
+    cells["y"] = np.array([r[3] for r in rows], float)
+    cells["diameter"] = np.array([r[4] for r in rows], float)  # equivalent diameter as placed
     return SimulatedSmear(image=image, instances=instances, cell_types=cell_types,
-                          region_labels=region_labels, regions=regions, cells=cells, seed=seed, name=name)
+                          region_labels=region_labels, regions=regions, cells=cells, seed=seed, name=name,
+                          coverage=coverage)

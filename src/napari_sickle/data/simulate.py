@@ -74,6 +74,8 @@ class SimulatedSmear:
     cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-cell table
     seed: int | None = None
     name: str = "simulated"
+    #: (H, W) uint8 number of cells drawn over each pixel (2+ where cells overlap), or None
+    coverage: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_cells(self) -> int:
@@ -493,7 +495,15 @@ def simulate_smear(
         Gaussian focus blur sigma (px) and sensor noise sigma (grey levels); random by default.
     """
     rng = np.random.default_rng(seed)
+    if len(shape) != 2 or int(shape[0]) < 1 or int(shape[1]) < 1:
+        raise ValueError(f"shape must be (height, width) with positive sizes, got {shape}")
     H, W = int(shape[0]), int(shape[1])
+    if n_cells is not None and int(n_cells) < 0:
+        raise ValueError(f"n_cells must be >= 0, got {n_cells}")
+    if not 4 <= float(diameter[0]) <= float(diameter[1]):
+        raise ValueError(f"diameter must be (min, max) with 4 <= min <= max, got {diameter}")
+    if not 0 <= cluster_fraction <= 1 or not 0 <= max_overlap < 1:
+        raise ValueError("cluster_fraction must be in [0, 1] and max_overlap in [0, 1)")
     probs = _type_probs(type_mix)
     if n_cells is None:
         n_cells = int(round(rng.integers(195, 226) * (H * W) / (1080 * 1920)))
@@ -520,11 +530,13 @@ def simulate_smear(
     illum = _background(rng, (H, W), tint)
     od = np.zeros((H, W, 3), np.float32)
     instances = paint_instances([(c.mask, t, l) for c, t, l in placed], (H, W))
+    coverage = np.zeros((H, W), np.uint8)
     kept_types, rows = [], []
     for k, (cell, top, left) in enumerate(placed):
         cell_stain = stain * rng.uniform(0.93, 1.07, size=3).astype(np.float32)
         cod, alpha = _cell_od(cell, rng, cell_stain)
         paste_add(od, cod, top, left)
+        paste_add(coverage, cell.mask.astype(np.uint8), top, left)
         kept_types.append(cell.type_index)
         rows.append((k + 1, RBC_TYPES[cell.type_index], left + cell.cx, top + cell.cy, 2 * cell.radius))
         if progress is not None and (k % 20 == 0 or k == len(placed) - 1):
@@ -550,6 +562,7 @@ def simulate_smear(
         cells=cells,
         seed=seed,
         name=name,
+        coverage=coverage,
     )
 
 

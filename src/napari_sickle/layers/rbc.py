@@ -111,10 +111,10 @@ def recolor(shapes_layer, color_by: str) -> None:
 
 def summary_table(summary: dict) -> dict:
     """{'data': rows, 'columns': [...]} for a magicgui Table from a SmearResult summary."""
-    rows = [["regions", summary.get("n_regions", 0)]]
+    rows = [["regions", str(summary.get("n_regions", 0))]]
     for t in RBC_TYPES:
-        rows.append([RBC_TYPE_LABELS[t], summary.get("counts", {}).get(t, 0)])
-    rows.append(["abnormal", summary.get("n_abnormal", 0)])
+        rows.append([RBC_TYPE_LABELS[t], str(summary.get("counts", {}).get(t, 0))])
+    rows.append(["abnormal", str(summary.get("n_abnormal", 0))])
     rows.append(["abnormal fraction", f"{summary.get('abnormal_fraction', 0.0):.1%}"])
-    rows.append(["SCD screening", summary.get("scd_call", "")])
-    return {"data": rows, "columns": ["", "value"]}
+    rows.append(["SCD screening", str(summary.get("scd_call", ""))])
+    return {"data": rows, "columns": ["item", "value"]}

@@ -187,7 +187,7 @@ def _scaled(item, scale):
     return img, boxes, torch.as_tensor(item["labels"], dtype=torch.int64)
 
 
-def _random_crop(img, boxes, labels, size, rng, min_visible=0.4):
+def _random_crop(img, boxes, labels, size, rng, min_visible=0.7):
     import torch
 
     _, h, w = img.shape

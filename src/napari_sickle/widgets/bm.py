@@ -32,12 +32,12 @@ class ClassifyBMWidget(TaskWidget):
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self.method = ComboBox(choices=[(v, k) for k, v in CAM_METHOD_LABELS.items()], value="gradcam",
                                label="CAM method")
-        self.target = ComboBox(choices=[PREDICTED], value=PREDICTED, label="target class")
+        self._names_cache: tuple = (None, [])
+        self.target = ComboBox(choices=self._target_choices, label="target class")
         self.top_k = SpinBox(value=5, min=1, max=50, label="top-k")
         self.batch_size = SpinBox(value=16, min=1, max=512, label="batch size")
         self.faithfulness = Label(value="", label="faithfulness")
-        self.table = Table(value={"data": [], "columns": ["cell", "top-k", "target", "faithfulness"]},
-                           label="top-k")
+        self.table = Table(label="top-k table")
         self.extend([self.image, self.regions, self.model_file, self.device, self.method, self.target,
                      self.top_k, self.batch_size])
         self._add_run_controls()
@@ -54,11 +54,19 @@ class ClassifyBMWidget(TaskWidget):
             return None
         return str(v)
 
+    def _target_choices(self, *_):
+        return [PREDICTED] + self._class_names()
+
     def _class_names(self) -> list[str]:
+        key = self._model_arg() if hasattr(self, "model_file") else None
+        if self._names_cache[0] != key or key is None:
+            self._names_cache = (key, self._read_class_names(key))
+        return list(self._names_cache[1])
+
+    def _read_class_names(self, path) -> list[str]:
         from ..models.bm import DEFAULT_CLASS_NAMES, default_model_path
         from ..models.checkpoint import load_checkpoint
 
-        path = self._model_arg()
         if path is None:
             p = default_model_path()
             if not p.is_file():
@@ -72,7 +80,7 @@ class ClassifyBMWidget(TaskWidget):
 
     def _refresh_targets(self, *_):
         names = self._class_names()
-        self.target.choices = [PREDICTED] + names
+        self.target.reset_choices()
         self.target.value = PREDICTED
         self.top_k.max = max(1, len(names) or 50)
 
@@ -142,9 +150,12 @@ class ClassifyBMWidget(TaskWidget):
         for ldt in bm_result_layers(result, source, placement=placement, boxes=boxes):
             upsert_layer(self._viewer, ldt)
         summ = result.summary()
-        rows = [[int(r.cell), r.top_k, r.target,
-                 "" if "faithfulness" not in summ else f"{r.faithfulness:+.3f}"] for r in summ.itertuples()]
-        self.table.value = {"data": rows, "columns": ["cell", "top-k", "target", "faithfulness"]}
+        import pandas as pd
+
+        self.table.value = pd.DataFrame({
+            "cell": summ["cell"].astype(int), "top-k": summ["top_k"], "target": summ["target"],
+            "faithfulness": [f"{v:+.3f}" for v in summ["faithfulness"]] if "faithfulness" in summ else "",
+        })
         if result.faithfulness is not None:
             f = result.faithfulness
             self.faithfulness.value = (f"{result.faithfulness_metric}: mean {np.mean(f):+.3f} "

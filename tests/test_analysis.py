@@ -246,7 +246,7 @@ def test_detector_tiling(models):
     from napari_sickle.models.detector import _tiles
 
     tiles = _tiles(1000, 3000, 1024, 128)
-    assert len(tiles) == 3 and tiles[-1][3] == 3000
+    assert len(tiles) == 4 and tiles[-1][3] == 3000 and all(t[0] == 0 and t[2] == 1000 for t in tiles)
     det = models.detector
     sm = simulate_smear(seed=5, shape=(320, 960))
     old = dict(det.config)

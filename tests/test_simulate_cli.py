@@ -28,7 +28,7 @@ def test_pairs_layout_reads_back(tmp_path, capsys):
     from napari_sickle.io.images import read_image
     from napari_sickle.io.masks import mask_to_regions, read_mask
 
-    out = _run(tmp_path, "pairs")
+    out = _run(tmp_path, "pairs", extra=["--edge-cells"])  # cut cells at the border too
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["images"] == 2 and summary["layout"] == "pairs"
     pairs = scan_image_mask_pairs(out)

@@ -57,19 +57,20 @@ def _imwrite(path: Path, arr: np.ndarray, **kw) -> None:
     iio.imwrite(path, arr, **kw)
 
 
-def _smear(i: int, seed: int, shape, rgb: bool, crops, n_cells):
+def _smear(i: int, seed: int, shape, rgb: bool, crops, n_cells, edge_cells):
     """The i-th smear of a dataset: procedural, or composed from real crops."""
     s = int(seed) * 100_003 + i
+    kw = {} if edge_cells is None else {"edge_cells": bool(edge_cells)}
     if crops is not None:
         from .data.compose import compose_smear
 
-        sm = compose_smear(crops, seed=s, shape=shape, n_cells=n_cells)
+        sm = compose_smear(crops, seed=s, shape=shape, n_cells=n_cells, **kw)
         if not rgb:
             sm.image = sm.image.mean(axis=2).round().astype(np.uint8)
         return sm
     from .data.simulate import simulate_smear
 
-    return simulate_smear(seed=s, shape=shape, n_cells=n_cells, rgb=rgb)
+    return simulate_smear(seed=s, shape=shape, n_cells=n_cells, rgb=rgb, **kw)
 
 
 def _voc_xml(name: str, shape, depth: int, regions: pd.DataFrame, cls: str = "RBC") -> str:
@@ -110,8 +111,12 @@ def write_dataset(
     crops_root=None,
     n_cells: int | None = None,
     progress=None,
+    edge_cells: bool | None = None,
 ) -> dict:
-    """Write a dataset in ``layout`` under ``out``; returns a summary dict (also printed by the CLI)."""
+    """Write a dataset in ``layout`` under ``out``; returns a summary dict (also printed by the CLI).
+
+    ``edge_cells`` (None: the generator's default) lets cells run off the image edge.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     if n_images < 1:
@@ -127,21 +132,24 @@ def write_dataset(
         crops = load_crops(crops_root)
     t0 = time.perf_counter()
     fn = {"pairs": _write_pairs, "voc": _write_voc, "crops": _write_crops, "patches": _write_patches}[layout]
-    summary = fn(out, n_images, seed, tuple(shape), rgb, crops, n_cells, progress)
+    from functools import partial
+
+    make = partial(_smear, seed=seed, shape=tuple(shape), rgb=rgb, crops=crops, n_cells=n_cells, edge_cells=edge_cells)
+    summary = fn(out, n_images, seed, make, rgb, progress)
     summary.update({"layout": layout, "out": str(out), "seed": seed, "seconds": round(time.perf_counter() - t0, 2)})
     if crops is not None:
         summary["composed_from"] = str(crops_root)
     return summary
 
 
-def _write_pairs(out, n, seed, shape, rgb, crops, n_cells, progress):
+def _write_pairs(out, n, seed, make, rgb, progress):
     import tifffile
 
     from .io.formats import write_regions_csv
 
     cell_rows, n_regions, n_total = [], 0, 0
     for i in range(n):
-        sm = _smear(i, seed, shape, rgb, crops, n_cells)
+        sm = make(i)
         name = f"sim_{seed}_{i:04d}"
         sm.regions["image"] = f"{name}.png"
         _imwrite(out / "images" / f"{name}.png", sm.image)
@@ -160,13 +168,13 @@ def _write_pairs(out, n, seed, shape, rgb, crops, n_cells, progress):
     return {"images": n, "cells": n_total, "regions": n_regions}
 
 
-def _write_voc(out, n, seed, shape, rgb, crops, n_cells, progress):
+def _write_voc(out, n, seed, make, rgb, progress):
     from .io.formats import write_regions_csv
 
     rng = np.random.default_rng(seed)
     names, all_regions = [], []
     for i in range(n):
-        sm = _smear(i, seed, shape, rgb, crops, n_cells)
+        sm = make(i)
         name = f"sim_{seed}_{i:04d}"
         sm.regions["image"] = f"{name}.jpg"
         _imwrite(out / "JPEGImages" / f"{name}.jpg", sm.image, quality=95)
@@ -188,7 +196,7 @@ def _write_voc(out, n, seed, shape, rgb, crops, n_cells, progress):
     return {"images": n, "regions": len(regions), "train": len(train), "val": len(val)}
 
 
-def _write_crops(out, n, seed, shape, rgb, crops, n_cells, progress):
+def _write_crops(out, n, seed, make, rgb, progress):
     from .data.simulate import simulate_cell_details
 
     rng = np.random.default_rng(seed)
@@ -212,11 +220,11 @@ def _write_crops(out, n, seed, shape, rgb, crops, n_cells, progress):
     return {"crops": int(sum(counts.values())), "per_folder": counts}
 
 
-def _write_patches(out, n, seed, shape, rgb, crops, n_cells, progress, margin: int = 4):
+def _write_patches(out, n, seed, make, rgb, progress, margin: int = 4):
     rows = []
     i = 0
     while len(rows) < n:
-        sm = _smear(i, seed, shape, rgb, crops, n_cells)
+        sm = make(i)
         H, W = sm.image.shape[:2]
         for r in sm.regions.itertuples(index=False):
             if len(rows) >= n:
@@ -259,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-cells", type=int, default=None, help="cells per smear (default ~200 per 1920x1080)")
     p.add_argument("--gray", action="store_true", help="grayscale images (like the Xu et al. crops)")
     p.add_argument("--crops", default=None, help="compose smears/patches from this class-per-folder crop set")
+    p.add_argument("--edge-cells", dest="edge_cells", action="store_true", default=None,
+                   help="let cells run off the image edge (default: off when drawn, on when composed)")
+    p.add_argument("--no-edge-cells", dest="edge_cells", action="store_false")
     p.add_argument("--json-progress", action="store_true", help="one JSON object per line instead of a bar")
     a = p.parse_args(argv)
 
@@ -282,7 +293,7 @@ def main(argv=None) -> int:
             bar.refresh()
     try:
         summary = write_dataset(a.out, a.layout, a.n_images, a.seed, a.shape, rgb=not a.gray,
-                                crops_root=a.crops, n_cells=a.n_cells, progress=progress)
+                                crops_root=a.crops, n_cells=a.n_cells, progress=progress, edge_cells=a.edge_cells)
     except (ValueError, FileExistsError, OSError) as exc:
         if bar is not None:
             bar.close()

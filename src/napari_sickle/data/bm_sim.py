@@ -16,6 +16,8 @@ import numpy as np
 SIM_CLASS_COLOURS = {
     "red_granule": (200, 30, 40),
     "blue_granule": (40, 50, 200),
+    "yellow_granule": (225, 205, 30),
+    "dark_granule": (50, 20, 70),
 }
 DISTRACTOR_COLOUR = (120, 140, 120)
 SIM_CLASS_NAMES = tuple(SIM_CLASS_COLOURS)

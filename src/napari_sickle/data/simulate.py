@@ -459,7 +459,7 @@ def simulate_smear(
     diameter: tuple[float, float] = (45.0, 85.0),
     cluster_fraction: float = 0.3,
     max_overlap: float = 0.2,
-    edge_cells: bool = True,
+    edge_cells: bool = False,
     rgb: bool = True,
     blur: float | None = None,
     noise: float | None = None,
@@ -488,7 +488,7 @@ def simulate_smear(
         Largest fraction of a cell's area another cell may cover.
     edge_cells : bool
         Let cells run off the image edge (cut cells, as in real fields of view); their
-        ground truth is the visible part.
+        ground truth is the visible part. Off by default (whole cells only).
     rgb : bool
         False renders a grayscale (H, W) uint8 image, like the Xu et al. crops.
     blur, noise : float, optional
@@ -767,12 +767,26 @@ def _others_ok(top, left, mask, max_overlap, placed) -> bool:
 
 
 def _drop_hidden(instances, kept_types, rows, min_pixels: int = 30):
-    """Remove cells that ended up (almost) hidden and renumber ids 1..N contiguously."""
+    """Remove cells that ended up (almost) hidden and renumber ids 1..N contiguously.
+
+    The few visible pixels of a removed cell go to the neighbouring cell that covers it, so
+    the mask still covers every drawn cell pixel."""
     n = len(kept_types)
     counts = np.bincount(instances.ravel(), minlength=n + 1)
     keep = counts[1 : n + 1] >= min_pixels
     if keep.all():
         return instances, kept_types, rows
+    objs = ndi.find_objects(instances, max_label=n)
+    for k in np.flatnonzero(~keep) + 1:
+        sl = objs[k - 1]
+        if sl is None:
+            continue
+        sl = tuple(slice(max(0, q.start - 1), q.stop + 1) for q in sl)
+        sub = instances[sl]
+        own = sub == k
+        nb = sub[ndi.binary_dilation(own) & ~own]
+        nb = nb[(nb > 0) & (nb != k) & keep[np.maximum(nb, 1) - 1]]
+        sub[own] = np.bincount(nb).argmax() if len(nb) else 0
     lut = np.zeros(n + 1, np.int32)
     lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     instances = lut[instances]

@@ -110,11 +110,11 @@ def recolor(shapes_layer, color_by: str) -> None:
 
 
 def summary_table(summary: dict) -> dict:
-    """{'data': rows, 'columns': [...]} for a magicgui Table from a SmearResult summary."""
+    """{'item': [...], 'value': [...]} (dict of columns) for a magicgui Table from a SmearResult summary."""
     rows = [["regions", str(summary.get("n_regions", 0))]]
     for t in RBC_TYPES:
         rows.append([RBC_TYPE_LABELS[t], str(summary.get("counts", {}).get(t, 0))])
     rows.append(["abnormal", str(summary.get("n_abnormal", 0))])
     rows.append(["abnormal fraction", f"{summary.get('abnormal_fraction', 0.0):.1%}"])
     rows.append(["SCD screening", str(summary.get("scd_call", ""))])
-    return {"data": rows, "columns": ["item", "value"]}
+    return {"item": [r[0] for r in rows], "value": [r[1] for r in rows]}

@@ -103,7 +103,7 @@ def _tiny_vit(n, image_size=64):
     from torchvision.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(
-        image_size=image_size, patch_size=8, num_layers=2, num_heads=2, hidden_dim=48,
+        image_size=image_size, patch_size=8, num_layers=1, num_heads=2, hidden_dim=48,
         mlp_dim=96, num_classes=n,
     )
 

@@ -309,7 +309,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             sched.load_state_dict(ex["scheduler"])
             sched.total_steps = total_steps  # a resumed run may ask for more epochs
         history = list(ex.get("history", []))
-        best = dict(ex.get("best", best))
+        if (out / "best.pt").is_file():  # else the resumed run writes its own best.pt
+            best = dict(ex.get("best", best))
         start_epoch = int(ex.get("epoch", -1)) + 1
         rng = np.random.default_rng(seed + start_epoch)
     det.recipe = {

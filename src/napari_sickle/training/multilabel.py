@@ -364,7 +364,7 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     clf.recipe = recipe
     history: list[dict] = list(resumed["extra"].get("history", [])) if resumed else []
     best = {"metric": -1.0, "epoch": -1}
-    if resumed is not None:
+    if resumed is not None and (out / "best.pt").is_file():
         best = dict(resumed["extra"].get("best", best))
     start_epoch = int(resumed["extra"].get("epoch", -1)) + 1 if resumed else 0
     opt_state = resumed["extra"].get("optimizer") if resumed else None

@@ -44,7 +44,7 @@ class AnalyzeRBCWidget(TaskWidget):
         self.nms_iou = FloatSpinBox(value=0.5, min=0.05, max=0.95, step=0.05, label="NMS IoU")
         self.batch_size = SpinBox(value=64, min=1, max=1024, label="batch size")
         self.color_by = ComboBox(choices=["abnormal", "type"], value="abnormal", label="colour by")
-        self.summary = Table(value={"data": [], "columns": ["item", "value"]}, label="summary")
+        self.summary = Table(value={"item": [], "value": []}, label="summary")
         self.export_path = FileEdit(mode="w", filter="*.csv", label="export CSV", value="")
         self.export_button = PushButton(text="Export regions CSV", enabled=False)
         self.extend([self.image, self.detector, self.classifier, self.device, self.score_threshold, self.nms_iou,

@@ -11,7 +11,6 @@ from typing import Optional
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, SpinBox, Table, create_widget
 
-from .._device import resolve_device  # noqa: F401  (cheap; torch imported lazily inside)
 from ..constants import DEVICES
 from ._base import TaskWidget
 

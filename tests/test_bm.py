@@ -15,7 +15,7 @@ def tiny():
     from napari_sickle.models.bm import build_bm_model
 
     torch.manual_seed(0)
-    return build_bm_model("tiny_resnet", ["a", "b", "c"], input_size=32)
+    return build_bm_model("tiny_regnet", ["a", "b", "c"], input_size=32)
 
 
 def test_default_classes_are_matek_and_heads_sized():
@@ -178,7 +178,7 @@ def test_train_resume_and_evaluate_csv_layout(tmp_path):
     logs = []
     with pytest.warns(UserWarning, match="skipped unreadable"):
         res = train_bm(str(d), tmp_path / "out", epochs=1, backbone="tiny_vgg", device="cpu", input_size=32,
-                       batch_size=8, log=logs.append)
+                       batch_size=8, log=logs.append, lr_test_steps=8)
     assert res["metrics"]["skipped"] == 1
     assert (tmp_path / "out" / "best.pt").is_file() and (tmp_path / "out" / "last.pt").is_file()
     ep = [r for r in logs if r["event"] == "epoch"]

@@ -296,21 +296,24 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
     with torch.enable_grad(), torch.inference_mode(False):
         cam = cam_cls(model=net, target_layers=model.target_layers(),
                       reshape_transform=model.reshape_transform())
+        quiet = None
         if method == "scorecam":
             cam.batch_size = bs
+            import types
+
+            import pytorch_grad_cam.score_cam as _sc  # silence its per-image tqdm bars
+
+            quiet = (_sc, _sc.tqdm)
+            _sc.tqdm = types.SimpleNamespace(tqdm=lambda it, *a, **k: it)
         try:
             for start in range(0, n, bs):
                 batch = cells[start:start + bs]
                 x = preprocess(batch, model).to(dev)
-                if chosen is None:
-                    with torch.no_grad():
-                        logits = net(x)
-                    tgt = logits.argmax(1).cpu().numpy()
-                else:
-                    tgt = np.full(len(batch), chosen)
-                cam_targets = [ClassifierOutputTarget(int(t)) for t in tgt]
+                # targets=None: pytorch-grad-cam explains each image's own top class
+                cam_targets = None if chosen is None else [ClassifierOutputTarget(chosen)] * len(batch)
                 grayscale = cam(input_tensor=x, targets=cam_targets)  # (B, S, S) in [0, 1]
                 logits = cam.outputs.detach()
+                tgt = logits.argmax(1).cpu().numpy() if chosen is None else np.full(len(batch), chosen)
                 probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
                 targets.append(tgt)
                 if metric is not None:
@@ -323,6 +326,8 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
                 report(progress, "explain", min(start + bs, n), n)
         finally:
             cam.activations_and_grads.release()
+            if quiet is not None:
+                quiet[0].tqdm = quiet[1]
     p = np.concatenate(probs)
     return _result(
         model, p, top_k, np.concatenate(targets), shapes, heatmaps=heatmaps,

@@ -139,6 +139,35 @@ def box_foreground_fraction(fg: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) / area
 
 
+def merge_by_connected_region(fg: np.ndarray, boxes: np.ndarray, scores: np.ndarray):
+    """One box per connected region of cell pixels, as in the paper's training boxes.
+
+    Each detection is assigned the connected foreground component holding most of the cell
+    pixels in its box; detections sharing a component become one region whose box is the
+    component's bounding box (score: the best of them). Returns (boxes, scores)."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(fg)
+    if n == 0 or len(boxes) == 0:
+        return boxes, scores
+    objs = ndi.find_objects(lab)
+    h, w = fg.shape
+    best: dict[int, float] = {}
+    for (x0, y0, x1, y1), sc in zip(np.asarray(boxes, dtype=np.float64), scores):
+        xa, ya = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        xb, yb = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
+        sub = lab[ya:yb, xa:xb]
+        ids, counts = np.unique(sub[sub > 0], return_counts=True)
+        if len(ids) == 0:
+            continue
+        k = int(ids[np.argmax(counts)])
+        best[k] = max(best.get(k, 0.0), float(sc))
+    ks = sorted(best, key=lambda k: -best[k])
+    out = np.array([[objs[k - 1][1].start, objs[k - 1][0].start, objs[k - 1][1].stop, objs[k - 1][0].stop] for k in ks],
+                   dtype=np.float32).reshape(-1, 4)
+    return out, np.array([best[k] for k in ks], dtype=np.float32)
+
+
 def region_masks_from_boxes(fg: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(H, W) int32: the cell pixels inside each box, id = row + 1; where boxes overlap the
     higher-scoring region wins. Holes inside a region's cells are filled."""
@@ -169,7 +198,7 @@ def _empty(shape, name, thr, timings=None) -> SmearResult:
 
 def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5, type_threshold: float = 0.5,
                   batch_size: int = 64, device="auto", progress=None, image_name: str = "",
-                  region_masks: bool = True) -> SmearResult:
+                  region_masks: bool = True, merge_regions: bool = True) -> SmearResult:
     """Detect, classify and call abnormal on one smear.
 
     image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, any dtype (16-bit and float are rescaled).
@@ -178,7 +207,10 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     there (``"auto"``: keep them where they are if already placed, else resolve).
     Progress stages: "detect", "classify", "abnormal". An image with no cell, or smaller than
     16 px, gives an empty result. Detections whose box holds (almost) no cell pixels - pixels
-    darker than the background by Otsu's threshold - are dropped.
+    darker than the background by Otsu's threshold - are dropped. With ``merge_regions``
+    (default) detections that fall on the same connected region of cell pixels are merged into
+    one region box (the region's bounding box): a region is a connected group of cells, as in
+    the paper's ground truth.
     """
     import time
 
@@ -220,6 +252,8 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     if len(boxes):
         ok &= box_foreground_fraction(fg, boxes) >= MIN_BOX_FOREGROUND
     boxes, scores = boxes[ok], scores[ok]
+    if merge_regions and len(boxes):
+        boxes, scores = merge_by_connected_region(fg, boxes, scores)
     timings["detect"] = time.perf_counter() - t0
     if progress is not None:
         progress("detect", 1, 1)

@@ -12,7 +12,8 @@ Xu et al. 2017 ``sickle-rbc`` set) into
   :class:`~napari_sickle.data.simulate.SimulatedSmear`).
 
 How: each crop is segmented (:func:`segment_crop`: deviation from the crop's border
-background, Otsu threshold, closing, hole filling, the component at the centre). A cell is
+background, hysteresis threshold, closing, hole filling, the component at the centre, the
+edge refined to 40% of the cell's contrast). A cell is
 converted to optical density relative to its own crop's background,
 ``OD = -log(I / I_bg)``, inside its (soft) mask only, so neighbouring cell fragments and
 the crop's own background never travel with it. Cells are randomly flipped, rotated and
@@ -78,8 +79,10 @@ class Crop:
 class CropList(list):
     """A list of :class:`Crop` with ``skipped`` (unreadable files) and ``skipped_files``."""
 
-    skipped: int = 0
-    skipped_files: list
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.skipped: int = 0
+        self.skipped_files: list[str] = []
 
 
 # --------------------------------------------------------------------------------------
@@ -219,13 +222,16 @@ def load_crops(root, mapping: Mapping[str, str] = XU_FOLDER_TO_TYPE, min_pixels:
     type key (``oval_disc`` ...) are accepted too, other folders are ignored with a
     warning. Unreadable images and crops whose segmentation finds no cell are skipped and
     counted (``result.skipped``, ``result.skipped_files``) with a warning.
-    Raises ValueError if the folder does not exist or holds no usable crop.
+    Raises :class:`napari_sickle.io.DatasetError` (a ValueError) if the folder does not
+    exist or holds no usable crop.
     """
     from ..io.images import is_image_path, read_image, to_rgb_uint8
 
+    from ..io.datasets import DatasetError
+
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root}: crop folder does not exist")
+        raise DatasetError(f"{root}: crop folder does not exist")
     out = CropList()
     skipped: list[str] = []
     ignored = []
@@ -257,7 +263,7 @@ def load_crops(root, mapping: Mapping[str, str] = XU_FOLDER_TO_TYPE, min_pixels:
     out.skipped = len(skipped)
     out.skipped_files = skipped
     if not out:
-        raise ValueError(
+        raise DatasetError(
             f"{root}: no usable crops found in class folders (expected folders named like "
             f"{sorted(mapping)[:4]}... or {list(RBC_TYPES)[:2]}...)"
         )

@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/bench_segmentation.py [--model best.pt] [--threads 2] [--repeats 3]
 
-Each method runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
+The smear (simulate_smear seed 7) is made once; each method then runs in its own subprocess
+so that its peak resident memory (ru_maxrss, which includes the ~imports of torch/skimage,
+shown as rss_before_mb) is its own.
 Without --model the U-Net timing uses randomly initialised weights of the default
 architecture (time does not depend on the weights). Prints one JSON object.
 """
@@ -12,9 +14,10 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
-def _child(method: str, model: str | None, threads: int, repeats: int) -> dict:
+def _child(method: str, model: str | None, threads: int, repeats: int, image: str) -> dict:
     import resource
     import time
 
@@ -23,9 +26,7 @@ def _child(method: str, model: str | None, threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     from napari_sickle.analysis.segmentation import segment_connected_components, segment_unet, segment_watershed
-    from napari_sickle.data.simulate import simulate_smear
-
-    img = simulate_smear(seed=7, shape=(1080, 1920)).image
+    img = np.load(image)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if method == "unet":
         if model:
@@ -67,17 +68,26 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--image", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(_child(a.child, a.model, a.threads, a.repeats)))
+        print(json.dumps(_child(a.child, a.model, a.threads, a.repeats, a.image)))
         return
+    import tempfile
+
+    import numpy as np
+
+    from napari_sickle.data.simulate import simulate_smear
+
+    image = str(Path(tempfile.mkdtemp()) / "smear.npy")
+    np.save(image, simulate_smear(seed=7, shape=(1080, 1920)).image)
     out = {"image": "simulated smear 1920x1080 RGB", "threads": a.threads, "repeats": a.repeats}
     try:
         out["load_average_1min"] = round(__import__("os").getloadavg()[0], 2)
     except OSError:
         pass
     for m in ("watershed", "unet", "connected_components"):
-        cmd = [sys.executable, __file__, "--child", m, "--threads", str(a.threads), "--repeats", str(a.repeats)]
+        cmd = [sys.executable, __file__, "--child", m, "--threads", str(a.threads), "--repeats", str(a.repeats), "--image", image]
         if a.model:
             cmd += ["--model", a.model]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)

@@ -183,7 +183,7 @@ def test_bad_inputs(models, small_smear):
     from napari_sickle.analysis.smear import analyze_smear
     from napari_sickle.data.simulate import simulate_smear
 
-    rgb = np.ascontiguousarray(small_smear.image[:200, :300])
+    rgb = np.ascontiguousarray(small_smear.image[:160, :240])
     ref = analyze_smear(rgb, models, device="cpu")
     gray = rgb.mean(axis=2).astype(np.uint8)
     assert len(analyze_smear(gray, models, device="cpu")) > 0
@@ -196,7 +196,7 @@ def test_bad_inputs(models, small_smear):
     assert len(analyze_smear(img16.astype(np.float32) / 65535, models, device="cpu")) > 0
     tiny = analyze_smear(rgb[:8, :8], models, device="cpu")
     assert len(tiny) == 0 and tiny.region_masks.shape == (8, 8) and tiny.to_dataframe().empty
-    empty = simulate_smear(seed=1, shape=(200, 300), n_cells=0).image  # background and noise, no cell
+    empty = simulate_smear(seed=1, shape=(160, 240), n_cells=0).image  # background and noise, no cell
     r0 = analyze_smear(empty, models, device="cpu")
     assert len(r0) == 0 and r0.summary["n_regions"] == 0 and r0.region_masks.max() == 0
     assert isinstance(r0.to_dataframe(), pd.DataFrame)
@@ -270,13 +270,15 @@ def test_analyze_cli(tmp_path, models):
 
     img = tmp_path / "in" / "smear.png"
     img.parent.mkdir()
-    iio.imwrite(img, simulate_smear(seed=9, shape=(320, 480)).image)
+    iio.imwrite(img, simulate_smear(seed=9, shape=(240, 320)).image)
+    (tmp_path / "folder").mkdir()
+    iio.imwrite(tmp_path / "folder" / "gray.tif", simulate_smear(seed=4, shape=(200, 300)).image.mean(axis=2).astype(np.uint8))
     out = tmp_path / "out"
-    assert main([str(img), "simulated:4", "--out", str(out), "--device", "cpu", "--no-train"]) == 0
+    assert main([str(img), str(tmp_path / "folder"), "--out", str(out), "--device", "cpu", "--no-train"]) == 0
     from napari_sickle.io.formats import read_regions_csv
 
     df = read_regions_csv(out / "smear_regions.csv")
     assert len(df) > 0 and all(t in df.columns for t in RBC_TYPES)
-    assert (out / "smear_overlay.png").is_file() and (out / "simulated_seed4_overlay.png").is_file()
+    assert (out / "smear_overlay.png").is_file() and (out / "gray_overlay.png").is_file()
     summ = pd.read_csv(out / "summary.csv")
     assert len(summ) == 2 and {"n_regions", "abnormal_fraction", "scd_call"} <= set(summ.columns)

@@ -306,25 +306,49 @@ def predict_unet_probabilities(
 def unet_probabilities_to_instances(
     probs: np.ndarray,
     min_size: int = 30,
-    seed_threshold: float = 0.7,
+    seeds: str = "distance",
+    seed_threshold: float = 0.5,
+    min_distance_factor: float = 0.7,
     min_seed_size: int = 8,
 ) -> np.ndarray:
     """Instances from (background, interior, boundary) probabilities.
 
-    Foreground = P(background) < 0.5. Seeds = connected regions of P(interior) >
-    ``seed_threshold`` (interiors of touching cells are separated by the boundary class);
-    each seed grows over the foreground by watershed on P(boundary) + P(background).
+    Foreground = P(background) < 0.5; interior = P(interior) > ``seed_threshold`` inside it
+    (the boundary class cuts the interiors of touching cells apart).
+
+    ``seeds="distance"`` (default): markers are ``peak_local_max`` of the (Gaussian-smoothed)
+    distance transform of the interior mask, at least ``min_distance_factor`` × the typical
+    interior radius apart, so interiors still joined by a thin bridge get one seed per cell;
+    ``seeds="components"``: one marker per connected interior region. Markers grow over the
+    foreground by watershed.
     """
+    from scipy import ndimage as ndi
     from skimage.measure import label
     from skimage.segmentation import watershed
 
     fg = probs[0] < 0.5
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
-    seeds = label((probs[1] > seed_threshold) & fg, connectivity=1)
-    if seeds.max():
-        seeds = remove_small(seeds, int(min_seed_size))
-    lab = watershed(1.0 - probs[1], seeds, mask=fg).astype(np.int32)
+    interior = (probs[1] > seed_threshold) & fg
+    if seeds == "distance":
+        from skimage.feature import peak_local_max
+
+        radius, _ = _auto_sizes(interior)
+        dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior).astype(np.float32), 2.0)
+        coords = peak_local_max(
+            dist, min_distance=max(2, int(min_distance_factor * radius)), threshold_abs=1.0, exclude_border=False
+        )
+        markers = np.zeros(fg.shape, np.int32)
+        markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
+        elevation = -dist
+    elif seeds == "components":
+        markers = label(interior, connectivity=1)
+        if markers.max():
+            markers = remove_small(markers, int(min_seed_size))
+        elevation = 1.0 - probs[1]
+    else:
+        raise ValueError("seeds must be 'distance' or 'components'")
+    lab = watershed(elevation, markers, mask=fg).astype(np.int32)
     missing = fg & (lab == 0)
     if missing.any():
         extra = label(missing, connectivity=1)

@@ -15,7 +15,7 @@ from typing import Any
 #: Quick-default training recipe (simulated smears only; no real data needed).
 QUICK_DEFAULT: dict[str, dict] = {
     "detector": dict(backbone="efficientnet-lite0-fpn", epochs=6, iters_per_epoch=40, batch_size=2, crop_size=320,
-                     n_smears=4, lr=5e-4, seed=0),
+                     n_smears=10, lr=5e-4, seed=0),
     "classifier": dict(backbone="efficientnet-lite0", input_size=64, epochs=15, n_smears=5, lr=1e-3, seed=0),
 }
 DEFAULT_FOLDER = "rbc-default"

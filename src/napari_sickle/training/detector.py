@@ -11,7 +11,7 @@ Data (``data``):
   ``val.txt`` give the split when present. ``classes=[...]`` keeps only those classes.
 
 Recipe: images are resized by the detector's ``scale`` (CPU default 0.5), the network trains
-on random ``crop_size`` crops (random flips), AdamW lr 1e-4, batch 2; validation AP50 on whole
+on random ``crop_size`` crops (random flips, colour jitter), AdamW (lr 1e-4 by default), batch 2; validation AP50 on whole
 images after every epoch; ``best.pt`` keeps the best AP50.
 """
 from __future__ import annotations
@@ -208,7 +208,11 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7):
     if rng.random() < 0.5:
         crop = crop.flip(-2)
         b = torch.stack([b[:, 0], ch - b[:, 3], b[:, 2], ch - b[:, 1]], 1)
-    return crop.contiguous(), {"boxes": b.reshape(-1, 4), "labels": lab}
+    # photometric jitter: per-channel gain, brightness and contrast (stains and lamps differ)
+    gain = torch.as_tensor(rng.uniform(0.85, 1.15, size=3), dtype=crop.dtype).view(3, 1, 1)
+    mean = crop.mean()
+    crop = ((crop - mean) * float(rng.uniform(0.7, 1.3)) + mean * float(rng.uniform(0.85, 1.15))) * gain
+    return crop.clamp(0, 1).contiguous(), {"boxes": b.reshape(-1, 4), "labels": lab}
 
 
 def _split_items(items, splits, val_fraction, seed):
@@ -316,7 +320,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     det.recipe = {
         "arch": arch, "scale": scale, "optimizer": "AdamW", "lr": lr, "weight_decay": 1e-4,
         "schedule": "OneCycle", "epochs": epochs, "iters_per_epoch": iters_per_epoch, "batch_size": batch_size,
-        "crop_size": crop_size, "augment": "random crop, h/v flips", "seed": seed, "data": str(data),
+        "crop_size": crop_size, "augment": "random crop, h/v flips, colour/brightness/contrast jitter", "seed": seed, "data": str(data),
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
         "pretrained_backbone": bool(pretrained),
     }

@@ -18,6 +18,30 @@ from qtpy.QtCore import QObject, Signal
 from .._progress import Cancelled
 
 
+def guard_llvm_clash() -> bool:
+    """Keep torch from importing triton inside a viewer that renders with Mesa's llvmpipe.
+
+    Mesa's software OpenGL (used under Xvfb, remote desktops and VMs) and triton both load
+    their own LLVM; importing triton after the viewer made its GL context segfaults the whole
+    napari process (torch imports it lazily at the first optimizer step). When a Mesa LLVM
+    is already mapped and triton is not loaded yet, mark triton as unavailable: torch then
+    runs without it (napari-sickle never uses torch.compile). Returns True when applied.
+    """
+    import sys
+
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/maps") as fh:
+            maps = fh.read()
+    except OSError:
+        return False
+    if "libLLVM" not in maps:
+        return False
+    sys.modules["triton"] = None  # `import triton` now raises ImportError
+    return True
+
+
 class _Bridge(QObject):
     progress = Signal(str, int, int)
 
@@ -31,6 +55,7 @@ class TaskWidget(Container):
 
     def __init__(self, viewer, **kwargs):
         super().__init__(**kwargs)
+        guard_llvm_clash()
         self._viewer = viewer
         self._worker = None
         self._cancel_event = threading.Event()

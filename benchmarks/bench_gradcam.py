@@ -47,10 +47,16 @@ def main(argv=None):
             ts.append(time.perf_counter() - t)
         return ts
 
+    def note(key, value):  # partial results survive a time limit
+        print(json.dumps({key: value}), flush=True)
+
     explain([cell], model, device="cpu", faithfulness=None)  # warm-up
     one = timed(lambda: explain([cell], model, device="cpu", faithfulness=None), args.repeats)
+    note("one_cell_gradcam_s_all", one)
     one_f = timed(lambda: explain([cell], model, device="cpu"), args.repeats)
+    note("one_cell_gradcam_plus_faithfulness_s_all", one_f)
     batched = timed(lambda: explain(cells, model, device="cpu", batch_size=args.batch_size, faithfulness=None), 1)[0]
+    note("batched_s", batched)
     single = timed(lambda: [explain([c], model, device="cpu", faithfulness=None) for c in cells], 1)[0]
     out = {
         "machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",

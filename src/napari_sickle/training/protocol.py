@@ -216,3 +216,41 @@ def table1_markdown(rep: dict) -> str:
                  f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
                  f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}.")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# composed smears as an images/ + masks/ folder (for `train detector` / `evaluate detector`)
+# ---------------------------------------------------------------------------------------
+def write_composed_smears(crops_root, out, n: int = 3, seed: int = 0, shape=(1080, 1920), progress=None) -> Path:
+    """Compose ``n`` whole smears from the single-cell crops under ``crops_root`` and write them
+    as ``out/images/smear_<k>.png`` + ``out/masks/smear_<k>.png`` (0/255 cell mask); the
+    detector's boxes are then one per connected region, as in the paper."""
+    import imageio.v3 as iio
+
+    from ..data.compose import compose_smear
+
+    crops = _load_crops(crops_root)
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for k in range(int(n)):
+        sm = compose_smear(crops, seed=seed + k, shape=tuple(shape))
+        iio.imwrite(out / "images" / f"smear_{k}.png", sm.image)
+        iio.imwrite(out / "masks" / f"smear_{k}.png", ((sm.instances > 0) * 255).astype(np.uint8))
+        report(progress, "compose smears", k + 1, int(n))
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m napari_sickle.training.protocol",
+                                 description="Write composed smears (images/ + masks/) from class folders of crops.")
+    ap.add_argument("--data", required=True, help="class folders of single-cell crops (e.g. sickle-rbc)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--width", type=int, default=1920)
+    a = ap.parse_args()
+    print(write_composed_smears(a.data, a.out, a.n, a.seed, (a.height, a.width)))

@@ -13,7 +13,7 @@ from napari_sickle.constants import RBC_TYPES
 TINY = {
     "detector": dict(epochs=1, iters_per_epoch=6, batch_size=2, crop_size=192, n_smears=2,
                      smear_shape=(320, 480), lr=3e-4),
-    "classifier": dict(epochs=4, n_smears=2, smear_shape=(320, 480)),
+    "classifier": dict(epochs=2, n_smears=2, smear_shape=(320, 480)),
 }
 
 

@@ -139,3 +139,21 @@ def test_unknown_option_value_parsing():
                                       "augment=false", "--lr", "0.01"])
     kw = build_kwargs(args, None, None)
     assert kw["base"] == 8 and kw["augment"] is False and kw["lr"] == 0.01 and kw["resume"] is None
+
+
+def test_table1_protocol_on_tiny_crops(crops_root, tmp_path, capsys):
+    """Models A, A* and B with 2-fold CV on composed patches; writes protocol.json + table1.md."""
+    out = tmp_path / "protocol"
+    code, events = _run_json(["multilabel-protocol", "--data", str(crops_root), "--out", str(out), "--folds", "2",
+                              "--epochs", "3", "--threads", "1", "--input-size", "32", "-o", "n_train_patches=8",
+                              "-o", "n_test_patches=4"], capsys)
+    assert code == 0, events[-1]
+    assert [e["fold"] for e in events if e["event"] == "fold"] == [1, 2]
+    rep = json.loads((out / "protocol.json").read_text())
+    assert rep["folds"] == 2 and len(rep["per_fold"]) == 2
+    assert rep["summary"]["A/single"]["n"] == 12  # every readable crop is tested once (broken file skipped)
+    assert rep["summary"]["A/multi"]["n"] == 8
+    table = (out / "table1.md").read_text()
+    assert "Model A*" in table and "Model B" in table
+    m = events[-1]["metrics"]
+    assert 0 <= m["A*_single_exact_match"] <= 1 and 0 <= m["A_mixed_abnormal_accuracy"] <= 1

@@ -18,7 +18,12 @@ mean/std computed from the training images; stratified k-fold with ``folds``.
 Options (``**options``): ``input_size`` (default: the arch's, 64 for simulated data),
 ``batch_size`` (32), ``lr`` (None: range test), ``augment`` (True), ``crop_scale``
 ((0.08, 1.0)), ``val_fraction`` (0.2, without ``folds``), ``n_per_class`` (simulated, 64),
-``pretrained`` (True), ``weight_decay`` (1e-4), ``patience`` (3), ``class_names``.
+``pretrained`` (True), ``weight_decay`` (1e-4), ``patience`` (3), ``class_names``,
+``warmup_epochs`` (0: the first N of the ``epochs`` train only the new last layer, the
+pretrained backbone frozen; then everything is fine-tuned), ``lr_test_steps`` (30),
+``cache_size`` (None: images are kept in memory at their own size; an int pre-resizes
+every image once so that its longer side is at most that many pixels, which makes the
+per-step augmentations cheap).
 
 With ``folds=k`` one model per fold is trained in ``out/fold<i>/``; metrics are computed
 on the pooled out-of-fold predictions, and ``out/best.pt`` is the fold model with the
@@ -35,6 +40,15 @@ from typing import Any
 import numpy as np
 
 from .._progress import report
+
+_HEAD_NAMES = {"vgg": "classifier.6", "resnet": "fc", "regnet": "fc", "vit": "heads.head",
+               "efficientnet": "classifier"}
+
+
+def family_of(arch: str) -> str:
+    from ..models.bm import family
+
+    return family(arch)
 
 DEFAULT_ARCH = "efficientnet_lite0"
 IMAGE_COLUMNS = ("image", "path", "file", "filename")
@@ -64,8 +78,9 @@ def _table_from_csv(csv: Path):
     return pd.DataFrame({"path": paths, "label": df[cls_col].astype(str).values})
 
 
-def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int = 0):
-    """-> (images: list of (H,W,3) uint8, labels: list[str], class_names: tuple, skipped: int)."""
+def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int = 0, return_paths: bool = False):
+    """-> (images: list of (H,W,3) uint8, labels: list[str], class_names: tuple, skipped: int)
+    (+ ``paths``: list of str, or of ``"simulated:<i>"``, with ``return_paths=True``)."""
     import warnings
 
     from ..io.datasets import DatasetError, scan_class_folders
@@ -74,7 +89,8 @@ def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int
         from ..data.bm_sim import simulate_bm_cells
 
         sim = simulate_bm_cells(n_per_class=n_per_class, size=input_size, seed=seed)
-        return list(sim.images), [sim.class_names[i] for i in sim.labels], sim.class_names, 0
+        out = list(sim.images), [sim.class_names[i] for i in sim.labels], sim.class_names, 0
+        return (*out, [f"simulated:{i}" for i in range(len(sim.labels))]) if return_paths else out
     p = Path(data).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder.")
@@ -86,11 +102,12 @@ def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int
         table = _table_from_csv(p / "labels.csv")
     else:
         table = scan_class_folders(p)
-    images, labels, skipped = [], [], int(getattr(table, "attrs", {}).get("skipped", 0))
+    images, labels, paths, skipped = [], [], [], int(getattr(table, "attrs", {}).get("skipped", 0))
     for path, label in zip(table["path"], table["label"]):
         try:
             images.append(_read_rgb(path))
             labels.append(str(label))
+            paths.append(str(path))
         except (ValueError, OSError) as exc:
             skipped += 1
             warnings.warn(f"skipped unreadable image {path}: {exc}", UserWarning, stacklevel=2)
@@ -103,7 +120,25 @@ def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int
     few = [c for c, k in counts.items() if k < 2]
     if few:
         raise DatasetError(f"{p}: class(es) {few} have a single image; need at least two per class.")
-    return images, labels, names, skipped
+    return (images, labels, names, skipped, paths) if return_paths else (images, labels, names, skipped)
+
+
+def _shrink(images, max_side):
+    """Resize each image once so that its longer side is at most ``max_side`` (in-memory cache)."""
+    if not max_side:
+        return images
+    from skimage.transform import resize
+
+    out = []
+    for im in images:
+        s = max(im.shape[:2])
+        if s <= max_side:
+            out.append(im)
+            continue
+        f = max_side / s
+        shape = (max(1, round(im.shape[0] * f)), max(1, round(im.shape[1] * f)))
+        out.append((resize(im, shape, anti_aliasing=True, preserve_range=True) + 0.5).astype(np.uint8))
+    return out
 
 
 def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -268,6 +303,8 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     else:
         report(progress, "lr range test", 0, 1)
         lr = lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get("lr_test_steps", 30)))
+        for prm in net.parameters():
+            prm.grad = None
         report(progress, "lr range test", 1, 1)
         if log:
             log({"event": "lr_range_test", "lr": lr})
@@ -280,6 +317,8 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         start_epoch = int(ex["epoch"])
         history = list(ex.get("history", []))
         best_metric = float(ex.get("best_metric", -math.inf))
+    warm = min(int(opts.get("warmup_epochs") or 0), int(epochs))
+    head_name = _HEAD_NAMES[family_of(model.arch)]
     recipe = {
         "arch": model.arch, "optimizer": "SGD", "momentum": 0.9, "lr": lr, "lr_source":
             "given" if opts["lr"] is not None else "range test", "weight_decay": float(opts["weight_decay"]),
@@ -288,11 +327,18 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         "crop_scale": list(opts["crop_scale"]), "rotation": [0, 180], "flips": ["h", "v"],
         "epochs": int(epochs), "batch_size": bs, "input_size": size, "seed": int(seed),
         "pretrained": bool(opts["pretrained"]), "data": data_desc, "n_train": len(train_y), "n_val": len(val_y),
+        "warmup_epochs": warm, "warmup": f"first {warm} epoch(s) train only `{head_name}` (backbone frozen), "
+                                         "then all layers" if warm else "none",
+        "lr_test_steps": int(opts.get("lr_test_steps", 30)), "cache_size": opts.get("cache_size"),
+        "val_paths": list(opts.get("_val_paths") or []),
     }
     model.recipe = recipe
     steps_per_epoch = len(train_loader)
     last_p = None
     for epoch in range(start_epoch, epochs):
+        head_only = epoch < warm
+        for name, prm in net.named_parameters():
+            prm.requires_grad_(not head_only or name.startswith(head_name + "."))
         net.train()
         tot, n = 0.0, 0
         for step, (x, y) in enumerate(train_loader):
@@ -306,7 +352,8 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         val_loss, p, yv = _evaluate_loader(net, val_loader, criterion, dev)
         sched.step(val_loss)
         m = _metrics(yv, p.argmax(1), class_names)
-        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": int(epochs), "loss": tot / max(n, 1),
+        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": int(epochs), "phase": "head" if head_only else "all",
+               "loss": tot / max(n, 1),
                "val_loss": val_loss, "metric": m["macro_f1"], "metric_name": "macro_f1",
                "accuracy": m["accuracy"], "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
@@ -373,8 +420,10 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint file.")
     if resume is not None and folds:
         raise ValueError("--resume continues a single-split run; it cannot be combined with --folds.")
-    images, labels, names, skipped = load_bm_data(data, input_size=int(opts["input_size"]),
-                                                  n_per_class=int(opts["n_per_class"]), seed=seed)
+    images, labels, names, skipped, paths = load_bm_data(data, input_size=int(opts["input_size"]),
+                                                         n_per_class=int(opts["n_per_class"]), seed=seed,
+                                                         return_paths=True)
+    images = _shrink(images, opts.get("cache_size"))
     if opts.get("class_names"):
         extra = sorted(set(labels) - set(opts["class_names"]))
         if extra:
@@ -407,6 +456,7 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
     else:
         idx = np.arange(len(y))
         tr, va = train_test_split(idx, test_size=float(opts["val_fraction"]), stratify=y, random_state=seed)
+        opts["_val_paths"] = [paths[j] for j in va]
         res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out,
                    resume=resume, **common)
         metrics = _metrics(y[va], res["val_proba"].argmax(1), names)
@@ -416,13 +466,28 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
             "seconds": time.perf_counter() - t0}
 
 
-def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=None) -> dict:
-    """Macro/per-class precision, recall, F1 and accuracy of ``model`` on ``data``."""
+def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=None, split: str = "all") -> dict:
+    """Macro/per-class precision, recall, F1 and accuracy of ``model`` on ``data``.
+
+    ``split="heldout"`` keeps only the images that the checkpoint's training run held out
+    for validation (the ``val_paths`` stored in its recipe), so the figure is not computed
+    on training images; ``"all"`` (default) uses every image of ``data``."""
     from ..analysis.bm import classify_cells
     from ..models.bm import load_bm_model
 
     clf = load_bm_model(model)
-    images, labels, _, skipped = load_bm_data(data, input_size=clf.input_size)
+    images, labels, _, skipped, paths = load_bm_data(data, input_size=clf.input_size, return_paths=True)
+    if split not in ("all", "heldout"):
+        raise ValueError(f"split must be 'all' or 'heldout', not {split!r}")
+    if split == "heldout":
+        keep = set((getattr(clf, "recipe", None) or {}).get("val_paths") or [])
+        if not keep:
+            raise ValueError(f"{model}: its recipe lists no held-out images (trained with --folds or an older "
+                             "version); use split='all' on separate test data.")
+        sel = [i for i, pth in enumerate(paths) if pth in keep]
+        if not sel:
+            raise ValueError(f"none of the checkpoint's {len(keep)} held-out images is in {data}.")
+        images, labels = [images[i] for i in sel], [labels[i] for i in sel]
     names = list(clf.class_names)
     unknown = sorted(set(labels) - set(names))
     if unknown:

@@ -78,10 +78,12 @@ def main(argv=None) -> int:
     import napari
 
     viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
     try:
         for path in (img_path, mask_path, gt_csv, pred_csv):
             viewer.open(str(path), plugin="napari-sickle")
         viewer.layers[-2].visible = False  # the ground-truth boxes: show the predictions
+        viewer.layers[-1].text.size = 7
         saved = out / "layers"
         saved.mkdir()
         written = []

@@ -85,6 +85,11 @@ def check_data(data: str, kind: str) -> None:
     """Raise :class:`UsageError` for input that cannot possibly train."""
     if data == "simulated":
         return
+    if kind in ("detector", "eval") and data.split(":", 1)[0] in ("composed", "composed-test") and ":" in data:
+        data = data.split(":", 1)[1]  # composed smears from this folder of crops
+        if not Path(data).expanduser().is_dir():
+            raise UsageError(f"--data composed:{data}: no such folder of crops.")
+        return
     path = Path(data).expanduser()
     if not path.exists():
         raise UsageError(f"--data {data}: no such file or folder.")

@@ -55,9 +55,10 @@ class SmearResult:
 
     @property
     def type_names(self) -> list[str]:
-        """'+'-joined display names of each region's predicted types ('' when none)."""
+        """'+'-joined display names of each region's predicted types ('none' when none)."""
         return [
-            "+".join(RBC_TYPE_LABELS[t] for t, on in zip(RBC_TYPES, row) if on) for row in np.asarray(self.labels)
+            "+".join(RBC_TYPE_LABELS[t] for t, on in zip(RBC_TYPES, row) if on) or "none"
+            for row in np.asarray(self.labels)
         ]
 
     def to_dataframe(self, image: str | None = None) -> pd.DataFrame:

@@ -118,7 +118,7 @@ def read_mask_file(p: Path) -> list:
     from .masks import mask_to_regions, read_mask
 
     labels, regions = mask_to_regions(read_mask(p))
-    return [labels_layer(labels, regions, name=p.stem, path=str(p))]
+    return [labels_layer(labels, regions, name=f"{p.stem} regions" if p.parent.name == "masks" else p.stem, path=str(p))]
 
 
 def read_voc_file(p: Path) -> list:

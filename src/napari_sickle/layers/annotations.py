@@ -94,6 +94,8 @@ def regions_shapes_layer(df: pd.DataFrame, name: str, path: str | None = None) -
     if "label" not in feats.columns:
         feats["label"] = regions_label_strings(df)
         derived.append("label")
+    elif feats["label"].isna().any():  # an empty label cell reads back as NaN
+        feats["label"] = feats["label"].fillna(pd.Series(regions_label_strings(df)))
     if "abnormal" in df.columns:
         abnormal = df["abnormal"].to_numpy().astype(bool)
     else:

@@ -180,7 +180,12 @@ class RBCClassifier:
 
         ex = dict(extra or {})
         if self.abnormal_model is not None:
-            ex["abnormal_model_skops"] = sklearn_to_bytes(self.abnormal_model)
+            # skops serialisation takes seconds; do it once per fitted model, not once per save
+            cache = getattr(self, "_abnormal_bytes", None)
+            if cache is None or cache[0] is not self.abnormal_model:
+                cache = (self.abnormal_model, sklearn_to_bytes(self.abnormal_model))
+                object.__setattr__(self, "_abnormal_bytes", cache)
+            ex["abnormal_model_skops"] = cache[1]
         sd = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         return make_checkpoint("multilabel", self.config["backbone"], sd, config=self.config, recipe=self.recipe,
                                metrics=self.metrics, extra=ex)

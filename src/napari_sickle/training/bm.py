@@ -328,7 +328,8 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         "epochs": int(epochs), "batch_size": bs, "input_size": size, "seed": int(seed),
         "pretrained": bool(opts["pretrained"]), "data": data_desc, "n_train": len(train_y), "n_val": len(val_y),
         "warmup_epochs": warm, "warmup": f"first {warm} epoch(s) train only `{head_name}` (backbone frozen), "
-                                         "then all layers" if warm else "none",
+                                         "then all layers (a second range test sets their lr unless lr is given)"
+                                         if warm else "none",
         "lr_test_steps": int(opts.get("lr_test_steps", 30)), "cache_size": opts.get("cache_size"),
         "val_paths": list(opts.get("_val_paths") or []),
     }
@@ -339,6 +340,16 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         head_only = epoch < warm
         for name, prm in net.named_parameters():
             prm.requires_grad_(not head_only or name.startswith(head_name + "."))
+        if warm and epoch == warm and opts["lr"] is None and ckpt is None:
+            # fine-tuning phase: a second short range test, now over all layers
+            lr2 = lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get("lr_test_steps", 30)))
+            for prm in net.parameters():
+                prm.grad = None
+            for grp in opt.param_groups:
+                grp["lr"] = lr2
+            recipe["lr_finetune"] = lr2
+            if log:
+                log({"event": "lr_range_test", "lr": lr2, "phase": "all"})
         net.train()
         tot, n = 0.0, 0
         for step, (x, y) in enumerate(train_loader):

@@ -6,6 +6,9 @@ Data (``data``):
   boxes), class "cell region";
 * an ``images/`` + ``masks/`` folder (or ``*_img``/``*_mask`` pairs): boxes from the connected
   regions of each binary mask (``io.masks.mask_to_regions``), class "cell region";
+* ``"composed:<crop folder>"`` / ``"composed-test:<crop folder>"``: smears composed from real
+  single-cell crops (e.g. sickle-rbc) of the training patients / of the held-out patient
+  (:func:`split_crops`), so test smears never reuse a training crop;
 * a Pascal VOC folder (``JPEGImages/`` + ``Annotations/``): its boxes and class names
   (degenerate boxes are dropped with a warning by ``io.formats.read_voc``); ``train.txt`` /
   ``val.txt`` give the split when present. ``classes=[...]`` keeps only those classes.
@@ -108,6 +111,8 @@ def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None,
     from ..io.datasets import DatasetError
 
     items = []
+    if isinstance(data, str) and data.split(":", 1)[0] in ("composed", "composed-test") and ":" in data:
+        return _composed_items(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape, progress=progress)
     if isinstance(data, str) and data == "simulated":
         from ..data.simulate import simulate_smear
 
@@ -169,6 +174,58 @@ def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None,
             progress("load", i + 1, len(df))
     if not items:
         raise DatasetError(f"{data}: no readable image/mask pairs")
+    return items, [REGION_CLASS], None
+
+
+def patient_of(path) -> str:
+    """Patient / slide id of a sickle-rbc crop: the file name up to the first ``_``
+    (``JH172_Im110_subImg12.png`` -> ``JH172``)."""
+    return Path(path).name.split("_", 1)[0]
+
+
+def split_crops(crops):
+    """(train crops, held-out crops) split by patient: the patient ids (:func:`patient_of`) are
+    sorted and the one at index ``len // 2`` is held out (sickle-rbc: ``JH17961115`` of
+    JH172, JH1766915, JH17961115, JH18361915). With a single patient every 5th crop (sorted by
+    path) is held out instead."""
+    patients = sorted({patient_of(c.path) for c in crops})
+    if len(patients) >= 2:
+        held = patients[len(patients) // 2]
+        return [c for c in crops if patient_of(c.path) != held], [c for c in crops if patient_of(c.path) == held]
+    order = sorted(range(len(crops)), key=lambda i: str(crops[i].path))
+    test = set(order[2::5])
+    return [c for i, c in enumerate(crops) if i not in test], [c for i, c in enumerate(crops) if i in test]
+
+
+_CROP_CACHE: dict = {}
+
+
+def _composed_items(data: str, *, seed: int, n_smears: int, smear_shape, progress=None):
+    """``composed:<crop folder>``: ``n_smears`` smears composed (data.compose.compose_smear) from
+    the training patients' crops; ``composed-test:<crop folder>``: from the held-out patient's
+    crops only (see :func:`split_crops`). Boxes: one per connected region of the cell mask."""
+    from ..data.compose import compose_smear, load_crops
+    from ..io.datasets import DatasetError
+
+    which, root = data.split(":", 1)
+    key = str(Path(root).expanduser().resolve())
+    if key not in _CROP_CACHE:
+        if not Path(root).expanduser().is_dir():
+            raise DatasetError(f"{data}: {root} is not a folder of class folders of crops")
+        _CROP_CACHE[key] = split_crops(load_crops(Path(root).expanduser()))
+    train_crops, test_crops = _CROP_CACHE[key]
+    crops = test_crops if which == "composed-test" else train_crops
+    if not crops:
+        raise DatasetError(f"{data}: no crops in this split")
+    items = []
+    for k in range(int(n_smears)):
+        s = seed * 1000 + k + (500 if which == "composed-test" else 0)
+        sm = compose_smear(crops, seed=s, shape=tuple(smear_shape))
+        b = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
+        items.append({"image": sm.image, "boxes": b, "labels": np.ones(len(b), np.int64),
+                      "name": f"{which}_seed{s}"})
+        if progress is not None:
+            progress("compose", k + 1, int(n_smears))
     return items, [REGION_CLASS], None
 
 

@@ -38,8 +38,11 @@ def _disk(rr, cc, centre, radius):
 
 
 def simulate_bm_cells(n_per_class: int = 64, size: int = 64, seed: int = 0,
-                      marker_radius: float | None = None) -> SimulatedCells:
-    """``n_per_class`` cells per class, ``size`` x ``size`` RGB, reproducible from ``seed``."""
+                      marker_radius: float | None = None, grid: int | None = None) -> SimulatedCells:
+    """``n_per_class`` cells per class, ``size`` x ``size`` RGB, reproducible from ``seed``.
+
+    ``grid``: snap the marker's centre to the centre of a ``grid`` x ``grid`` tile (e.g. the
+    patch size of a ViT), so that the class-defining feature lies in one patch."""
     rng = np.random.default_rng(seed)
     r_mark = float(marker_radius if marker_radius is not None else max(3.0, size / 8))
     rr, cc = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -64,6 +67,8 @@ def simulate_bm_cells(n_per_class: int = 64, size: int = 64, seed: int = 0,
         rad_m, rad_d = rng.uniform(0.65, 1.0, 2) * reach
         u = np.array([np.sin(ang), np.cos(ang)])
         m = centre + rad_m * u
+        if grid:
+            m = np.clip(np.floor(m / grid), 0, size // grid - 1) * grid + (grid - 1) / 2
         d = centre - rad_d * np.array([np.sin(ang + rng.uniform(-0.6, 0.6)), np.cos(ang + rng.uniform(-0.6, 0.6))])
         img[_disk(rr, cc, m, r_mark)] = SIM_CLASS_COLOURS[names[labels[i]]]
         img[_disk(rr, cc, d, r_mark)] = DISTRACTOR_COLOUR

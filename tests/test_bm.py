@@ -178,11 +178,12 @@ def test_train_resume_and_evaluate_csv_layout(tmp_path):
     logs = []
     with pytest.warns(UserWarning, match="skipped unreadable"):
         res = train_bm(str(d), tmp_path / "out", epochs=1, backbone="tiny_vgg", device="cpu", input_size=32,
-                       batch_size=8, log=logs.append, lr_test_steps=8)
+                       batch_size=8, log=logs.append, lr_test_steps=8, warmup_epochs=1)
     assert res["metrics"]["skipped"] == 1
     assert (tmp_path / "out" / "best.pt").is_file() and (tmp_path / "out" / "last.pt").is_file()
     ep = [r for r in logs if r["event"] == "epoch"]
     assert len(ep) == 1 and ep[0]["metric_name"] == "macro_f1" and json.dumps(logs)
+    assert ep[0]["phase"] == "head"  # warm-up epoch: only the new last layer trains
     assert [r for r in logs if r["event"] == "lr_range_test"][0]["lr"] > 0
     res2 = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_vgg", device="cpu", input_size=32,
                     batch_size=8, resume=tmp_path / "out" / "last.pt")
@@ -191,6 +192,9 @@ def test_train_resume_and_evaluate_csv_layout(tmp_path):
         ev = evaluate_bm(res2["checkpoint"], str(d / "labels.csv"), device="cpu")
     assert set(ev) >= {"macro_f1", "macro_precision", "macro_recall", "accuracy", "per_class", "n"}
     assert ev["n"] == len(sim.labels) and set(ev["per_class"]) == set(sim.class_names)
+    with pytest.warns(UserWarning):
+        ev_h = evaluate_bm(res2["checkpoint"], str(d), device="cpu", split="heldout")
+    assert ev_h["n"] == res2["metrics"]["n"] < len(sim.labels)  # only the images held out in training
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         train_bm(str(d), tmp_path / "o2", epochs=1, backbone="tiny_vgg", resume=tmp_path / "missing.pt")
 

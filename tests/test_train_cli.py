@@ -157,3 +157,24 @@ def test_table1_protocol_on_tiny_crops(crops_root, tmp_path, capsys):
     assert "Model A*" in table and "Model B" in table
     m = events[-1]["metrics"]
     assert 0 <= m["A*_single_exact_match"] <= 1 and 0 <= m["A_mixed_abnormal_accuracy"] <= 1
+
+
+def test_composed_data_option_and_patient_split(tmp_path):
+    """``--data composed:<crops>`` is accepted for an existing folder, refused (one-line
+    UsageError) for a missing one, and the held-out composed smears use another patient's crops."""
+    from types import SimpleNamespace
+
+    from napari_sickle.train import UsageError, check_data
+    from napari_sickle.training.detector import split_crops
+
+    check_data(f"composed:{tmp_path}", "detector")
+    check_data(f"composed-test:{tmp_path}", "eval")
+    with pytest.raises(UsageError, match="no such folder"):
+        check_data(f"composed:{tmp_path / 'missing'}", "detector")
+    crops = [SimpleNamespace(path=f"/x/Oval/{p}_Im{i}_sub.png") for p in ("P1", "P2", "P3") for i in range(4)]
+    train, test = split_crops(crops)
+    assert {c.path.split("/")[-1].split("_")[0] for c in test} == {"P2"}
+    assert len(train) == 8 and not {id(c) for c in train} & {id(c) for c in test}
+    one = [SimpleNamespace(path=f"/x/Oval/cell{i:02d}.png") for i in range(10)]
+    train, test = split_crops(one)
+    assert len(test) == 2 and len(train) == 8

@@ -179,8 +179,9 @@ def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None,
 
 def patient_of(path) -> str:
     """Patient / slide id of a sickle-rbc crop: the file name up to the first ``_``
-    (``JH172_Im110_subImg12.png`` -> ``JH172``)."""
-    return Path(path).name.split("_", 1)[0]
+    (``JH172_Im110_subImg12.png`` -> ``JH172``); ``""`` for names without ``_``."""
+    name = Path(path).name
+    return name.split("_", 1)[0] if "_" in name else ""  # no prefix: unknown patient
 
 
 def split_crops(crops):

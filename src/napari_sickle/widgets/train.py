@@ -222,7 +222,15 @@ class TrainWidget(TaskWidget):
         self.status.value = "Stopping…"
         self._proc.terminate()
         proc = self._proc
-        QTimer.singleShot(10000, lambda: proc.kill() if proc.state() != QProcess.ProcessState.NotRunning else None)
+
+        def _kill_if_still_running():
+            try:
+                if proc.state() != QProcess.ProcessState.NotRunning:
+                    proc.kill()
+            except RuntimeError:  # the widget (and its QProcess) was closed meanwhile
+                pass
+
+        QTimer.singleShot(10000, _kill_if_still_running)
 
     # -- process output (UI thread) --------------------------------------------------
     def _read_stdout(self):

@@ -125,3 +125,14 @@ def sklearn_from_bytes(blob: bytes) -> Any:
     if bad:
         raise CheckpointError(f"Embedded classifier contains untrusted types: {bad}")
     return sio.loads(blob, trusted=allowed)
+
+
+def as_checkpoint(ckpt_or_path, kind: str, map_location="cpu") -> dict:
+    """A checkpoint dict of ``kind`` from a path (loaded and validated) or an already loaded dict."""
+    if not isinstance(ckpt_or_path, dict):
+        return load_checkpoint(ckpt_or_path, kind=kind, map_location=map_location)
+    if ckpt_or_path.get("kind") != kind:
+        raise CheckpointError(
+            f"This checkpoint holds a {ckpt_or_path.get('kind')!r} model, but a {kind!r} model is needed here."
+        )
+    return ckpt_or_path

@@ -180,12 +180,9 @@ class RegionDetector:
     def from_checkpoint(cls, ckpt, device="cpu") -> "RegionDetector":
         import torch
 
-        from .checkpoint import CheckpointError, load_checkpoint
+        from .checkpoint import CheckpointError, as_checkpoint
 
-        if not isinstance(ckpt, dict):
-            ckpt = load_checkpoint(ckpt, kind="detector")
-        elif ckpt.get("kind") != "detector":
-            raise CheckpointError(f"This checkpoint holds a {ckpt.get('kind')!r} model, but a 'detector' model is needed here.")
+        ckpt = as_checkpoint(ckpt, "detector")
         cfg = dict(ckpt["config"])
         model = build_detector(cfg["arch"], num_classes=len(cfg["class_names"]) + 1, pretrained=False)
         try:

@@ -193,12 +193,9 @@ class RBCClassifier:
     @classmethod
     def from_checkpoint(cls, ckpt, device="cpu") -> "RBCClassifier":
         """Load from a path or a checkpoint dict (kind must be 'multilabel')."""
-        from .checkpoint import CheckpointError, load_checkpoint, sklearn_from_bytes
+        from .checkpoint import CheckpointError, as_checkpoint, sklearn_from_bytes
 
-        if not isinstance(ckpt, dict):
-            ckpt = load_checkpoint(ckpt, kind="multilabel")
-        elif ckpt.get("kind") != "multilabel":
-            raise CheckpointError(f"This checkpoint holds a {ckpt.get('kind')!r} model, but a 'multilabel' model is needed here.")
+        ckpt = as_checkpoint(ckpt, "multilabel")
         cfg = dict(ckpt["config"])
         net = make_net(cfg["backbone"], pretrained=False)
         try:

@@ -223,3 +223,36 @@ def test_class_folder_with_one_image_is_clear_error(tmp_path):
             imsave(tmp_path / cls / f"{i}.png", np.full((10, 10, 3), 100 + i, np.uint8), check_contrast=False)
     with pytest.raises(ValueError, match="single image"):
         train_bm(str(tmp_path), tmp_path / "out", epochs=1, backbone="tiny_vgg")
+
+
+def test_training_validation_equals_evaluate_on_the_same_cells(tmp_path):
+    """The held-out figure logged by training is what `evaluate bm` computes on those cells.
+
+    The crops (30 px) differ from the input size (36 px), so both paths resample; they must
+    agree to float precision, cell by cell, not only on the rounded macro-F1."""
+    from skimage.io import imsave
+
+    from napari_sickle.analysis.bm import classify_cells
+    from napari_sickle.data.bm_sim import simulate_bm_cells
+    from napari_sickle.models.bm import load_bm_model
+    from napari_sickle.training.bm import evaluate_bm, load_bm_data, train_bm
+
+    sim = simulate_bm_cells(n_per_class=8, size=30, seed=3)
+    d = tmp_path / "data"
+    (d / "Dataset 1").mkdir(parents=True)
+    rows = []
+    for i, (im, lab) in enumerate(zip(sim.images, sim.labels)):
+        imsave(d / "Dataset 1" / f"{i:03d}.bmp", im, check_contrast=False)
+        rows.append({"image": f"Dataset 1/{i:03d}.bmp", "class_name": sim.class_names[lab]})
+    pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
+    res = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_regnet", device="cpu", input_size=36,
+                   batch_size=8, lr=0.05)
+    model = load_bm_model(res["checkpoint"])
+    assert model.input_size == 36 and model.recipe["val_paths"] == res["val_paths"]
+    images, _, _, _, paths = load_bm_data(str(d), return_paths=True)
+    held = [images[paths.index(p)] for p in res["val_paths"]]
+    probs = classify_cells(held, model, device="cpu").probabilities
+    assert np.allclose(probs, res["val_proba"], atol=1e-5)
+    ev = evaluate_bm(res["checkpoint"], str(d), device="cpu", split="heldout")
+    for key in ("macro_f1", "accuracy", "macro_precision", "macro_recall", "n", "per_class"):
+        assert ev[key] == res["metrics"][key] == model.metrics[key], key

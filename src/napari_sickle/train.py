@@ -191,8 +191,9 @@ def _replace_nan(obj):
 class Reporter:
     """Turns ``progress``/``log`` callbacks into JSON lines or a tqdm bar."""
 
-    def __init__(self, json_mode: bool, out: Path, stream=None, min_interval: float = 0.25):
+    def __init__(self, json_mode: bool, out: Path, stream=None, min_interval: float = 0.25, quiet: bool = False):
         self.json_mode = json_mode
+        self.quiet = quiet  # ranks other than 0 under torchrun: say nothing
         self.out = Path(out)
         self.stream = stream or sys.stdout
         self.min_interval = min_interval
@@ -207,12 +208,12 @@ class Reporter:
                 pass
 
     def emit(self, event: str, **fields) -> None:
-        if self.json_mode:
+        if self.json_mode and not self.quiet:
             self.stream.write(to_json({"event": event, **fields}) + "\n")
             self.stream.flush()
 
     def message(self, text: str) -> None:
-        if not self.json_mode:
+        if not self.json_mode and not self.quiet:
             if self._bar is not None:
                 self._bar.write(text, file=sys.stderr)
             else:
@@ -220,6 +221,8 @@ class Reporter:
 
     # progress(stage, done, total)
     def progress(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
         self.check_checkpoints()
         now = time.monotonic()
         stage_changed = stage != self._stage
@@ -246,6 +249,8 @@ class Reporter:
 
     # log(dict)
     def log(self, record: dict) -> None:
+        if self.quiet:
+            return
         record = dict(record)
         event = record.pop("event", "log")
         if self.json_mode:
@@ -315,7 +320,9 @@ def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=None, help="k for k-fold cross-validation where it applies")
     if not protocol:
-        p.add_argument("--resume", default=None, help="continue an interrupted run from its last.pt")
+        p.add_argument("--resume", default=None,
+                       help="continue an interrupted run from its last.pt ('auto': OUT/last.pt if it exists; "
+                            "under torchrun that is the default)")
     p.add_argument("--json-progress", action="store_true", help="print one JSON object per line")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
@@ -384,19 +391,44 @@ def _on_sigterm(signum, frame):  # pragma: no cover - exercised through the widg
     raise KeyboardInterrupt
 
 
+def _fault_hook(log):
+    """Test hook for worker restarts: ``NAPARI_SICKLE_FAIL_AT=RANK:EPOCH`` makes that rank exit
+    abruptly (``os._exit(17)``) when it logs that epoch on torchrun's first attempt
+    (``TORCHELASTIC_RESTART_COUNT`` 0), as a crashed worker would. Unset: ``log`` unchanged."""
+    spec = os.environ.get("NAPARI_SICKLE_FAIL_AT")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return log
+    fail_rank, _, fail_epoch = spec.partition(":")
+
+    def hooked(record: dict) -> None:
+        if log is not None:
+            log(record)
+        if (record.get("event") == "epoch" and str(record.get("epoch")) == fail_epoch
+                and os.environ.get("RANK", "0") == fail_rank):
+            os._exit(17)
+
+    return hooked
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Path(args.out).expanduser()
-    rep = Reporter(args.json_progress, out)
+    from .training import distributed as ddp_glue  # torchrun/DDP glue; no-op in a plain process
+
+    rep = Reporter(args.json_progress, out, quiet=ddp_glue.launched_by_torchrun() and os.environ.get("RANK", "0") != "0")
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
         pass
     t0 = time.perf_counter()
     try:
-        if args.kind != PROTOCOL and args.resume is not None and not Path(args.resume).expanduser().is_file():
+        if args.kind != PROTOCOL and args.resume not in (None, "auto") and not Path(args.resume).expanduser().is_file():
             raise UsageError(f"--resume {args.resume}: no such checkpoint file.")
+        if args.kind != PROTOCOL and not args.folds:  # '--resume auto', and every torchrun (re)start
+            args.resume = ddp_glue.auto_resume_path(out, args.resume)
+        elif args.kind != PROTOCOL and args.resume == "auto":
+            args.resume = None
         if args.epochs is not None and args.epochs < 1:
             raise UsageError("--epochs must be at least 1.")
         if args.folds is not None and args.folds < 2:
@@ -404,10 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         check_data(args.data, args.kind)
         trainer = get_trainer(args.kind)
         out.mkdir(parents=True, exist_ok=True)
-        n_bad, bad = count_unreadable(args.data)
+        ctx = ddp_glue.init_from_env(args.device)
+        n_bad, bad = count_unreadable(args.data) if ddp_glue.is_main() else (0, [])
         rep.emit("start", kind=args.kind, data=str(args.data), out=str(out), epochs=args.epochs,
                  device=args.device, backbone=args.backbone, seed=args.seed, resume=getattr(args, "resume", None),
-                 pid=os.getpid())
+                 pid=os.getpid(), world_size=ctx.world_size, backend=ctx.backend, restart=ctx.restart)
         if n_bad:
             rep.emit("warning", message=f"{n_bad} unreadable image(s) will be skipped", skipped=n_bad, files=bad[:20])
             rep.message(f"warning: {n_bad} unreadable image(s) will be skipped (e.g. {bad[0]})")
@@ -415,7 +448,14 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(int(args.threads))
-        result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, rep.log))
+        if ctx.enabled and args.kind in ("multilabel", PROTOCOL) and not ddp_glue.is_main():
+            result = {}  # heads train on cached features on rank 0; the other ranks wait (docs/distributed.md)
+        else:
+            result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, _fault_hook(rep.log)))
+        ranks = ddp_glue.rank_counts() if ctx.enabled else None
+        ddp_glue.cleanup(success=True)
+        if not ddp_glue.is_main() and ctx.enabled:
+            return 0
         rep.check_checkpoints()
         result = dict(result or {})
         seconds = float(result.get("seconds", time.perf_counter() - t0))
@@ -424,11 +464,14 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": seconds, "skipped": n_bad}
         if args.kind == PROTOCOL:
             done["report"] = result.get("report")
+        if ranks is not None:
+            done["world_size"], done["ranks"] = ctx.world_size, ranks
         rep.emit("done", **done)
         if not args.json_progress:
             print(to_json({k: v for k, v in done.items()}), flush=True)
         return 0
     except KeyboardInterrupt:
+        ddp_glue.cleanup(success=False)
         rep.close()
         rep.check_checkpoints()
         last = out / "last.pt"
@@ -438,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {msg}", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+        ddp_glue.cleanup(success=False)
         rep.close()
         user = isinstance(exc, _user_error_types()) or (
             isinstance(exc, (ValueError, KeyError)) and type(exc).__module__.startswith(("napari_sickle", "builtins"))

@@ -148,6 +148,7 @@ def segment_watershed(
     min_size: Optional[int] = None,
     polarity: str = "dark",
     smooth_sigma: float = 2.0,
+    work_factor="auto",
     progress=None,
 ) -> np.ndarray:
     """Classic marker watershed from scikit-image.
@@ -157,40 +158,70 @@ def segment_watershed(
     ``watershed(-distance, markers, mask=foreground)`` -> objects below ``min_size`` px dropped.
     ``min_distance=None`` uses 0.6 × the typical cell radius and ``min_size=None`` 15 % of
     the typical cell area, both estimated from the image's foreground components.
+
+    Speed: the distance transform, markers and watershed run on the image block-averaged by
+    ``work_factor`` (``"auto"``: 2 when the typical cell radius is at least 12 px, else 1;
+    distances and sizes are scaled accordingly); the labels are brought back to full size
+    and cut to the full-resolution foreground, so object outlines keep full-resolution
+    accuracy. On 1920x1080 smears and the BBBC041 images this halves the time with the same
+    Dice and F1@0.5 (docs/segmentation.md).
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
+    from skimage.measure import label
     from skimage.segmentation import watershed
+    from skimage.transform import downscale_local_mean
 
+    if polarity not in ("dark", "bright"):
+        raise ValueError("polarity must be 'dark' or 'bright'")
     report(progress, "watershed", 0, 4)
-    fg = foreground_mask(image, threshold_method, polarity)
-    if not fg.any():
+    gray = to_gray(image)
+    H, W = gray.shape
+    step = max(1, int(np.sqrt(gray.size / 250_000)))  # statistics from a ~250k px subsample
+    sub = gray[::step, ::step]
+    lo, hi = np.percentile(sub, [0.5, 99.5])
+    if hi - lo < 0.08:  # flat or noise-only image: nothing to segment (as foreground_mask)
         report(progress, "watershed", 4, 4)
-        return np.zeros(fg.shape, np.int32)
-    radius, auto_min = _auto_sizes(fg)
+        return np.zeros(gray.shape, np.int32)
+    thr = _threshold(sub, threshold_method)
+
+    def fg_of(g):
+        return ndi.binary_fill_holes(g < thr if polarity == "dark" else g > thr)
+
+    if work_factor == "auto":
+        r_sub, _ = _auto_sizes(fg_of(sub))
+        work_factor = 2 if r_sub * step >= 12 else 1
+    k = max(1, int(work_factor))
+    fg = fg_of(downscale_local_mean(gray, (k, k)) if k > 1 else gray)
+    radius, _ = _auto_sizes(fg)
+    radius *= k  # in full-resolution pixels
     if min_size is None:
-        min_size = auto_min
+        min_size = int(max(30, 0.15 * np.pi * radius**2))
     if min_distance is None:
         min_distance = max(3, int(round(0.6 * radius)))
-    fg = remove_small(fg, int(min_size))
+    fg = remove_small(fg, max(1, int(min_size) // k**2))
     report(progress, "watershed", 1, 4)
     dist = ndi.distance_transform_edt(fg).astype(np.float32)
     if smooth_sigma and smooth_sigma > 0:
-        dist = ndi.gaussian_filter(dist, smooth_sigma)
+        dist = ndi.gaussian_filter(dist, smooth_sigma / k)
     report(progress, "watershed", 2, 4)
-    coords = peak_local_max(dist, min_distance=int(min_distance), threshold_abs=1.0, exclude_border=False)
-    coords = coords[fg[coords[:, 0], coords[:, 1]]] if len(coords) else coords
+    coords = peak_local_max(
+        dist, min_distance=max(1, int(round(min_distance / k))), threshold_abs=1.0 / k, exclude_border=False
+    )
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
     report(progress, "watershed", 3, 4)
     lab = watershed(-dist, markers, mask=fg).astype(np.int32)
     # foreground components that received no marker become their own objects
-    from skimage.measure import label
-
     missing = fg & (lab == 0)
     if missing.any():
         extra = label(missing, connectivity=1)
         lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
+    if k > 1:  # back to full size, grown by one working pixel and cut to the full-res foreground
+        lab = np.where(lab == 0, ndi.maximum_filter(lab, size=3), lab)
+        lab = np.repeat(np.repeat(lab, k, axis=0), k, axis=1)
+        lab = np.pad(lab, ((0, max(0, H - lab.shape[0])), (0, max(0, W - lab.shape[1]))), mode="edge")[:H, :W]
+        lab = np.where(fg_of(gray), lab, 0).astype(np.int32)
     lab = remove_small(lab, int(min_size))
     report(progress, "watershed", 4, 4)
     return relabel(lab)
@@ -310,6 +341,7 @@ def unet_probabilities_to_instances(
     seed_threshold: float = 0.5,
     min_distance_factor: float = 0.7,
     min_seed_size: int = 8,
+    border_min_fraction: float = 0.0,
 ) -> np.ndarray:
     """Instances from (background, interior, boundary) probabilities.
 
@@ -321,6 +353,11 @@ def unet_probabilities_to_instances(
     interior radius apart, so interiors still joined by a thin bridge get one seed per cell;
     ``seeds="components"``: one marker per connected interior region. Markers grow over the
     foreground by watershed.
+
+    ``border_min_fraction`` > 0 drops objects touching the image border whose area is below
+    that fraction of the median area of the objects inside the image: the annotation
+    convention of BBBC041, where mostly cut-off border cells are not annotated (the trainer
+    fits the fraction on its training masks and stores it in the checkpoint).
     """
     from scipy import ndimage as ndi
     from skimage.measure import label
@@ -355,7 +392,24 @@ def unet_probabilities_to_instances(
         lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
     if lab.max():
         lab = remove_small(lab, int(min_size))
+    if border_min_fraction > 0 and lab.max():
+        lab = drop_small_border_objects(lab, border_min_fraction)
     return relabel(lab)
+
+
+def drop_small_border_objects(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Zero the objects touching the image border smaller than ``fraction`` × the median
+    area of the objects that do not touch it."""
+    lab = np.asarray(labels)
+    area = np.bincount(lab.ravel().astype(np.int64))
+    edge = np.zeros(area.size, bool)
+    edge[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    edge[0] = False
+    inner = area[1:][(~edge[1:]) & (area[1:] > 0)]
+    if inner.size == 0:
+        return lab
+    drop = edge & (area < fraction * float(np.median(inner)))
+    return np.where(drop[lab], 0, lab).astype(lab.dtype)
 
 
 def segment_unet(
@@ -379,7 +433,9 @@ def segment_unet(
     probs = predict_unet_probabilities(image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress)
     if min_size is None:
         min_size = int(round(30 / max(float(cfg.get("scale", 1.0)), 1e-3) ** 2))
-    return unet_probabilities_to_instances(probs, min_size=min_size)
+    return unet_probabilities_to_instances(
+        probs, min_size=min_size, border_min_fraction=float(cfg.get("border_min_fraction", 0.0) or 0.0)
+    )
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -105,14 +105,16 @@ def ap50(predictions, targets, class_names) -> dict:
 # data
 # ------------------------------------------------------------------------------------------
 def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None, split=None, progress=None,
-                        smear_shape=(1080, 1920)):
+                        smear_shape=(1080, 1920), compose_options=None):
     """Images with boxes: (list of dict(image (H,W,3) uint8, boxes (m,4), labels (m,) 1-based, name),
-    class_names, split list or None)."""
+    class_names, split list or None). ``compose_options``: extra ``compose_smear`` keywords for
+    ``composed:`` training smears (e.g. ``cluster_fraction``); ``composed-test:`` ignores them."""
     from ..io.datasets import DatasetError
 
     items = []
     if isinstance(data, str) and data.split(":", 1)[0] in ("composed", "composed-test") and ":" in data:
-        return _composed_items(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape, progress=progress)
+        return _composed_items(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape, progress=progress,
+                               compose_options=compose_options)
     if isinstance(data, str) and data == "simulated":
         from ..data.simulate import simulate_smear
 
@@ -201,7 +203,7 @@ def split_crops(crops):
 _CROP_CACHE: dict = {}
 
 
-def _composed_items(data: str, *, seed: int, n_smears: int, smear_shape, progress=None):
+def _composed_items(data: str, *, seed: int, n_smears: int, smear_shape, progress=None, compose_options=None):
     """``composed:<crop folder>``: ``n_smears`` smears composed (data.compose.compose_smear) from
     the training patients' crops; ``composed-test:<crop folder>``: from the held-out patient's
     crops only (see :func:`split_crops`). Boxes: one per connected region of the cell mask."""
@@ -221,7 +223,8 @@ def _composed_items(data: str, *, seed: int, n_smears: int, smear_shape, progres
     items = []
     for k in range(int(n_smears)):
         s = seed * 1000 + k + (500 if which == "composed-test" else 0)
-        sm = compose_smear(crops, seed=s, shape=tuple(smear_shape))
+        extra = dict(compose_options or {}) if which == "composed" else {}
+        sm = compose_smear(crops, seed=s, shape=tuple(smear_shape), **extra)
         b = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
         items.append({"image": sm.image, "boxes": b, "labels": np.ones(len(b), np.int64),
                       "name": f"{which}_seed{s}"})
@@ -273,12 +276,23 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7):
     return crop.clamp(0, 1).contiguous(), {"boxes": b.reshape(-1, 4), "labels": lab}
 
 
-def _split_items(items, splits, val_fraction, seed):
+def _split_items(items, splits, val_fraction, seed, validate_on="train"):
+    """(train indices, validation indices). With train/val split files (VOC ``train.txt`` /
+    ``val.txt``) and ``validate_on="train"`` (default) a ``val_fraction`` part of the train split
+    validates and the val split is used neither for training nor for picking the best epoch
+    (it stays a clean test split); ``validate_on="val"`` validates on the val split."""
     n = len(items)
     if splits and "val" in splits and "train" in splits:
         tr = [i for i, s in enumerate(splits) if s != "val"]
         va = [i for i, s in enumerate(splits) if s == "val"]
-        return tr, va
+        if validate_on == "val":
+            return tr, va
+        if validate_on != "train":
+            raise ValueError(f"validate_on must be 'train' or 'val', got {validate_on!r}")
+        perm = np.random.default_rng(seed).permutation(len(tr))
+        n_val = max(1, int(round(len(tr) * val_fraction))) if len(tr) > 1 else 0
+        held = {tr[i] for i in perm[:n_val]}
+        return [i for i in tr if i not in held] or sorted(held), sorted(held) or tr
     rng = np.random.default_rng(seed)
     idx = rng.permutation(n)
     n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
@@ -304,7 +318,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    progress=None, log=None, scale: float | None = None, lr: float = 1e-4, batch_size: int = 2,
                    crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
                    val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
-                   smear_shape=(1080, 1920), **options) -> dict:
+                   smear_shape=(1080, 1920), cluster_fraction: float | None = None, validate_on: str = "train",
+                   **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -317,6 +332,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     from .._device import resolve_device
     from ..models.checkpoint import load_checkpoint, save_checkpoint
     from ..models.detector import RegionDetector, new_detector
+    from . import distributed as ddp_glue
 
     t0 = time.time()
     out = Path(out)
@@ -333,14 +349,16 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             raise FileNotFoundError(f"--resume: checkpoint {resume} does not exist")
         resumed = load_checkpoint(resume, kind="detector")
 
+    compose_options = {} if cluster_fraction is None else {"cluster_fraction": float(cluster_fraction)}
     items, class_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears, classes=classes,
-                                                     progress=progress, smear_shape=smear_shape)
+                                                     progress=progress, smear_shape=smear_shape,
+                                                     compose_options=compose_options)
     if val_data is not None:
         vitems, _, _ = load_detection_data(val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names,
                                            smear_shape=smear_shape)
         tr_items, va_items = items, vitems
     else:
-        tr, va = _split_items(items, splits, val_fraction, seed)
+        tr, va = _split_items(items, splits, val_fraction, seed, validate_on)
         tr_items, va_items = [items[i] for i in tr], [items[i] for i in va]
     if resumed is not None:
         det = RegionDetector.from_checkpoint(resumed, device=det_dev)
@@ -380,10 +398,15 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         "schedule": "OneCycle", "epochs": epochs, "iters_per_epoch": iters_per_epoch, "batch_size": batch_size,
         "crop_size": crop_size, "augment": "random crop, h/v flips, colour/brightness/contrast jitter", "seed": seed, "data": str(data),
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
-        "pretrained_backbone": bool(pretrained),
+        "pretrained_backbone": bool(pretrained), "compose_options": compose_options,
+        "validation": (f"{val_fraction:.0%} of the train split (val split unused)" if splits and validate_on == "train"
+                       else "val split" if splits else f"{val_fraction:.0%} of the images"),
     }
     model = det.model
     model.transform._skip_resize = True
+    train_model = ddp_glue.wrap(model)  # DDP under torchrun: batch_size crops per rank and step
+    if ddp_glue.world_size() > 1:  # each rank its own crops
+        rng = np.random.default_rng([seed, start_epoch, ddp_glue.rank()])
     step = start_epoch * iters_per_epoch
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -395,22 +418,23 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                 c, t = _random_crop(img, boxes, labels, crop_size, rng)
                 imgs.append(c.to(det_dev))
                 tgts.append({k: v.to(det_dev) for k, v in t.items()})
-            losses = model(imgs, tgts)
+            losses = train_model(imgs, tgts)
             loss = sum(losses.values())
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             step += 1
+            ddp_glue.note_step(len(imgs))
             tot += float(loss.detach())
             emit({"event": "step", "epoch": epoch + 1, "step": step, "steps": total_steps,
                   "loss": float(loss.detach())})
             if progress is not None:
                 progress("train", step, total_steps)
-        preds = predict_items(det, va_items, progress=progress)
+        preds = ddp_glue.map_sharded(lambda v: predict_items(det, [v])[0], va_items)  # split over ranks
         m = ap50(preds, [(v["boxes"], v["labels"]) for v in va_items], class_names)
         metric = m["ap50"] if m["ap50"] is not None else 0.0
-        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": tot / iters_per_epoch,
+        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": ddp_glue.reduce_mean(tot, iters_per_epoch),
                "val_loss": None, "metric": metric, "metric_name": "val_ap50", "ap50_per_class": m["ap50_per_class"]}
         history.append(rec)
         emit(rec)
@@ -418,12 +442,15 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         base_extra = {"epoch": epoch, "history": history}
         if metric > best["metric"]:
             best = {"metric": float(metric), "epoch": epoch + 1}
-            save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best}), out / "best.pt")
-        save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best, "optimizer": opt.state_dict(),
-                                                 "scheduler": sched.state_dict()}), out / "last.pt")
+            if ddp_glue.is_main():
+                save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best}), out / "best.pt")
+        if ddp_glue.is_main():
+            save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best, "optimizer": opt.state_dict(),
+                                                     "scheduler": sched.state_dict()}), out / "last.pt")
         model.transform._skip_resize = True
-    if not (out / "best.pt").is_file():
+    if not (out / "best.pt").is_file() and ddp_glue.is_main():
         save_checkpoint(det.to_checkpoint(extra={"history": history}), out / "best.pt")
+    ddp_glue.barrier()  # rank 0 has written best.pt
     best_ck = load_checkpoint(out / "best.pt", kind="detector")
     return {"checkpoint": str(out / "best.pt"), "metrics": {"val": best_ck["metrics"], "best_epoch": best["epoch"]},
             "history": history, "seconds": time.time() - t0}

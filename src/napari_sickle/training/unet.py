@@ -42,7 +42,12 @@ DEFAULTS = dict(
     simulated_shape=(540, 960),
     gt_min_size=30,
     num_threads=None,
+    dice_weight=1.0,
+    ignore_border=True,
+    border_rule=True,
+    val_every=1,
 )
+IGNORE = 255
 DEFAULT_EPOCHS = 16
 
 
@@ -59,8 +64,52 @@ def _targets(instances: np.ndarray, size) -> np.ndarray:
     return t
 
 
-def _prepare(img: np.ndarray, inst: np.ndarray, scale: float):
-    """Network input (3, h, w) float32 at the working scale and its class targets."""
+def border_objects(img: np.ndarray, gt: np.ndarray):
+    """Watershed objects touching the image border: (ignore mask, [(area / typical area, annotated)]).
+
+    BBBC041 annotators leave out many cut cells at the image border (mostly the ones of which
+    little is visible) but not all. An object is *annotated* when at least half of it lies in
+    the ground truth; the unannotated ones become an ignore region for the loss, so the network
+    is not taught that a visible cell is background. ``typical`` is the median area of the
+    ground-truth cells that do not touch the border.
+    """
+    from skimage.segmentation import clear_border
+
+    from ..analysis.segmentation import segment_watershed
+
+    inner = np.bincount(clear_border(gt).ravel())[1:]
+    inner = inner[inner > 0]
+    typical = float(np.median(inner)) if inner.size else 1.0
+    ws = segment_watershed(img)
+    edge = np.unique(np.concatenate([ws[0], ws[-1], ws[:, 0], ws[:, -1]]))
+    edge = edge[edge > 0]
+    n = int(ws.max()) + 1
+    area = np.bincount(ws.ravel(), minlength=n)
+    covered = np.bincount(ws.ravel(), weights=(gt > 0).ravel(), minlength=n)
+    ignore = np.zeros(gt.shape, bool)
+    records = []
+    for k in edge:
+        annotated = bool(covered[k] >= 0.5 * area[k])
+        records.append((float(area[k]) / typical, annotated))
+        if not annotated:
+            ignore |= (ws == k) & (gt == 0)
+    return ignore, records
+
+
+def fit_border_fraction(records) -> float:
+    """The area fraction f that best separates annotated (>= f) from omitted border cells."""
+    if not records:
+        return 0.0
+    a = np.array([r for r, _ in records])
+    y = np.array([b for _, b in records])
+    cands = np.round(np.arange(0.0, 1.51, 0.05), 2)
+    acc = [float(np.mean((a >= f) == y)) for f in cands]
+    return float(cands[int(np.argmax(acc))])
+
+
+def _prepare(img: np.ndarray, inst: np.ndarray, scale: float, ignore: Optional[np.ndarray] = None):
+    """Network input (3, h, w) float32 at the working scale and its class targets
+    (``IGNORE`` where ``ignore`` is set)."""
     import torch
 
     from ..analysis.segmentation import _resize_chw, normalize_image, to_rgb_uint8
@@ -71,7 +120,13 @@ def _prepare(img: np.ndarray, inst: np.ndarray, scale: float):
     x = torch.from_numpy(normalize_image(rgb))
     if (h, w) != (H, W):
         x = _resize_chw(x, (h, w))
-    return x.numpy(), _targets(inst, (h, w))
+    t = _targets(inst, (h, w))
+    if ignore is not None and ignore.any():
+        from skimage.transform import resize
+
+        ig = resize(ignore, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(bool)
+        t[ig & (t == 0)] = IGNORE
+    return x.numpy(), t
 
 
 def _load_items(data, opts, seed):
@@ -187,6 +242,7 @@ def train_unet(
     from .._device import autocast, resolve_device
     from ..models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
     from ..models.unet import CLASS_NAMES, build_unet
+    from . import distributed as ddp_glue
 
     t_start = time.perf_counter()
     if backbone not in (None, "", "unet"):
@@ -218,7 +274,13 @@ def train_unet(
     names = [n for n, _, _ in items]
     tr, va, te = split_items(names, opts["holdout"], float(opts["val_fraction"]), seed)
     scale = float(opts["scale"])
-    pool = [_prepare(items[i][1], items[i][2], scale) for i in tr]
+    border = [border_objects(items[i][1], items[i][2]) for i in tr] if (
+        opts["ignore_border"] or opts["border_rule"]) and data != "simulated" else [(None, [])] * len(tr)
+    pool = [
+        _prepare(items[i][1], items[i][2], scale, b[0] if opts["ignore_border"] else None)
+        for i, b in zip(tr, border)
+    ]
+    border_fraction = fit_border_fraction([r for b in border for r in b[1]]) if opts["border_rule"] else 0.0
     val_items = [items[i] for i in va]
     report(progress, "loading data", 1, 1)
 
@@ -230,6 +292,7 @@ def train_unet(
         "class_names": list(CLASS_NAMES),
         "scale": scale,
         "normalization": "per_image",
+        "border_min_fraction": border_fraction,
     }
     torch.manual_seed(seed)
     model = build_unet(cfg).to(dev)
@@ -240,7 +303,8 @@ def train_unet(
         "seed": int(seed),
         "epochs": epochs,
         "optimizer": "Adam",
-        "loss": "weighted cross entropy",
+        "loss": "weighted cross entropy" + (" + soft Dice of the foreground" if opts["dice_weight"] else ""),
+        "ignore": "unannotated border cells" if opts["ignore_border"] else "none",
         "augmentations": "random crop + rescale 0.8-1.25, flips, rot90, channel gain/offset, noise",
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()},
         "train_images": [names[i] for i in tr],
@@ -262,32 +326,48 @@ def train_unet(
         recipe["epochs"] = epochs
 
     weights = torch.tensor(opts["class_weights"], dtype=torch.float32, device=dev)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-    steps = int(opts["steps_per_epoch"])
+    ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
+    dice_w = float(opts["dice_weight"])
+
+    def loss_fn(logits, y):
+        loss = ce(logits, y)
+        if dice_w:
+            valid = (y != IGNORE).float()
+            p_fg = (1.0 - torch.softmax(logits, dim=1)[:, 0]) * valid
+            t_fg = ((y == 1) | (y == 2)).float() * valid
+            loss = loss + dice_w * (1.0 - (2 * (p_fg * t_fg).sum() + 1.0) / (p_fg.sum() + t_fg.sum() + 1.0))
+        return loss
+    steps = int(opts["steps_per_epoch"])  # optimizer steps; under torchrun each sees batch_size x world crops
+    train_model = ddp_glue.wrap(model)  # DDP under torchrun (SyncBatchNorm on CUDA), else the model itself
     model.train()
     best_path, last_path = out / "best.pt", out / "last.pt"
     metrics: dict = history[-1] if history else {}
     for epoch in range(start_epoch, epochs):
-        rng = np.random.default_rng([seed, epoch])
+        rng = np.random.default_rng([seed, epoch] + ([ddp_glue.rank()] if ddp_glue.world_size() > 1 else []))
         torch.manual_seed(seed * 100003 + epoch)
         losses = []
         for s in range(steps):
             x, y = _batch(pool, rng, opts)
             x, y = x.to(dev), y.to(dev)
             with autocast(dev):
-                loss = loss_fn(model(x).float(), y)
+                loss = loss_fn(train_model(x).float(), y)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             losses.append(float(loss.detach()))
+            ddp_glue.note_step(len(x))
             report(progress, f"epoch {epoch + 1}/{epochs}", s + 1, steps)
         sched.step()
-        val = _validate(model, cfg, val_items, dev)
+        every = max(1, int(opts["val_every"]))
+        if (epoch + 1) % every and epoch + 1 < epochs:
+            val = {"val_dice": None, "val_f1_50": None, "metric": -1.0}  # not validated this epoch
+        else:
+            val = ddp_glue.sharded_mean(lambda its: _validate(model, cfg, its, dev), val_items)
         rec = {
             "event": "epoch",
             "epoch": epoch + 1,
             "epochs": epochs,
-            "loss": float(np.mean(losses)),
+            "loss": ddp_glue.reduce_mean(float(np.sum(losses)), len(losses)),
             **val,
             "metric_name": "mean(val_dice, val_f1_50)",
             "lr": float(optim.param_groups[0]["lr"]),
@@ -301,7 +381,9 @@ def train_unet(
         if val["metric"] > best:
             best = val["metric"]
             metrics = m
-            save_checkpoint(make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m), best_path)
+            if ddp_glue.is_main():
+                save_checkpoint(make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m),
+                                best_path)
         extra = {
             "optimizer": optim.state_dict(),
             "scheduler": sched.state_dict(),
@@ -309,9 +391,10 @@ def train_unet(
             "history": history,
             "best_metric": best,
         }
-        save_checkpoint(
-            make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m, extra), last_path
-        )
+        if ddp_glue.is_main():
+            save_checkpoint(
+                make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m, extra), last_path
+            )
     return {
         "checkpoint": str(best_path),
         "metrics": metrics,

@@ -131,15 +131,60 @@ def test_train_multilabel_class_folders(tmp_path):
 def test_train_detector_resume_and_evaluate(tmp_path):
     from napari_sickle.training.detector import evaluate_detector, train_detector
 
+    from napari_sickle.models.checkpoint import load_checkpoint
+
     kw = dict(iters_per_epoch=2, batch_size=1, crop_size=128, n_smears=2, smear_shape=(160, 224))
-    r = train_detector("simulated", tmp_path, epochs=1, **kw)
+    r = train_detector("simulated", tmp_path, epochs=1, region_merge={"delta": 8.0}, **kw)
     assert Path(r["checkpoint"]).is_file() and (tmp_path / "last.pt").is_file()
     assert r["history"][0]["metric_name"] == "val_ap50"
+    merge = load_checkpoint(r["checkpoint"], kind="detector")["config"]["region_merge"]
+    assert merge["method"] == "foreground" and merge["delta"] == 8.0  # stored with the model
     r2 = train_detector("simulated", tmp_path / "b", epochs=2, resume=tmp_path / "last.pt", **kw)
     assert [h["epoch"] for h in r2["history"]] == [1, 2]
+    assert load_checkpoint(r2["checkpoint"], kind="detector")["config"]["region_merge"] == merge
     m = evaluate_detector(r["checkpoint"], "simulated", device="cpu", n_smears=1, smear_shape=(160, 224))
     assert set(m) == {"ap50", "ap50_per_class", "n_images"} and m["n_images"] == 1
     assert 0.0 <= m["ap50"] <= 1.0
+
+
+def _three_cells():
+    """Gray 100x170 field (background 150) with two touching dark discs and one apart."""
+    from skimage.draw import disk
+
+    gray = np.full((100, 170), 150.0, np.float32)
+    for c in ((40, 30), (40, 58), (50, 130)):  # discs 1 and 2 overlap by 2 px
+        gray[disk(c, 15, shape=gray.shape)] = 120.0
+    return gray
+
+
+def test_region_merge_one_box_per_connected_region():
+    from napari_sickle.models.detector import apply_region_merge, background_deviation_mask
+
+    gray = _three_cells()
+    fg = background_deviation_mask(gray)
+    from scipy import ndimage as ndi
+
+    assert ndi.label(fg)[1] == 2  # touching discs are one region
+    boxes = np.array([[15, 25, 46, 56], [43, 25, 74, 56], [115, 35, 146, 66], [90, 80, 100, 90]], np.float32)
+    scores = np.array([0.6, 0.9, 0.7, 0.3], np.float32)
+    b, s, lab = apply_region_merge(gray, boxes, scores, np.ones(4, np.int64), {"method": "foreground"})
+    assert len(b) == 3 and list(s) == pytest.approx([0.9, 0.7, 0.3])
+    np.testing.assert_allclose(b[0], [15, 25, 74, 56], atol=1)  # union of the two touching cells
+    np.testing.assert_allclose(b[1], [115, 35, 146, 66], atol=1)
+    np.testing.assert_allclose(b[2], boxes[3])  # no cell pixels: kept as it is
+    same = apply_region_merge(gray, boxes, scores, np.ones(4, np.int64), None)
+    assert same[0] is boxes  # off: untouched
+    with pytest.raises(ValueError, match="region_merge method"):
+        apply_region_merge(gray, boxes, scores, np.ones(4, np.int64), {"method": "nms"})
+
+
+def test_detector_validates_on_part_of_train_split():
+    from napari_sickle.training.detector import _split_items
+
+    splits = ["train"] * 8 + ["val"] * 4
+    tr, va = _split_items(list(range(12)), splits, 0.25, seed=0)
+    assert len(va) == 2 and not set(tr) & set(va) and not (set(tr) | set(va)) & {8, 9, 10, 11}
+    assert _split_items(list(range(12)), splits, 0.25, seed=0, validate_on="val")[1] == [8, 9, 10, 11]
 
 
 # ---------------------------------------------------------------------------------- analysis

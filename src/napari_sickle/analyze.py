@@ -5,59 +5,29 @@ For each input image writes ``<stem>_regions.csv`` (regions CSV schema) and
 for the run. INPUTS may be image files, folders (their images) or ``simulated`` / ``simulated:SEED``
 (a simulated smear). Without ``--detector``/``--classifier`` the cached default models are
 used (trained on simulated smears on first use).
+
+Images stream through a DataLoader (``--workers`` reader processes), the regions of
+``--images-per-batch`` images are classified together in batches of ``--batch-size``, and each
+image's files are written atomically as soon as it is done. Running the same command again
+skips the images already done (a crashed or stopped run continues; ``--overwrite`` redoes
+everything); ``summary.csv`` is rebuilt at the end of every run. See
+``napari_sickle.analysis.batch``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from .analysis.batch import IMAGE_SUFFIXES, list_inputs, load_image, overlay_png  # noqa: F401 (public names)
 
 
 def _inputs(items):
-    for it in items:
-        if it == "simulated" or it.startswith("simulated:"):
-            seed = int(it.split(":", 1)[1]) if ":" in it else 0
-            yield f"simulated_seed{seed}", ("simulated", seed)
-            continue
-        p = Path(it)
-        if p.is_dir():
-            for f in sorted(p.iterdir()):
-                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                    yield f.stem, f
-        else:
-            yield p.stem, p
+    yield from list_inputs(items)
 
 
 def _load(src):
-    import numpy as np
-
-    if isinstance(src, tuple):
-        from .data.simulate import simulate_smear
-
-        return simulate_smear(seed=src[1]).image
-    from .io.images import read_image
-
-    return np.asarray(read_image(src))
-
-
-def overlay_png(rgb, result, path):
-    """Draw boxes (red abnormal, green normal) on the image and save it as PNG."""
-    import imageio.v3 as iio
-    import numpy as np
-    from skimage.draw import rectangle_perimeter
-
-    img = rgb.copy()
-    h, w = img.shape[:2]
-    for (x0, y0, x1, y1), abn in zip(result.boxes, result.abnormal):
-        color = (255, 40, 40) if abn else (40, 230, 60)
-        for d in range(2):
-            rr, cc = rectangle_perimeter((int(y0) + d, int(x0) + d), end=(int(y1) - 1 - d, int(x1) - 1 - d),
-                                         shape=(h, w), clip=True)
-            img[rr, cc] = color
-    iio.imwrite(path, np.ascontiguousarray(img))
+    return load_image(src)
 
 
 def main(argv=None) -> int:
@@ -71,25 +41,45 @@ def main(argv=None) -> int:
     ap.add_argument("--score-threshold", type=float, default=0.5)
     ap.add_argument("--nms-iou", type=float, default=0.5)
     ap.add_argument("--type-threshold", type=float, default=0.5)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=256, help="regions per classifier batch (default 256)")
+    ap.add_argument("--images-per-batch", type=int, default=4,
+                    help="images whose regions are classified together; also the most a crash can lose (default 4)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader reader processes (default: CPU cores - 1, at most 4; 0 = read in this process)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of the analysing process")
+    ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNGs")
     ap.add_argument("--no-train", action="store_true", help="fail instead of training default models")
-    ap.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ap.add_argument("--overwrite", action="store_true", help="redo every image (default: skip images already done)")
     args = ap.parse_args(argv)
 
-    import pandas as pd
+    from pathlib import Path
+
     from tqdm import tqdm
 
-    from .analysis.smear import analyze_smear
-    from .io.formats import write_regions_csv
-    from .io.images import to_rgb_uint8
-    from .models.registry import load_models
+    if args.threads:
+        import torch
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    inputs = list(_inputs(args.inputs))
+        torch.set_num_threads(int(args.threads))
+    for flag in ("batch_size", "images_per_batch"):
+        if getattr(args, flag) < 1:
+            print(f"error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.workers is not None and args.workers < 0:
+        print("error: --workers must be 0 or more", file=sys.stderr)
+        return 2
+    inputs = list_inputs(args.inputs)
+    missing = [str(src) for _, src in inputs if not isinstance(src, tuple) and not Path(src).exists()]
+    if missing:
+        print(f"error: no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
     if not inputs:
         print("no input images found", file=sys.stderr)
         return 2
+
+    from .analysis.batch import analyze_batch
+    from .models.checkpoint import CheckpointError
+    from .models.registry import load_models
+
     bar_state = {}
 
     def train_progress(stage, done, total):
@@ -99,40 +89,28 @@ def main(argv=None) -> int:
         bar.n = done
         bar.refresh()
 
-    models = load_models(args.detector, args.classifier, device=args.device, progress=train_progress,
-                         allow_train=not args.no_train)
+    try:
+        models = load_models(args.detector, args.classifier, device=args.device, progress=train_progress,
+                             allow_train=not args.no_train)
+    except (FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for b in bar_state.values():
         b.close()
-    rows = []
-    for name, src in tqdm(inputs, desc="analyze", unit="image"):
-        try:
-            img = _load(src)
-        except (ValueError, OSError) as exc:
-            tqdm.write(f"skipped {src}: {exc}")
-            rows.append({"image": str(src), "error": str(exc)})
-            continue
-        res = analyze_smear(img, models, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                            type_threshold=args.type_threshold, batch_size=args.batch_size, device=args.device,
-                            image_name=name)
-        csv_path, png_path = out / f"{name}_regions.csv", out / f"{name}_overlay.png"
-        if args.overwrite:
-            csv_path.unlink(missing_ok=True)
-        write_regions_csv(res.to_dataframe(name if isinstance(src, tuple) else Path(src).name), csv_path)
-        overlay_png(to_rgb_uint8(img), res, png_path)
-        s = res.summary
-        row = {"image": name if isinstance(src, tuple) else str(src), "n_regions": s["n_regions"],
-               **{f"n_{t}": c for t, c in s["counts"].items()}, "n_abnormal": s["n_abnormal"],
-               "abnormal_fraction": s["abnormal_fraction"], "scd_call": s["scd_call"],
-               "seconds": round(res.timings.get("total", 0.0), 3), "regions_csv": str(csv_path),
-               "overlay_png": str(png_path)}
-        rows.append(row)
-    summary = out / "summary.csv"
-    if summary.exists() and not args.overwrite:
-        from datetime import datetime
+    bar = tqdm(total=len(inputs), desc="analyze", unit="image")
 
-        summary = out / f"summary_{datetime.now():%Y%m%d_%H%M%S}.csv"
-    pd.DataFrame(rows).to_csv(summary, index=False)
-    print(json.dumps({"summary": str(summary), "images": len(rows)}))
+    def progress(done, total):
+        bar.n = done
+        bar.refresh()
+
+    rep = analyze_batch(inputs, Path(args.out), models, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+                        type_threshold=args.type_threshold, batch_size=args.batch_size,
+                        images_per_batch=args.images_per_batch, num_workers=args.workers, device=args.device,
+                        overlay=not args.no_overlay, overwrite=args.overwrite, progress=progress)
+    bar.close()
+    for i, err in rep.errors.items():
+        print(f"skipped unreadable {inputs[i][1]}: {err}", file=sys.stderr)
+    print(json.dumps({"summary": rep.summary, "images": rep.total, **rep.as_dict()}))
     return 0
 
 

@@ -197,6 +197,86 @@ def _empty(shape, name, thr, timings=None) -> SmearResult:
                        (h, w), name, thr, timings or {})
 
 
+def prepare_image(image) -> np.ndarray | None:
+    """The RGB uint8 image ``analyze_smear`` works on (gray, RGB(A), channels-first, any dtype),
+    or None when it is smaller than ``MIN_IMAGE_SIDE`` (no cell can be found: empty result)."""
+    from ..io.images import to_rgb_uint8
+
+    arr = _oriented(image)
+    if min(arr.shape[:2]) < MIN_IMAGE_SIDE:
+        return None
+    return to_rgb_uint8(arr)
+
+
+def _oriented(image) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channels-first
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"analyze_smear needs a 2-D gray or RGB(A) image, got shape {arr.shape}")
+    return arr
+
+
+def place_models(models, device="auto") -> None:
+    """Move the detector and classifier to ``device`` (``"auto"``: keep them where they are if
+    already placed); detection stays on the CPU on MPS (torchvision detection ops)."""
+    import torch
+
+    detector, classifier = models.detector, models.classifier
+    if device != "auto" or detector.device is None:
+        from .._device import resolve_device
+
+        dev = resolve_device(device)
+        classifier.to(dev)
+        detector.to(torch.device("cpu") if dev.type == "mps" else dev)
+
+
+def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
+                   merge_regions: bool = True, fg: np.ndarray | None = None, progress=None):
+    """Region boxes of an RGB uint8 smear -> (boxes (N, 4) float32, scores (N,), foreground mask).
+
+    Detections of a multi-class detector are limited to red cells; degenerate boxes and boxes
+    with (almost) no cell pixels are dropped; with ``merge_regions`` detections on one connected
+    region of cell pixels become that region's bounding box. ``fg``: a precomputed
+    :func:`foreground_mask` of ``rgb`` (the batch command computes it in its reader workers)."""
+    boxes, scores, cls = detector.detect(rgb, score_threshold=score_threshold, nms_iou=nms_iou, progress=progress,
+                                         region_merge=None if merge_regions else False)
+    names = detector.class_names
+    if len(names) > 1:  # a multi-class (e.g. VOC RBC/WBC/Platelets) detector: keep the red cells
+        keep_ids = [i + 1 for i, n in enumerate(names) if n.lower() in ("rbc", "cell region", "red blood cell")]
+        if keep_ids:
+            m = np.isin(cls, keep_ids)
+            boxes, scores = boxes[m], scores[m]
+    # drop degenerate boxes and boxes without cell pixels (e.g. on an empty field)
+    if fg is None:
+        fg = foreground_mask(rgb)
+    ok = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    if len(boxes):
+        ok &= box_foreground_fraction(fg, boxes) >= MIN_BOX_FOREGROUND
+    boxes, scores = boxes[ok], scores[ok]
+    if merge_regions and len(boxes) and not detector.config.get("region_merge"):
+        # (a detector with its own region_merge setting already returned one box per region)
+        boxes, scores = merge_by_connected_region(fg, boxes, scores)
+    return boxes, scores, fg
+
+
+def finish_result(rgb_shape, boxes, scores, probs, classifier, *, type_threshold: float = 0.5, masks=None,
+                  image_name: str = "", timings=None) -> SmearResult:
+    """SmearResult from region boxes and their six-type probabilities (labels at
+    ``type_threshold``, abnormal probability from the classifier's abnormal model, summary)."""
+    labels = (probs >= type_threshold).astype(np.int64)
+    p_abn = classifier.abnormal_proba(probs)
+    abnormal = p_abn >= 0.5
+    if masks is None:
+        masks = np.zeros(tuple(rgb_shape[:2]), np.int32)
+    return SmearResult(np.asarray(boxes).astype(np.float32), np.asarray(scores).astype(np.float32),
+                       np.asarray(probs).astype(np.float32), labels, p_abn.astype(np.float32), abnormal, masks,
+                       summarize(labels, abnormal), tuple(rgb_shape[:2]), image_name, float(type_threshold),
+                       dict(timings or {}))
+
+
 def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5, type_threshold: float = 0.5,
                   batch_size: int = 64, device="auto", progress=None, image_name: str = "",
                   region_masks: bool = True, merge_regions: bool = True) -> SmearResult:
@@ -211,50 +291,26 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     darker than the background by Otsu's threshold - are dropped. With ``merge_regions``
     (default) detections that fall on the same connected region of cell pixels are merged into
     one region box (the region's bounding box): a region is a connected group of cells, as in
-    the paper's ground truth.
+    the paper's ground truth. A detector whose checkpoint carries its own ``region_merge``
+    setting (models.detector) does this itself, with the same setting as ``evaluate``.
+
+    The stages are also public (:func:`prepare_image`, :func:`detect_regions`,
+    :func:`finish_result`) for ``analysis.batch``, which classifies the regions of several
+    smears in one batch.
     """
     import time
 
-    import torch
-
-    from ..io.images import to_rgb_uint8
-
     timings = {}
     t0 = time.perf_counter()
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # channels-first
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"analyze_smear needs a 2-D gray or RGB(A) image, got shape {arr.shape}")
-    if min(arr.shape[:2]) < MIN_IMAGE_SIDE:
-        return _empty(arr.shape, image_name, type_threshold, timings)
-    rgb = to_rgb_uint8(arr)
-    detector, classifier = models.detector, models.classifier
-    if device != "auto" or detector.device is None:
-        from .._device import resolve_device
-
-        dev = resolve_device(device)
-        classifier.to(dev)
-        detector.to(torch.device("cpu") if dev.type == "mps" else dev)
+    rgb = prepare_image(image)
+    if rgb is None:
+        return _empty(_oriented(image).shape, image_name, type_threshold, timings)
+    place_models(models, device)
+    classifier = models.classifier
     if progress is not None:
         progress("detect", 0, 1)
-    boxes, scores, cls = detector.detect(rgb, score_threshold=score_threshold, nms_iou=nms_iou, progress=progress)
-    names = detector.class_names
-    if len(names) > 1:  # a multi-class (e.g. VOC RBC/WBC/Platelets) detector: keep the red cells
-        keep_ids = [i + 1 for i, n in enumerate(names) if n.lower() in ("rbc", "cell region", "red blood cell")]
-        if keep_ids:
-            m = np.isin(cls, keep_ids)
-            boxes, scores = boxes[m], scores[m]
-    # drop degenerate boxes and boxes without cell pixels (e.g. on an empty field)
-    fg = foreground_mask(rgb)
-    ok = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
-    if len(boxes):
-        ok &= box_foreground_fraction(fg, boxes) >= MIN_BOX_FOREGROUND
-    boxes, scores = boxes[ok], scores[ok]
-    if merge_regions and len(boxes):
-        boxes, scores = merge_by_connected_region(fg, boxes, scores)
+    boxes, scores, fg = detect_regions(rgb, models.detector, score_threshold=score_threshold, nms_iou=nms_iou,
+                                       merge_regions=merge_regions, progress=progress)
     timings["detect"] = time.perf_counter() - t0
     if progress is not None:
         progress("detect", 1, 1)
@@ -264,19 +320,16 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     if progress is not None:
         progress("classify", 0, len(boxes))
     probs = classifier.predict_boxes(rgb, boxes, batch_size=batch_size, progress=progress)
-    labels = (probs >= type_threshold).astype(np.int64)
     timings["classify"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if progress is not None:
         progress("abnormal", 0, 1)
-    p_abn = classifier.abnormal_proba(probs)
-    abnormal = p_abn >= 0.5
-    masks = region_masks_from_boxes(fg, boxes, scores) if region_masks else \
-        np.zeros(rgb.shape[:2], np.int32)
+    masks = region_masks_from_boxes(fg, boxes, scores) if region_masks else None
+    res = finish_result(rgb.shape, boxes, scores, probs, classifier, type_threshold=type_threshold, masks=masks,
+                        image_name=image_name)
     timings["abnormal_and_masks"] = time.perf_counter() - t2
     if progress is not None:
         progress("abnormal", 1, 1)
     timings["total"] = time.perf_counter() - t0
-    return SmearResult(boxes.astype(np.float32), scores.astype(np.float32), probs.astype(np.float32), labels,
-                       p_abn.astype(np.float32), abnormal, masks, summarize(labels, abnormal), rgb.shape[:2],
-                       image_name, float(type_threshold), timings)
+    res.timings = timings
+    return res

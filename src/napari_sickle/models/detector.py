@@ -16,6 +16,15 @@ then the network sees it at exactly that size (the transform's min_size/max_size
 the input's own size). Images much larger than ``config["tile_size"]`` are tiled with
 overlap and the tiles' boxes merged with NMS. All tiles of an image go through the
 network in batches.
+
+Region merge (a per-model setting, ``config["region_merge"]``; off by default): the paper's
+ground truth is one box per *connected region* of cell pixels, so a touching group of cells is
+one box. With ``{"method": "foreground", ...}`` every detection is replaced by the bounding box
+of the connected region of cell pixels it sits on (cell pixels: differing from the local
+background by more than ``delta`` gray levels, :func:`background_deviation_mask`), and
+detections on the same region become one (best score). ``evaluate`` and ``analyze_smear`` both
+go through :meth:`RegionDetector.detect`, so they apply the same setting. Models trained on
+per-cell boxes (BCCD) keep it off.
 """
 from __future__ import annotations
 
@@ -147,6 +156,7 @@ def default_config(arch: str = "efficientnet-lite0-fpn", class_names=DEFAULT_CLA
         "min_size": 1080,
         "max_size": 1920,
         "detections_per_img": DETECTIONS_PER_IMG,
+        "region_merge": None,
     }
 
 
@@ -195,16 +205,19 @@ class RegionDetector:
 
     # -- inference -----------------------------------------------------------------------
     def detect(self, image, score_threshold: float = 0.5, nms_iou: float = 0.5, batch_size: int = 4,
-               progress=None, stage: str = "detect"):
+               progress=None, stage: str = "detect", region_merge=None):
         """Detect regions in an (H, W, 3) uint8 image.
 
+        ``region_merge``: None uses the checkpoint's ``config["region_merge"]`` (see
+        :func:`apply_region_merge`), False turns it off, a dict overrides it.
         Returns (boxes (N,4) float32 in input pixels, scores (N,), class ids (N,) 1-based)."""
         import torch
 
         img = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return self.detect_tensors([img], score_threshold, nms_iou, batch_size, progress, stage)[0]
+        return self.detect_tensors([img], score_threshold, nms_iou, batch_size, progress, stage, region_merge)[0]
 
-    def detect_tensors(self, images, score_threshold=0.5, nms_iou=0.5, batch_size=4, progress=None, stage="detect"):
+    def detect_tensors(self, images, score_threshold=0.5, nms_iou=0.5, batch_size=4, progress=None, stage="detect",
+                       region_merge=None):
         """Like :meth:`detect` for a list of (3, H, W) float tensors in [0, 1]."""
         import torch
         import torch.nn.functional as F
@@ -215,6 +228,7 @@ class RegionDetector:
         dev = self.device or torch.device("cpu")
         dev = torch.device(dev) if isinstance(dev, str) else dev
         scale = float(self.config.get("scale", 1.0))
+        merge = self.config.get("region_merge") if region_merge is None else region_merge
         tile = int(self.config.get("tile_size", 2048))
         overlap = int(self.config.get("tile_overlap", 128))
         self.model.eval()
@@ -276,17 +290,20 @@ class RegionDetector:
             h, w = img.shape[-2:]
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
-            results.append((boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32),
-                            labels.numpy().astype(np.int64)))
+            out = (boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32),
+                   labels.numpy().astype(np.int64))
+            if merge:  # the checkpoint's "one box per connected region" post-processing
+                out = apply_region_merge(img.float().mean(0).mul(255.0).cpu().numpy(), *out, merge)
+            results.append(out)
         return results
 
 
 #: Defaults of the "foreground" region merge (``config["region_merge"]``); see :func:`merge_into_regions`.
-REGION_MERGE_DEFAULTS = {"method": "foreground", "delta": 10.0, "close": 1, "open": 2, "bg_window": 120,
+REGION_MERGE_DEFAULTS = {"method": "foreground", "delta": 6.0, "close": 0, "open": 1, "bg_window": 120,
                          "max_growth": 16.0}
 
 
-def background_deviation_mask(gray: np.ndarray, delta: float = 10.0, close: int = 1, open: int = 2,
+def background_deviation_mask(gray: np.ndarray, delta: float = 6.0, close: int = 0, open: int = 1,
                               bg_window: int = 120) -> np.ndarray:
     """Cell pixels of a brightfield image: pixels that differ from the local background by more
     than ``delta`` gray levels (0-255) either way (dark rims and bright halos both count), closed

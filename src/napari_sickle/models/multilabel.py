@@ -2,9 +2,22 @@
 region crops, six independent heads FC512 -> FC1 -> sigmoid, and a scikit-learn
 gradient-boosting abnormal classifier on the six outputs, stored in the checkpoint.
 
-Region crops are cut and resized in one batched call with ``torchvision.ops.roi_align``
-(bilinear, area-averaged), so whole patches (training) and detector boxes (inference)
-go through exactly the same resize.
+Two things are configurable and recorded in the checkpoint's ``config`` (a checkpoint
+without them loads with the original behaviour):
+
+* ``crop``: how a region box becomes the network input. ``"stretch"`` (original): the box
+  is resized to ``input_size`` x ``input_size`` with ``torchvision.ops.roi_align``, so a
+  non-square box changes the cells' aspect ratio. ``"pad"`` (default for new models): the
+  box is centred on a square canvas of ``max(w, h, min_side)`` native pixels filled with the
+  median colour of the box's border, then resized (antialiased). Aspect ratios (oval vs
+  elongated) are kept and cells have the same scale whether a patch holds one or four.
+* ``pool``: how the backbone's feature maps become one vector. ``"avg"`` (original):
+  global average pooling of the last map. ``"avgmax-s4"`` (default for new models): average
+  and max of the last map plus the max of an intermediate stage (efficientnet-lite0 stage 4,
+  stride 16; ResNet ``layer3``). Max pooling keeps evidence of one abnormal cell among
+  several normal ones in a multi-cell region.
+
+Whole patches (training) and detector boxes (inference) go through exactly the same code.
 """
 from __future__ import annotations
 
@@ -15,10 +28,59 @@ import numpy as np
 
 from ..constants import ABNORMAL_TYPES, IMAGENET_MEAN, IMAGENET_STD, RBC_TYPES
 
-#: Paper setting: 224x224 crops. The CPU default uses 64x64 (cells are 45-85 px across).
+#: Paper setting: 224x224 crops. ``CPU_INPUT_SIZE`` is what an old checkpoint without an
+#: ``input_size`` falls back to; new models use ``DEFAULT_INPUT_SIZE``.
 PAPER_INPUT_SIZE = 224
 CPU_INPUT_SIZE = 64
+DEFAULT_INPUT_SIZE = 128
 HIDDEN = 512
+#: pooling of the backbone feature maps (see the module docstring)
+POOLS = ("avg", "avgmax", "avgmax-s4")
+DEFAULT_POOL = "avgmax-s4"
+#: crop geometry (see the module docstring)
+CROPS = ("stretch", "pad")
+DEFAULT_CROP = "pad"
+DEFAULT_MIN_SIDE = 160
+#: channels of the intermediate stage used by ``avgmax-s4``
+_STAGE_CHANNELS = {"efficientnet-lite0": 112, "resnet18": 256, "resnet50": 1024, "resnet101": 1024}
+
+
+def feature_dim(backbone: str, pool: str = "avg") -> int:
+    """Length of the pooled feature vector of ``backbone`` with ``pool``."""
+    from .backbones import FEATURE_BACKBONES
+
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+    d = FEATURE_BACKBONES[backbone]
+    if pool == "avg":
+        return d
+    return 2 * d + (_STAGE_CHANNELS[backbone] if pool == "avgmax-s4" else 0)
+
+
+def pooled_features(backbone, x, pool: str = "avg"):
+    """Pooled features (N, D) of normalised images ``x`` for a frozen feature extractor from
+    ``backbones.build_feature_extractor`` (timm efficientnet or torchvision ResNet)."""
+    import torch
+
+    if pool == "avg":
+        return backbone(x)
+    if hasattr(backbone, "conv_stem"):  # timm efficientnet
+        h = backbone.bn1(backbone.conv_stem(x))
+        mid = None
+        for j, blk in enumerate(backbone.blocks):
+            h = blk(h)
+            if j == 4:
+                mid = h
+        last = backbone.bn2(backbone.conv_head(h))
+    else:  # torchvision ResNet
+        h = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+        h = backbone.layer2(backbone.layer1(h))
+        mid = backbone.layer3(h)
+        last = backbone.layer4(mid)
+    parts = [last.mean((2, 3)), last.amax((2, 3))]
+    if pool == "avgmax-s4":
+        parts.append(mid.amax((2, 3)))
+    return torch.cat(parts, 1)
 
 
 def _nn():
@@ -27,8 +89,13 @@ def _nn():
     return nn
 
 
-def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HIDDEN):
-    """Six heads, each Linear(in, 512) -> ReLU -> Linear(512, 1); returns logits (N, 6)."""
+def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HIDDEN, standardize: bool = False,
+               dropout: float = 0.0):
+    """Six heads, each Linear(in, 512) -> ReLU -> Linear(512, 1); returns logits (N, 6).
+
+    ``standardize``: the features are first standardised with the buffers ``feat_mean`` /
+    ``feat_std`` (set them with ``set_standardization`` from the training features; stored in
+    the state dict). ``dropout`` applies before each head's first layer (training only)."""
     import torch
     import torch.nn as nn
 
@@ -39,30 +106,49 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
                 [nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
                  for _ in range(n_types)]
             )
+            self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+            if standardize:
+                self.register_buffer("feat_mean", torch.zeros(in_features))
+                self.register_buffer("feat_std", torch.ones(in_features))
+
+        def set_standardization(self, feats):
+            f = torch.as_tensor(feats, dtype=torch.float32)
+            self.feat_mean.copy_(f.mean(0))
+            self.feat_std.copy_(f.std(0).clamp_min(1e-6) if len(f) > 1 else torch.ones(f.shape[1]))
 
         def forward(self, feats):
+            if hasattr(self, "feat_mean"):
+                feats = (feats - self.feat_mean) / self.feat_std
+            feats = self.drop(feats)
             return torch.cat([h(feats) for h in self.heads], dim=1)
 
     return MultiLabelHeads()
 
 
 def make_net(backbone: str = "efficientnet-lite0", pretrained: bool = True, weights_path=None,
-             allow_download: bool = False):
+             allow_download: bool = False, pool: str = "avg", standardize: bool = False):
     """backbone (frozen feature extractor) + six heads as one ``nn.Module`` with
-    ``.backbone`` and ``.heads``; ``forward`` returns logits (N, 6)."""
+    ``.backbone``, ``.heads`` and ``.extract(x)`` (pooled features); ``forward`` returns
+    logits (N, 6)."""
     import torch.nn as nn
 
-    from .backbones import FEATURE_BACKBONES, build_feature_extractor
+    from .backbones import build_feature_extractor
+
+    dim = feature_dim(backbone, pool)
 
     class MultiLabelNet(nn.Module):
         def __init__(self):
             super().__init__()
             self.backbone = build_feature_extractor(backbone, pretrained=pretrained, weights_path=weights_path,
                                                     allow_download=allow_download)
-            self.heads = make_heads(FEATURE_BACKBONES[backbone])
+            self.heads = make_heads(dim, standardize=standardize)
+            self.pool = pool
+
+        def extract(self, x):
+            return pooled_features(self.backbone, x, self.pool)
 
         def forward(self, x):
-            return self.heads(self.backbone(x))
+            return self.heads(self.extract(x))
 
     return MultiLabelNet()
 
@@ -85,6 +171,39 @@ def crops_from_boxes(image, boxes, size: int, mean=IMAGENET_MEAN, std=IMAGENET_S
     m = torch.as_tensor(mean, device=device).view(1, 3, 1, 1)
     s = torch.as_tensor(std, device=device).view(1, 3, 1, 1)
     return (crops - m) / s
+
+
+def padded_crops_from_boxes(image, boxes, size: int, min_side: int = DEFAULT_MIN_SIDE, mean=IMAGENET_MEAN,
+                            std=IMAGENET_STD, device="cpu"):
+    """Like :func:`crops_from_boxes`, but aspect- and scale-preserving: each box (clipped to
+    the image) is centred on a square canvas of ``max(w, h, min_side)`` pixels filled with the
+    median colour of the box's border pixels, and the canvas is resized (bilinear,
+    antialiased) to ``size`` x ``size``."""
+    import torch
+    import torch.nn.functional as F
+
+    img = np.ascontiguousarray(np.asarray(image))
+    H, W = img.shape[:2]
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = torch.zeros((len(b), 3, size, size), device=device)
+    m = torch.as_tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
+    s = torch.as_tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        x0, y0 = int(np.clip(np.floor(x0), 0, W - 1)), int(np.clip(np.floor(y0), 0, H - 1))
+        x1, y1 = int(np.clip(np.ceil(x1), x0 + 1, W)), int(np.clip(np.ceil(y1), y0 + 1, H))
+        reg = img[y0:y1, x0:x1, :3]
+        h, w = reg.shape[:2]
+        border = np.concatenate([reg[0], reg[-1], reg[:, 0], reg[:, -1]]).reshape(-1, 3)
+        side = max(h, w, int(min_side))
+        canvas = np.empty((side, side, 3), np.uint8)
+        canvas[:] = np.median(border, axis=0).astype(np.uint8)
+        oy, ox = (side - h) // 2, (side - w) // 2
+        canvas[oy:oy + h, ox:ox + w] = reg
+        t = torch.as_tensor(canvas, device=device).permute(2, 0, 1)[None].float().div_(255.0)
+        if side != size:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i] = (t[0] - m) / s
+    return out
 
 
 def whole_image_crop(image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
@@ -117,9 +236,16 @@ class RBCClassifier:
         return self
 
     # -- features / probabilities ------------------------------------------------------
+    @property
+    def pool(self) -> str:
+        return str(self.config.get("pool", "avg"))
+
     def crops(self, image, boxes):
-        return crops_from_boxes(image, boxes, self.input_size, self.config.get("mean", IMAGENET_MEAN),
-                                self.config.get("std", IMAGENET_STD), device=self.device or "cpu")
+        mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
+        if self.config.get("crop", "stretch") == "pad":
+            return padded_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", 0)),
+                                           mean, std, device=self.device or "cpu")
+        return crops_from_boxes(image, boxes, self.input_size, mean, std, device=self.device or "cpu")
 
     def features(self, crops, batch_size: int = 64, progress=None, stage: str = "classify"):
         """Pooled backbone features (N, D) as a float32 CPU tensor, computed in batches."""
@@ -134,13 +260,12 @@ class RBCClassifier:
         batch_size = max(1, int(batch_size))
         with torch.inference_mode(), autocast(torch.device(dev) if isinstance(dev, str) else dev):
             for i in range(0, n, batch_size):
-                out.append(self.net.backbone(crops[i:i + batch_size].to(dev)).float().cpu())
+                out.append(pooled_features(self.net.backbone, crops[i:i + batch_size].to(dev), self.pool)
+                           .float().cpu())
                 if progress is not None:
                     progress(stage, min(i + batch_size, n), n)
         if not out:
-            from .backbones import FEATURE_BACKBONES
-
-            return torch.zeros((0, FEATURE_BACKBONES[self.config["backbone"]]))
+            return torch.zeros((0, feature_dim(self.config["backbone"], self.pool)))
         return torch.cat(out)
 
     def head_probs(self, feats) -> np.ndarray:
@@ -197,7 +322,11 @@ class RBCClassifier:
 
         ckpt = as_checkpoint(ckpt, "multilabel")
         cfg = dict(ckpt["config"])
-        net = make_net(cfg["backbone"], pretrained=False)
+        if cfg.get("pool", "avg") not in POOLS or cfg.get("crop", "stretch") not in CROPS:
+            raise CheckpointError(f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r} or crop "
+                                  f"{cfg.get('crop')!r}; this napari-sickle knows pools {POOLS} and crops {CROPS}")
+        net = make_net(cfg["backbone"], pretrained=False, pool=cfg.get("pool", "avg"),
+                       standardize=bool(cfg.get("standardize", False)))
         try:
             net.load_state_dict(ckpt["state_dict"])
         except RuntimeError as exc:
@@ -211,12 +340,22 @@ class RBCClassifier:
                    metrics=dict(ckpt.get("metrics", {}))).to(dev)
 
 
-def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = CPU_INPUT_SIZE, pretrained: bool = True,
-                   weights_path=None, allow_download: bool = False, device="cpu") -> RBCClassifier:
-    """A fresh classifier: pretrained frozen backbone, untrained heads."""
+def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = DEFAULT_INPUT_SIZE, pretrained: bool = True,
+                   weights_path=None, allow_download: bool = False, device="cpu", pool: str = DEFAULT_POOL,
+                   crop: str = DEFAULT_CROP, min_side: int = DEFAULT_MIN_SIDE,
+                   standardize: bool = True) -> RBCClassifier:
+    """A fresh classifier: pretrained frozen backbone, untrained heads.
+
+    The defaults are the recipe measured best (docs/results.md); ``pool="avg",
+    crop="stretch", standardize=False`` gives the original model."""
     import torch
 
-    net = make_net(backbone, pretrained=pretrained, weights_path=weights_path, allow_download=allow_download)
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {CROPS}")
+    net = make_net(backbone, pretrained=pretrained, weights_path=weights_path, allow_download=allow_download,
+                   pool=pool, standardize=standardize)
     for p in net.backbone.parameters():
         p.requires_grad_(False)
     cfg = {
@@ -228,6 +367,10 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = CPU_I
         "hidden": HIDDEN,
         "pretrained": bool(pretrained),
         "type_threshold": 0.5,
+        "pool": pool,
+        "crop": crop,
+        "min_side": int(min_side),
+        "standardize": bool(standardize),
     }
     dev = torch.device(device) if isinstance(device, str) else device
     return RBCClassifier(net=net, config=cfg).to(dev)

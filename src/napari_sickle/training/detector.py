@@ -304,11 +304,14 @@ def _split_items(items, splits, val_fraction, seed, validate_on="train"):
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def predict_items(det, items, batch_size=2, score_threshold=0.05, progress=None, stage="validate"):
-    """Run a RegionDetector over items; returns per image (boxes, scores, labels)."""
+def predict_items(det, items, batch_size=2, score_threshold=0.05, progress=None, stage="validate",
+                  region_merge=None):
+    """Run a RegionDetector over items; returns per image (boxes, scores, labels).
+    ``region_merge``: None = the checkpoint's setting, False = off (see models.detector)."""
     out = []
     for k, it in enumerate(items):
-        out.append(det.detect(it["image"], score_threshold=score_threshold, nms_iou=0.5, batch_size=batch_size))
+        out.append(det.detect(it["image"], score_threshold=score_threshold, nms_iou=0.5, batch_size=batch_size,
+                              region_merge=region_merge))
         if progress is not None:
             progress(stage, k + 1, len(items))
     return out
@@ -319,7 +322,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
                    val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
                    smear_shape=(1080, 1920), cluster_fraction: float | None = None, validate_on: str = "train",
-                   **options) -> dict:
+                   region_merge=None, **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -368,6 +371,11 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         if scale is None:
             scale = 0.5 if arch in ("efficientnet-lite0-fpn", "mobilenet-v3") else 1.0
         det = new_detector(arch, class_names=class_names, scale=scale, pretrained=pretrained, device=det_dev)
+        if region_merge:  # stored in the checkpoint: evaluate and analyze_smear apply it too
+            from ..models.detector import REGION_MERGE_DEFAULTS
+
+            det.config["region_merge"] = {**REGION_MERGE_DEFAULTS,
+                                          **(region_merge if isinstance(region_merge, dict) else {})}
     scale = float(det.config["scale"])
     prepared = [_scaled(it, scale) for it in tr_items]
     n_boxes = int(sum(len(p[1]) for p in prepared))
@@ -458,6 +466,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
 
 def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears: int = 3, split: str | None = "val",
                       score_threshold: float = 0.05, batch_size: int = 2, smear_shape=(1080, 1920),
+                      region_merge=None,
                       **options) -> dict:
     """AP50 (Pascal VOC all-point, IoU 0.5) of a detector checkpoint on ``data``.
 
@@ -484,5 +493,6 @@ def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears
     else:
         targets = [(it["boxes"], np.array([names.index(data_names[l - 1]) + 1 for l in it["labels"]], np.int64))
                    for it in items]
-    preds = predict_items(det, items, batch_size=batch_size, score_threshold=score_threshold)
+    preds = predict_items(det, items, batch_size=batch_size, score_threshold=score_threshold,
+                          region_merge=region_merge)
     return ap50(preds, targets, names)

@@ -14,7 +14,19 @@ Data (``data``):
 * a CSV file: a multi-label patch table (``path`` + six 0/1 type columns);
 * a folder of class sub-folders of single-cell crops: the Xu et al. 2017 folder names map onto
   the six types (``constants.XU_FOLDER_TO_TYPE``); folders named like a type (``oval_disc``...)
-  are taken as that type. ``compose=N`` adds N multi-cell patches composed from those crops.
+  are taken as that type.
+
+Default recipe on class folders (measured in docs/results.md): the crops are first split into
+training and validation crops (stratified by type, ``val_fraction``); ``compose`` (default
+1500) multi-cell patches of ``min_cells``-``max_cells`` (2-4) touching/overlapping cells are
+composed from the *training* crops only and ``n_val_patches`` (default ``compose // 5``)
+from the validation crops only, so no crop is on both sides; the heads train on single cells
++ patches. The input is the aspect- and scale-preserving padded crop (``crop="pad"``,
+``min_side=160``) at ``input_size`` 128, features are average + max pooled from the last
+map plus max pooled from stage 4 (``pool="avgmax-s4"``) and standardised; the best epoch is
+the one with the highest exact-match accuracy on the validation single cells + patches.
+``compose=0`` trains on single cells only; ``pool="avg", crop="stretch", standardize=False``
+is the original recipe.
 """
 from __future__ import annotations
 
@@ -28,6 +40,8 @@ from ..constants import ABNORMAL_TYPES, RBC_TYPES, XU_FOLDER_TO_TYPE
 
 DEFAULT_EPOCHS = 40
 DEFAULT_LR = 1e-3
+#: multi-cell patches composed from the training crops by default (class-folder data)
+DEFAULT_COMPOSE = 1500
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,6 +253,38 @@ def fit_abnormal_model(probs: np.ndarray, y: np.ndarray, seed: int = 0):
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
+def compose_split_patches(root, train_paths, val_paths, n_train: int, n_val: int, *, seed: int = 0,
+                          min_cells: int = 2, max_cells: int = 4, progress=None):
+    """Compose multi-cell patches from the crops under ``root``: ``n_train`` from the crops whose
+    file is in ``train_paths`` and ``n_val`` from those in ``val_paths`` (no crop on both sides).
+    Returns two lists of ``(patch rgb uint8, types (6,), n_cells)``."""
+    from ..data.compose import compose_patches, load_crops
+
+    crops = load_crops(root)
+    tr_set = {Path(p).resolve() for p in train_paths}
+    va_set = {Path(p).resolve() for p in val_paths}
+    tr_crops = [c for c in crops if Path(c.path).resolve() in tr_set]
+    va_crops = [c for c in crops if Path(c.path).resolve() in va_set]
+    trp = compose_patches(tr_crops, int(n_train), seed=seed * 1000 + 11, max_cells=max_cells,
+                          min_cells=min_cells) if n_train and tr_crops else []
+    if progress is not None:
+        progress("compose", 1, 2)
+    vap = compose_patches(va_crops, int(n_val), seed=seed * 1000 + 12, max_cells=max_cells,
+                          min_cells=min_cells) if n_val and va_crops else []
+    if progress is not None:
+        progress("compose", 2, 2)
+    return trp, vap
+
+
+def _patch_features(clf, patches, batch_size, progress, stage):
+    ps = PatchSet()
+    for i, (img, types, _n) in enumerate(patches):
+        h, w = img.shape[:2]
+        ps.add(img, [[0, 0, w, h]], [types], f"composed{i}", [f"composed:{i}"])
+    cb = None if progress is None else (lambda _s, d, t: progress(stage, d, t))
+    return compute_features(clf, ps, batch_size=batch_size, progress=cb).numpy(), ps.Y
+
+
 def _split(ps: PatchSet, val_fraction: float, seed: int):
     from sklearn.model_selection import train_test_split
 
@@ -246,11 +292,11 @@ def _split(ps: PatchSet, val_fraction: float, seed: int):
     idx = np.arange(n)
     if n < 5 or val_fraction <= 0:
         return idx, idx
-    strat = _abnormal_truth(ps.Y)
-    try:
-        return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
-    except ValueError:
-        return train_test_split(idx, test_size=val_fraction, random_state=seed)
+    for strat in (np.argmax(ps.Y, axis=1), _abnormal_truth(ps.Y), None):  # by type if every type has 2+
+        try:
+            return train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
+        except ValueError:
+            continue
 
 
 def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer_state=None, start_epoch=0,
@@ -291,8 +337,10 @@ def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer
 
 def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
                      progress=None, log=None, input_size: int | None = None, lr: float = DEFAULT_LR,
-                     batch_size: int = 64, val_fraction: float = 0.2, n_smears: int = 7, compose: int = 0,
-                     pretrained: bool = True, val_data=None, smear_shape=(1080, 1920), **options) -> dict:
+                     batch_size: int = 64, val_fraction: float = 0.2, n_smears: int = 7, compose: int | None = None,
+                     pretrained: bool = True, val_data=None, smear_shape=(1080, 1920), pool: str | None = None,
+                     crop: str | None = None, min_side: int | None = None, standardize: bool = True,
+                     n_val_patches: int | None = None, min_cells: int = 2, max_cells: int = 4, **options) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
     Writes ``out/best.pt`` (best validation mean AUC) and ``out/last.pt`` (for ``resume``)
@@ -305,7 +353,8 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
 
     from .._device import resolve_device
     from ..models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from ..models.multilabel import CPU_INPUT_SIZE, RBCClassifier, new_classifier
+    from ..models import multilabel as mlm
+    from ..models.multilabel import RBCClassifier, new_classifier
 
     t0 = time.time()
     out = Path(out)
@@ -319,18 +368,27 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         if not Path(resume).is_file():
             raise FileNotFoundError(f"--resume: checkpoint {resume} does not exist")
         resumed = load_checkpoint(resume, kind="multilabel")
-        backbone = resumed["config"]["backbone"]
-        input_size = resumed["config"]["input_size"]
+        rc = resumed["config"]
+        backbone, input_size = rc["backbone"], rc["input_size"]
+        pool, crop = rc.get("pool", "avg"), rc.get("crop", "stretch")
+        min_side, standardize = rc.get("min_side", 0), bool(rc.get("standardize", False))
     backbone = backbone or "efficientnet-lite0"
-    input_size = int(input_size or CPU_INPUT_SIZE)
+    input_size = int(input_size or mlm.DEFAULT_INPUT_SIZE)
+    pool = pool or mlm.DEFAULT_POOL
+    crop = crop or mlm.DEFAULT_CROP
+    min_side = int(mlm.DEFAULT_MIN_SIDE if min_side is None else min_side)
     if resumed is not None:
         clf = RBCClassifier.from_checkpoint(resumed, device=dev)
     else:
-        clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev)
+        clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev, pool=pool,
+                             crop=crop, min_side=min_side, standardize=bool(standardize))
     emit = log or (lambda d: None)
 
-    ps = load_patches(data, seed=seed, n_smears=n_smears, compose=compose, progress=progress,
-                      smear_shape=smear_shape)
+    folder_data = isinstance(data, (str, Path)) and str(data) != "simulated" and Path(data).is_dir()
+    if compose is None:
+        compose = DEFAULT_COMPOSE if folder_data else 0
+    compose = int(compose)
+    ps = load_patches(data, seed=seed, n_smears=n_smears, progress=progress, smear_shape=smear_shape)
     if len(ps) < 2:
         from ..io.datasets import DatasetError
 
@@ -349,13 +407,37 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                            smear_shape=smear_shape)
         vfeats = compute_features(clf, vps, batch_size=batch_size).numpy()
         Xtr, Ytr, Xva, Yva = feats, Y, vfeats, vps.Y
+        tr = np.arange(len(ps))
+        va = np.arange(0)
     else:
         tr, va = _split(ps, val_fraction, seed)
         Xtr, Ytr, Xva, Yva = feats[tr], Y[tr], feats[va], Y[va]
+    n_single_val = len(Yva)
+    n_patches = {"train": 0, "val": 0}
+    if compose and folder_data:
+        # multi-cell patches: training patches from training crops, validation patches from validation crops
+        n_val_patches = int(compose // 5 if n_val_patches is None else n_val_patches)
+        trp, vap = compose_split_patches(data, [ps.names[i] for i in tr], [ps.names[i] for i in va], compose,
+                                         n_val_patches, seed=seed, min_cells=min_cells, max_cells=max_cells,
+                                         progress=progress)
+        if trp:
+            Xp, Yp = _patch_features(clf, trp, batch_size, progress, "features: training patches")
+            Xtr, Ytr = np.concatenate([Xtr, Xp]), np.concatenate([Ytr, Yp])
+        if vap:
+            Xp, Yp = _patch_features(clf, vap, batch_size, progress, "features: validation patches")
+            Xva, Yva = np.concatenate([Xva, Xp]), np.concatenate([Yva, Yp])
+        n_patches = {"train": len(trp), "val": len(vap)}
+        emit({"event": "data", "composed_train_patches": len(trp), "composed_val_patches": len(vap)})
+    if getattr(clf.net.heads, "feat_mean", None) is not None and resumed is None:
+        clf.net.heads.set_standardization(Xtr)
 
     recipe = {
         "features": "frozen ImageNet backbone, pooled, cached",
-        "backbone": backbone, "input_size": input_size, "optimizer": "Adam", "lr": lr,
+        "backbone": backbone, "input_size": input_size, "pool": clf.pool, "crop": clf.config.get("crop", "stretch"),
+        "min_side": clf.config.get("min_side", 0), "standardize": bool(clf.config.get("standardize", False)),
+        "composed_patches": n_patches, "min_cells": min_cells, "max_cells": max_cells,
+        "selection": "best epoch by validation exact-match accuracy (single cells + composed patches)",
+        "optimizer": "Adam", "lr": lr,
         "loss": "BCEWithLogits per type", "epochs": epochs, "batch_size": batch_size, "seed": seed,
         "data": str(data), "n_patches": int(len(ps)), "val_fraction": val_fraction,
         "abnormal_model": "sklearn GradientBoostingClassifier(n_estimators=100, max_depth=2) on the six outputs",
@@ -371,7 +453,12 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
 
     def on_epoch(epoch, loss, vloss, vprobs, opt):
         m = multilabel_metrics(Yva, vprobs)
-        metric = m["mean_auc"] if m["mean_auc"] is not None else m["exact_match_accuracy"]
+        metric = m["exact_match_accuracy"] if len(Yva) else None
+        if n_patches["val"] and n_single_val:
+            m["single_exact_match_accuracy"] = multilabel_metrics(Yva[:n_single_val], vprobs[:n_single_val])[
+                "exact_match_accuracy"]
+            m["multi_exact_match_accuracy"] = multilabel_metrics(Yva[n_single_val:], vprobs[n_single_val:])[
+                "exact_match_accuracy"]
         improved = metric is not None and metric > best["metric"]
         if improved or epoch + 1 == epochs or clf.abnormal_model is None:
             # the abnormal model follows the heads it was fitted on
@@ -379,8 +466,9 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         m["abnormal_accuracy"] = float(np.mean((clf.abnormal_proba(vprobs) >= 0.5) == _abnormal_truth(Yva))) \
             if len(Yva) else float("nan")
         rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": loss, "val_loss": vloss,
-               "metric": metric, "metric_name": "val_mean_auc", "exact_match_accuracy": m["exact_match_accuracy"],
-               "abnormal_accuracy": m["abnormal_accuracy"]}
+               "metric": metric, "metric_name": "val_exact_match", "mean_auc": m["mean_auc"],
+               "exact_match_accuracy": m["exact_match_accuracy"], "abnormal_accuracy": m["abnormal_accuracy"],
+               **{k: m[k] for k in ("single_exact_match_accuracy", "multi_exact_match_accuracy") if k in m}}
         history.append(rec)
         emit(rec)
         clf.metrics = {**{k: v for k, v in m.items()}, "epoch": epoch + 1}
@@ -420,7 +508,8 @@ def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, p
     fold_metrics = []
     for f, (tr, te) in enumerate(splits):
         torch.manual_seed(seed + f)
-        heads = make_heads(feats.shape[1])
+        heads = make_heads(feats.shape[1], standardize=True)
+        heads.set_standardization(feats[tr])
         _train_heads(heads, feats[tr], Y[tr], feats[te], Y[te], epochs=epochs, lr=lr, batch_size=batch_size,
                      seed=seed + f)
         heads.eval()

@@ -13,8 +13,10 @@
 * the gradient-boosting abnormal classifier (scikit-learn) on the six head outputs gives
   the abnormal accuracy (abnormal = any type other than Oval/Disc).
 
-Features come from the frozen ImageNet backbone (``models.multilabel``), computed once per
-image and cached in memory, so each fold's heads train in seconds on a CPU. Results are
+The model recipe is the one ``train multilabel`` uses by default (``models.multilabel``
+defaults: padded crops at 128 px, ``avgmax-s4`` pooling, standardised features; 1,500
+training patches of 2-4 cells per fold, ``training.multilabel.DEFAULT_COMPOSE``). Features
+come from the frozen ImageNet backbone, computed once per image and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
 """
 from __future__ import annotations
@@ -70,14 +72,16 @@ def _features(clf, images, ys, group, progress, stage):
     return compute_features(clf, ps, progress=cb).numpy(), ps.Y
 
 
-def _fit(clf_feat_dim, X, Y, *, epochs, lr, batch_size, seed):
+def _fit(clf_feat_dim, X, Y, *, epochs, lr, batch_size, seed, standardize=True):
     import torch
 
     from ..models.multilabel import make_heads
     from .multilabel import _train_heads
 
     torch.manual_seed(seed)
-    heads = make_heads(clf_feat_dim)
+    heads = make_heads(clf_feat_dim, standardize=standardize)
+    if standardize:
+        heads.set_standardization(X)
     _train_heads(heads, X, Y, X[:0], Y[:0], epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     return heads.eval()
 
@@ -93,32 +97,38 @@ def _probs(heads, X):
 # the protocol
 # ---------------------------------------------------------------------------------------
 def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0, folds=None, progress=None,
-                 log=None, input_size: int = 96, n_train_patches: int = 1000, n_test_patches: int = 200,
-                 max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3, batch_size: int = 64,
-                 **_ignored) -> dict:
+                 log=None, input_size: int | None = None, n_train_patches: int | None = None,
+                 n_test_patches: int = 200, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
+                 batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
+                 standardize: bool = True, **_ignored) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
     with ``metrics`` (mean over folds) and ``report`` (per fold and mean)."""
     from sklearn.model_selection import StratifiedKFold
 
     from .._device import resolve_device
     from ..data.compose import compose_patches
-    from ..models.multilabel import new_classifier
-    from .multilabel import fit_abnormal_model, multilabel_metrics
+    from ..models import multilabel as mlm
+    from .multilabel import DEFAULT_COMPOSE, DEFAULT_EPOCHS, fit_abnormal_model, multilabel_metrics
 
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folds = int(folds or 5)
-    head_epochs = int(head_epochs or epochs or 40)
+    head_epochs = int(head_epochs or epochs or DEFAULT_EPOCHS)
     backbone = backbone or "efficientnet-lite0"
+    input_size = int(input_size or mlm.DEFAULT_INPUT_SIZE)
+    n_train_patches = int(DEFAULT_COMPOSE if n_train_patches is None else n_train_patches)
     dev = resolve_device(device)
     crops = _load_crops(data)
     strata = np.array([c.type_index for c in crops])
-    clf = new_classifier(backbone, input_size=int(input_size), pretrained=True, device=dev)
+    clf = mlm.new_classifier(backbone, input_size=input_size, pretrained=True, device=dev,
+                             pool=pool or mlm.DEFAULT_POOL, crop=crop or mlm.DEFAULT_CROP,
+                             min_side=int(mlm.DEFAULT_MIN_SIDE if min_side is None else min_side),
+                             standardize=bool(standardize))
     X_single, y_single = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops],
                                    "single", progress, "features: single cells")
     dim = X_single.shape[1]
-    fit = dict(epochs=head_epochs, lr=lr, batch_size=int(batch_size))
+    fit = dict(epochs=head_epochs, lr=lr, batch_size=int(batch_size), standardize=bool(standardize))
 
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     per_fold = []
@@ -175,6 +185,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
         }
     seconds = time.perf_counter() - t0
     rep = {"data": str(data), "folds": folds, "backbone": backbone, "input_size": int(input_size),
+           "pool": clf.pool, "crop": clf.config["crop"], "min_side": clf.config["min_side"],
            "head_epochs": head_epochs, "n_train_patches": int(n_train_patches),
            "n_test_patches": int(n_test_patches), "max_cells": int(max_cells), "seed": int(seed),
            "device": str(dev), "seconds": seconds, "summary": summary, "per_fold": per_fold}
@@ -211,7 +222,8 @@ def table1_markdown(rep: dict) -> str:
         lines.append(f"| {label} | {trained} | {tested} | {m['n']} | {m['exact_match_accuracy']:.3f} ± "
                      f"{m['exact_match_std']:.3f} | {m['mean_auc']:.3f} | {m['abnormal_accuracy']:.3f} | {aucs} |")
     lines.append("")
-    lines.append(f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px, "
+    lines.append(f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px "
+                 f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}), "
                  f"{rep['head_epochs']} head epochs, {rep['n_train_patches']} composed training patches and "
                  f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
                  f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}.")

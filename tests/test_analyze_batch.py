@@ -1,0 +1,136 @@
+"""Streaming batch analysis (``python -m napari_sickle.analyze``): same numbers as the widget's
+code path, crash-safe incremental outputs, restart skips done images, bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+N_IMAGES = 10
+SHAPE = (240, 360)
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from test_analysis import tiny_default_models
+
+    return tiny_default_models()  # cached in tests/.cache (NAPARI_SICKLE_CACHE, see conftest)
+
+
+@pytest.fixture(scope="module")
+def smear_folder(tmp_path_factory, tiny_models):
+    import imageio.v3 as iio
+
+    from napari_sickle.data.simulate import simulate_smear
+
+    d = tmp_path_factory.mktemp("smears")
+    for k in range(N_IMAGES):
+        iio.imwrite(d / f"smear{k:02d}.png", simulate_smear(seed=300 + k, shape=SHAPE).image)
+    (d / "smear04b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable: counted and skipped
+    return d
+
+
+def _cmd(src, out, *extra):
+    return [sys.executable, "-m", "napari_sickle.analyze", str(src), "--out", str(out), "--device", "cpu",
+            "--no-train", "--threads", "1", "--workers", "1", "--images-per-batch", "2", *extra]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _run(src, out, *extra) -> dict:
+    r = subprocess.run(_cmd(src, out, *extra), capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _csvs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.csv"))}
+
+
+def test_streaming_matches_widget_code_path(tiny_models, smear_folder, tmp_path):
+    """In-process run: each image's regions equal what the widget's worker computes for it."""
+    from napari_sickle.analysis.batch import analyze_batch, list_inputs
+    from napari_sickle.io.formats import read_regions_csv, validate_regions
+    from napari_sickle.io.images import read_image
+    from napari_sickle.widgets.analyze import _run_analysis
+
+    files = [smear_folder / f"smear{k:02d}.png" for k in range(3)]
+    rep = analyze_batch(list_inputs([str(f) for f in files]), tmp_path, tiny_models, device="cpu",
+                        num_workers=0, images_per_batch=3, batch_size=7)  # 7: batches straddle images
+    assert rep.analyzed == 3 and rep.unreadable == 0 and rep.regions > 0
+    cache = {}
+    for f in files:
+        res = _run_analysis(read_image(f), None, None, "cpu", 0.5, 0.5, 64, f.stem, cache)
+        want = validate_regions(res.to_dataframe(f.name))
+        got = read_regions_csv(tmp_path / f"{f.stem}_regions.csv")
+        assert len(got) == len(want) > 0
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True),
+                                      check_dtype=False, check_exact=False, rtol=1e-5, atol=1e-6)
+    summ = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summ["image"]) == [str(f) for f in files]
+    assert list(summ["regions_csv"]) == [f"{f.stem}_regions.csv" for f in files]
+
+
+def test_killed_run_restarts_to_identical_csvs(smear_folder, tmp_path):
+    full = tmp_path / "uninterrupted"
+    ref = _run(smear_folder, full)
+    assert ref["analyzed"] == N_IMAGES and ref["unreadable"] == 1 and ref["skipped_done"] == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(smear_folder, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env())
+    state = out / ".sickle-batch"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 300 and proc.poll() is None and len(list(state.glob("*.json"))) < 5:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = sorted(p.stem for p in state.glob("*.json"))
+    assert 5 <= len(done_before) < N_IMAGES and not (out / "summary.csv").exists()
+    for name in done_before:  # every image marked done has its complete outputs
+        assert (out / f"{name}_regions.csv").read_bytes() == (full / f"{name}_regions.csv").read_bytes()
+    kept = {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for n in done_before[:4]}
+
+    again = _run(smear_folder, out)
+    assert again["skipped_done"] >= 4 and again["analyzed"] == N_IMAGES - again["skipped_done"]
+    assert {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for n in kept} == kept  # not redone
+    assert _csvs(out) == _csvs(full)  # byte-identical regions CSVs and summary
+    summ = pd.read_csv(out / "summary.csv")
+    assert len(summ) == N_IMAGES + 1 and summ["error"].notna().sum() == 1
+    assert summ.loc[summ["error"].notna(), "image"].iloc[0].endswith("smear04b.png")
+
+    third = _run(smear_folder, out)  # all done: only smear04, grouped with the unreadable file, is redone
+    assert third["analyzed"] == 1 and third["skipped_done"] == N_IMAGES and third["unreadable"] == 1
+    assert _csvs(out) == _csvs(full)
+
+
+def test_bad_inputs(tmp_path, tiny_models):
+    from napari_sickle.analyze import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--out", str(tmp_path / "o1"), "--device", "cpu", "--no-train"]) == 2
+    assert main([str(tmp_path / "nope.png"), "--out", str(tmp_path / "o2"), "--device", "cpu", "--no-train"]) == 2
+    assert main([str(empty), "--out", str(tmp_path / "o3"), "--images-per-batch", "0"]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "zero.png").write_bytes(b"")
+    (bad / "tiny.png").write_bytes(b"")
+    import imageio.v3 as iio
+
+    iio.imwrite(bad / "small.png", np.full((8, 8, 3), 200, np.uint8))  # too small for a cell: empty result
+    assert main([str(bad), "--out", str(tmp_path / "o4"), "--device", "cpu", "--no-train", "--workers", "0"]) == 0
+    summ = pd.read_csv(tmp_path / "o4" / "summary.csv")
+    assert summ["error"].notna().sum() == 2
+    assert int(summ.loc[summ["image"].str.endswith("small.png"), "n_regions"].iloc[0]) == 0

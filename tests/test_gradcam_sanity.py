@@ -4,10 +4,27 @@ Simulated 64x64 cells (``data/bm_sim.py``): the class depends only on the colour
 small granule (radius 4 px) at a random, known place, snapped to the 8x8 patch grid (the
 ViT's patch size); a neutral distractor granule sits on the other side of the cell. A tiny
 model of each family is trained to high accuracy with a short Adam loop (this file checks
-the CAM, not the training recipe, which tests/test_bm.py covers), then ``explain`` computes
-Grad-CAM on held-out cells. Pass criteria, fixed before any measurement:
-held-out accuracy >= 0.9, heatmap peak within ``radius + 6.4`` px of the class granule for
->= 80 % of cells (chance is about 25 %), peak on the distractor for <= 20 %.
+the CAM, not the training recipe, which tests/test_bm.py covers), then the product's
+``explain`` computes Grad-CAM on 32 held-out cells with the product's own target layer and
+(for the ViT) reshape transform (``BMClassifier.target_layers()`` /
+``reshape_transform()``: ``encoder.layers[-1].ln_1``, class token dropped, 8x8 grid).
+
+Pass criteria, fixed before any measurement: held-out accuracy >= 0.9; heatmap peak
+within ``radius + 6.4`` px of the class granule for >= 80 % of cells; on the distractor
+for <= 20 %. 80 %: a peak dropped at random in the cell lands that close to the granule
+about 15 % of the time, on one of the two granules at random 50 %; all three families
+measured 91-100 % (docs/bm.md), so 80 % leaves margin without admitting a coin flip.
+
+The ViT is torchvision's ``VisionTransformer`` with the ``tiny_vit`` sizes (1 block, patch
+8, width 48) but **without LayerNorm** (``norm_layer=Identity``). With LayerNorm, a
+1-block ViT trained from scratch learns the task (accuracy 0.97-1.0) but its Grad-CAM on
+``ln_1`` lands on the granule in only 6-38 % of cells, for every target layer, depth, width,
+learning rate and marker size tried (docs/bm.md): LayerNorm is scale-invariant, so the
+first-order (gradient) view of the class token's path is not faithful in such a shallow
+net. Without it, the same net passes with 100 % for 5 of 5 seeds, so this file tests what
+it is meant to test: the target-layer choice, token order, class-token drop and grid of
+the reshape. The negative controls below show that a wrong grid (transposed) or an
+untrained ViT fails the same criteria.
 """
 import numpy as np
 import pytest
@@ -16,6 +33,7 @@ SIZE = 64
 RADIUS = 4.0
 GRID = 8
 TOL = SIZE / 10
+FAMILIES = ["tiny_vgg", "tiny_regnet", "tiny_vit"]
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +45,36 @@ def cells():
     return train, test
 
 
-def _train(arch, train, max_steps=300, lr=3e-3):
+def _vit_without_layernorm(n_classes):
+    """``tiny_vit``'s torchvision ViT (1 block, patch 8, width 48) with LayerNorm replaced by Identity."""
+    import torch.nn as nn
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=SIZE, patch_size=GRID, num_layers=1, num_heads=2, hidden_dim=48,
+                             mlp_dim=96, num_classes=n_classes, norm_layer=lambda dim: nn.Identity())
+
+
+def _build(arch, train):
     import torch
 
     from napari_sickle.models.bm import build_bm_model
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
     x = torch.from_numpy(train.images).permute(0, 3, 1, 2).float() / 255
     mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
     model = build_bm_model(arch, train.class_names, pretrained=False, input_size=SIZE,
                            mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+    if arch == "tiny_vit":
+        model.module = _vit_without_layernorm(len(train.class_names))
+    return model, (x - mean[:, None, None]) / std[:, None, None]
+
+
+def _train(arch, train, max_steps=300, lr=3e-3):
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model, xn = _build(arch, train)
     net = model.module
-    xn = (x - mean[:, None, None]) / std[:, None, None]
     y = torch.from_numpy(train.labels).long()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for step in range(max_steps):
@@ -49,13 +84,25 @@ def _train(arch, train, max_steps=300, lr=3e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (step + 1) % 50 == 0:
+        if (step + 1) % 25 == 0:
             net.eval()
             with torch.no_grad():
                 if float((net(xn).argmax(1) == y).float().mean()) >= 0.99:
                     break
     net.eval()
     return model
+
+
+@pytest.fixture(scope="module")
+def trained(cells):
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            cache[arch] = _train(arch, cells[0])
+        return cache[arch]
+
+    return get
 
 
 def _near(heatmaps, centres, radius):
@@ -66,24 +113,49 @@ def _near(heatmaps, centres, radius):
     return np.asarray(out)
 
 
-VIT_KNOWN_FAILURE = pytest.mark.xfail(
-    run=False, strict=False,
-    reason="measured 2026-11-22 (scratch copy of this loop, 400 Adam steps, lr 1e-3): the 1-layer tiny ViT "
-           "learns the task (held-out accuracy 0.97) but the Grad-CAM peak on encoder.layers[-1].ln_1 lands on "
-           "the class granule in only 12 % of cells (distractor 9 %); not run because it takes minutes on 2 cores")
-
-
-@pytest.mark.parametrize("arch", ["tiny_vgg", "tiny_regnet", pytest.param("tiny_vit", marks=VIT_KNOWN_FAILURE)])
-def test_heatmap_peak_on_class_feature(arch, cells):
+def _check(model, test):
+    """Held-out accuracy, fraction of peaks on the class granule, fraction on the distractor."""
     from napari_sickle.analysis.bm import explain
 
-    train, test = cells
-    model = _train(arch, train)
     out = explain(list(test.images), model, method="gradcam", device="cpu", faithfulness=None)
     assert all(h.shape == (SIZE, SIZE) for h in out.heatmaps)
     accuracy = float((out.predicted == test.labels).mean())
+    hits = _near(out.heatmaps, test.marker_centres, test.marker_radius).mean()
+    on_distractor = _near(out.heatmaps, test.distractor_centres, test.marker_radius).mean()
+    return accuracy, float(hits), float(on_distractor)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_heatmap_peak_on_class_feature(arch, cells, trained):
+    model = trained(arch)
+    accuracy, hits, on_distractor = _check(model, cells[1])
     assert accuracy >= 0.9, f"{arch} did not learn the task (held-out accuracy {accuracy:.2f})"
-    hits = _near(out.heatmaps, test.marker_centres, test.marker_radius)
-    on_distractor = _near(out.heatmaps, test.distractor_centres, test.marker_radius)
-    assert hits.mean() >= 0.8, f"{arch}: heatmap peak on the class feature in only {hits.mean():.0%} of cells"
-    assert on_distractor.mean() <= 0.2, f"{arch}: heatmap peak on the distractor in {on_distractor.mean():.0%}"
+    assert hits >= 0.8, f"{arch}: heatmap peak on the class feature in only {hits:.0%} of cells"
+    assert on_distractor <= 0.2, f"{arch}: heatmap peak on the distractor in {on_distractor:.0%}"
+
+
+def test_vit_wrong_reshape_fails(cells, trained):
+    """Negative control: the same trained ViT with a transposed token grid misses the granule."""
+    model = trained("tiny_vit")
+    right = model.reshape_transform()
+
+    def transposed():
+        return lambda tokens: right(tokens).transpose(2, 3)
+
+    model.reshape_transform = transposed  # instance attribute: explain() picks it up
+    try:
+        _, hits, _ = _check(model, cells[1])
+    finally:
+        del model.reshape_transform
+    assert hits < 0.5, f"a transposed ViT grid still put the peak on the granule in {hits:.0%} of cells"
+
+
+def test_untrained_vit_fails(cells):
+    """Negative control: the product's ViT CAM on an untrained ViT does not find the granule."""
+    import torch
+
+    torch.manual_seed(0)
+    model, _ = _build("tiny_vit", cells[0])
+    model.module.eval()
+    _, hits, _ = _check(model, cells[1])
+    assert hits < 0.5, f"an untrained ViT put the peak on the class granule in {hits:.0%} of cells"

@@ -11,7 +11,7 @@ import pytest
 from napari_sickle.constants import RBC_TYPES
 from napari_sickle.train import main
 
-TINY_ML = ["--threads", "1", "--input-size", "32", "--batch-size", "16", "-o", "pretrained=False"]
+TINY_ML = ["--threads", "1", "--input-size", "32", "--batch-size", "16", "-o", "pretrained=False", "-o", "compose=4"]
 
 
 def _write_png(path: Path, arr) -> None:
@@ -139,6 +139,37 @@ def test_unknown_option_value_parsing():
                                       "augment=false", "--lr", "0.01"])
     kw = build_kwargs(args, None, None)
     assert kw["base"] == 8 and kw["augment"] is False and kw["lr"] == 0.01 and kw["resume"] is None
+
+
+def test_multilabel_default_composes_patches_from_training_crops_only(crops_root, tmp_path, monkeypatch):
+    """On class folders, `train multilabel` composes multi-cell patches by default: training
+    patches from training crops, validation patches from validation crops, never mixed."""
+    import napari_sickle.data.compose as compose
+    import napari_sickle.training.multilabel as ml
+    from napari_sickle.models.checkpoint import load_checkpoint
+
+    used = []
+    real = compose.compose_patches
+
+    def spy(crops, n, *a, **k):
+        used.append(({c.path for c in crops}, n, k.get("min_cells")))
+        return real(crops, n, *a, **k)
+
+    monkeypatch.setattr(compose, "compose_patches", spy)
+    monkeypatch.setattr(ml, "DEFAULT_COMPOSE", 10)  # the default (1,500) with 10 patches for speed
+    logs = []
+    r = ml.train_multilabel(str(crops_root), tmp_path / "run", epochs=2, input_size=32, batch_size=16,
+                            pretrained=False, log=logs.append)
+    (train_paths, n_train, min_cells), (val_paths, n_val, _) = used
+    assert (n_train, n_val, min_cells) == (10, 2, 2)
+    assert train_paths and val_paths and not train_paths & val_paths
+    ck = load_checkpoint(r["checkpoint"], kind="multilabel")
+    assert ck["recipe"]["composed_patches"] == {"train": 10, "val": 2}
+    assert ck["config"]["pool"] == "avgmax-s4" and ck["config"]["crop"] == "pad"
+    epochs = [e for e in logs if e.get("event") == "epoch"]
+    assert epochs[0]["metric_name"] == "val_exact_match"
+    assert 0 <= epochs[0]["multi_exact_match_accuracy"] <= 1 and 0 <= epochs[0]["single_exact_match_accuracy"] <= 1
+    assert r["metrics"]["val"]["n"] == 3 + 2  # 3 validation crops (20 % of 12) + 2 validation patches
 
 
 def test_table1_protocol_on_tiny_crops(crops_root, tmp_path, capsys):

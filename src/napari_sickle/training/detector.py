@@ -15,7 +15,16 @@ Data (``data``):
 
 Recipe: images are resized by the detector's ``scale`` (CPU default 0.5), the network trains
 on random ``crop_size`` crops (random flips, colour jitter), AdamW (lr 1e-4 by default), batch 2; validation AP50 on whole
-images after every epoch; ``best.pt`` keeps the best AP50.
+images after every epoch; ``best.pt`` keeps the best AP50. With VOC ``train.txt``/``val.txt`` the
+validation images are a ``val_fraction`` part of the train split (``validate_on="train"``, the
+default), so ``val.txt`` stays an unseen test split; ``validate_on="val"`` validates on it.
+
+Options for composed smears: ``cluster_fraction`` (compose_smear's share of cells placed touching
+another; training smears only) and ``region_merge`` (True or a dict of
+``models.detector.REGION_MERGE_DEFAULTS`` keys): store the "one box per connected region"
+post-processing in the checkpoint, so validation, ``evaluate`` and ``analyze_smear`` all apply it.
+Leave it off for per-cell boxes (BCCD). ``evaluate_detector(..., region_merge=False)`` scores
+the raw detections of such a model.
 """
 from __future__ import annotations
 

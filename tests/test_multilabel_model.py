@@ -1,0 +1,81 @@
+"""Multi-label RBC model pieces: padded (aspect- and scale-preserving) crops, pooling
+variants, feature standardisation and loading checkpoints written before these options."""
+import numpy as np
+import pytest
+import torch
+
+from napari_sickle.models.multilabel import (
+    RBCClassifier,
+    feature_dim,
+    new_classifier,
+    padded_crops_from_boxes,
+)
+
+
+def _unnormalise(t):
+    from napari_sickle.constants import IMAGENET_MEAN, IMAGENET_STD
+
+    m = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    s = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((t * s + m) * 255).permute(1, 2, 0).numpy()
+
+
+def test_padded_crop_keeps_aspect_ratio_and_fills_with_border_colour():
+    img = np.full((100, 200, 3), 200, np.uint8)
+    img[40:60, 20:80] = 50  # a 60 x 20 dark bar inside the box below
+    box = [[10, 30, 90, 70]]  # 80 x 40 box: border pixels are all background (200)
+    crop = _unnormalise(padded_crops_from_boxes(img, box, size=40, min_side=0)[0])
+    dark = crop[..., 0] < 125
+    rows, cols = np.nonzero(dark.any(1))[0], np.nonzero(dark.any(0))[0]
+    # the 80 px box side becomes 40 px: the bar is 30 x 10, not stretched to a square
+    assert 28 <= len(cols) <= 32 and 9 <= len(rows) <= 12
+    assert np.allclose(crop[:5, :, 0], 200, atol=2)  # padding rows have the border colour
+
+
+def test_padded_crop_min_side_keeps_small_cells_at_native_scale():
+    img = np.full((64, 64, 3), 210, np.uint8)
+    img[22:42, 22:42] = 60  # a 20 px cell
+    small = _unnormalise(padded_crops_from_boxes(img, [[17, 17, 47, 47]], size=40, min_side=40)[0])
+    assert 19 <= (small[..., 0] < 135).any(1).sum() <= 21  # 30 px box on a 40 px canvas: scale 1
+    stretched = _unnormalise(padded_crops_from_boxes(img, [[17, 17, 47, 47]], size=40, min_side=0)[0])
+    assert (stretched[..., 0] < 135).any(1).sum() >= 25  # without min_side the cell is enlarged
+
+
+@pytest.mark.parametrize("pool", ["avg", "avgmax", "avgmax-s4"])
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet18"])
+def test_pooling_feature_sizes(pool, backbone):
+    clf = new_classifier(backbone, input_size=64, pretrained=False, pool=pool)
+    img = np.full((64, 256, 3), 180, np.uint8)
+    f = clf.features(clf.crops(img, [[0, 0, 64, 64], [0, 0, 256, 64]]))
+    assert f.shape == (2, feature_dim(backbone, pool))
+    assert torch.isfinite(f).all()
+
+
+def test_checkpoint_round_trip_with_standardisation_and_old_format():
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False)
+    assert clf.config["pool"] == "avgmax-s4" and clf.config["crop"] == "pad" and clf.config["standardize"]
+    feats = torch.randn(20, feature_dim("efficientnet-lite0", "avgmax-s4")) * 3 + 5
+    clf.net.heads.set_standardization(feats)
+    img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    p = clf.predict_boxes(img, [[0, 0, 70, 50]])
+    again = RBCClassifier.from_checkpoint(clf.to_checkpoint())
+    assert np.allclose(again.predict_boxes(img, [[0, 0, 70, 50]]), p, atol=1e-6)
+    assert torch.allclose(again.net.heads.feat_mean, feats.mean(0))
+    # a checkpoint written before pool/crop/standardize existed loads with the old behaviour
+    old = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, pool="avg", crop="stretch",
+                         standardize=False).to_checkpoint()
+    for key in ("pool", "crop", "min_side", "standardize"):
+        old["config"].pop(key)
+    loaded = RBCClassifier.from_checkpoint(old)
+    assert loaded.pool == "avg" and loaded.features(loaded.crops(img, [[0, 0, 70, 50]])).shape == (1, 1280)
+
+
+def test_unknown_pool_is_a_clear_error():
+    from napari_sickle.models.checkpoint import CheckpointError
+
+    with pytest.raises(ValueError, match="unknown pooling 'gem'"):
+        new_classifier("efficientnet-lite0", input_size=32, pretrained=False, pool="gem")
+    ck = new_classifier("efficientnet-lite0", input_size=32, pretrained=False).to_checkpoint()
+    ck["config"]["pool"] = "gem"
+    with pytest.raises(CheckpointError, match="unknown pooling 'gem'"):
+        RBCClassifier.from_checkpoint(ck)

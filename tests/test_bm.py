@@ -261,3 +261,17 @@ def test_training_validation_equals_evaluate_on_the_same_cells(tmp_path):
     ev = evaluate_bm(res["checkpoint"], str(d), device="cpu", split="heldout")
     for key in ("macro_f1", "accuracy", "macro_precision", "macro_recall", "n", "per_class"):
         assert ev[key] == res["metrics"][key] == model.metrics[key], key
+
+
+def test_plateau_scheduler_starts_afresh_after_the_head_warmup(tmp_path):
+    """Head-only warm-up epochs must not count towards the fine-tuning phase's plateau patience."""
+    import torch
+
+    from napari_sickle.training.bm import train_bm
+
+    logs = []
+    train_bm("simulated", tmp_path, epochs=3, backbone="tiny_vgg", device="cpu", n_per_class=5, input_size=32,
+             batch_size=8, lr=0.01, warmup_epochs=2, log=logs.append)
+    assert [r["phase"] for r in logs if r["event"] == "epoch"] == ["head", "head", "all"]
+    sched = torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["scheduler"]
+    assert sched["last_epoch"] == 1  # only the one fine-tuning epoch was seen by this scheduler

@@ -163,3 +163,38 @@ def test_evaluate_segmentation_on_bbbc041_fixture(fixtures_dir):
         assert 0.8 < out[m]["dice"] <= 1.0
     # splitting touching cells is what watershed is for
     assert out["watershed"]["instance_f1_50"] > out["connected_components"]["instance_f1_50"]
+
+
+def test_watershed_at_half_resolution_matches_full_resolution(sim_small):
+    """work_factor=2 (the fast path) finds the same cells with full-resolution outlines."""
+    from napari_sickle.analysis.seg_metrics import segmentation_metrics
+
+    full = segment_watershed(sim_small.image, work_factor=1)
+    half = segment_watershed(sim_small.image, work_factor=2)
+    assert half.shape == full.shape and half.dtype == np.int32
+    m = segmentation_metrics(half, full)
+    assert m.dice > 0.99 and m.instance_f1_50 > 0.95
+    # the outline follows the full-resolution threshold: no object pixel outside it
+    from napari_sickle.analysis.segmentation import foreground_mask
+
+    assert not (half > 0)[~foreground_mask(sim_small.image)].any()
+
+
+def test_small_border_objects_are_dropped():
+    """Mostly cut-off cells at the image border go; big border cells and inner cells stay."""
+    from napari_sickle.analysis.segmentation import drop_small_border_objects, unet_probabilities_to_instances
+
+    lab = np.zeros((100, 160), np.int32)
+    lab[40:60, 40:60] = 1  # inner, 400 px
+    lab[40:60, 80:100] = 2  # inner, 400 px
+    lab[0:5, 120:140] = 3  # border, 100 px = 0.25 of typical
+    lab[80:100, 0:18] = 4  # border, 360 px = 0.9 of typical
+    out = drop_small_border_objects(lab, 0.5)
+    assert set(np.unique(out)) == {0, 1, 2, 4}
+    assert np.array_equal(drop_small_border_objects(lab, 0.0), lab)
+    # the same rule inside the U-Net post-processing
+    probs = np.zeros((3,) + lab.shape, np.float32)
+    probs[0] = lab == 0
+    probs[1] = lab > 0
+    inst = unet_probabilities_to_instances(probs, min_size=10, seeds="components", border_min_fraction=0.5)
+    assert inst.max() == 3 and not inst[0:5, 120:140].any()

@@ -82,3 +82,28 @@ def test_train_on_image_mask_folder_and_evaluate(tmp_path):
     assert out["n_images"] == 1
     for m in ("watershed", "unet", "connected_components"):
         assert 0.0 <= out[m]["dice"] <= 1.0 and "instance_f1_50" in out[m] and "count_error" in out[m]
+
+
+def test_unannotated_border_cells_are_ignored_in_the_loss():
+    """A cut cell at the border missing from the mask becomes IGNORE, not background;
+    the border rule is fitted from annotated vs omitted border cells."""
+    from napari_sickle.training.unet import IGNORE, _prepare, border_objects, fit_border_fraction
+
+    shape = (160, 240)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 220.0)
+    gt = np.zeros(shape, np.int32)
+    cells = [(80, 60, True), (80, 150, True), (5, 200, False), (150, 100, True)]  # (cy, cx, annotated)
+    for k, (cy, cx, annotated) in enumerate(cells, start=1):
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= 22**2
+        img[d] = 90
+        if annotated:
+            gt[d] = k
+    img = np.clip(img + np.random.default_rng(0).normal(0, 3, shape), 0, 255).astype(np.uint8)
+    ignore, records = border_objects(img, gt)
+    assert ignore[5, 200] and not ignore[80, 60] and not ignore[40, 20]
+    assert sorted(a for _, a in records) == [False, True]  # the cut top cell and the annotated bottom one
+    x, t = _prepare(img, gt, 0.5, ignore)
+    assert x.shape == (3, 80, 120) and t[2, 100] == IGNORE and t[40, 30] == 1 and t[40, 5] == 0
+    assert 0.0 < fit_border_fraction(records) <= max(r for r, a in records if a)
+    assert fit_border_fraction([]) == 0.0

@@ -437,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = get_trainer(args.kind)
         out.mkdir(parents=True, exist_ok=True)
         ctx = ddp_glue.init_from_env(args.device)
+        if args.kind != PROTOCOL:  # rank 0's resume decision for all (a node may not see OUT yet)
+            args.resume = ddp_glue.broadcast(args.resume)
         n_bad, bad = count_unreadable(args.data) if ddp_glue.is_main() else (0, [])
         rep.emit("start", kind=args.kind, data=str(args.data), out=str(out), epochs=args.epochs,
                  device=args.device, backbone=args.backbone, seed=args.seed, resume=getattr(args, "resume", None),

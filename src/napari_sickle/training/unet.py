@@ -32,7 +32,7 @@ DEFAULTS = dict(
     scale=0.25,
     crop=128,
     batch_size=8,
-    steps_per_epoch=15,
+    steps_per_epoch=20,
     lr=3e-3,
     weight_decay=1e-4,
     class_weights=(1.0, 1.0, 3.0),
@@ -45,7 +45,7 @@ DEFAULTS = dict(
     dice_weight=1.0,
     ignore_border=True,
     border_rule=True,
-    val_every=1,
+    val_every=4,
 )
 IGNORE = 255
 DEFAULT_EPOCHS = 16

@@ -4,7 +4,8 @@
 
 The smear (simulate_smear seed 7) is made once; each method then runs in its own subprocess
 so that its peak resident memory (ru_maxrss, which includes the ~imports of torch/skimage,
-shown as rss_before_mb) is its own.
+shown as rss_before_mb) is its own. Wall and CPU seconds are both reported: on a loaded
+machine the wall time includes waiting for a core.
 Without --model the U-Net timing uses randomly initialised weights of the default
 architecture (time does not depend on the weights). Prints one JSON object.
 """
@@ -47,15 +48,17 @@ def _child(method: str, model: str | None, threads: int, repeats: int, image: st
         def fn():
             return segment_connected_components(img)
     fn()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         lab = fn()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "seconds_median": round(float(np.median(times)), 3),
         "seconds_all": [round(t, 3) for t in times],
+        "cpu_seconds_median": round(float(np.median(cpu)), 3),
         "objects": int(lab.max()),
         "peak_rss_mb": round(peak, 1),
         "rss_before_mb": round(base, 1),

@@ -5,8 +5,17 @@
 2. Border convention: how many GT cells touch the image border, and watershed with and
    without ``skimage.segmentation.clear_border`` on the 6 held-out images.
 
-    .venv/bin/python benchmarks/seg_diagnostics.py
+3. With ``--model best.pt``: where that U-Net loses foreground Dice on its held-out images
+   (the checkpoint's ``test_images``): false foreground in a 4 px band around true outlines
+   (outline placement), false foreground in predicted objects with < 20 % ground truth
+   (cells the annotators left out; "at edge" = touching the image border), missed
+   foreground, and Dice / F1@0.5 with every object touching the image border left out of
+   both prediction and ground truth.
+
+    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt]
 """
+import argparse
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -20,8 +29,51 @@ from napari_sickle.training.unet import _targets
 HELD_OUT = ["00a02700", "00d04a90", "0ab56f9a", "0ac747cd", "0d7bf56f", "0dcca702"]
 
 
-def main():
-    torch.set_num_threads(2)
+def model_breakdown(model):
+    from scipy import ndimage as ndi
+
+    from napari_sickle.analysis.segmentation import segment_unet
+    from napari_sickle.models.checkpoint import load_checkpoint
+    from napari_sickle.models.unet import load_unet
+
+    ck = load_checkpoint(model, kind="unet")
+    net = load_unet(ck)
+    names = set(ck["recipe"]["test_images"])
+    rows = []
+    for ip, mp in scan_pairs(sickle_data_dir() / "bbbc041seg"):
+        if ip.stem not in names:
+            continue
+        img, gt = _read_pair(ip, mp, 30)
+        lab = segment_unet(img, net, device="cpu")
+        m = segmentation_metrics(lab, gt)
+        p, g = lab > 0, gt > 0
+        n = g.sum()
+        band = ndi.binary_dilation(g, iterations=4) & ~ndi.binary_erosion(g, iterations=4)
+        fp, fn = p & ~g, g & ~p
+        ids = np.unique(lab[p])
+        cov = np.asarray(ndi.mean(g, lab, ids))
+        orphan = np.isin(lab, ids[cov < 0.2])
+        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        mi = segmentation_metrics(clear_border(lab), clear_border(gt))
+        rows.append((m.dice, m.instance_f1_50, mi.dice, mi.instance_f1_50))
+        print(f"{ip.stem[:8]}: U-Net Dice {m.dice:.3f} F1 {m.instance_f1_50:.3f} | false fg {fp.sum() / n:.3f} of GT area "
+              f"(outline band {(fp & band).sum() / n:.3f}, unannotated objects {orphan.sum() / n:.3f}, "
+              f"at edge {(orphan & np.isin(lab, edge)).sum() / n:.3f}) | missed {fn.sum() / n:.3f} "
+              f"(outline band {(fn & band).sum() / n:.3f}) | border objects left out: Dice {mi.dice:.3f} "
+              f"F1 {mi.instance_f1_50:.3f}", flush=True)
+    a = np.mean(rows, axis=0)
+    print(f"mean: Dice {a[0]:.3f} F1 {a[1]:.3f} | border objects left out: Dice {a[2]:.3f} F1 {a[3]:.3f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="U-Net checkpoint: break down its Dice loss on its test_images")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.model:
+        model_breakdown(args.model)
+        return
     pairs = [p for p in scan_pairs(sickle_data_dir() / "bbbc041seg") if p[0].stem[:8] in HELD_OUT]
     items = [(ip.stem[:8], *_read_pair(ip, mp, 30)) for ip, mp in pairs]
     for scale in (0.25, 0.5):

@@ -29,7 +29,7 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/unet_bbbc041")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--holdout", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU)")
     ap.add_argument("--skip-training", action="store_true", help="only evaluate OUT/best.pt")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

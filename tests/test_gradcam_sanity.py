@@ -12,8 +12,10 @@ the CAM, not the training recipe, which tests/test_bm.py covers), then the produ
 Pass criteria, fixed before any measurement: held-out accuracy >= 0.9; heatmap peak
 within ``radius + 6.4`` px of the class granule for >= 80 % of cells; on the distractor
 for <= 20 %. 80 %: a peak dropped at random in the cell lands that close to the granule
-about 15 % of the time, on one of the two granules at random 50 %; all three families
-measured 91-100 % (docs/bm.md), so 80 % leaves margin without admitting a coin flip.
+about 15 % of the time, on one of the two granules at random 50 %; with seed 0 the three
+families measured 91-100 % (docs/bm.md). Added for the ViT after measuring: its peak must
+also lie inside the granule (within its radius) for >= 80 % of cells, because a token grid
+off by one token still lands within ``radius + 6.4`` px (measured: 84 %).
 
 The ViT is torchvision's ``VisionTransformer`` with the ``tiny_vit`` sizes (1 block, patch
 8, width 48) but **without LayerNorm** (``norm_layer=Identity``). With LayerNorm, a
@@ -23,8 +25,8 @@ learning rate and marker size tried (docs/bm.md): LayerNorm is scale-invariant, 
 first-order (gradient) view of the class token's path is not faithful in such a shallow
 net. Without it, the same net passes with 100 % for 5 of 5 seeds, so this file tests what
 it is meant to test: the target-layer choice, token order, class-token drop and grid of
-the reshape. The negative controls below show that a wrong grid (transposed) or an
-untrained ViT fails the same criteria.
+the reshape. The negative controls below show that the same trained ViT with a wrong grid
+(transposed, or the class token kept instead of dropped) fails these criteria.
 """
 import numpy as np
 import pytest
@@ -79,7 +81,7 @@ def _build(arch, train):
     return model, (x - mean[:, None, None]) / std[:, None, None]
 
 
-def _train(arch, train, max_steps=300, lr=3e-3, seed=0, min_steps=0):
+def _train(arch, train, max_steps=300, lr=3e-3, seed=0):
     import torch
 
     torch.manual_seed(seed)
@@ -94,7 +96,7 @@ def _train(arch, train, max_steps=300, lr=3e-3, seed=0, min_steps=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (step + 1) % 25 == 0 and step + 1 >= min_steps:
+        if (step + 1) % 25 == 0:
             net.eval()
             with torch.no_grad():
                 if float((net(xn).argmax(1) == y).float().mean()) >= 0.99:
@@ -115,16 +117,17 @@ def trained(cells):
     return get
 
 
-def _near(heatmaps, centres, radius):
+def _near(heatmaps, centres, radius, tol=TOL):
     out = []
     for h, c in zip(heatmaps, centres):
         pk = np.unravel_index(np.argmax(h), h.shape)
-        out.append(np.hypot(pk[0] - c[0], pk[1] - c[1]) <= radius + TOL)
+        out.append(np.hypot(pk[0] - c[0], pk[1] - c[1]) <= radius + tol)
     return np.asarray(out)
 
 
 def _check(model, test):
-    """Held-out accuracy, fraction of peaks on the class granule, fraction on the distractor."""
+    """Held-out accuracy and the fractions of peaks near the class granule, on the distractor,
+    and on the class granule itself (within its radius)."""
     from napari_sickle.analysis.bm import explain
 
     out = explain(list(test.images), model, method="gradcam", device="cpu", faithfulness=None)
@@ -132,40 +135,41 @@ def _check(model, test):
     accuracy = float((out.predicted == test.labels).mean())
     hits = _near(out.heatmaps, test.marker_centres, test.marker_radius).mean()
     on_distractor = _near(out.heatmaps, test.distractor_centres, test.marker_radius).mean()
-    return accuracy, float(hits), float(on_distractor)
+    on_granule = _near(out.heatmaps, test.marker_centres, test.marker_radius, tol=0).mean()
+    return accuracy, float(hits), float(on_distractor), float(on_granule)
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_heatmap_peak_on_class_feature(arch, cells, trained):
     model = trained(arch)
-    accuracy, hits, on_distractor = _check(model, cells[1])
+    accuracy, hits, on_distractor, on_granule = _check(model, cells[1])
     assert accuracy >= 0.9, f"{arch} did not learn the task (held-out accuracy {accuracy:.2f})"
     assert hits >= 0.8, f"{arch}: heatmap peak on the class feature in only {hits:.0%} of cells"
     assert on_distractor <= 0.2, f"{arch}: heatmap peak on the distractor in {on_distractor:.0%}"
+    if arch == "tiny_vit":
+        # one token = one 8x8 patch = the granule's tile: a grid off by one token (e.g. the
+        # class token kept) moves the peak 8 px, still within radius + 6.4, so also ask for
+        # the peak on the granule itself
+        assert on_granule >= 0.8, f"ViT: heatmap peak inside the granule in only {on_granule:.0%} of cells"
 
 
-def test_vit_wrong_reshape_fails(cells, trained):
-    """Negative control: the same trained ViT with a transposed token grid misses the granule."""
+WRONG_GRIDS = {
+    # (B, 1 + 64, C) tokens -> (B, C, 8, 8) maps, each with one mistake
+    "transposed": lambda right: (lambda tokens: right(tokens).transpose(2, 3)),
+    "class token kept": lambda right: (
+        lambda tokens: tokens[:, :-1].reshape(tokens.shape[0], GRID, GRID, -1).permute(0, 3, 1, 2)),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(WRONG_GRIDS))
+def test_vit_wrong_reshape_fails(mistake, cells, trained):
+    """Negative control: the same trained ViT with a wrong token grid fails the ViT criteria."""
     model = trained("tiny_vit")
-    right = model.reshape_transform()
-
-    def transposed():
-        return lambda tokens: right(tokens).transpose(2, 3)
-
-    model.reshape_transform = transposed  # instance attribute: explain() picks it up
+    wrong = WRONG_GRIDS[mistake](model.reshape_transform())
+    model.reshape_transform = lambda: wrong  # instance attribute: explain() picks it up
     try:
-        _, hits, _ = _check(model, cells[1])
+        _, hits, _, on_granule = _check(model, cells[1])
     finally:
         del model.reshape_transform
-    assert hits < 0.5, f"a transposed ViT grid still put the peak on the granule in {hits:.0%} of cells"
-
-
-def test_untrained_vit_fails(cells):
-    """Negative control: the product's ViT CAM on an untrained ViT does not find the granule."""
-    import torch
-
-    torch.manual_seed(0)
-    model, _ = _build("tiny_vit", cells[0])
-    model.module.eval()
-    _, hits, _ = _check(model, cells[1])
-    assert hits < 0.5, f"an untrained ViT put the peak on the class granule in {hits:.0%} of cells"
+    assert min(hits, on_granule) < 0.5, (
+        f"ViT with a {mistake} grid still passed: peak near the granule {hits:.0%}, inside it {on_granule:.0%}")

@@ -201,6 +201,10 @@ def target_layers(module, arch: str) -> list:
     if fam == "regnet":
         return [module.trunk_output[-1]]
     if fam == "vit":
+        # pytorch-grad-cam's ViT recipe: the input norm of the last block (the last block's
+        # patch-token outputs never reach the class token, so their gradients are zero).
+        # Measured: reliable on a LayerNorm-free 1-block ViT; NOT on a LayerNorm 1-block ViT
+        # trained from scratch (docs/bm.md, "Grad-CAM sanity test").
         return [module.encoder.layers[-1].ln_1]
     if fam == "efficientnet":
         return [module.bn2]

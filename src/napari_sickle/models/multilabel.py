@@ -32,7 +32,7 @@ from ..constants import ABNORMAL_TYPES, IMAGENET_MEAN, IMAGENET_STD, RBC_TYPES
 #: ``input_size`` falls back to; new models use ``DEFAULT_INPUT_SIZE``.
 PAPER_INPUT_SIZE = 224
 CPU_INPUT_SIZE = 64
-DEFAULT_INPUT_SIZE = 128
+DEFAULT_INPUT_SIZE = 192
 HIDDEN = 512
 #: pooling of the backbone feature maps (see the module docstring)
 POOLS = ("avg", "avgmax", "avgmax-s4")

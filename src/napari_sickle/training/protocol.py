@@ -14,7 +14,7 @@
   the abnormal accuracy (abnormal = any type other than Oval/Disc).
 
 The model recipe is the one ``train multilabel`` uses by default (``models.multilabel``
-defaults: padded crops at 128 px, ``avgmax-s4`` pooling, standardised features; 1,500
+defaults: padded crops at 192 px, ``avgmax-s4`` pooling, standardised features; 1,500
 training patches of 2-4 cells per fold, ``training.multilabel.DEFAULT_COMPOSE``). Features
 come from the frozen ImageNet backbone, computed once per image and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
@@ -100,7 +100,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
                  log=None, input_size: int | None = None, n_train_patches: int | None = None,
                  n_test_patches: int = 200, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
                  batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
-                 standardize: bool = True, **_ignored) -> dict:
+                 standardize: bool = True, head_batch_size: int | None = None, **_ignored) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
     with ``metrics`` (mean over folds) and ``report`` (per fold and mean)."""
     from sklearn.model_selection import StratifiedKFold
@@ -108,7 +108,8 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     from .._device import resolve_device
     from ..data.compose import compose_patches
     from ..models import multilabel as mlm
-    from .multilabel import DEFAULT_COMPOSE, DEFAULT_EPOCHS, fit_abnormal_model, multilabel_metrics
+    from .multilabel import (DEFAULT_COMPOSE, DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, fit_abnormal_model,
+                             multilabel_metrics)
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -128,7 +129,8 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     X_single, y_single = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops],
                                    "single", progress, "features: single cells")
     dim = X_single.shape[1]
-    fit = dict(epochs=head_epochs, lr=lr, batch_size=int(batch_size), standardize=bool(standardize))
+    fit = dict(epochs=head_epochs, lr=lr, batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
+               standardize=bool(standardize))
 
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     per_fold = []

@@ -12,7 +12,13 @@
    foreground, and Dice / F1@0.5 with every object touching the image border left out of
    both prediction and ground truth.
 
-    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt]
+4. ``--border-stats``: over all 24 images, how often a watershed object touching the border
+   is annotated, by its area relative to a typical cell (the convention behind the U-Net's
+   border rule, ``training.unet.border_objects``).
+5. ``--watershed-check``: watershed at full resolution (``work_factor=1``) vs the default
+   fast path on 3 simulated 1920x1080 smears and all 24 BBBC041 images (Dice, F1@0.5, CPU s).
+
+    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt] [--border-stats] [--watershed-check]
 """
 import argparse
 
@@ -65,14 +71,60 @@ def model_breakdown(model):
     print(f"mean: Dice {a[0]:.3f} F1 {a[1]:.3f} | border objects left out: Dice {a[2]:.3f} F1 {a[3]:.3f}")
 
 
+def border_stats():
+    from napari_sickle.training.unet import border_objects
+
+    recs = []
+    for ip, mp in scan_pairs(sickle_data_dir() / "bbbc041seg"):
+        img, gt = _read_pair(ip, mp, 30)
+        recs += border_objects(img, gt)[1]
+    a = np.array([r for r, _ in recs])
+    y = np.array([b for _, b in recs])
+    for lo, hi in [(0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0), (1.0, 99)]:
+        s = (a >= lo) & (a < hi)
+        print(f"border objects with area {lo}-{hi} x typical cell: n {s.sum():3d}, annotated {y[s].mean():.2f}", flush=True)
+
+
+def watershed_check():
+    import time
+
+    from napari_sickle.analysis.seg_metrics import as_instances
+    from napari_sickle.data.simulate import simulate_smear
+
+    items = []
+    for s in (7, 1000, 1001):
+        sm = simulate_smear(seed=s, shape=(1080, 1920))
+        items.append((sm.image, as_instances(sm.instances)))
+    for ip, mp in scan_pairs(sickle_data_dir() / "bbbc041seg"):
+        items.append(_read_pair(ip, mp, 30))
+    for k in (1, "auto"):
+        r = []
+        for img, gt in items:
+            c = time.process_time()
+            lab = segment_watershed(img, work_factor=k)
+            c = time.process_time() - c
+            m = segmentation_metrics(lab, gt)
+            r.append((m.dice, m.instance_f1_50, c))
+        a = np.array(r)
+        print(f"work_factor={k}: simulated Dice {a[:3, 0].mean():.3f} F1 {a[:3, 1].mean():.3f} CPU {a[:3, 2].mean():.2f} s"
+              f" | BBBC041 (24) Dice {a[3:, 0].mean():.3f} F1 {a[3:, 1].mean():.3f} CPU {a[3:, 2].mean():.2f} s", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="U-Net checkpoint: break down its Dice loss on its test_images")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--border-stats", action="store_true")
+    ap.add_argument("--watershed-check", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.model:
-        model_breakdown(args.model)
+    if args.model or args.border_stats or args.watershed_check:
+        if args.model:
+            model_breakdown(args.model)
+        if args.border_stats:
+            border_stats()
+        if args.watershed_check:
+            watershed_check()
         return
     pairs = [p for p in scan_pairs(sickle_data_dir() / "bbbc041seg") if p[0].stem[:8] in HELD_OUT]
     items = [(ip.stem[:8], *_read_pair(ip, mp, 30)) for ip, mp in pairs]

@@ -275,3 +275,10 @@ def test_plateau_scheduler_starts_afresh_after_the_head_warmup(tmp_path):
     assert [r["phase"] for r in logs if r["event"] == "epoch"] == ["head", "head", "all"]
     sched = torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["scheduler"]
     assert sched["last_epoch"] == 1  # only the one fine-tuning epoch was seen by this scheduler
+
+
+def test_bad_tta_option_is_a_clear_error(tmp_path):
+    from napari_sickle.training.bm import train_bm
+
+    with pytest.raises(ValueError, match="tta must be one of none, flips"):
+        train_bm("simulated", tmp_path, epochs=1, backbone="tiny_vgg", tta="rotate")

@@ -198,3 +198,18 @@ def test_small_border_objects_are_dropped():
     probs[1] = lab > 0
     inst = unet_probabilities_to_instances(probs, min_size=10, seeds="components", border_min_fraction=0.5)
     assert inst.max() == 3 and not inst[0:5, 120:140].any()
+
+
+def test_fill_mask_holes_equals_scipy():
+    from scipy import ndimage as ndi
+
+    from napari_sickle.analysis.segmentation import fill_mask_holes
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        m = ndi.binary_opening(rng.random((67, 91)) < 0.55)
+        assert np.array_equal(fill_mask_holes(m), ndi.binary_fill_holes(m))
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False  # a hole
+    assert fill_mask_holes(ring)[4, 4] and not fill_mask_holes(ring)[0, 0]

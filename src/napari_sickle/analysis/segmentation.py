@@ -78,6 +78,22 @@ def _threshold(gray: np.ndarray, method: str) -> float:
     return float(funcs[method](gray))
 
 
+def fill_mask_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (4-connected background) by labelling the background
+    once: background components that do not reach the image border are holes. Same result,
+    several times faster on large images."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    if mask.size == 0:
+        return mask
+    lab, n = ndi.label(~mask)
+    outside = np.zeros(n + 1, bool)
+    outside[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[lab]
+
+
 def foreground_mask(
     image: np.ndarray,
     threshold_method: str = "otsu",
@@ -86,8 +102,6 @@ def foreground_mask(
     fill_holes: bool = True,
 ) -> np.ndarray:
     """Boolean cell mask by a global threshold. An image without contrast has no cells."""
-    from scipy import ndimage as ndi
-
     if polarity not in ("dark", "bright"):
         raise ValueError("polarity must be 'dark' or 'bright'")
     gray = to_gray(image)
@@ -99,7 +113,7 @@ def foreground_mask(
     thr = _threshold(sub, threshold_method)
     fg = gray < thr if polarity == "dark" else gray > thr
     if fill_holes:
-        fg = ndi.binary_fill_holes(fg)
+        fg = fill_mask_holes(fg)
     return fg
 
 
@@ -186,7 +200,7 @@ def segment_watershed(
     thr = _threshold(sub, threshold_method)
 
     def fg_of(g):
-        return ndi.binary_fill_holes(g < thr if polarity == "dark" else g > thr)
+        return fill_mask_holes(g < thr if polarity == "dark" else g > thr)
 
     if work_factor == "auto":
         r_sub, _ = _auto_sizes(fg_of(sub))

@@ -1,7 +1,7 @@
 """Throughput and memory of the streaming batch analysis against the widget's one-by-one path.
 
     python benchmarks/bench_batch_analyze.py [--n 200] [--folder runs/bench_smears] [--threads 1]
-        [--workers W] [--images-per-batch 4] [--batch-size 256] [--one-by-one 20] [--overlay]
+        [--workers W] [--images-per-batch 4] [--batch-size 64] [--one-by-one 20] [--overlay]
         [--detector D.pt --classifier C.pt] [--prepare-only]
 
 1. Writes ``--n`` 1920x1080 smear PNGs into ``--folder`` (reusing the files already there):
@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--images-per-batch", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--one-by-one", type=int, default=20)
     ap.add_argument("--overlay", action="store_true", help="also write overlay PNGs in the streaming run")
     ap.add_argument("--detector", default=None)

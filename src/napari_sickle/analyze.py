@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--score-threshold", type=float, default=0.5)
     ap.add_argument("--nms-iou", type=float, default=0.5)
     ap.add_argument("--type-threshold", type=float, default=0.5)
-    ap.add_argument("--batch-size", type=int, default=256, help="regions per classifier batch (default 256)")
+    ap.add_argument("--batch-size", type=int, default=64, help="regions per classifier batch (default 64)")
     ap.add_argument("--images-per-batch", type=int, default=4,
                     help="images whose regions are classified together; also the most a crash can lose (default 4)")
     ap.add_argument("--workers", type=int, default=None,

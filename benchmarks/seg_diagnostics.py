@@ -18,7 +18,12 @@
 5. ``--watershed-check``: watershed at full resolution (``work_factor=1``) vs the default
    fast path on 3 simulated 1920x1080 smears and all 24 BBBC041 images (Dice, F1@0.5, CPU s).
 
-    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt] [--border-stats] [--watershed-check]
+6. ``--model M --sweep``: the U-Net post-processing choices on the model's training,
+   validation and held-out images: the border rule's fraction (0, the fitted one, 0.75, 1,
+   every border object dropped) at the foreground threshold 0.5, and the foreground threshold
+   P(background) < t (0.3, 0.4, 0.5, 0.7) with the fitted fraction. Choose on train/val only.
+
+    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt [--sweep]] [--border-stats] [--watershed-check]
 """
 import argparse
 
@@ -110,16 +115,45 @@ def watershed_check():
               f" | BBBC041 (24) Dice {a[3:, 0].mean():.3f} F1 {a[3:, 1].mean():.3f} CPU {a[3:, 2].mean():.2f} s", flush=True)
 
 
+def sweep(model):
+    from napari_sickle.analysis.segmentation import predict_unet_probabilities, unet_probabilities_to_instances
+    from napari_sickle.models.checkpoint import load_checkpoint
+    from napari_sickle.models.unet import load_unet
+
+    ck = load_checkpoint(model, kind="unet")
+    net = load_unet(ck)
+    fitted = float(ck["config"].get("border_min_fraction", 0.0) or 0.0)
+    min_size = int(round(30 / float(ck["config"]["scale"]) ** 2))
+    sets = {k: set(ck["recipe"][k]) for k in ("train_images", "val_images", "test_images")}
+    combos = [(0.5, f) for f in (0.0, fitted, 0.75, 1.0, 99.0)] + [(t, fitted) for t in (0.3, 0.4, 0.7)]
+    res = {}
+    for ip, mp in scan_pairs(sickle_data_dir() / "bbbc041seg"):
+        which = [k for k in sets if ip.stem in sets[k]][0]
+        img, gt = _read_pair(ip, mp, 30)
+        probs = predict_unet_probabilities(img, net, device="cpu")
+        for t, f in combos:
+            q = probs.copy()
+            q[0] = probs[0] - (t - 0.5)  # foreground = P(background) < t
+            m = segmentation_metrics(unet_probabilities_to_instances(q, min_size=min_size, border_min_fraction=f), gt)
+            res.setdefault((which, t, f), []).append((m.dice, m.instance_f1_50))
+    for (which, t, f), v in sorted(res.items()):
+        a = np.mean(v, axis=0)
+        print(f"{which:12s} threshold {t:.1f} border fraction {f:5.2f}: Dice {a[0]:.3f} F1@0.5 {a[1]:.3f} (n={len(v)})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="U-Net checkpoint: break down its Dice loss on its test_images")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--border-stats", action="store_true")
     ap.add_argument("--watershed-check", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="with --model: post-processing sweep")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model or args.border_stats or args.watershed_check:
-        if args.model:
+        if args.model and args.sweep:
+            sweep(args.model)
+        elif args.model:
             model_breakdown(args.model)
         if args.border_stats:
             border_stats()

@@ -433,12 +433,15 @@ def segment_unet(
     overlap: int = 64,
     device="auto",
     min_size: Optional[int] = None,
+    border_min_fraction: Optional[float] = None,
     progress=None,
 ) -> np.ndarray:
     """Instance labels from a trained U-Net (path, checkpoint dict or module) by tiled inference.
 
     ``tile``/``overlap`` are in pixels of the network's working scale (the checkpoint's
     ``scale``; 0.25 for the BBBC041 recipe). ``min_size`` defaults to 30 px scaled by 1/scale².
+    ``border_min_fraction`` (None: the checkpoint's, fitted on its training masks) drops small
+    objects cut by the image border; pass 0 to keep them all (e.g. on crops of annotated frames).
     """
     from .._device import resolve_device
 
@@ -447,9 +450,9 @@ def segment_unet(
     probs = predict_unet_probabilities(image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress)
     if min_size is None:
         min_size = int(round(30 / max(float(cfg.get("scale", 1.0)), 1e-3) ** 2))
-    return unet_probabilities_to_instances(
-        probs, min_size=min_size, border_min_fraction=float(cfg.get("border_min_fraction", 0.0) or 0.0)
-    )
+    if border_min_fraction is None:
+        border_min_fraction = float(cfg.get("border_min_fraction", 0.0) or 0.0)
+    return unet_probabilities_to_instances(probs, min_size=min_size, border_min_fraction=float(border_min_fraction))
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -16,7 +16,9 @@ from typing import Any
 QUICK_DEFAULT: dict[str, dict] = {
     "detector": dict(backbone="efficientnet-lite0-fpn", epochs=6, iters_per_epoch=40, batch_size=2, crop_size=320,
                      n_smears=10, lr=5e-4, seed=0),
-    "classifier": dict(backbone="efficientnet-lite0", input_size=64, epochs=15, n_smears=5, lr=1e-3, seed=0),
+    # the original multi-label recipe (stretched 64 px crops, average pooling), measured in docs/analysis.md
+    "classifier": dict(backbone="efficientnet-lite0", input_size=64, epochs=15, n_smears=5, lr=1e-3, seed=0,
+                       pool="avg", crop="stretch", standardize=False, head_batch_size=64),
 }
 DEFAULT_FOLDER = "rbc-default"
 

@@ -302,9 +302,17 @@ def _split(ps: PatchSet, val_fraction: float, seed: int):
             continue
 
 
+def head_batch(batch_size: int, n: int) -> int:
+    """Mini-batch size for ``n`` training rows: ``batch_size``, but small enough that an epoch
+    has at least 8 optimiser steps (tiny data sets), and at least 16."""
+    return int(max(16, min(int(batch_size), n // 8)))
+
+
 def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer_state=None, start_epoch=0,
                  on_epoch=None, progress=None, device="cpu"):
     import torch
+
+    batch_size = head_batch(batch_size, len(X))
 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(heads.parameters(), lr=lr)

@@ -9,9 +9,17 @@ cell boundary, so touching cells come apart at inference.
 
 Recipe (all overridable through ``**options``): per-image channel standardisation, random
 crops of ``crop`` px with random rescaling (0.8-1.25), flips and 90° rotations, per-channel
-gain/offset jitter and noise; Adam (lr 3e-3, cosine decay), 16 epochs of 15 batches of 8 crops, cross entropy weighted
-(1, 1, 3); ``val_fraction`` of the images (at least one) held out for validation; the best
-epoch by mean(foreground Dice, instance F1@0.5) on the validation images is ``best.pt``.
+gain/offset jitter and noise; Adam (lr 3e-3, cosine decay), 16 epochs of 20 batches of 8 crops, cross entropy weighted
+(1, 1, 3) plus ``dice_weight`` × soft Dice loss of the foreground; ``val_fraction`` of the
+images (at least one) held out for validation, scored every ``val_every`` epochs and at the
+last; the best validated epoch by mean(foreground Dice, instance F1@0.5) is ``best.pt``.
+
+Border cells (image/mask folders): annotators of BBBC041 omit many cells cut by the image
+border. With ``ignore_border`` the border-touching watershed objects that the mask leaves
+out are ignored by the loss; with ``border_rule`` the area fraction that best separates
+annotated from omitted border objects in the training masks is stored in the checkpoint
+config as ``border_min_fraction``, and inference drops smaller border objects
+(:func:`border_objects`, :func:`fit_border_fraction`, docs/segmentation.md).
 ``holdout`` (an int n or a list of file stems) removes images from training *and*
 validation altogether, for an independent test; they are listed in the checkpoint recipe.
 """

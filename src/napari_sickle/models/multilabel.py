@@ -114,7 +114,12 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
         def set_standardization(self, feats):
             f = torch.as_tensor(feats, dtype=torch.float32)
             self.feat_mean.copy_(f.mean(0))
-            self.feat_std.copy_(f.std(0).clamp_min(1e-6) if len(f) > 1 else torch.ones(f.shape[1]))
+            if len(f) < 2:
+                self.feat_std.fill_(1.0)
+                return
+            sd = f.std(0)
+            # a feature (nearly) constant in a small training set must not blow up on new data
+            self.feat_std.copy_(sd.clamp_min(max(1e-6, 0.1 * float(sd.median()))))
 
         def forward(self, feats):
             if hasattr(self, "feat_mean"):

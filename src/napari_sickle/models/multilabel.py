@@ -118,8 +118,10 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
                 self.feat_std.fill_(1.0)
                 return
             sd = f.std(0)
-            # a feature (nearly) constant in a small training set must not blow up on new data
-            self.feat_std.copy_(sd.clamp_min(max(1e-6, 0.1 * float(sd.median()))))
+            # a feature (nearly) constant in the training set is only centred, not scaled, so it
+            # cannot blow up on new data (as scikit-learn's StandardScaler does for constant ones)
+            tiny = sd < max(1e-6, 1e-3 * float(sd.median()))
+            self.feat_std.copy_(torch.where(tiny, torch.ones_like(sd), sd))
 
         def forward(self, feats):
             if hasattr(self, "feat_mean"):

@@ -94,24 +94,11 @@ def vit(args):
         model = build_bm_model("tiny_vit", train.class_names, pretrained=False, input_size=T.SIZE,
                                mean=tuple(mean.tolist()), std=tuple(std.tolist()))
         model.module = net
-        opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-        for step in range(args.steps):
-            net.train()
-            idx = torch.randint(0, len(y), (32,))
-            loss = torch.nn.functional.cross_entropy(net(xn[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if (step + 1) % 25 == 0 and not args.no_early_stop:
-                net.eval()
-                with torch.no_grad():
-                    if float((net(xn).argmax(1) == y).float().mean()) >= 0.99:
-                        break
-        net.eval()
+        steps = T._fit(net, xn, y, args.steps, args.lr, early_stop=not args.no_early_stop)
         xt = preprocess(list(test.images), model)
         with torch.no_grad():
             acc = float((net(xt).argmax(1).numpy() == test.labels).mean())
-        line = f"seed {seed} steps {step + 1} acc {acc:.2f} |"
+        line = f"seed {seed} steps {steps} acc {acc:.2f} |"
         for name in args.targets:
             layer = eval("net." + name, {"net": net})  # e.g. encoder.layers[-1].ln_1
             with GradCAM(net, [layer], reshape_transform=reshape) as cam:

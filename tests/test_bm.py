@@ -160,21 +160,11 @@ def test_checkpoint_roundtrip_and_head_mismatch(tmp_path, tiny):
 
 def test_train_resume_and_evaluate_csv_layout(tmp_path):
     """Trains 1 epoch on a labels.csv layout, resumes to epoch 2, evaluates; resume errors."""
-    from skimage.io import imsave
-
     from napari_sickle.data.bm_sim import simulate_bm_cells
     from napari_sickle.training.bm import evaluate_bm, train_bm
 
     sim = simulate_bm_cells(n_per_class=6, size=32, seed=1)
-    d = tmp_path / "data"
-    (d / "Dataset 1").mkdir(parents=True)
-    rows = []
-    for i, (im, lab) in enumerate(zip(sim.images, sim.labels)):
-        imsave(d / "Dataset 1" / f"{i:03d}.png", im, check_contrast=False)
-        rows.append({"image": f"Dataset 1/{i:03d}.png", "class_name": sim.class_names[lab]})
-    (d / "Dataset 1" / "broken.png").write_bytes(b"")
-    rows.append({"image": "Dataset 1/broken.png", "class_name": sim.class_names[0]})
-    pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
+    d = _write_labels_csv_layout(tmp_path / "data", sim, "png", broken=True)
     logs = []
     with pytest.warns(UserWarning, match="skipped unreadable"):
         res = train_bm(str(d), tmp_path / "out", epochs=1, backbone="tiny_vgg", device="cpu", input_size=32,
@@ -230,7 +220,6 @@ def test_training_validation_equals_evaluate_on_the_same_cells(tmp_path):
 
     The crops (30 px) differ from the input size (36 px), so both paths resample; they must
     agree to float precision, cell by cell, not only on the rounded macro-F1."""
-    from skimage.io import imsave
 
     from napari_sickle.analysis.bm import classify_cells
     from napari_sickle.data.bm_sim import simulate_bm_cells
@@ -238,13 +227,7 @@ def test_training_validation_equals_evaluate_on_the_same_cells(tmp_path):
     from napari_sickle.training.bm import evaluate_bm, load_bm_data, train_bm
 
     sim = simulate_bm_cells(n_per_class=8, size=30, seed=3)
-    d = tmp_path / "data"
-    (d / "Dataset 1").mkdir(parents=True)
-    rows = []
-    for i, (im, lab) in enumerate(zip(sim.images, sim.labels)):
-        imsave(d / "Dataset 1" / f"{i:03d}.bmp", im, check_contrast=False)
-        rows.append({"image": f"Dataset 1/{i:03d}.bmp", "class_name": sim.class_names[lab]})
-    pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
+    d = _write_labels_csv_layout(tmp_path / "data", sim, "bmp")
     res = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_regnet", device="cpu", input_size=36,
                    batch_size=8, lr=0.05)
     model = load_bm_model(res["checkpoint"])
@@ -282,3 +265,20 @@ def test_bad_tta_option_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="tta must be one of none, flips"):
         train_bm("simulated", tmp_path, epochs=1, backbone="tiny_vgg", tta="rotate")
+
+
+def _write_labels_csv_layout(d, sim, ext, broken=False):
+    """Write simulated cells in the wbc-zheng2018 layout (``labels.csv`` + ``Dataset 1/NNN.ext``);
+    ``broken`` adds an empty image listed in the CSV."""
+    from skimage.io import imsave
+
+    (d / "Dataset 1").mkdir(parents=True)
+    rows = []
+    for i, (im, lab) in enumerate(zip(sim.images, sim.labels)):
+        imsave(d / "Dataset 1" / f"{i:03d}.{ext}", im, check_contrast=False)
+        rows.append({"image": f"Dataset 1/{i:03d}.{ext}", "class_name": sim.class_names[lab]})
+    if broken:
+        (d / "Dataset 1" / f"broken.{ext}").write_bytes(b"")
+        rows.append({"image": f"Dataset 1/broken.{ext}", "class_name": sim.class_names[0]})
+    pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
+    return d

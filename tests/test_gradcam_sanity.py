@@ -86,8 +86,16 @@ def _train(arch, train, max_steps=300, lr=3e-3, seed=0):
 
     torch.manual_seed(seed)
     model, xn = _build(arch, train)
-    net = model.module
-    y = torch.from_numpy(train.labels).long()
+    _fit(model.module, xn, torch.from_numpy(train.labels).long(), max_steps, lr)
+    return model
+
+
+def _fit(net, xn, y, max_steps, lr, early_stop=True) -> int:
+    """Adam on random batches of 32; every 25 steps stop once training accuracy is >= 0.99
+    (unless ``early_stop`` is False). Leaves ``net`` in eval mode; returns the steps taken.
+    Also used by benchmarks/gradcam_sanity_sweep.py."""
+    import torch
+
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for step in range(max_steps):
         net.train()
@@ -96,13 +104,13 @@ def _train(arch, train, max_steps=300, lr=3e-3, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (step + 1) % 25 == 0:
+        if early_stop and (step + 1) % 25 == 0:
             net.eval()
             with torch.no_grad():
                 if float((net(xn).argmax(1) == y).float().mean()) >= 0.99:
                     break
     net.eval()
-    return model
+    return step + 1
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def smear_folder(tmp_path_factory, tiny_models):
 
 def _cmd(src, out, *extra):
     return [sys.executable, "-m", "napari_sickle.analyze", str(src), "--out", str(out), "--device", "cpu",
-            "--no-train", "--threads", "1", "--workers", "1", "--images-per-batch", "2", *extra]
+            "--no-train", "--threads", "1", "--workers", "1", "--images-per-batch", "2", "--processes", "2", *extra]
 
 
 def _env():
@@ -100,6 +100,7 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, tmp_path, capsys):
     full = tmp_path / "uninterrupted"
     ref = _run_here(smear_folder, full, capsys)
     assert ref["analyzed"] == N_IMAGES and ref["unreadable"] == 1 and ref["skipped_done"] == 0
+    assert ref["processes"] == 2
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(smear_folder, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -112,13 +113,21 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, tmp_path, capsys):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = sorted(p.stem for p in state.glob("*.json"))
+    time.sleep(3)  # the analysing processes died with their parent: nothing more is written
+    assert sorted(p.stem for p in state.glob("*.json")) == done_before
     assert 4 <= len(done_before) < N_IMAGES and not (out / "summary.csv").exists()
     for name in done_before:  # every image marked done has its complete outputs
         assert (out / f"{name}_regions.csv").read_bytes() == (full / f"{name}_regions.csv").read_bytes()
-    kept = {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for n in done_before[:4]}
+    # groups of 2 consecutive inputs (smear04 shares its group with the unreadable smear04b, which
+    # is never done); the processes take turns, so done groups need not be the first ones
+    names = sorted(p.stem for p in smear_folder.glob("*.png"))
+    groups = [names[i:i + 2] for i in range(0, len(names), 2)]
+    full_groups = [g for g in groups if set(g) <= set(done_before)]
+    assert full_groups, done_before
+    kept = {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for g in full_groups for n in g}
 
     again = _run(smear_folder, out)
-    assert again["skipped_done"] >= 4 and again["analyzed"] == N_IMAGES - again["skipped_done"]
+    assert again["skipped_done"] == len(kept) and again["analyzed"] == N_IMAGES - again["skipped_done"]
     assert {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for n in kept} == kept  # not redone
     assert _csvs(out) == _csvs(full)  # byte-identical regions CSVs and summary
     summ = pd.read_csv(out / "summary.csv")
@@ -127,6 +136,7 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, tmp_path, capsys):
 
     third = _run_here(smear_folder, out, capsys)  # all done: only smear04, grouped with the unreadable file, is redone
     assert third["analyzed"] == 1 and third["skipped_done"] == N_IMAGES - 1 and third["unreadable"] == 1
+    assert third["processes"] == 1  # one group left: analysed in the main process, same bytes
     assert _csvs(out) == _csvs(full)
 
 

@@ -213,3 +213,33 @@ def test_fill_mask_holes_equals_scipy():
     ring[2:7, 2:7] = True
     ring[4, 4] = False  # a hole
     assert fill_mask_holes(ring)[4, 4] and not fill_mask_holes(ring)[0, 0]
+
+
+def test_unet_test_time_augmentation_makes_predictions_flip_and_rotation_equivariant():
+    """With TTA the probabilities of a flipped/rotated image are the flipped/rotated
+    probabilities (any network); without it a random U-Net is not equivariant."""
+    import torch
+
+    from napari_sickle.analysis.segmentation import unet_tta_mode
+    from napari_sickle.models.unet import build_unet
+
+    torch.manual_seed(0)
+    cfg = {"depth": 2, "base_channels": 4, "scale": 1.0}
+    net = build_unet(cfg).eval()
+    img = (np.random.default_rng(1).random((32, 48, 3)) * 255).astype(np.uint8)
+
+    def probs(im, tta):
+        return predict_unet_probabilities(im, (net, cfg), device="cpu", tta=tta)
+
+    lr = lambda a: a[..., ::-1]  # noqa: E731 - works for (H, W, C) images and (3, H, W) maps alike
+    plain = np.abs(probs(img[:, ::-1], "none") - lr(probs(img, "none"))).max()
+    flips = np.abs(probs(img[:, ::-1], "flips") - lr(probs(img, "flips"))).max()
+    assert plain > 1e-3 and flips < 1e-5
+    ud = np.abs(probs(img[::-1], "d4") - probs(img, "d4")[:, ::-1]).max()
+    sq = img[:, :32]
+    rot = np.abs(probs(np.rot90(sq), "d4") - np.rot90(probs(sq, "d4"), axes=(1, 2))).max()
+    assert ud < 1e-5 and rot < 1e-5
+    assert np.allclose(probs(img, "d4").sum(0), 1.0, atol=1e-5)
+    assert unet_tta_mode(None) == "none" and unet_tta_mode(True) == "d4"
+    with pytest.raises(ValueError, match="tta must be one of"):
+        unet_tta_mode("rot")

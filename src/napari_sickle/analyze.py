@@ -6,7 +6,8 @@ for the run. INPUTS may be image files, folders (their images) or ``simulated`` 
 (a simulated smear). Without ``--detector``/``--classifier`` the cached default models are
 used (trained on simulated smears on first use).
 
-Images stream through a DataLoader (``--workers`` reader processes), the regions of
+``--processes`` analysing processes (default: one per CPU core) share the images; in each,
+images stream through a DataLoader (``--workers`` reader processes), the regions of
 ``--images-per-batch`` images are classified together in batches of ``--batch-size``, and each
 image's files are written atomically as soon as it is done. Running the same command again
 skips the images already done (a crashed or stopped run continues; ``--overwrite`` redoes
@@ -46,7 +47,11 @@ def main(argv=None) -> int:
                     help="images whose regions are classified together; also the most a crash can lose (default 4)")
     ap.add_argument("--workers", type=int, default=None,
                     help="DataLoader reader processes (default: CPU cores - 1, at most 4; 0 = read in this process)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of the analysing process")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="analysing processes, each with its own models (default: one per CPU core, at most 8 "
+                         "and as many as the free memory holds at ~1.6 GB each; 1 on a GPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads of each analysing process (default: cores / processes)")
     ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNGs")
     ap.add_argument("--no-train", action="store_true", help="fail instead of training default models")
     ap.add_argument("--overwrite", action="store_true", help="redo every image (default: skip images already done)")
@@ -64,6 +69,9 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             print(f"error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if args.processes is not None and args.processes < 1:
+        print("error: --processes must be at least 1", file=sys.stderr)
+        return 2
     if args.workers is not None and args.workers < 0:
         print("error: --workers must be 0 or more", file=sys.stderr)
         return 2
@@ -105,7 +113,8 @@ def main(argv=None) -> int:
 
     rep = analyze_batch(inputs, Path(args.out), models, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
                         type_threshold=args.type_threshold, batch_size=args.batch_size,
-                        images_per_batch=args.images_per_batch, num_workers=args.workers, device=args.device,
+                        images_per_batch=args.images_per_batch, num_workers=args.workers, processes=args.processes,
+                        threads=args.threads, device=args.device,
                         overlay=not args.no_overlay, overwrite=args.overwrite, progress=progress)
     bar.close()
     for i, err in rep.errors.items():

@@ -18,6 +18,11 @@
   restarted one); unreadable images are counted, listed there with their error, and skipped.
 * Memory does not grow with the number of images: only the images in flight are held, plus a
   small summary row per image.
+* On a CPU the groups are shared among several analysing processes (by default one per core,
+  :func:`default_processes`), each with its own models and one torch thread: on a 2-core machine
+  two single-threaded processes analyse more images per minute than one process using both
+  cores for each image (intra-op threading of the detector scales poorly). A group's result does
+  not depend on which process did it, so restarts stay byte-identical for the same settings.
 """
 from __future__ import annotations
 
@@ -203,6 +208,7 @@ class BatchReport:
     unreadable: int = 0
     regions: int = 0
     seconds: float = 0.0
+    processes: int = 1
     summary: str = ""
     errors: dict = field(default_factory=dict)
 
@@ -214,22 +220,64 @@ class BatchReport:
 
 def default_num_workers() -> int:
     """Reader processes: one core is left to the analysis (0 on a single-core machine), at most 4."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return max(0, min(4, _cores() - 1))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: resident memory of one analysing process with its models (measured: 1.3-1.4 GB, docs/performance.md)
+PROCESS_MEMORY_GB = 1.6
+
+
+def _available_memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_processes(device="auto", n_groups: int | None = None) -> int:
+    """Analysing processes for ``processes=None``: on CPU one per core (at most 8, as many as
+    the free memory holds at :data:`PROCESS_MEMORY_GB` each, no more than there are groups of
+    images to do); on a GPU one (the GPU is the engine, several processes would only queue on it)."""
+    from .._device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    n = min(8, _cores())
+    mem = _available_memory_gb()
+    if mem is not None:
+        n = min(n, int(mem // PROCESS_MEMORY_GB))
+    if n_groups is not None:
+        n = min(n, n_groups)
+    return max(1, n)
 
 
 def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
                   type_threshold: float = 0.5, batch_size: int = 64, images_per_batch: int = 4,
-                  num_workers: int | None = None, device="auto", overlay: bool = True, overwrite: bool = False,
+                  num_workers: int | None = None, processes: int | None = None, threads: int | None = None,
+                  device="auto", overlay: bool = True, overwrite: bool = False,
                   progress=None, on_image_done=None) -> BatchReport:
     """Analyse ``inputs`` (from :func:`list_inputs`) into ``out``; see the module docstring.
 
+    ``processes`` analysing processes share the groups of images (group ``g`` goes to process
+    ``g % processes``); ``None`` = :func:`default_processes`. With more than one, each is a
+    fresh process (``torch.multiprocessing``, spawn) that loads the models from their checkpoint
+    files and runs ``threads`` torch threads (default: cores // processes) and ``num_workers``
+    reader processes (default 0: the other analysing processes use the other cores). With one,
+    the work runs in this process with its torch threads and ``num_workers`` readers (default
+    :func:`default_num_workers`).
+
     ``progress(done, total)`` after every image; ``on_image_done(index, name)`` after an image's
-    files are written (used by the benchmark to sample memory)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .smear import _empty, detect_regions, finish_result, place_models
-
+    files are written (used by the benchmark to sample memory); both are called in this process."""
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,18 +295,67 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     groups_todo = {i // ipb for i, d in enumerate(done_flags) if not d}
     todo = [i for i in range(len(inputs)) if i // ipb in groups_todo]
     rep.skipped_done = len(inputs) - len(todo)
-    place_models(models, device)
-    clf = models.classifier
-    workers = default_num_workers() if num_workers is None else int(num_workers)
-    ds = SmearImages([inputs[i] for i in todo])
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                        worker_init_fn=_worker_init if workers else None,
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
-    pending: list[dict] = []
     done_count = rep.skipped_done
 
-    def flush():
+    def image_done(index, name, n_regions):
         nonlocal done_count
+        rep.analyzed += 1
+        rep.regions += n_regions
+        done_count += 1
+        if on_image_done is not None:
+            on_image_done(index, name)
+        if progress is not None:
+            progress(done_count, rep.total)
+
+    def unreadable(index, message):
+        nonlocal done_count
+        rep.unreadable += 1
+        rep.errors[index] = message
+        done_count += 1
+        if progress is not None:
+            progress(done_count, rep.total)
+
+    opts = {"score_threshold": score_threshold, "nms_iou": nms_iou, "type_threshold": type_threshold,
+            "batch_size": batch_size, "images_per_batch": ipb, "overlay": overlay}
+    n_proc = default_processes(device, len(groups_todo)) if processes is None else int(processes)
+    n_proc = max(1, min(n_proc, len(groups_todo)))
+    paths = (getattr(models, "detector_path", ""), getattr(models, "classifier_path", ""))
+    if n_proc > 1 and not all(paths and Path(p).is_file() for p in paths):
+        n_proc = 1  # models not loaded from files: cannot be reloaded in other processes
+    if n_proc > 1 and todo:
+        _run_processes(n_proc, inputs, todo, out, paths, device, threads, num_workers, opts, image_done, unreadable)
+    elif todo:
+        from .smear import place_models
+
+        place_models(models, device)
+        workers = default_num_workers() if num_workers is None else int(num_workers)
+        _analyze_indices(inputs, todo, out, models, num_workers=workers, on_done=image_done,
+                         on_error=unreadable, **opts)
+    rep.processes = n_proc
+    rep.summary = str(write_summary(out, inputs, rep.errors))
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, type_threshold, batch_size,
+                     images_per_batch, overlay, num_workers, on_done, on_error) -> None:
+    """Analyse ``inputs[i] for i in todo`` (whole groups of ``images_per_batch``) with ``models``
+    already on their device: read through a DataLoader, detect per image, classify per group,
+    write each image's files; ``on_done(index, name, n_regions)`` / ``on_error(index, message)``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .smear import _empty, detect_regions, finish_result
+
+    clf = models.classifier
+    ipb = images_per_batch
+    ds = SmearImages([inputs[i] for i in todo])
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
+                        worker_init_fn=_worker_init if num_workers else None,
+                        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+    pending: list[dict] = []
+
+    def flush():
         if not pending:
             return
         with_boxes = [p for p in pending if len(p["boxes"])]
@@ -277,27 +374,16 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
             else:
                 res = _empty(p["rgb"].shape, name, type_threshold)
             write_image_results(out, name, src, p["rgb"], res, overlay=overlay)
-            rep.analyzed += 1
-            rep.regions += n
-            done_count += 1
-            if on_image_done is not None:
-                on_image_done(p["index"], name)
-            if progress is not None:
-                progress(done_count, rep.total)
+            on_done(p["index"], name, n)
         pending.clear()
         _release_memory()
 
     for item in loader:
         idx = todo[int(item["index"])]
-        name, src = inputs[idx]
         if pending and pending[0]["index"] // ipb != idx // ipb:
             flush()
         if "error" in item:
-            rep.unreadable += 1
-            rep.errors[idx] = item["error"]
-            done_count += 1
-            if progress is not None:
-                progress(done_count, rep.total)
+            on_error(idx, item["error"])
             continue
         if item.get("small"):
             pending.append({"index": idx, "rgb": _np(item["rgb"]), "boxes": np.zeros((0, 4), np.float32),
@@ -308,9 +394,71 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
                                               nms_iou=nms_iou, fg=fg)
             pending.append({"index": idx, "rgb": rgb, "boxes": boxes, "scores": scores})
     flush()
-    rep.summary = str(write_summary(out, inputs, rep.errors))
-    rep.seconds = time.perf_counter() - t0
-    return rep
+
+
+# ------------------------------------------------------------------------------ several processes
+def _run_processes(n_proc, inputs, todo, out, paths, device, threads, num_workers, opts, on_done, on_error):
+    """Share the groups of ``todo`` among ``n_proc`` spawned processes
+    (``torch.multiprocessing.start_processes``); their per-image reports come back through a
+    queue and are passed to ``on_done`` / ``on_error`` here. A failing process stops the others
+    and its error is raised here (``torch.multiprocessing.ProcessRaisedException``)."""
+    import multiprocessing
+
+    import torch.multiprocessing as tmp
+
+    n_threads = max(1, _cores() // n_proc) if threads is None else int(threads)
+    workers = 0 if num_workers is None else int(num_workers)
+    queue = multiprocessing.get_context("spawn").SimpleQueue()
+    ctx = tmp.start_processes(_process_main, nprocs=n_proc, join=False, start_method="spawn",
+                              args=(n_proc, inputs, todo, str(out), paths, device, n_threads, workers, opts, queue))
+
+    def drain():
+        while not queue.empty():
+            kind, index, *rest = queue.get()
+            (on_done if kind == "done" else on_error)(index, *rest)
+
+    try:
+        while not ctx.join(timeout=0.2):
+            drain()
+        drain()
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+
+
+def _process_main(rank, n_proc, inputs, todo, out, paths, device, threads, num_workers, opts, queue):
+    """Body of analysing process ``rank``: its share of the groups (``group % n_proc == rank``)."""
+    _die_with_parent()
+    import torch
+
+    torch.set_num_threads(threads)
+    from ..models.registry import load_models
+    from .smear import place_models
+
+    models = load_models(*paths, device=device, allow_train=False)
+    place_models(models, device)
+    ipb = opts["images_per_batch"]
+    mine = [i for i in todo if (i // ipb) % n_proc == rank]
+    _analyze_indices(inputs, mine, Path(out), models, num_workers=num_workers,
+                     on_done=lambda i, name, n: queue.put(("done", i, name, n)),
+                     on_error=lambda i, msg: queue.put(("error", i, msg)), **opts)
+
+
+def _die_with_parent() -> None:
+    """Linux: this process is killed when its parent dies (a killed ``analyze`` leaves no
+    orphan writing into the output folder). No-op elsewhere."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent is already gone
+        os._exit(1)
 
 
 def _release_memory() -> None:

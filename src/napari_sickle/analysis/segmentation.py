@@ -278,6 +278,39 @@ def _tile_starts(n: int, tile: int, step: int) -> list[int]:
     return sorted(set(starts))
 
 
+UNET_TTA_MODES = ("none", "flips", "d4")
+
+
+def unet_tta_mode(value) -> str:
+    """``tta`` setting -> ``"none"``, ``"flips"`` or ``"d4"`` (None/False -> none, True -> d4)."""
+    if value in (None, False, "", "none"):
+        return "none"
+    if value is True:
+        return "d4"
+    if value not in UNET_TTA_MODES:
+        raise ValueError(f"U-Net tta must be one of {', '.join(UNET_TTA_MODES)}, not {value!r}")
+    return str(value)
+
+
+def _tta_softmax(net, x, mode: str):
+    """Softmax of ``net`` on the (N, C, h, w) batch ``x``, averaged over the TTA views."""
+    import torch
+
+    if mode == "none":
+        return torch.softmax(net(x).float(), dim=1)
+    views = [(f, 0) for f in ((), (3,), (2,), (2, 3))] if mode == "flips" else [
+        (f, k) for f in ((), (3,)) for k in range(4)]
+    acc = None
+    for f, k in views:
+        v = x.flip(f) if f else x
+        v = torch.rot90(v, k, (2, 3)) if k else v
+        p = torch.softmax(net(v).float(), dim=1)
+        p = torch.rot90(p, -k, (2, 3)) if k else p
+        p = p.flip(f) if f else p
+        acc = p if acc is None else acc + p
+    return acc / len(views)
+
+
 def predict_unet_probabilities(
     image: np.ndarray,
     model,
@@ -286,12 +319,17 @@ def predict_unet_probabilities(
     device="auto",
     progress=None,
     output_size: Optional[tuple] = None,
+    tta=None,
 ) -> np.ndarray:
     """Class probabilities (3, H, W) float32 by tiled inference with linear blending.
 
     The image is resized by the checkpoint's ``scale`` first; tiles of ``tile`` px (at that
     scale) overlap by ``overlap`` px and are blended with weights that ramp linearly over the
     overlap, so seams vanish and only one tile is in the network at a time.
+
+    ``tta`` (None: the checkpoint config's ``tta``, else ``"none"``): ``"flips"`` averages the
+    softmax of each tile over 4 views (identity, left-right, up-down, both), ``"d4"`` over
+    the 8 flips/90° rotations; it costs 4 or 8 network passes per tile.
     """
     import torch
 
@@ -299,6 +337,7 @@ def predict_unet_probabilities(
 
     dev = resolve_device(device) if isinstance(device, str) else device
     net, cfg = _resolve_unet(model, dev)
+    mode = unet_tta_mode(cfg.get("tta") if tta is None else tta)
     rgb = to_rgb_uint8(image)
     H, W = rgb.shape[:2]
     scale = float(cfg.get("scale", 1.0))
@@ -336,7 +375,7 @@ def predict_unet_probabilities(
         for y0 in ys:
             for x0 in xs:
                 t = torch.from_numpy(np.ascontiguousarray(xp[:, y0 : y0 + th, x0 : x0 + tw]))[None].to(dev)
-                p = torch.softmax(net(t).float(), dim=1)[0].cpu().numpy()
+                p = _tta_softmax(net, t, mode)[0].cpu().numpy()
                 acc[:, y0 : y0 + th, x0 : x0 + tw] += p * wt
                 wsum[y0 : y0 + th, x0 : x0 + tw] += wt
                 done += 1
@@ -434,6 +473,7 @@ def segment_unet(
     device="auto",
     min_size: Optional[int] = None,
     border_min_fraction: Optional[float] = None,
+    tta=None,
     progress=None,
 ) -> np.ndarray:
     """Instance labels from a trained U-Net (path, checkpoint dict or module) by tiled inference.
@@ -442,12 +482,14 @@ def segment_unet(
     ``scale``; 0.25 for the BBBC041 recipe). ``min_size`` defaults to 30 px scaled by 1/scale².
     ``border_min_fraction`` (None: the checkpoint's, fitted on its training masks) drops small
     objects cut by the image border; pass 0 to keep them all (e.g. on crops of annotated frames).
+    ``tta`` (None: the checkpoint's, normally ``"none"``): see :func:`predict_unet_probabilities`.
     """
     from .._device import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else device
     net, cfg = _resolve_unet(model, dev)
-    probs = predict_unet_probabilities(image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress)
+    probs = predict_unet_probabilities(image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress,
+                                       tta=tta)
     if min_size is None:
         min_size = int(round(30 / max(float(cfg.get("scale", 1.0)), 1e-3) ** 2))
     if border_min_fraction is None:

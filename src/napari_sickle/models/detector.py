@@ -157,6 +157,7 @@ def default_config(arch: str = "efficientnet-lite0-fpn", class_names=DEFAULT_CLA
         "max_size": 1920,
         "detections_per_img": DETECTIONS_PER_IMG,
         "region_merge": None,
+        "tta": "none",
     }
 
 
@@ -205,20 +206,27 @@ class RegionDetector:
 
     # -- inference -----------------------------------------------------------------------
     def detect(self, image, score_threshold: float = 0.5, nms_iou: float = 0.5, batch_size: int = 4,
-               progress=None, stage: str = "detect", region_merge=None):
+               progress=None, stage: str = "detect", region_merge=None, tta=None):
         """Detect regions in an (H, W, 3) uint8 image.
 
         ``region_merge``: None uses the checkpoint's ``config["region_merge"]`` (see
         :func:`apply_region_merge`), False turns it off, a dict overrides it.
+        ``tta``: None uses the checkpoint's ``config["tta"]`` (see :func:`fuse_tta`), or one of
+        ``TTA_MODES``.
         Returns (boxes (N,4) float32 in input pixels, scores (N,), class ids (N,) 1-based)."""
         import torch
 
         img = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return self.detect_tensors([img], score_threshold, nms_iou, batch_size, progress, stage, region_merge)[0]
+        return self.detect_tensors([img], score_threshold, nms_iou, batch_size, progress, stage, region_merge,
+                                   tta)[0]
 
     def detect_tensors(self, images, score_threshold=0.5, nms_iou=0.5, batch_size=4, progress=None, stage="detect",
-                       region_merge=None):
+                       region_merge=None, tta=None):
         """Like :meth:`detect` for a list of (3, H, W) float tensors in [0, 1]."""
+        mode = tta_mode(self.config.get("tta") if tta is None else tta)
+        if mode != "none":
+            return self._detect_tta(images, mode, score_threshold, nms_iou, batch_size, progress, stage,
+                                    region_merge)
         import torch
         import torch.nn.functional as F
         from torchvision.ops import batched_nms
@@ -296,6 +304,113 @@ class RegionDetector:
                 out = apply_region_merge(img.float().mean(0).mul(255.0).cpu().numpy(), *out, merge)
             results.append(out)
         return results
+
+    def _detect_tta(self, images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge):
+        """Detect on every flipped/rotated view of each image, map the boxes back and fuse them
+        (:func:`fuse_tta`); then the score threshold and the region merge as in :meth:`detect_tensors`."""
+        merge = self.config.get("region_merge") if region_merge is None else region_merge
+        n_views = len(TTA_VIEWS[mode])
+        views = [_view(img, v) for img in images for v in TTA_VIEWS[mode]]
+        raw = self.detect_tensors(views, min(float(score_threshold), TTA_VIEW_SCORE), nms_iou, batch_size, progress,
+                                  stage, region_merge=False, tta="none")
+        results = []
+        for i, img in enumerate(images):
+            h, w = img.shape[-2:]
+            per_view = [(_unview_boxes(b, v, h, w), s, lab)
+                        for v, (b, s, lab) in zip(TTA_VIEWS[mode], raw[i * n_views:(i + 1) * n_views])]
+            b, s, lab = fuse_tta(per_view, nms_iou=nms_iou)
+            keep = s >= score_threshold
+            out = (b[keep], s[keep], lab[keep])
+            if merge:
+                out = apply_region_merge(img.float().mean(0).mul(255.0).cpu().numpy(), *out, merge)
+            results.append(out)
+        return results
+
+
+#: Test-time views: (transpose first, flip left-right, flip up-down) applied to the image.
+#: "flips": the four flips; "dihedral": the flips of the image and of its transpose (the 8
+#: rotations/reflections). A view's boxes are mapped back before fusing.
+TTA_VIEWS = {
+    "none": ((False, False, False),),
+    "flips": ((False, False, False), (False, True, False), (False, False, True), (False, True, True)),
+    "dihedral": tuple((t, fx, fy) for t in (False, True) for fx in (False, True) for fy in (False, True)),
+}
+TTA_MODES = tuple(TTA_VIEWS)
+#: Score threshold of each view before fusing (a fused score is the mean over the views).
+TTA_VIEW_SCORE = 0.01
+
+
+def tta_mode(value) -> str:
+    """``tta`` setting -> one of ``TTA_MODES`` (None/False: "none", True: "flips")."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "flips"
+    v = str(value).lower()
+    if v not in TTA_VIEWS:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {value!r}")
+    return v
+
+
+def _view(img, view):
+    t, fx, fy = view
+    if t:
+        img = img.transpose(-1, -2)
+    if fx:
+        img = img.flip(-1)
+    if fy:
+        img = img.flip(-2)
+    return img.contiguous()
+
+
+def _unview_boxes(boxes, view, h, w):
+    """Boxes found on ``_view(image, view)`` mapped back to the (h, w) image."""
+    t, fx, fy = view
+    b = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    vh, vw = (w, h) if t else (h, w)
+    if fx:
+        b[:, [0, 2]] = vw - b[:, [2, 0]]
+    if fy:
+        b[:, [1, 3]] = vh - b[:, [3, 1]]
+    if t:
+        b = b[:, [1, 0, 3, 2]]
+    return b
+
+
+def fuse_tta(per_view, nms_iou: float = 0.5, match_iou: float = 0.55):
+    """Weighted box fusion of the detections of several views of one image.
+
+    per_view: list of (boxes (n,4), scores (n,), labels (n,)) in image coordinates. Cluster
+    centres are the boxes NMS keeps (per class, ``nms_iou``) over all views; each centre takes,
+    from every view, that view's best box of its class overlapping it with IoU >= ``match_iou``.
+    The fused box is the score-weighted mean of those boxes and the fused score their score sum
+    divided by the number of views (a box only one view of four finds keeps a quarter of its
+    score). Returns (boxes, scores, labels) sorted by score."""
+    import torch
+    from torchvision.ops import batched_nms, box_iou
+
+    n = len(per_view)
+    B = torch.as_tensor(np.concatenate([np.asarray(p[0], np.float32).reshape(-1, 4) for p in per_view]))
+    S = torch.as_tensor(np.concatenate([np.asarray(p[1], np.float32).reshape(-1) for p in per_view]))
+    L = torch.as_tensor(np.concatenate([np.asarray(p[2], np.int64).reshape(-1) for p in per_view]))
+    V = torch.as_tensor(np.concatenate([np.full(len(p[1]), k) for k, p in enumerate(per_view)]).astype(np.int64))
+    if len(S) == 0:
+        return B.numpy().reshape(0, 4), S.numpy(), L.numpy()
+    centres = batched_nms(B, S, L, nms_iou)
+    match = (box_iou(B[centres], B) >= match_iou) & (L[centres][:, None] == L[None, :])
+    wsum = torch.zeros(len(centres))
+    bsum = torch.zeros(len(centres), 4)
+    for k in range(n):  # each view contributes its best matching box
+        sv = torch.where(match & (V == k)[None, :], S[None, :], torch.full_like(S, -1.0)[None, :])
+        best, j = sv.max(dim=1)
+        has = best > 0
+        wsum += torch.where(has, best, torch.zeros_like(best))
+        bsum += torch.where(has[:, None], best[:, None] * B[j], torch.zeros_like(bsum))
+    boxes = bsum / wsum.clamp(min=1e-12)[:, None]
+    scores = wsum / n
+    order = torch.argsort(scores, descending=True)
+    return (boxes[order].numpy().astype(np.float32), scores[order].numpy().astype(np.float32),
+            L[centres][order].numpy().astype(np.int64))
 
 
 #: Defaults of the "foreground" region merge (``config["region_merge"]``); see :func:`merge_into_regions`.

@@ -314,13 +314,13 @@ def _split_items(items, splits, val_fraction, seed, validate_on="train"):
 # training
 # ------------------------------------------------------------------------------------------
 def predict_items(det, items, batch_size=2, score_threshold=0.05, progress=None, stage="validate",
-                  region_merge=None):
+                  region_merge=None, tta=None):
     """Run a RegionDetector over items; returns per image (boxes, scores, labels).
-    ``region_merge``: None = the checkpoint's setting, False = off (see models.detector)."""
+    ``region_merge`` / ``tta``: None = the checkpoint's setting, False / "none" = off (see models.detector)."""
     out = []
     for k, it in enumerate(items):
         out.append(det.detect(it["image"], score_threshold=score_threshold, nms_iou=0.5, batch_size=batch_size,
-                              region_merge=region_merge))
+                              region_merge=region_merge, tta=tta))
         if progress is not None:
             progress(stage, k + 1, len(items))
     return out
@@ -331,7 +331,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
                    val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
                    smear_shape=(1080, 1920), cluster_fraction: float | None = None, validate_on: str = "train",
-                   region_merge=None, **options) -> dict:
+                   region_merge=None, tta=None, **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -355,6 +355,10 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     dev = resolve_device(device)
     det_dev = torch.device("cpu") if dev.type == "mps" else dev  # torchvision detection ops: CPU on MPS
     emit = log or (lambda d: None)
+    if tta is not None:  # a bad value fails before the data are read
+        from ..models.detector import tta_mode
+
+        tta = tta_mode(tta)
     resumed = None
     if resume is not None:
         if not Path(resume).is_file():
@@ -385,6 +389,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
 
             det.config["region_merge"] = {**REGION_MERGE_DEFAULTS,
                                           **(region_merge if isinstance(region_merge, dict) else {})}
+    if tta is not None:  # stored in the checkpoint: evaluate and analyze_smear apply it
+        det.config["tta"] = tta
     scale = float(det.config["scale"])
     prepared = [_scaled(it, scale) for it in tr_items]
     n_boxes = int(sum(len(p[1]) for p in prepared))
@@ -448,7 +454,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                   "loss": float(loss.detach())})
             if progress is not None:
                 progress("train", step, total_steps)
-        preds = ddp_glue.map_sharded(lambda v: predict_items(det, [v])[0], va_items)  # split over ranks
+        # per-epoch validation on the raw detections (test-time views would cost their number in time)
+        preds = ddp_glue.map_sharded(lambda v: predict_items(det, [v], tta="none")[0], va_items)  # split over ranks
         m = ap50(preds, [(v["boxes"], v["labels"]) for v in va_items], class_names)
         metric = m["ap50"] if m["ap50"] is not None else 0.0
         rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": ddp_glue.reduce_mean(tot, iters_per_epoch),
@@ -469,13 +476,19 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         save_checkpoint(det.to_checkpoint(extra={"history": history}), out / "best.pt")
     ddp_glue.barrier()  # rank 0 has written best.pt
     best_ck = load_checkpoint(out / "best.pt", kind="detector")
-    return {"checkpoint": str(out / "best.pt"), "metrics": {"val": best_ck["metrics"], "best_epoch": best["epoch"]},
-            "history": history, "seconds": time.time() - t0}
+    metrics = {"val": best_ck["metrics"], "best_epoch": best["epoch"]}
+    mode = det.config.get("tta") or "none"
+    if mode != "none" and ddp_glue.is_main():  # the best epoch's validation AP50 as evaluate computes it
+        best_det = RegionDetector.from_checkpoint(best_ck, device=det_dev)
+        m = ap50(predict_items(best_det, va_items), [(v["boxes"], v["labels"]) for v in va_items], class_names)
+        metrics["val_tta"] = {**m, "tta": mode}
+        emit({"event": "validate_tta", "tta": mode, "metric": m["ap50"], "metric_name": "val_ap50"})
+    return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history, "seconds": time.time() - t0}
 
 
 def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears: int = 3, split: str | None = "val",
                       score_threshold: float = 0.05, batch_size: int = 2, smear_shape=(1080, 1920),
-                      region_merge=None,
+                      region_merge=None, tta=None,
                       **options) -> dict:
     """AP50 (Pascal VOC all-point, IoU 0.5) of a detector checkpoint on ``data``.
 
@@ -486,11 +499,12 @@ def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears
     import torch
 
     from .._device import resolve_device
-    from ..models.detector import RegionDetector
+    from ..models.detector import RegionDetector, tta_mode
 
     dev = resolve_device(device)
     det_dev = torch.device("cpu") if dev.type == "mps" else dev
     det = RegionDetector.from_checkpoint(model, device=det_dev)
+    tta = None if tta is None else tta_mode(tta)  # a bad value fails before the data are read
     names = det.class_names
     single = names == [REGION_CLASS]
     items, data_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears,
@@ -503,5 +517,5 @@ def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears
         targets = [(it["boxes"], np.array([names.index(data_names[l - 1]) + 1 for l in it["labels"]], np.int64))
                    for it in items]
     preds = predict_items(det, items, batch_size=batch_size, score_threshold=score_threshold,
-                          region_merge=region_merge)
+                          region_merge=region_merge, tta=tta)
     return ap50(preds, targets, names)

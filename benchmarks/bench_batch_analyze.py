@@ -1,18 +1,20 @@
 """Throughput and memory of the streaming batch analysis against the widget's one-by-one path.
 
-    python benchmarks/bench_batch_analyze.py [--n 200] [--folder runs/bench_smears] [--threads 1]
-        [--workers W] [--images-per-batch 4] [--batch-size 64] [--one-by-one 20] [--overlay]
-        [--detector D.pt --classifier C.pt] [--prepare-only]
+    python benchmarks/bench_batch_analyze.py [--n 200] [--folder runs/bench_smears] [--processes P]
+        [--threads T] [--one-by-one-threads T1] [--workers W] [--images-per-batch 4] [--batch-size 64]
+        [--one-by-one 20] [--overlay] [--detector D.pt --classifier C.pt] [--prepare-only]
 
 1. Writes ``--n`` 1920x1080 smear PNGs into ``--folder`` (reusing the files already there):
    ``--n / 4`` simulated smears (seeds 10000..), each in 4 orientations (see :func:`prepare`).
 2. Streams them through ``napari_sickle.analysis.batch.analyze_batch`` (what
-   ``python -m napari_sickle.analyze`` runs) into a fresh output folder, sampling the process's
-   peak resident memory (VmHWM, plus the DataLoader reader processes' current RSS) after 20 and
-   after ``--n`` images.
+   ``python -m napari_sickle.analyze`` runs, with its defaults unless options are given: one
+   analysing process per core, one torch thread each) into a fresh output folder, sampling the
+   peak resident memory (VmHWM) of this process and of each child process (the analysing
+   processes, or with one process the DataLoader readers) after 20, every 50 and ``--n`` images.
 3. In the same process, analyses the first ``--one-by-one`` images one at a time with the
    analysis widget's code path: read the file, ``widgets.analyze._run_analysis`` (the function
-   the widget's worker runs: cached models + ``analyze_smear``), export its regions CSV.
+   the widget's worker runs: cached models + ``analyze_smear``), export its regions CSV, with
+   torch's default number of threads (all cores, as in napari's process).
 
 Prints one JSON object: images/min of both paths, the speed-up (on the same first images and
 over the whole run), peak memory at 20 and ``--n`` images, and the load average.
@@ -37,10 +39,10 @@ def _status_kb(pid="self", key="VmHWM") -> int:
     return 0
 
 
-def _children_rss_mb() -> float:
-    """Current RSS of this process's child processes (the DataLoader readers)."""
+def _children_kb(key="VmRSS") -> dict[int, int]:
+    """pid -> ``key`` of each child process of this one (analysing processes, or DataLoader readers)."""
     me = os.getpid()
-    total = 0
+    out = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -49,8 +51,8 @@ def _children_rss_mb() -> float:
         except (OSError, ValueError, IndexError):
             continue
         if ppid == me:
-            total += _status_kb(d.name, "VmRSS")
-    return total / 1024
+            out[int(d.name)] = _status_kb(d.name, key)
+    return out
 
 
 #: image k is simulated smear seed 10000 + k // VARIANTS seen in orientation k % VARIANTS
@@ -92,7 +94,11 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--folder", default="runs/bench_smears")
     ap.add_argument("--out", default="runs/bench_batch_out")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of each analysing process (default: analyze's default, cores / processes)")
+    ap.add_argument("--processes", type=int, default=None, help="analysing processes (default: analyze's default)")
+    ap.add_argument("--one-by-one-threads", type=int, default=None,
+                    help="torch threads of the one-by-one path (default: torch's default, as in the widget)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--images-per-batch", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -106,7 +112,7 @@ def main(argv=None):
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    widget_threads = args.one_by_one_threads or torch.get_num_threads()  # what napari's process uses
     folder = Path(args.folder)
     sim_s = prepare(folder, args.n)
     if args.prepare_only:
@@ -114,7 +120,7 @@ def main(argv=None):
         return 0
     files = [folder / f"smear{k:04d}.png" for k in range(args.n)]
 
-    from napari_sickle.analysis.batch import analyze_batch, default_num_workers, list_inputs
+    from napari_sickle.analysis.batch import analyze_batch, default_num_workers, default_processes, list_inputs
     from napari_sickle.io.formats import write_regions_csv
     from napari_sickle.io.images import read_image
     from napari_sickle.models.registry import load_models
@@ -124,21 +130,30 @@ def main(argv=None):
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     marks: dict[int, dict] = {}
+    child_peaks: dict[int, int] = {}
     t0 = time.perf_counter()
     cpu0 = time.process_time()
 
     def on_done(index, name):
         k = len(marks) + 1
-        if k in (20, args.n) or k % 50 == 0:
+        child_peaks.update({pid: max(kb, child_peaks.get(pid, 0)) for pid, kb in _children_kb("VmHWM").items()})
+        if k in (20, args.n) or k % 50 == 0:  # peaks so far (a process that has ended keeps its last peak)
             marks[k] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": _status_kb() / 1024,
-                        "rss_mb": _status_kb(key="VmRSS") / 1024, "readers_rss_mb": round(_children_rss_mb(), 1)}
+                        "rss_mb": _status_kb(key="VmRSS") / 1024,
+                        "children_rss_mb": round(sum(_children_kb().values()) / 1024, 1),
+                        "children_peak_rss_mb_sum": round(sum(child_peaks.values()) / 1024, 1),
+                        "children_peak_rss_mb_max": round(max(child_peaks.values(), default=0) / 1024, 1)}
         else:
             marks[k] = None
 
-    workers = default_num_workers() if args.workers is None else args.workers
+    n_groups = -(-args.n // args.images_per_batch)
+    procs = default_processes(args.device, n_groups) if args.processes is None else args.processes
+    workers = args.workers if args.workers is not None else (default_num_workers() if procs == 1 else 0)
+    if procs == 1 and args.threads:
+        torch.set_num_threads(args.threads)
     rep = analyze_batch(list_inputs([str(f) for f in files]), out, models, device=args.device,
                         batch_size=args.batch_size, images_per_batch=args.images_per_batch, num_workers=workers,
-                        overlay=args.overlay, on_image_done=on_done)
+                        processes=procs, threads=args.threads, overlay=args.overlay, on_image_done=on_done)
     stream_s = time.perf_counter() - t0
     stream_cpu = time.process_time() - cpu0
     m = {k: v for k, v in marks.items() if v}
@@ -149,6 +164,7 @@ def main(argv=None):
     shutil.rmtree(one_out, ignore_errors=True)
     one_out.mkdir(parents=True)
     cache = {(None, None, args.device): models}
+    torch.set_num_threads(widget_threads)
     t1 = time.perf_counter()
     cpu1 = time.process_time()
     for f in files[:k1]:
@@ -160,7 +176,8 @@ def main(argv=None):
 
     first = m.get(20, {}).get("seconds")
     result = {
-        "n_images": args.n, "threads": args.threads, "workers": workers, "images_per_batch": args.images_per_batch,
+        "n_images": args.n, "processes": rep.processes, "threads_per_process": args.threads,
+        "one_by_one_threads": widget_threads, "workers": workers, "images_per_batch": args.images_per_batch,
         "batch_size": args.batch_size, "overlay": args.overlay, "device": args.device,
         "detector": models.detector_path, "classifier": models.classifier_path,
         "simulate_seconds": round(sim_s, 1),

@@ -10,7 +10,7 @@ import torch
 from napari_sickle.models.detector import (TTA_VIEWS, RegionDetector, _unview_boxes, _view, default_config,
                                            fuse_tta, tta_mode)
 
-BOX = (20.0, 5.0, 41.0, 12.0)  # x0, y0, x1, y1 of the bright rectangle in a 30 x 50 image
+BOX = (5.0, 8.0, 26.0, 15.0)  # x0, y0, x1, y1 of the bright rectangle (left half) in a 30 x 50 image
 
 
 def _image():

@@ -96,11 +96,18 @@ def test_streaming_matches_widget_code_path(tiny_models, smear_folder, tmp_path)
     assert list(summ["regions_csv"]) == [f"{f.stem}_regions.csv" for f in files]
 
 
-def test_killed_run_restarts_to_identical_csvs(smear_folder, tmp_path, capsys):
-    full = tmp_path / "uninterrupted"
-    ref = _run_here(smear_folder, full, capsys)
+@pytest.fixture(scope="module")
+def uninterrupted(smear_folder, tmp_path_factory) -> Path:
+    """Reference: the whole folder in one run of the command, two analysing processes."""
+    full = tmp_path_factory.mktemp("uninterrupted")
+    ref = _run(smear_folder, full)
     assert ref["analyzed"] == N_IMAGES and ref["unreadable"] == 1 and ref["skipped_done"] == 0
-    assert ref["processes"] == 2
+    assert ref["processes"] == 2 and ref["ranks"] == 1
+    return full
+
+
+def test_killed_run_restarts_to_identical_csvs(smear_folder, uninterrupted, tmp_path, capsys):
+    full = uninterrupted
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(smear_folder, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -138,6 +145,21 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, tmp_path, capsys):
     assert third["analyzed"] == 1 and third["skipped_done"] == N_IMAGES - 1 and third["unreadable"] == 1
     assert third["processes"] == 1  # one group left: analysed in the main process, same bytes
     assert _csvs(out) == _csvs(full)
+
+
+def test_torchrun_two_ranks_share_the_images(smear_folder, uninterrupted, tmp_path):
+    """Two gloo ranks under torchrun, one analysing process each: every image is done once, by
+    either rank, into one folder; rank 0 writes the summary; same bytes as one machine."""
+    out = tmp_path / "ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           *_cmd(smear_folder, out)[2:-2], "--processes", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    rep = json.loads(lines[0])
+    assert rep["ranks"] == 2 and rep["processes"] == 2 and rep["analyzed"] == N_IMAGES and rep["unreadable"] == 1
+    assert _csvs(out) == _csvs(uninterrupted)
 
 
 def test_bad_inputs(tmp_path, tiny_models):

@@ -100,3 +100,35 @@ def test_tta_option_is_stored_and_checked(tmp_path):
     assert r["metrics"]["val_tta"]["tta"] == "flips" and 0.0 <= r["metrics"]["val_tta"]["ap50"] <= 1.0
     with pytest.raises(ValueError, match="tta must be one of"):
         evaluate_detector(r["checkpoint"], "simulated", device="cpu", tta="sideways")
+
+
+def test_random_crop_transpose_keeps_boxes_on_their_cells():
+    from napari_sickle.training.detector import _random_crop
+
+    img = torch.full((3, 40, 60), 0.2)
+    img[:, 8:20, 30:52] = 0.9
+    boxes, labels = torch.tensor([[30.0, 8.0, 52.0, 20.0]]), torch.tensor([1])
+    shapes = set()
+    for seed in range(12):
+        crop, t = _random_crop(img, boxes, labels, 64, np.random.default_rng(seed), rot90=True)
+        shapes.add(tuple(crop.shape[-2:]))
+        ys, xs = np.nonzero(crop[0].numpy() > float(crop[0].mean()))
+        np.testing.assert_allclose(t["boxes"].numpy(), [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])
+    assert shapes == {(40, 60), (60, 40)}  # some crops transposed, some not
+
+
+def test_ema_weights_are_saved_and_resume(tmp_path):
+    from napari_sickle.models.checkpoint import load_checkpoint
+    from napari_sickle.training.detector import train_detector
+
+    kw = dict(iters_per_epoch=3, batch_size=1, crop_size=128, n_smears=2, smear_shape=(160, 224), lr=1e-3,
+              rot90=True)
+    train_detector("simulated", tmp_path / "a", epochs=1, ema=0.5, **kw)
+    last = load_checkpoint(tmp_path / "a" / "last.pt", kind="detector")
+    raw, avg = last["extra"]["raw_state_dict"], last["state_dict"]
+    k = "roi_heads.box_predictor.cls_score.weight"
+    assert not torch.equal(raw[k], avg[k])  # the checkpoint holds the average, not the raw weights
+    assert last["recipe"]["ema"] == 0.5 and "transpose" in last["recipe"]["augment"]
+    r = train_detector("simulated", tmp_path / "b", epochs=2, ema=0.5, resume=tmp_path / "a" / "last.pt", **kw)
+    assert [h["epoch"] for h in r["history"]] == [1, 2]
+    assert "raw_state_dict" in load_checkpoint(tmp_path / "b" / "last.pt", kind="detector")["extra"]

@@ -13,6 +13,11 @@ image's files are written atomically as soon as it is done. Running the same com
 skips the images already done (a crashed or stopped run continues; ``--overwrite`` redoes
 everything); ``summary.csv`` is rebuilt at the end of every run. See
 ``napari_sickle.analysis.batch``.
+
+Beyond one machine, launch it with ``torchrun`` (e.g. ``torchrun --nnodes 4 --nproc-per-node 1
+--rdzv-backend c10d --rdzv-endpoint HOST:29400 -m napari_sickle.analyze /shared/smears --out
+/shared/results``): each rank analyses the groups ``g % WORLD_SIZE == RANK`` into the shared
+output folder (with its own analysing processes), and rank 0 writes ``summary.csv``.
 """
 from __future__ import annotations
 
@@ -59,8 +64,6 @@ def main(argv=None) -> int:
 
     from pathlib import Path
 
-    from tqdm import tqdm
-
     if args.threads:
         import torch
 
@@ -84,10 +87,31 @@ def main(argv=None) -> int:
         print("no input images found", file=sys.stderr)
         return 2
 
-    from .analysis.batch import analyze_batch
+    from .training import distributed as dist
+
+    if dist.launched_by_torchrun():
+        dist.init_from_env(args.device)
+    try:
+        return _analyze(args, inputs, dist)
+    except BaseException:
+        dist.cleanup(success=False)
+        raise
+
+
+def _analyze(args, inputs, dist) -> int:
+    """The analysis; under ``torchrun`` each rank does the groups ``g % WORLD_SIZE == RANK``
+    (a shared output folder), rank 0 loads (or trains) the default models first and writes
+    ``summary.csv`` once every rank is done."""
+    import os
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .analysis.batch import analyze_batch, default_processes, write_summary
     from .models.checkpoint import CheckpointError
     from .models.registry import load_models
 
+    main_rank, world = dist.is_main(), dist.world_size()
     bar_state = {}
 
     def train_progress(stage, done, total):
@@ -97,31 +121,61 @@ def main(argv=None) -> int:
         bar.n = done
         bar.refresh()
 
-    try:
-        models = load_models(args.detector, args.classifier, device=args.device, progress=train_progress,
-                             allow_train=not args.no_train)
-    except (FileNotFoundError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    def load(allow_train):
+        try:
+            return load_models(args.detector, args.classifier, device=args.device, progress=train_progress,
+                               allow_train=allow_train), None
+        except (FileNotFoundError, CheckpointError) as exc:
+            return None, str(exc)
+
+    models, err = load(not args.no_train) if main_rank else (None, None)
+    err = dist.broadcast(err)  # the other ranks load once rank 0 has (possibly trained and) checked them
+    if err is None and not main_rank:
+        models, err = load(False)
+    err = next((e for e in dist.gather(err) if e), None)  # every rank stops if one cannot load
+    if err is not None:
+        print(f"error: {err}", file=sys.stderr)
+        dist.cleanup(success=False)
         return 2
     for b in bar_state.values():
         b.close()
-    bar = tqdm(total=len(inputs), desc="analyze", unit="image")
+    processes = args.processes
+    if processes is None and dist.world_size() > 1:  # ranks on one node share its cores
+        processes = max(1, default_processes(args.device) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    bar = tqdm(total=len(inputs), desc="analyze", unit="image", disable=not main_rank)
 
     def progress(done, total):
+        bar.total = total
         bar.n = done
         bar.refresh()
 
     rep = analyze_batch(inputs, Path(args.out), models, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
                         type_threshold=args.type_threshold, batch_size=args.batch_size,
-                        images_per_batch=args.images_per_batch, num_workers=args.workers, processes=args.processes,
-                        threads=args.threads, device=args.device,
-                        overlay=not args.no_overlay, overwrite=args.overwrite, progress=progress)
+                        images_per_batch=args.images_per_batch, num_workers=args.workers, processes=processes,
+                        threads=args.threads, device=args.device, overlay=not args.no_overlay,
+                        overwrite=args.overwrite, shard=(dist.rank(), dist.world_size()),
+                        summary=dist.world_size() == 1, progress=progress)
     bar.close()
     for i, err in rep.errors.items():
         print(f"skipped unreadable {inputs[i][1]}: {err}", file=sys.stderr)
-    print(json.dumps({"summary": rep.summary, "images": rep.total, **rep.as_dict()}))
+    if dist.world_size() > 1:  # totals over the ranks; rank 0 writes the summary of all images
+        errors = {}
+        for part in dist.gather(rep.errors):
+            errors.update(part)
+        sums = dist.reduce_sums({k: getattr(rep, k) for k in ("total", "analyzed", "skipped_done", "unreadable",
+                                                              "regions", "processes")})
+        seconds = max(dist.gather(rep.seconds))
+        if main_rank:
+            for k, v in sums.items():
+                setattr(rep, k, int(v))
+            rep.seconds, rep.errors = seconds, errors
+            rep.summary = str(write_summary(Path(args.out), inputs, errors))
+        dist.cleanup(success=True)
+        if not main_rank:
+            return 0
+    print(json.dumps({"summary": rep.summary, "images": len(inputs), **rep.as_dict(),
+                      "ranks": world}))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

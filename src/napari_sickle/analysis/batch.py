@@ -264,12 +264,16 @@ def default_processes(device="auto", n_groups: int | None = None) -> int:
 def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
                   type_threshold: float = 0.5, batch_size: int = 64, images_per_batch: int = 4,
                   num_workers: int | None = None, processes: int | None = None, threads: int | None = None,
-                  device="auto", overlay: bool = True, overwrite: bool = False,
-                  progress=None, on_image_done=None) -> BatchReport:
+                  device="auto", overlay: bool = True, overwrite: bool = False, shard: tuple[int, int] = (0, 1),
+                  summary: bool = True, progress=None, on_image_done=None) -> BatchReport:
     """Analyse ``inputs`` (from :func:`list_inputs`) into ``out``; see the module docstring.
 
-    ``processes`` analysing processes share the groups of images (group ``g`` goes to process
-    ``g % processes``); ``None`` = :func:`default_processes`. With more than one, each is a
+    ``shard=(rank, world)``: only the groups ``g`` with ``g % world == rank`` (one rank of a
+    ``torchrun`` launch, see ``python -m napari_sickle.analyze``); ``summary=False`` leaves
+    ``summary.csv`` to the caller (rank 0 writes it once every rank is done).
+
+    ``processes`` analysing processes take turns on this call's groups; ``None`` =
+    :func:`default_processes`. With more than one, each is a
     fresh process (``torch.multiprocessing``, spawn) that loads the models from their checkpoint
     files and runs ``threads`` torch threads (default: cores // processes) and ``num_workers``
     reader processes (default 0: the other analysing processes use the other cores). With one,
@@ -284,17 +288,22 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     (out / STATE_DIR).mkdir(exist_ok=True)
     inputs = list(inputs)
     rep = BatchReport(total=len(inputs))
+    rank, world = shard
     if overwrite:
-        for name, _ in inputs:
-            marker_path(out, name).unlink(missing_ok=True)
+        for i, (name, _) in enumerate(inputs):
+            if (i // max(1, int(images_per_batch))) % world == rank:
+                marker_path(out, name).unlink(missing_ok=True)
     # fixed groups of images_per_batch consecutive inputs are classified together; a group is
     # redone whole unless all its images are done, so a restarted run batches exactly like an
     # uninterrupted one and writes byte-identical files
     ipb = max(1, int(images_per_batch))
     done_flags = [is_done(out, name) for name, _ in inputs]
-    groups_todo = {i // ipb for i, d in enumerate(done_flags) if not d}
-    todo = [i for i in range(len(inputs)) if i // ipb in groups_todo]
-    rep.skipped_done = len(inputs) - len(todo)
+    mine = [i for i in range(len(inputs)) if (i // ipb) % world == rank]
+    groups_todo = sorted({i // ipb for i in mine if not done_flags[i]})
+    todo_set = set(groups_todo)
+    todo = [i for i in mine if i // ipb in todo_set]
+    rep.total = len(mine)
+    rep.skipped_done = len(mine) - len(todo)
     done_count = rep.skipped_done
 
     def image_done(index, name, n_regions):
@@ -323,7 +332,9 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     if n_proc > 1 and not all(paths and Path(p).is_file() for p in paths):
         n_proc = 1  # models not loaded from files: cannot be reloaded in other processes
     if n_proc > 1 and todo:
-        _run_processes(n_proc, inputs, todo, out, paths, device, threads, num_workers, opts, image_done, unreadable)
+        turn = {g: j % n_proc for j, g in enumerate(groups_todo)}  # the processes take turns on the groups
+        parts = [[i for i in todo if turn[i // ipb] == k] for k in range(n_proc)]
+        _run_processes(parts, inputs, out, paths, device, threads, num_workers, opts, image_done, unreadable)
     elif todo:
         from .smear import place_models
 
@@ -332,7 +343,8 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
         _analyze_indices(inputs, todo, out, models, num_workers=workers, on_done=image_done,
                          on_error=unreadable, **opts)
     rep.processes = n_proc
-    rep.summary = str(write_summary(out, inputs, rep.errors))
+    if summary:
+        rep.summary = str(write_summary(out, inputs, rep.errors))
     rep.seconds = time.perf_counter() - t0
     return rep
 
@@ -397,8 +409,8 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
 
 
 # ------------------------------------------------------------------------------ several processes
-def _run_processes(n_proc, inputs, todo, out, paths, device, threads, num_workers, opts, on_done, on_error):
-    """Share the groups of ``todo`` among ``n_proc`` spawned processes
+def _run_processes(parts, inputs, out, paths, device, threads, num_workers, opts, on_done, on_error):
+    """Analyse ``inputs[i] for i in parts[k]`` in spawned process ``k``
     (``torch.multiprocessing.start_processes``); their per-image reports come back through a
     queue and are passed to ``on_done`` / ``on_error`` here. A failing process stops the others
     and its error is raised here (``torch.multiprocessing.ProcessRaisedException``)."""
@@ -406,11 +418,12 @@ def _run_processes(n_proc, inputs, todo, out, paths, device, threads, num_worker
 
     import torch.multiprocessing as tmp
 
+    n_proc = len(parts)
     n_threads = max(1, _cores() // n_proc) if threads is None else int(threads)
     workers = 0 if num_workers is None else int(num_workers)
     queue = multiprocessing.get_context("spawn").SimpleQueue()
     ctx = tmp.start_processes(_process_main, nprocs=n_proc, join=False, start_method="spawn",
-                              args=(n_proc, inputs, todo, str(out), paths, device, n_threads, workers, opts, queue))
+                              args=(parts, inputs, str(out), paths, device, n_threads, workers, opts, queue))
 
     def drain():
         while not queue.empty():
@@ -428,8 +441,8 @@ def _run_processes(n_proc, inputs, todo, out, paths, device, threads, num_worker
                 p.join()
 
 
-def _process_main(rank, n_proc, inputs, todo, out, paths, device, threads, num_workers, opts, queue):
-    """Body of analysing process ``rank``: its share of the groups (``group % n_proc == rank``)."""
+def _process_main(k, parts, inputs, out, paths, device, threads, num_workers, opts, queue):
+    """Body of analysing process ``k``: the images ``parts[k]`` (whole groups)."""
     _die_with_parent()
     import torch
 
@@ -439,9 +452,7 @@ def _process_main(rank, n_proc, inputs, todo, out, paths, device, threads, num_w
 
     models = load_models(*paths, device=device, allow_train=False)
     place_models(models, device)
-    ipb = opts["images_per_batch"]
-    mine = [i for i in todo if (i // ipb) % n_proc == rank]
-    _analyze_indices(inputs, mine, Path(out), models, num_workers=num_workers,
+    _analyze_indices(inputs, parts[k], Path(out), models, num_workers=num_workers,
                      on_done=lambda i, name, n: queue.put(("done", i, name, n)),
                      on_error=lambda i, msg: queue.put(("error", i, msg)), **opts)
 

@@ -19,6 +19,14 @@ images after every epoch; ``best.pt`` keeps the best AP50. With VOC ``train.txt`
 validation images are a ``val_fraction`` part of the train split (``validate_on="train"``, the
 default), so ``val.txt`` stays an unseen test split; ``validate_on="val"`` validates on it.
 
+Further options: ``rot90=True`` adds random transposes to the flips (all 8 rotations/reflections);
+``ema`` (a decay, e.g. 0.99; 0 = off) validates and saves an exponential moving average of the
+weights and BatchNorm statistics (``torch.optim.swa_utils.AveragedModel``; ``last.pt`` also keeps
+the raw weights for ``--resume``); ``tta`` (``"flips"`` / ``"dihedral"``) stores test-time views
+in the checkpoint (``models.detector.fuse_tta``), which ``evaluate`` and ``analyze_smear`` then
+apply (per-epoch validation stays on the raw detections; the best epoch is validated once more
+with the views at the end, ``metrics["val_tta"]``).
+
 Options for composed smears: ``cluster_fraction`` (compose_smear's share of cells placed touching
 another; training smears only) and ``region_merge`` (True or a dict of
 ``models.detector.REGION_MERGE_DEFAULTS`` keys): store the "one box per connected region"
@@ -257,7 +265,7 @@ def _scaled(item, scale):
     return img, boxes, torch.as_tensor(item["labels"], dtype=torch.int64)
 
 
-def _random_crop(img, boxes, labels, size, rng, min_visible=0.7):
+def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False):
     import torch
 
     _, h, w = img.shape
@@ -278,6 +286,9 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7):
     if rng.random() < 0.5:
         crop = crop.flip(-2)
         b = torch.stack([b[:, 0], ch - b[:, 3], b[:, 2], ch - b[:, 1]], 1)
+    if rot90 and rng.random() < 0.5:  # transpose: with the flips, all 8 rotations/reflections
+        crop = crop.transpose(-1, -2)
+        b = b[:, [1, 0, 3, 2]]
     # photometric jitter: per-channel gain, brightness and contrast (stains and lamps differ)
     gain = torch.as_tensor(rng.uniform(0.85, 1.15, size=3), dtype=crop.dtype).view(3, 1, 1)
     mean = crop.mean()
@@ -331,7 +342,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
                    val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
                    smear_shape=(1080, 1920), cluster_fraction: float | None = None, validate_on: str = "train",
-                   region_merge=None, tta=None, **options) -> dict:
+                   region_merge=None, tta=None, rot90: bool = False, ema: float = 0.0, **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -419,7 +430,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     det.recipe = {
         "arch": arch, "scale": scale, "optimizer": "AdamW", "lr": lr, "weight_decay": 1e-4,
         "schedule": "OneCycle", "epochs": epochs, "iters_per_epoch": iters_per_epoch, "batch_size": batch_size,
-        "crop_size": crop_size, "augment": "random crop, h/v flips, colour/brightness/contrast jitter", "seed": seed, "data": str(data),
+        "crop_size": crop_size, "augment": "random crop, h/v flips" + (", transpose" if rot90 else "") + ", colour/brightness/contrast jitter",
+        "ema": float(ema), "seed": seed, "data": str(data),
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
         "pretrained_backbone": bool(pretrained), "compose_options": compose_options,
         "validation": (f"{val_fraction:.0%} of the train split (val split unused)" if splits and validate_on == "train"
@@ -427,6 +439,16 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     }
     model = det.model
     model.transform._skip_resize = True
+    vdet, ema_model = det, None  # vdet: the weights validated and saved
+    if ema:  # exponential moving average of the weights (and BatchNorm statistics)
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema_model = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema)), use_buffers=True)
+        raw = resumed["extra"].get("raw_state_dict") if resumed is not None else None
+        if raw is not None:  # a resumed last.pt holds the averages; its raw weights go on training
+            ema_model.n_averaged.fill_(1)
+            model.load_state_dict(raw)
+        vdet = RegionDetector(model=ema_model.module, config=det.config, recipe=det.recipe, device=det_dev)
     train_model = ddp_glue.wrap(model)  # DDP under torchrun: batch_size crops per rank and step
     if ddp_glue.world_size() > 1:  # each rank its own crops
         rng = np.random.default_rng([seed, start_epoch, ddp_glue.rank()])
@@ -438,7 +460,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             imgs, tgts = [], []
             for _ in range(batch_size):
                 img, boxes, labels = prepared[int(rng.integers(len(prepared)))]
-                c, t = _random_crop(img, boxes, labels, crop_size, rng)
+                c, t = _random_crop(img, boxes, labels, crop_size, rng, rot90=rot90)
                 imgs.append(c.to(det_dev))
                 tgts.append({k: v.to(det_dev) for k, v in t.items()})
             losses = train_model(imgs, tgts)
@@ -447,6 +469,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             loss.backward()
             opt.step()
             sched.step()
+            if ema_model is not None:
+                ema_model.update_parameters(model)
             step += 1
             ddp_glue.note_step(len(imgs))
             tot += float(loss.detach())
@@ -455,25 +479,27 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             if progress is not None:
                 progress("train", step, total_steps)
         # per-epoch validation on the raw detections (test-time views would cost their number in time)
-        preds = ddp_glue.map_sharded(lambda v: predict_items(det, [v], tta="none")[0], va_items)  # split over ranks
+        preds = ddp_glue.map_sharded(lambda v: predict_items(vdet, [v], tta="none")[0], va_items)  # split over ranks
         m = ap50(preds, [(v["boxes"], v["labels"]) for v in va_items], class_names)
         metric = m["ap50"] if m["ap50"] is not None else 0.0
         rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": ddp_glue.reduce_mean(tot, iters_per_epoch),
                "val_loss": None, "metric": metric, "metric_name": "val_ap50", "ap50_per_class": m["ap50_per_class"]}
         history.append(rec)
         emit(rec)
-        det.metrics = {**m, "epoch": epoch + 1}
+        vdet.metrics = {**m, "epoch": epoch + 1}
         base_extra = {"epoch": epoch, "history": history}
         if metric > best["metric"]:
             best = {"metric": float(metric), "epoch": epoch + 1}
             if ddp_glue.is_main():
-                save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best}), out / "best.pt")
+                save_checkpoint(vdet.to_checkpoint(extra={**base_extra, "best": best}), out / "best.pt")
         if ddp_glue.is_main():
-            save_checkpoint(det.to_checkpoint(extra={**base_extra, "best": best, "optimizer": opt.state_dict(),
-                                                     "scheduler": sched.state_dict()}), out / "last.pt")
+            raw_extra = {} if ema_model is None else {"raw_state_dict": {k: v.detach().cpu() for k, v in
+                                                                         model.state_dict().items()}}
+            save_checkpoint(vdet.to_checkpoint(extra={**base_extra, "best": best, "optimizer": opt.state_dict(),
+                                                      "scheduler": sched.state_dict(), **raw_extra}), out / "last.pt")
         model.transform._skip_resize = True
     if not (out / "best.pt").is_file() and ddp_glue.is_main():
-        save_checkpoint(det.to_checkpoint(extra={"history": history}), out / "best.pt")
+        save_checkpoint(vdet.to_checkpoint(extra={"history": history}), out / "best.pt")
     ddp_glue.barrier()  # rank 0 has written best.pt
     best_ck = load_checkpoint(out / "best.pt", kind="detector")
     metrics = {"val": best_ck["metrics"], "best_epoch": best["epoch"]}

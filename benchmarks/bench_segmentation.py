@@ -1,6 +1,6 @@
 """Speed and memory of segmentation on a 1920x1080 smear on this CPU.
 
-    .venv/bin/python benchmarks/bench_segmentation.py [--model best.pt] [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/bench_segmentation.py [--model best.pt] [--threads 2] [--repeats 3] [--tta d4 --methods unet]
 
 The smear (simulate_smear seed 7) is made once; each method then runs in its own subprocess
 so that its peak resident memory (ru_maxrss, which includes the ~imports of torch/skimage,
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-def _child(method: str, model: str | None, threads: int, repeats: int, image: str) -> dict:
+def _child(method: str, model: str | None, threads: int, repeats: int, image: str, tta: str | None = None) -> dict:
     import resource
     import time
 
@@ -40,7 +40,7 @@ def _child(method: str, model: str | None, threads: int, repeats: int, image: st
             net = (build_unet(DEFAULT_CONFIG), dict(DEFAULT_CONFIG))
 
         def fn():
-            return segment_unet(img, net, device="cpu")
+            return segment_unet(img, net, device="cpu", tta=tta)
     elif method == "watershed":
         def fn():
             return segment_watershed(img)
@@ -70,11 +70,13 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tta", default=None, help="U-Net test-time augmentation (none, flips, d4; default: the checkpoint's)")
+    ap.add_argument("--methods", default="watershed,unet,connected_components")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--image", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(_child(a.child, a.model, a.threads, a.repeats, a.image)))
+        print(json.dumps(_child(a.child, a.model, a.threads, a.repeats, a.image, a.tta)))
         return
     import tempfile
 
@@ -89,10 +91,14 @@ def main(argv=None):
         out["load_average_1min"] = round(__import__("os").getloadavg()[0], 2)
     except OSError:
         pass
-    for m in ("watershed", "unet", "connected_components"):
+    if a.tta:
+        out["unet_tta"] = a.tta
+    for m in a.methods.split(","):
         cmd = [sys.executable, __file__, "--child", m, "--threads", str(a.threads), "--repeats", str(a.repeats), "--image", image]
         if a.model:
             cmd += ["--model", a.model]
+        if a.tta:
+            cmd += ["--tta", a.tta]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[m] = json.loads(r.stdout.strip().splitlines()[-1])
     print(json.dumps(out, indent=1))

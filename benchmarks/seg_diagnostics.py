@@ -23,7 +23,14 @@
    every border object dropped) at the foreground threshold 0.5, and the foreground threshold
    P(background) < t (0.3, 0.4, 0.5, 0.7) with the fitted fraction. Choose on train/val only.
 
-    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt [--sweep]] [--border-stats] [--watershed-check]
+7. ``--model M --compare``: per image of the model's training, validation and held-out sets,
+   Dice / F1@0.5 with the size border rule (the stored ``border_min_fraction``), with the
+   checkpoint's own rule (the logistic ``border_classifier`` when it has one), the same with
+   8-fold flip/rot90 test-time augmentation, and two upper bounds not available at test time:
+   oracle border decisions (a border object kept iff >= 50 % of it is in the mask) and, on
+   top, the best foreground threshold of 0.2-0.8 per image.
+
+    .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt [--sweep | --compare]] [--border-stats] [--watershed-check]
 """
 import argparse
 
@@ -141,6 +148,63 @@ def sweep(model):
         print(f"{which:12s} threshold {t:.1f} border fraction {f:5.2f}: Dice {a[0]:.3f} F1@0.5 {a[1]:.3f} (n={len(v)})")
 
 
+def compare(model):
+    from napari_sickle.analysis.segmentation import (drop_border_objects_by_classifier, predict_unet_probabilities,
+                                                     unet_probabilities_to_instances)
+    from napari_sickle.models.checkpoint import load_checkpoint
+    from napari_sickle.models.unet import load_unet
+
+    ck = load_checkpoint(model, kind="unet")
+    net = load_unet(ck)
+    cfg = net[1]
+    frac = float(cfg.get("border_min_fraction", 0.0) or 0.0)
+    clf = cfg.get("border_classifier") or None
+    min_size = int(round(30 / float(cfg["scale"]) ** 2))
+    sets = {k: set(ck["recipe"][k]) for k in ("train_images", "val_images", "test_images")}
+
+    def oracle(lab, gt):
+        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        edge = edge[edge > 0]
+        n = int(lab.max()) + 1
+        area = np.bincount(lab.ravel(), minlength=n)
+        cov = np.bincount(lab.ravel(), weights=(gt > 0).ravel(), minlength=n)
+        drop = np.zeros(n, bool)
+        drop[edge] = cov[edge] < 0.5 * area[edge]
+        return np.where(drop[lab], 0, lab)
+
+    def rule(lab):
+        return drop_border_objects_by_classifier(lab, clf) if clf else lab
+
+    cols = ("size rule", "checkpoint rule", "+ d4 TTA", "oracle border", "+ best threshold")
+    res = {}
+    print(f"border_min_fraction {frac}, border_classifier {clf}")
+    for ip, mp in scan_pairs(sickle_data_dir() / "bbbc041seg"):
+        which = [k for k in sets if ip.stem in sets[k]][0]
+        img, gt = _read_pair(ip, mp, 30)
+        p0 = predict_unet_probabilities(img, net, device="cpu", tta="none")
+        p8 = predict_unet_probabilities(img, net, device="cpu", tta="d4")
+        raw0 = unet_probabilities_to_instances(p0, min_size=min_size)
+        labs = [unet_probabilities_to_instances(p0, min_size=min_size, border_min_fraction=frac),
+                rule(raw0) if clf else unet_probabilities_to_instances(p0, min_size=min_size, border_min_fraction=frac),
+                rule(unet_probabilities_to_instances(p8, min_size=min_size)) if clf else
+                unet_probabilities_to_instances(p8, min_size=min_size, border_min_fraction=frac),
+                oracle(raw0, gt)]
+        ms = [segmentation_metrics(lab, gt) for lab in labs]
+        best = ms[3]
+        for t in (0.2, 0.3, 0.4, 0.6, 0.7, 0.8):
+            q = p0.copy()
+            q[0] = p0[0] - (t - 0.5)
+            m = segmentation_metrics(oracle(unet_probabilities_to_instances(q, min_size=min_size), gt), gt)
+            best = m if m.dice > best.dice else best
+        ms.append(best)
+        v = [(m.dice, m.instance_f1_50) for m in ms]
+        res.setdefault(which, []).append(v)
+        print(f"{which[:5]} {ip.stem[:8]}: " + " | ".join(f"{c} {d:.3f} / {f:.3f}" for c, (d, f) in zip(cols, v)), flush=True)
+    for which, v in res.items():
+        a = np.mean(v, axis=0)
+        print(f"mean {which} (n={len(v)}): " + " | ".join(f"{c} {d:.4f} / {f:.4f}" for c, (d, f) in zip(cols, a)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="U-Net checkpoint: break down its Dice loss on its test_images")
@@ -148,11 +212,14 @@ def main(argv=None):
     ap.add_argument("--border-stats", action="store_true")
     ap.add_argument("--watershed-check", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="with --model: post-processing sweep")
+    ap.add_argument("--compare", action="store_true", help="with --model: border rules, TTA and upper bounds per image")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model or args.border_stats or args.watershed_check:
         if args.model and args.sweep:
             sweep(args.model)
+        elif args.model and args.compare:
+            compare(args.model)
         elif args.model:
             model_breakdown(args.model)
         if args.border_stats:

@@ -1,5 +1,6 @@
 """Multi-label RBC model pieces: padded (aspect- and scale-preserving) crops, pooling
-variants, feature standardisation and loading checkpoints written before these options."""
+variants, flip views (training copies + test-time averaging), feature standardisation and
+loading checkpoints written before these options."""
 import numpy as np
 import pytest
 import torch
@@ -44,7 +45,7 @@ def test_padded_crop_min_side_keeps_small_cells_at_native_scale():
 @pytest.mark.parametrize("pool", ["avg", "avgmax", "avgmax-s4"])
 @pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet18"])
 def test_pooling_feature_sizes(pool, backbone):
-    clf = new_classifier(backbone, input_size=64, pretrained=False, pool=pool)
+    clf = new_classifier(backbone, input_size=64, pretrained=False, pool=pool, tta="none")
     img = np.full((64, 256, 3), 180, np.uint8)
     f = clf.features(clf.crops(img, [[0, 0, 64, 64], [0, 0, 256, 64]]))
     assert f.shape == (2, feature_dim(backbone, pool))
@@ -64,10 +65,55 @@ def test_checkpoint_round_trip_with_standardisation_and_old_format():
     # a checkpoint written before pool/crop/standardize existed loads with the old behaviour
     old = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, pool="avg", crop="stretch",
                          standardize=False).to_checkpoint()
-    for key in ("pool", "crop", "min_side", "standardize"):
+    for key in ("pool", "crop", "min_side", "standardize", "tta"):
         old["config"].pop(key)
     loaded = RBCClassifier.from_checkpoint(old)
-    assert loaded.pool == "avg" and loaded.features(loaded.crops(img, [[0, 0, 70, 50]])).shape == (1, 1280)
+    assert loaded.pool == "avg" and loaded.tta == "none"
+    assert loaded.features(loaded.crops(img, [[0, 0, 70, 50]])).shape == (1, 1280)
+
+
+def test_hflip_views_are_mirror_features_and_predictions_average_their_logits():
+    torch.manual_seed(0)
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False)
+    assert clf.tta == "hflip"  # the default recipe
+    plain = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, tta="none")
+    plain.net.load_state_dict(clf.net.state_dict())
+    img = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    boxes = [[0, 0, 60, 40], [5, 5, 35, 30]]
+    f = clf.features(clf.crops(img, boxes))
+    d = feature_dim("efficientnet-lite0", "avgmax-s4")
+    assert f.shape == (2, 2, d)
+    assert torch.allclose(f[:, 0], plain.features(plain.crops(img, boxes)), atol=1e-5)
+    mirrored = [[0, 0, 60, 40], [25, 5, 55, 30]]  # the same boxes in the left-right mirrored image
+    assert torch.allclose(f[:, 1], plain.features(plain.crops(img[:, ::-1], mirrored)), atol=1e-4)
+    assert not torch.allclose(f[:, 0], f[:, 1], atol=1e-3)  # a random image is not symmetric
+    with torch.no_grad():
+        expect = torch.sigmoid((clf.net.heads(f[:, 0]) + clf.net.heads(f[:, 1])) / 2).numpy()
+    assert np.allclose(clf.head_probs(f), expect, atol=1e-6)
+    assert np.allclose(clf.predict_boxes(img, boxes), expect, atol=1e-5)
+    assert clf.features(clf.crops(img, np.zeros((0, 4)))).shape == (0, 2, d)
+
+
+def test_flipped_views_are_training_rows():
+    """(N, V, D) features train the heads on N * V rows with each region's labels repeated."""
+    from napari_sickle.models.multilabel import make_heads
+    from napari_sickle.training.multilabel import _train_heads
+
+    rng = np.random.default_rng(0)
+    y = np.eye(6, dtype=np.float32)[rng.integers(0, 2, 40)]
+    # view 0 carries the label in feature 0, view 1 (the "mirror") in feature 1
+    X = rng.normal(size=(40, 2, 8)).astype(np.float32)
+    X[:, 0, 0] += 4 * y[:, 0]
+    X[:, 1, 1] += 4 * y[:, 0]
+    seen = []
+    heads = make_heads(8, hidden=16, standardize=True)
+    heads.set_standardization(X)
+    assert heads.feat_mean.shape == (8,)
+    real_forward = heads.forward
+    heads.forward = lambda feats: (seen.append(tuple(feats.shape)), real_forward(feats))[1]
+    _train_heads(heads, X, y, X, y, epochs=1, lr=1e-2, batch_size=16, seed=0)
+    assert (16, 8) in seen  # training batches are rows of single views
+    assert (40, 2, 8) in seen  # validation: all views of each region at once
 
 
 def test_unknown_pool_is_a_clear_error():

@@ -243,3 +243,34 @@ def test_unet_test_time_augmentation_makes_predictions_flip_and_rotation_equivar
     assert unet_tta_mode(None) == "none" and unet_tta_mode(True) == "d4"
     with pytest.raises(ValueError, match="tta must be one of"):
         unet_tta_mode("rot")
+
+
+def test_border_features_and_logistic_border_rule():
+    """Features of border objects (size, depth into the image, edge length, all relative to the
+    typical inner object) and the logistic rule that drops the ones predicted left out."""
+    from napari_sickle.analysis.segmentation import (
+        border_features,
+        drop_border_objects_by_classifier,
+        unet_probabilities_to_instances,
+    )
+
+    lab = np.zeros((100, 160), np.int32)
+    lab[40:60, 40:60] = 1  # inner, 400 px
+    lab[40:60, 80:100] = 2  # inner, 400 px
+    lab[0:5, 120:140] = 3  # border: shallow sliver, long edge contact
+    lab[80:100, 0:18] = 4  # border, in the corner: 18 px deep, 20 + 18 px on the edges
+    ids, X = border_features(lab)
+    diam = 2 * np.sqrt(400 / np.pi)
+    assert list(ids) == [3, 4]
+    assert np.allclose(X[0], [100 / 400, 5 / diam, 20 / diam])
+    assert np.allclose(X[1], [360 / 400, 18 / diam, 38 / diam])
+    deep = {"coef": [0.0, 1.0, 0.0], "intercept": -0.5}  # keep when depth > half a typical diameter
+    assert set(np.unique(drop_border_objects_by_classifier(lab, deep))) == {0, 1, 2, 4}
+    keep_all = {"coef": [0.0, 0.0, 0.0], "intercept": 1.0}
+    assert np.array_equal(drop_border_objects_by_classifier(lab, keep_all), lab)
+    probs = np.zeros((3,) + lab.shape, np.float32)
+    probs[0] = lab == 0
+    probs[1] = lab > 0
+    inst = unet_probabilities_to_instances(probs, min_size=10, seeds="components", border_classifier=deep)
+    assert inst.max() == 3 and not inst[0:5, 120:140].any() and inst[90, 5] > 0
+    assert border_features(np.zeros((5, 5), np.int32))[1].shape == (0, 3)

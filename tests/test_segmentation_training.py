@@ -107,3 +107,20 @@ def test_unannotated_border_cells_are_ignored_in_the_loss():
     assert x.shape == (3, 80, 120) and t[2, 100] == IGNORE and t[40, 30] == 1 and t[40, 5] == 0
     assert 0.0 < fit_border_fraction(records) <= max(r for r, a in records if a)
     assert fit_border_fraction([]) == 0.0
+    _, _, X, annotated = border_objects(img, gt, with_features=True)
+    assert X.shape == (2, 3) and sorted(annotated) == [False, True]
+    assert X[annotated][0, 1] > X[~annotated][0, 1]  # the annotated cell reaches deeper into the image
+
+
+def test_fit_border_classifier_learns_depth_rule():
+    from napari_sickle.training.unet import border_rule_mode, fit_border_classifier
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.uniform(0.2, 1.2, 200), rng.uniform(0, 2, 200), rng.uniform(0, 1, 200)])
+    y = X[:, 1] > 1.0
+    fit = fit_border_classifier(X, y)
+    assert fit["train_accuracy"] > 0.9 and fit["coef"][1] > abs(fit["coef"][0]) and fit["coef"][1] > abs(fit["coef"][2])
+    assert fit_border_classifier(X, np.ones(200, bool)) is None  # one class only: nothing to fit
+    assert border_rule_mode(True) == "logistic" and border_rule_mode(False) == "none"
+    with pytest.raises(ValueError, match="border_rule must be one of"):
+        border_rule_mode("area")

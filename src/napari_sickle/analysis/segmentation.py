@@ -395,6 +395,7 @@ def unet_probabilities_to_instances(
     min_distance_factor: float = 0.7,
     min_seed_size: int = 8,
     border_min_fraction: float = 0.0,
+    border_classifier: Optional[dict] = None,
 ) -> np.ndarray:
     """Instances from (background, interior, boundary) probabilities.
 
@@ -411,6 +412,8 @@ def unet_probabilities_to_instances(
     that fraction of the median area of the objects inside the image: the annotation
     convention of BBBC041, where mostly cut-off border cells are not annotated (the trainer
     fits the fraction on its training masks and stores it in the checkpoint).
+    ``border_classifier`` (a logistic model over :func:`border_features`, the trainer's
+    default since 2026-11-22) decides instead of the size rule when given.
     """
     from scipy import ndimage as ndi
     from skimage.measure import label
@@ -445,9 +448,69 @@ def unet_probabilities_to_instances(
         lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
     if lab.max():
         lab = remove_small(lab, int(min_size))
-    if border_min_fraction > 0 and lab.max():
+    if border_classifier and lab.max():
+        lab = drop_border_objects_by_classifier(lab, border_classifier)
+    elif border_min_fraction > 0 and lab.max():
         lab = drop_small_border_objects(lab, border_min_fraction)
     return relabel(lab)
+
+
+BORDER_FEATURES = ("area / typical area", "depth into the image / typical diameter (max 3)",
+                   "length on the image edge / typical diameter")
+
+
+def border_features(labels: np.ndarray):
+    """Objects touching the image border and their features: (ids, (n, 3) float array).
+
+    Features (``BORDER_FEATURES``): area relative to the median area of the objects that do
+    not touch the border ("typical"); how far the object reaches into the image (its bounding
+    box extent perpendicular to the edge(s) it touches) and how many pixels it has on the
+    image edge, both relative to the typical diameter. A cell barely cut by the edge reaches
+    deep into the image and touches the edge along a short chord. No border objects, or no
+    inner objects to take the typical size from: empty arrays.
+    """
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(labels)
+    H, W = lab.shape
+    n = int(lab.max()) + 1
+    area = np.bincount(lab.ravel().astype(np.int64), minlength=n)
+    sides = [lab[0], lab[-1], lab[:, 0], lab[:, -1]]
+    edge = np.zeros(n, bool)
+    edge[np.concatenate(sides)] = True
+    edge[0] = False
+    inner = area[1:][(~edge[1:]) & (area[1:] > 0)]
+    ids = np.flatnonzero(edge)
+    if ids.size == 0 or inner.size == 0:
+        return ids, np.zeros((0, 3))
+    typical = float(np.median(inner))
+    diam = 2.0 * np.sqrt(typical / np.pi)
+    contact = sum(np.bincount(s.astype(np.int64), minlength=n) for s in sides)
+    feats = []
+    slices = ndi.find_objects(lab.astype(np.int64))
+    for k in ids:
+        ys, xs = slices[k - 1]
+        depth = np.inf
+        if ys.start == 0 or ys.stop == H:
+            depth = min(depth, ys.stop - ys.start)
+        if xs.start == 0 or xs.stop == W:
+            depth = min(depth, xs.stop - xs.start)
+        feats.append((area[k] / typical, min(depth / diam, 3.0), contact[k] / diam))
+    return ids, np.asarray(feats, float)
+
+
+def drop_border_objects_by_classifier(labels: np.ndarray, classifier: dict) -> np.ndarray:
+    """Zero the border-touching objects that a logistic model (``{"coef": [3 floats],
+    "intercept": float}`` over :func:`border_features`, fitted by the trainer on its training
+    masks) predicts the annotators left out (probability of annotated < 0.5)."""
+    lab = np.asarray(labels)
+    ids, X = border_features(lab)
+    if ids.size == 0 or X.shape[0] == 0:
+        return lab
+    z = X @ np.asarray(classifier["coef"], float) + float(classifier["intercept"])
+    drop = np.zeros(int(lab.max()) + 1, bool)
+    drop[ids[z < 0]] = True
+    return np.where(drop[lab], 0, lab).astype(lab.dtype)
 
 
 def drop_small_border_objects(labels: np.ndarray, fraction: float) -> np.ndarray:
@@ -480,8 +543,11 @@ def segment_unet(
 
     ``tile``/``overlap`` are in pixels of the network's working scale (the checkpoint's
     ``scale``; 0.25 for the BBBC041 recipe). ``min_size`` defaults to 30 px scaled by 1/scale².
-    ``border_min_fraction`` (None: the checkpoint's, fitted on its training masks) drops small
-    objects cut by the image border; pass 0 to keep them all (e.g. on crops of annotated frames).
+    Objects cut by the image border are dropped by the checkpoint's rule, fitted on its
+    training masks: its ``border_classifier`` (logistic model over size, depth into the image
+    and length on the edge) or else its ``border_min_fraction`` size rule. Passing
+    ``border_min_fraction`` uses the size rule with that fraction instead; 0 keeps every
+    border object (e.g. on crops of annotated frames).
     ``tta`` (None: the checkpoint's, normally ``"none"``): see :func:`predict_unet_probabilities`.
     """
     from .._device import resolve_device
@@ -492,9 +558,12 @@ def segment_unet(
                                        tta=tta)
     if min_size is None:
         min_size = int(round(30 / max(float(cfg.get("scale", 1.0)), 1e-3) ** 2))
+    classifier = None
     if border_min_fraction is None:
         border_min_fraction = float(cfg.get("border_min_fraction", 0.0) or 0.0)
-    return unet_probabilities_to_instances(probs, min_size=min_size, border_min_fraction=float(border_min_fraction))
+        classifier = cfg.get("border_classifier") or None
+    return unet_probabilities_to_instances(probs, min_size=min_size, border_min_fraction=float(border_min_fraction),
+                                           border_classifier=classifier)
 
 
 # ----------------------------------------------------------------------------- comparison

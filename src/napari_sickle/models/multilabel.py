@@ -11,6 +11,10 @@ without them loads with the original behaviour):
   box is centred on a square canvas of ``max(w, h, min_side)`` native pixels filled with the
   median colour of the box's border, then resized (antialiased). Aspect ratios (oval vs
   elongated) are kept and cells have the same scale whether a patch holds one or four.
+* ``tta``: ``"none"`` (original) or ``"hflip"`` (default for new models): every region is
+  also seen mirrored left-right; ``features`` then returns (N, 2, D), the heads train on both
+  views as separate rows (flipped training copies) and predict the mean of the two views'
+  logits (flip test-time augmentation). Measured in docs/results.md.
 * ``pool``: how the backbone's feature maps become one vector. ``"avg"`` (original):
   global average pooling of the last map. ``"avgmax-s4"`` (default for new models): average
   and max of the last map plus the max of an intermediate stage (efficientnet-lite0 stage 4,
@@ -40,6 +44,9 @@ DEFAULT_POOL = "avgmax-s4"
 #: crop geometry (see the module docstring)
 CROPS = ("stretch", "pad")
 DEFAULT_CROP = "pad"
+#: views of each region (see the module docstring)
+TTAS = ("none", "hflip")
+DEFAULT_TTA = "hflip"
 DEFAULT_MIN_SIDE = 160
 #: channels of the intermediate stage used by ``avgmax-s4``
 _STAGE_CHANNELS = {"efficientnet-lite0": 112, "resnet18": 256, "resnet50": 1024, "resnet101": 1024}
@@ -95,7 +102,9 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
 
     ``standardize``: the features are first standardised with the buffers ``feat_mean`` /
     ``feat_std`` (set them with ``set_standardization`` from the training features; stored in
-    the state dict). ``dropout`` applies before each head's first layer (training only)."""
+    the state dict). ``dropout`` applies before each head's first layer (training only).
+    Features (N, V, D) (V views of each region, e.g. flips) give the mean of the V views'
+    logits, (N, 6)."""
     import torch
     import torch.nn as nn
 
@@ -113,6 +122,7 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
 
         def set_standardization(self, feats):
             f = torch.as_tensor(feats, dtype=torch.float32)
+            f = f.reshape(-1, f.shape[-1])  # views of a region count as rows
             self.feat_mean.copy_(f.mean(0))
             if len(f) < 2:
                 self.feat_std.fill_(1.0)
@@ -124,6 +134,9 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
             self.feat_std.copy_(torch.where(tiny, torch.ones_like(sd), sd))
 
         def forward(self, feats):
+            if feats.dim() == 3:  # (N, V, D): V views of each region -> mean logit over views
+                n, v, d = feats.shape
+                return self.forward(feats.reshape(n * v, d)).reshape(n, v, len(self.heads)).mean(1)
             if hasattr(self, "feat_mean"):
                 feats = (feats - self.feat_mean) / self.feat_std
             feats = self.drop(feats)
@@ -247,6 +260,10 @@ class RBCClassifier:
     def pool(self) -> str:
         return str(self.config.get("pool", "avg"))
 
+    @property
+    def tta(self) -> str:
+        return str(self.config.get("tta", "none"))
+
     def crops(self, image, boxes):
         mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
         if self.config.get("crop", "stretch") == "pad":
@@ -255,7 +272,9 @@ class RBCClassifier:
         return crops_from_boxes(image, boxes, self.input_size, mean, std, device=self.device or "cpu")
 
     def features(self, crops, batch_size: int = 64, progress=None, stage: str = "classify"):
-        """Pooled backbone features (N, D) as a float32 CPU tensor, computed in batches."""
+        """Pooled backbone features as a float32 CPU tensor, computed in batches: (N, D), or
+        (N, 2, D) with ``tta="hflip"`` (the region and its left-right mirror image);
+        :meth:`head_probs` takes either."""
         import torch
 
         from .._device import autocast
@@ -267,12 +286,16 @@ class RBCClassifier:
         batch_size = max(1, int(batch_size))
         with torch.inference_mode(), autocast(torch.device(dev) if isinstance(dev, str) else dev):
             for i in range(0, n, batch_size):
-                out.append(pooled_features(self.net.backbone, crops[i:i + batch_size].to(dev), self.pool)
-                           .float().cpu())
+                x = crops[i:i + batch_size].to(dev)
+                f = pooled_features(self.net.backbone, x, self.pool).float().cpu()
+                if self.tta == "hflip":
+                    f = torch.stack([f, pooled_features(self.net.backbone, x.flip(-1), self.pool).float().cpu()], 1)
+                out.append(f)
                 if progress is not None:
                     progress(stage, min(i + batch_size, n), n)
         if not out:
-            return torch.zeros((0, feature_dim(self.config["backbone"], self.pool)))
+            d = feature_dim(self.config["backbone"], self.pool)
+            return torch.zeros((0, 2, d) if self.tta == "hflip" else (0, d))
         return torch.cat(out)
 
     def head_probs(self, feats) -> np.ndarray:
@@ -329,9 +352,11 @@ class RBCClassifier:
 
         ckpt = as_checkpoint(ckpt, "multilabel")
         cfg = dict(ckpt["config"])
-        if cfg.get("pool", "avg") not in POOLS or cfg.get("crop", "stretch") not in CROPS:
-            raise CheckpointError(f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r} or crop "
-                                  f"{cfg.get('crop')!r}; this napari-sickle knows pools {POOLS} and crops {CROPS}")
+        if (cfg.get("pool", "avg") not in POOLS or cfg.get("crop", "stretch") not in CROPS
+                or cfg.get("tta", "none") not in TTAS):
+            raise CheckpointError(f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r}, crop "
+                                  f"{cfg.get('crop')!r} or tta {cfg.get('tta')!r}; this napari-sickle knows pools "
+                                  f"{POOLS}, crops {CROPS} and tta {TTAS}")
         net = make_net(cfg["backbone"], pretrained=False, pool=cfg.get("pool", "avg"),
                        standardize=bool(cfg.get("standardize", False)))
         try:
@@ -350,17 +375,19 @@ class RBCClassifier:
 def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = DEFAULT_INPUT_SIZE, pretrained: bool = True,
                    weights_path=None, allow_download: bool = False, device="cpu", pool: str = DEFAULT_POOL,
                    crop: str = DEFAULT_CROP, min_side: int = DEFAULT_MIN_SIDE,
-                   standardize: bool = True) -> RBCClassifier:
+                   standardize: bool = True, tta: str = DEFAULT_TTA) -> RBCClassifier:
     """A fresh classifier: pretrained frozen backbone, untrained heads.
 
     The defaults are the recipe measured best (docs/results.md); ``pool="avg",
-    crop="stretch", standardize=False`` gives the original model."""
+    crop="stretch", standardize=False, tta="none"`` gives the original model."""
     import torch
 
     if pool not in POOLS:
         raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
     if crop not in CROPS:
         raise ValueError(f"unknown crop {crop!r}; choose one of {CROPS}")
+    if tta not in TTAS:
+        raise ValueError(f"unknown tta {tta!r}; choose one of {TTAS}")
     net = make_net(backbone, pretrained=pretrained, weights_path=weights_path, allow_download=allow_download,
                    pool=pool, standardize=standardize)
     for p in net.backbone.parameters():
@@ -378,6 +405,7 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = DEFAU
         "crop": crop,
         "min_side": int(min_side),
         "standardize": bool(standardize),
+        "tta": tta,
     }
     dev = torch.device(device) if isinstance(device, str) else device
     return RBCClassifier(net=net, config=cfg).to(dev)

@@ -23,10 +23,12 @@ composed from the *training* crops only and ``n_val_patches`` (default ``compose
 from the validation crops only, so no crop is on both sides; the heads train on single cells
 + patches. The input is the aspect- and scale-preserving padded crop (``crop="pad"``,
 ``min_side=160``) at ``input_size`` 192, features are average + max pooled from the last
-map plus max pooled from stage 4 (``pool="avgmax-s4"``) and standardised; the best epoch is
+map plus max pooled from stage 4 (``pool="avgmax-s4"``) and standardised; every region is also
+seen mirrored left-right (``tta="hflip"``: flipped copies train the heads, predictions average
+the two views' logits); the best epoch is
 the one with the highest exact-match accuracy on the validation single cells + patches.
-``compose=0`` trains on single cells only; ``pool="avg", crop="stretch", standardize=False``
-is the original recipe.
+``compose=0`` trains on single cells only; ``pool="avg", crop="stretch", standardize=False,
+tta="none"`` is the original recipe.
 """
 from __future__ import annotations
 
@@ -312,6 +314,11 @@ def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer
                  on_epoch=None, progress=None, device="cpu"):
     import torch
 
+    X = torch.as_tensor(X, dtype=torch.float32)
+    Y = torch.as_tensor(Y, dtype=torch.float32)
+    if X.dim() == 3:  # (N, V, D): every view of a region is a training row (flipped copies)
+        Y = Y.repeat_interleave(X.shape[1], 0)
+        X = X.reshape(-1, X.shape[-1])
     batch_size = head_batch(batch_size, len(X))
 
     g = torch.Generator().manual_seed(seed)
@@ -319,8 +326,6 @@ def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     lossf = torch.nn.BCEWithLogitsLoss()
-    X = torch.as_tensor(X, dtype=torch.float32)
-    Y = torch.as_tensor(Y, dtype=torch.float32)
     Xv = torch.as_tensor(Xv, dtype=torch.float32)
     Yv = torch.as_tensor(Yv, dtype=torch.float32)
     heads.to(device)
@@ -352,7 +357,7 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                      pretrained: bool = True, val_data=None, smear_shape=(1080, 1920), pool: str | None = None,
                      crop: str | None = None, min_side: int | None = None, standardize: bool = True,
                      n_val_patches: int | None = None, min_cells: int = 2, max_cells: int = 4,
-                     head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE, **options) -> dict:
+                     head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE, tta: str | None = None, **options) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
     Writes ``out/best.pt`` (best validation mean AUC) and ``out/last.pt`` (for ``resume``)
@@ -384,16 +389,18 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         backbone, input_size = rc["backbone"], rc["input_size"]
         pool, crop = rc.get("pool", "avg"), rc.get("crop", "stretch")
         min_side, standardize = rc.get("min_side", 0), bool(rc.get("standardize", False))
+        tta = rc.get("tta", "none")
     backbone = backbone or "efficientnet-lite0"
     input_size = int(input_size or mlm.DEFAULT_INPUT_SIZE)
     pool = pool or mlm.DEFAULT_POOL
     crop = crop or mlm.DEFAULT_CROP
+    tta = tta or mlm.DEFAULT_TTA
     min_side = int(mlm.DEFAULT_MIN_SIDE if min_side is None else min_side)
     if resumed is not None:
         clf = RBCClassifier.from_checkpoint(resumed, device=dev)
     else:
         clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev, pool=pool,
-                             crop=crop, min_side=min_side, standardize=bool(standardize))
+                             crop=crop, min_side=min_side, standardize=bool(standardize), tta=tta)
     emit = log or (lambda d: None)
 
     folder_data = isinstance(data, (str, Path)) and str(data) != "simulated" and Path(data).is_dir()
@@ -407,7 +414,7 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         raise DatasetError(f"{data}: only {len(ps)} patch(es); at least 2 are needed to train")
     feats = compute_features(clf, ps, batch_size=batch_size, progress=progress).numpy()
     Y = ps.Y
-    emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": int(feats.shape[1])})
+    emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": int(feats.shape[-1])})
 
     metrics: dict[str, Any] = {}
     if folds:
@@ -447,6 +454,7 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         "features": "frozen ImageNet backbone, pooled, cached",
         "backbone": backbone, "input_size": input_size, "pool": clf.pool, "crop": clf.config.get("crop", "stretch"),
         "min_side": clf.config.get("min_side", 0), "standardize": bool(clf.config.get("standardize", False)),
+        "tta": clf.tta,
         "composed_patches": n_patches, "min_cells": min_cells, "max_cells": max_cells,
         "selection": "best epoch by validation exact-match accuracy (single cells + composed patches)",
         "optimizer": "Adam", "lr": lr, "head_batch_size": int(head_batch_size),
@@ -520,7 +528,7 @@ def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, p
     fold_metrics = []
     for f, (tr, te) in enumerate(splits):
         torch.manual_seed(seed + f)
-        heads = make_heads(feats.shape[1], standardize=True)
+        heads = make_heads(feats.shape[-1], standardize=True)
         heads.set_standardization(feats[tr])
         _train_heads(heads, feats[tr], Y[tr], feats[te], Y[te], epochs=epochs, lr=lr, batch_size=batch_size,
                      seed=seed + f)

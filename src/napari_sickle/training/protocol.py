@@ -16,7 +16,8 @@
 The model recipe is the one ``train multilabel`` uses by default (``models.multilabel``
 defaults: padded crops at 192 px, ``avgmax-s4`` pooling, standardised features; 1,500
 training patches of 2-4 cells per fold, ``training.multilabel.DEFAULT_COMPOSE``). Features
-come from the frozen ImageNet backbone, computed once per image and cached in memory. Results are
+come from the frozen ImageNet backbone, computed once per image (and its mirror image,
+``tta="hflip"``) and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
 """
 from __future__ import annotations
@@ -100,7 +101,8 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
                  log=None, input_size: int | None = None, n_train_patches: int | None = None,
                  n_test_patches: int = 200, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
                  batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
-                 standardize: bool = True, head_batch_size: int | None = None, **_ignored) -> dict:
+                 standardize: bool = True, head_batch_size: int | None = None, tta: str | None = None,
+                 **_ignored) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
     with ``metrics`` (mean over folds) and ``report`` (per fold and mean)."""
     from sklearn.model_selection import StratifiedKFold
@@ -125,10 +127,10 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     clf = mlm.new_classifier(backbone, input_size=input_size, pretrained=True, device=dev,
                              pool=pool or mlm.DEFAULT_POOL, crop=crop or mlm.DEFAULT_CROP,
                              min_side=int(mlm.DEFAULT_MIN_SIDE if min_side is None else min_side),
-                             standardize=bool(standardize))
+                             standardize=bool(standardize), tta=tta or mlm.DEFAULT_TTA)
     X_single, y_single = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops],
                                    "single", progress, "features: single cells")
-    dim = X_single.shape[1]
+    dim = X_single.shape[-1]
     fit = dict(epochs=head_epochs, lr=lr, batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
                standardize=bool(standardize))
 
@@ -187,7 +189,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
         }
     seconds = time.perf_counter() - t0
     rep = {"data": str(data), "folds": folds, "backbone": backbone, "input_size": int(input_size),
-           "pool": clf.pool, "crop": clf.config["crop"], "min_side": clf.config["min_side"],
+           "pool": clf.pool, "crop": clf.config["crop"], "min_side": clf.config["min_side"], "tta": clf.tta,
            "head_epochs": head_epochs, "n_train_patches": int(n_train_patches),
            "n_test_patches": int(n_test_patches), "max_cells": int(max_cells), "seed": int(seed),
            "device": str(dev), "seconds": seconds, "summary": summary, "per_fold": per_fold}
@@ -225,7 +227,7 @@ def table1_markdown(rep: dict) -> str:
                      f"{m['exact_match_std']:.3f} | {m['mean_auc']:.3f} | {m['abnormal_accuracy']:.3f} | {aucs} |")
     lines.append("")
     lines.append(f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px "
-                 f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}), "
+                 f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}, tta {rep.get('tta', 'none')}), "
                  f"{rep['head_epochs']} head epochs, {rep['n_train_patches']} composed training patches and "
                  f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
                  f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}.")

@@ -16,10 +16,14 @@ last; the best validated epoch by mean(foreground Dice, instance F1@0.5) is ``be
 
 Border cells (image/mask folders): annotators of BBBC041 omit many cells cut by the image
 border. With ``ignore_border`` the border-touching watershed objects that the mask leaves
-out are ignored by the loss; with ``border_rule`` the area fraction that best separates
-annotated from omitted border objects in the training masks is stored in the checkpoint
-config as ``border_min_fraction``, and inference drops smaller border objects
-(:func:`border_objects`, :func:`fit_border_fraction`, docs/segmentation.md).
+out are ignored by the loss. ``border_rule`` (default ``"logistic"``) fits on the same
+border objects of the training masks which ones annotators keep: a logistic regression over
+size, depth into the image and length on the image edge
+(:func:`~napari_sickle.analysis.segmentation.border_features`), stored in the checkpoint
+config as ``border_classifier``; ``"size"`` only the area fraction that best separates
+annotated from omitted objects (``border_min_fraction``, always stored); inference drops the
+border objects the rule predicts omitted (:func:`border_objects`, :func:`fit_border_classifier`,
+:func:`fit_border_fraction`, docs/segmentation.md).
 ``holdout`` (an int n or a list of file stems) removes images from training *and*
 validation altogether, for an independent test; they are listed in the checkpoint recipe.
 """
@@ -52,9 +56,10 @@ DEFAULTS = dict(
     num_threads=None,
     dice_weight=1.0,
     ignore_border=True,
-    border_rule=True,
+    border_rule="logistic",
     val_every=4,
 )
+BORDER_RULES = ("logistic", "size", "none")
 IGNORE = 255
 DEFAULT_EPOCHS = 16
 
@@ -72,8 +77,10 @@ def _targets(instances: np.ndarray, size) -> np.ndarray:
     return t
 
 
-def border_objects(img: np.ndarray, gt: np.ndarray):
-    """Watershed objects touching the image border: (ignore mask, [(area / typical area, annotated)]).
+def border_objects(img: np.ndarray, gt: np.ndarray, with_features: bool = False):
+    """Watershed objects touching the image border: (ignore mask, [(area / typical area, annotated)])
+    and, ``with_features``, also their :func:`~napari_sickle.analysis.segmentation.border_features`
+    ``X`` (n, 3) and ``annotated`` (n,) for :func:`fit_border_classifier`.
 
     BBBC041 annotators leave out many cut cells at the image border (mostly the ones of which
     little is visible) but not all. An object is *annotated* when at least half of it lies in
@@ -101,7 +108,39 @@ def border_objects(img: np.ndarray, gt: np.ndarray):
         records.append((float(area[k]) / typical, annotated))
         if not annotated:
             ignore |= (ws == k) & (gt == 0)
-    return ignore, records
+    if not with_features:
+        return ignore, records
+    from ..analysis.segmentation import border_features
+
+    ids, X = border_features(ws)
+    return ignore, records, X, covered[ids] >= 0.5 * area[ids] if X.shape[0] else np.zeros(0, bool)
+
+
+def border_rule_mode(value) -> str:
+    """``border_rule`` option -> ``"logistic"``, ``"size"`` or ``"none"`` (True -> logistic)."""
+    if value is True:
+        return "logistic"
+    if value in (False, None, "", "none"):
+        return "none"
+    if value not in BORDER_RULES:
+        raise ValueError(f"border_rule must be one of {', '.join(BORDER_RULES)}, not {value!r}")
+    return str(value)
+
+
+def fit_border_classifier(X: np.ndarray, annotated: np.ndarray) -> Optional[dict]:
+    """Logistic regression (scikit-learn, default L2) predicting from :func:`border_features`
+    whether annotators kept a border-cut cell; None when the examples have one class only."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ..analysis.segmentation import BORDER_FEATURES
+
+    X, y = np.asarray(X, float).reshape(-1, 3), np.asarray(annotated, bool)
+    if y.size == 0 or y.all() or not y.any():
+        return None
+    clf = LogisticRegression().fit(X, y)
+    return {"features": list(BORDER_FEATURES), "coef": [float(c) for c in clf.coef_[0]],
+            "intercept": float(clf.intercept_[0]), "n_examples": int(y.size),
+            "train_accuracy": float(clf.score(X, y))}
 
 
 def fit_border_fraction(records) -> float:
@@ -261,6 +300,7 @@ def train_unet(
     if unknown:
         raise TypeError(f"unknown U-Net training option(s): {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     opts = {**DEFAULTS, **options}
+    opts["border_rule"] = border_rule_mode(opts["border_rule"])
     if opts["num_threads"]:
         torch.set_num_threads(int(opts["num_threads"]))
     epochs = int(epochs or DEFAULT_EPOCHS)
@@ -277,18 +317,22 @@ def train_unet(
         opts = {**opts, **{k: v for k, v in state["recipe"].get("options", {}).items() if k in DEFAULTS}}
         seed = int(state["recipe"].get("seed", seed))
 
+    opts["border_rule"] = border_rule_mode(opts["border_rule"])  # also after resume (old recipes: True/False)
     report(progress, "loading data", 0, 1)
     items = _load_items(data, opts, seed)
     names = [n for n, _, _ in items]
     tr, va, te = split_items(names, opts["holdout"], float(opts["val_fraction"]), seed)
     scale = float(opts["scale"])
-    border = [border_objects(items[i][1], items[i][2]) for i in tr] if (
-        opts["ignore_border"] or opts["border_rule"]) and data != "simulated" else [(None, [])] * len(tr)
+    rule = opts["border_rule"]
+    border = [border_objects(items[i][1], items[i][2], with_features=True) for i in tr] if (
+        opts["ignore_border"] or rule != "none") and data != "simulated" else [(None, [], np.zeros((0, 3)), np.zeros(0, bool))] * len(tr)
     pool = [
         _prepare(items[i][1], items[i][2], scale, b[0] if opts["ignore_border"] else None)
         for i, b in zip(tr, border)
     ]
-    border_fraction = fit_border_fraction([r for b in border for r in b[1]]) if opts["border_rule"] else 0.0
+    border_fraction = fit_border_fraction([r for b in border for r in b[1]]) if rule != "none" else 0.0
+    border_classifier = fit_border_classifier(np.concatenate([b[2] for b in border]),
+                                              np.concatenate([b[3] for b in border])) if rule == "logistic" else None
     val_items = [items[i] for i in va]
     report(progress, "loading data", 1, 1)
 
@@ -301,6 +345,7 @@ def train_unet(
         "scale": scale,
         "normalization": "per_image",
         "border_min_fraction": border_fraction,
+        "border_classifier": border_classifier,
     }
     torch.manual_seed(seed)
     model = build_unet(cfg).to(dev)

@@ -121,7 +121,7 @@ def test_ema_weights_are_saved_and_resume(tmp_path):
     from napari_sickle.models.checkpoint import load_checkpoint
     from napari_sickle.training.detector import train_detector
 
-    kw = dict(iters_per_epoch=3, batch_size=1, crop_size=128, n_smears=2, smear_shape=(160, 224), lr=1e-3,
+    kw = dict(iters_per_epoch=2, batch_size=1, crop_size=96, n_smears=2, smear_shape=(128, 160), lr=1e-3,
               rot90=True)
     train_detector("simulated", tmp_path / "a", epochs=1, ema=0.5, **kw)
     last = load_checkpoint(tmp_path / "a" / "last.pt", kind="detector")

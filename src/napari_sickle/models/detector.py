@@ -25,6 +25,12 @@ background by more than ``delta`` gray levels, :func:`background_deviation_mask`
 detections on the same region become one (best score). ``evaluate`` and ``analyze_smear`` both
 go through :meth:`RegionDetector.detect`, so they apply the same setting. Models trained on
 per-cell boxes (BCCD) keep it off.
+
+Test-time views (a per-model setting, ``config["tta"]``: ``"none"`` by default, ``"flips"`` or
+``"dihedral"``): the image is detected in each flipped (and transposed) view, the boxes are mapped
+back and fused by :func:`fuse_tta` (weighted box fusion; a box's score is averaged over the
+views). Detection then costs the number of views in time. The region merge, when set, runs on
+the fused boxes.
 """
 from __future__ import annotations
 

@@ -315,6 +315,8 @@ def train_unet(
             raise FileNotFoundError(f"--resume: checkpoint {rp} does not exist")
         state = load_checkpoint(rp, kind="unet")
         opts = {**opts, **{k: v for k, v in state["recipe"].get("options", {}).items() if k in DEFAULTS}}
+        if opts["border_rule"] is True:  # recipes before the logistic rule: True meant the size rule
+            opts["border_rule"] = "size"
         seed = int(state["recipe"].get("seed", seed))
 
     opts["border_rule"] = border_rule_mode(opts["border_rule"])  # also after resume (old recipes: True/False)
@@ -324,8 +326,9 @@ def train_unet(
     tr, va, te = split_items(names, opts["holdout"], float(opts["val_fraction"]), seed)
     scale = float(opts["scale"])
     rule = opts["border_rule"]
+    no_border = (None, [], np.zeros((0, 3)), np.zeros(0, bool))
     border = [border_objects(items[i][1], items[i][2], with_features=True) for i in tr] if (
-        opts["ignore_border"] or rule != "none") and data != "simulated" else [(None, [], np.zeros((0, 3)), np.zeros(0, bool))] * len(tr)
+        opts["ignore_border"] or rule != "none") and data != "simulated" else [no_border] * len(tr)
     pool = [
         _prepare(items[i][1], items[i][2], scale, b[0] if opts["ignore_border"] else None)
         for i, b in zip(tr, border)

@@ -1,12 +1,11 @@
 import sys, pickle, numpy as np, torch
 torch.set_num_threads(1)
-from napari_sickle.training.detector import load_detection_data, _split_items
 from napari_sickle.models.detector import RegionDetector, TTA_VIEWS, _view, _unview_boxes
 model, out, key = sys.argv[1], sys.argv[2], sys.argv[3]
 scales = [float(x) for x in sys.argv[4].split(',')]
-items, names, splits = load_detection_data(__import__('os').path.join(__import__('os').environ.get('SICKLE_DATA', '../shared/data'), 'bccd'), classes=['RBC'])
-tr, va = _split_items(items, splits, 0.15, 0, 'train')
-idx = va if key == 'valtr' else [i for i,s in enumerate(splits) if s=='val']
+from _bccd import bccd_splits
+items, names, _idx = bccd_splits()
+idx = _idx[key]
 det = RegionDetector.from_checkpoint(model)
 per = []
 for i in idx:

@@ -1,12 +1,12 @@
 import sys, pickle, numpy as np, torch
 torch.set_num_threads(1)
-from napari_sickle.training.detector import load_detection_data, _split_items
 from napari_sickle.models.detector import RegionDetector
 model, out = sys.argv[1], sys.argv[2]
 keys = sys.argv[3].split(',') if len(sys.argv)>3 else ['valtr','test']
-items, names, splits = load_detection_data(__import__('os').path.join(__import__('os').environ.get('SICKLE_DATA', '../shared/data'), 'bccd'), classes=['RBC'])
-tr, va = _split_items(items, splits, 0.15, 0, 'train')
-test = [i for i,s in enumerate(splits) if s=='val']
+from _bccd import bccd_splits
+items, names, _idx = bccd_splits()
+va = _idx['valtr']
+test = _idx['test']
 det = RegionDetector.from_checkpoint(model)
 res = {}
 for key, idx in (('valtr', va), ('test', test)):

@@ -5,11 +5,9 @@ from napari_sickle.models.detector import RegionDetector
 model, out = sys.argv[1], sys.argv[2]
 from _bccd import bccd_splits
 items, names, _idx = bccd_splits()
-va = _idx['valtr']
-test = _idx['test']
 det = RegionDetector.from_checkpoint(model)
 res = {}
-for key, idx in (('valtr', va), ('test', test)):
+for key, idx in _idx.items():
     its = [items[i] for i in idx]
     p = predict_items(det, its, score_threshold=0.01)
     res[key] = dict(preds=p, gts=[it['boxes'] for it in its], names=[it['name'] for it in its])

@@ -5,11 +5,9 @@ model, out = sys.argv[1], sys.argv[2]
 keys = sys.argv[3].split(',') if len(sys.argv)>3 else ['valtr','test']
 from _bccd import bccd_splits
 items, names, _idx = bccd_splits()
-va = _idx['valtr']
-test = _idx['test']
 det = RegionDetector.from_checkpoint(model)
 res = {}
-for key, idx in (('valtr', va), ('test', test)):
+for key, idx in _idx.items():
     if key not in keys: continue
     its = [items[i] for i in idx]
     per = []

@@ -289,14 +289,14 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     inputs = list(inputs)
     rep = BatchReport(total=len(inputs))
     rank, world = shard
+    ipb = max(1, int(images_per_batch))
     if overwrite:
         for i, (name, _) in enumerate(inputs):
-            if (i // max(1, int(images_per_batch))) % world == rank:
+            if (i // ipb) % world == rank:
                 marker_path(out, name).unlink(missing_ok=True)
     # fixed groups of images_per_batch consecutive inputs are classified together; a group is
     # redone whole unless all its images are done, so a restarted run batches exactly like an
     # uninterrupted one and writes byte-identical files
-    ipb = max(1, int(images_per_batch))
     done_flags = [is_done(out, name) for name, _ in inputs]
     mine = [i for i in range(len(inputs)) if (i // ipb) % world == rank]
     groups_todo = sorted({i // ipb for i in mine if not done_flags[i]})
@@ -306,23 +306,23 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     rep.skipped_done = len(mine) - len(todo)
     done_count = rep.skipped_done
 
-    def image_done(index, name, n_regions):
+    def advance():
         nonlocal done_count
-        rep.analyzed += 1
-        rep.regions += n_regions
         done_count += 1
-        if on_image_done is not None:
-            on_image_done(index, name)
         if progress is not None:
             progress(done_count, rep.total)
 
+    def image_done(index, name, n_regions):
+        rep.analyzed += 1
+        rep.regions += n_regions
+        if on_image_done is not None:
+            on_image_done(index, name)
+        advance()
+
     def unreadable(index, message):
-        nonlocal done_count
         rep.unreadable += 1
         rep.errors[index] = message
-        done_count += 1
-        if progress is not None:
-            progress(done_count, rep.total)
+        advance()
 
     opts = {"score_threshold": score_threshold, "nms_iou": nms_iou, "type_threshold": type_threshold,
             "batch_size": batch_size, "images_per_batch": ipb, "overlay": overlay}

@@ -65,18 +65,18 @@ def test_checkpoint_round_trip_with_standardisation_and_old_format():
     # a checkpoint written before pool/crop/standardize existed loads with the old behaviour
     old = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, pool="avg", crop="stretch",
                          standardize=False).to_checkpoint()
-    for key in ("pool", "crop", "min_side", "standardize", "tta"):
+    for key in ("pool", "crop", "min_side", "standardize", "tta", "split"):
         old["config"].pop(key)
     loaded = RBCClassifier.from_checkpoint(old)
-    assert loaded.pool == "avg" and loaded.tta == "none"
+    assert loaded.pool == "avg" and loaded.tta == "none" and loaded.split == "none"
     assert loaded.features(loaded.crops(img, [[0, 0, 70, 50]])).shape == (1, 1280)
 
 
 def test_hflip_views_are_mirror_features_and_predictions_average_their_logits():
     torch.manual_seed(0)
-    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False)
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="none")
     assert clf.tta == "hflip"  # the default recipe
-    plain = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, tta="none")
+    plain = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, tta="none", split="none")
     plain.net.load_state_dict(clf.net.state_dict())
     img = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
     boxes = [[0, 0, 60, 40], [5, 5, 35, 30]]
@@ -97,7 +97,7 @@ def test_hflip_views_are_mirror_features_and_predictions_average_their_logits():
 def test_flipped_views_are_training_rows():
     """(N, V, D) features train the heads on N * V rows with each region's labels repeated."""
     from napari_sickle.models.multilabel import make_heads
-    from napari_sickle.training.multilabel import _train_heads
+    from napari_sickle.training.multilabel import Bags, _train_heads
 
     rng = np.random.default_rng(0)
     y = np.eye(6, dtype=np.float32)[rng.integers(0, 2, 40)]
@@ -111,7 +111,7 @@ def test_flipped_views_are_training_rows():
     assert heads.feat_mean.shape == (8,)
     real_forward = heads.forward
     heads.forward = lambda feats: (seen.append(tuple(feats.shape)), real_forward(feats))[1]
-    _train_heads(heads, X, y, X, y, epochs=1, lr=1e-2, batch_size=16, seed=0)
+    _train_heads(heads, Bags(X), y, Bags(X), y, epochs=1, lr=1e-2, batch_size=16, seed=0)
     assert (16, 8) in seen  # training batches are rows of single views
     assert (40, 2, 8) in seen  # validation: all views of each region at once
 

@@ -373,8 +373,11 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
         with_boxes = [p for p in pending if len(p["boxes"])]
         probs_all = np.zeros((0, len(clf.types)), np.float32)
         if with_boxes:
-            crops = torch.cat([clf.crops(p["rgb"], p["boxes"]) for p in with_boxes])
-            probs_all = clf.head_probs(clf.features(crops, batch_size=batch_size))
+            parts = [clf.region_crops(p["rgb"], p["boxes"]) for p in with_boxes]
+            offsets = np.cumsum([0] + [len(p["boxes"]) for p in with_boxes])
+            crops = torch.cat([c for c, _ in parts])
+            owner = np.concatenate([o + off for (_, o), off in zip(parts, offsets)])
+            probs_all = clf.region_probs(clf.features(crops, batch_size=batch_size), owner, int(offsets[-1]))
         k = 0
         for p in pending:
             name, src = inputs[p["index"]]

@@ -15,6 +15,13 @@ without them loads with the original behaviour):
   also seen mirrored left-right; ``features`` then returns (N, 2, D), the heads train on both
   views as separate rows (flipped training copies) and predict the mean of the two views'
   logits (flip test-time augmentation). Measured in docs/results.md.
+* ``split``: ``"none"`` (models trained before it existed): the region is one input.
+  ``"cells"`` (default for new models): the region is split into its cells
+  (:mod:`napari_sickle.models.cells`: edge foreground + distance-transform watershed), each
+  cell is put alone on the region's background colour and classified, and the region's
+  probability of each type is the largest over its cells (multiple-instance "max" rule,
+  also used in training, so a missed split is still learned from). ``min_side`` is then
+  the cell canvas side in native pixels and ``cell_split`` holds the split parameters.
 * ``pool``: how the backbone's feature maps become one vector. ``"avg"`` (original):
   global average pooling of the last map. ``"avgmax-s4"`` (default for new models): average
   and max of the last map plus the max of an intermediate stage (efficientnet-lite0 stage 4,
@@ -48,6 +55,13 @@ DEFAULT_CROP = "pad"
 TTAS = ("none", "hflip")
 DEFAULT_TTA = "hflip"
 DEFAULT_MIN_SIDE = 160
+#: whole region or one input per cell (see the module docstring)
+SPLITS = ("none", "cells")
+DEFAULT_SPLIT = "cells"
+#: input size and canvas side of a cell for ``split="cells"`` (a 45-85 px cell on a 112 px canvas resized to 160 px
+#: is magnified 1.43x; measured better than 128 px, docs/results.md)
+CELL_INPUT_SIZE = 160
+CELL_MIN_SIDE = 112
 #: channels of the intermediate stage used by ``avgmax-s4``
 _STAGE_CHANNELS = {"efficientnet-lite0": 112, "resnet18": 256, "resnet50": 1024, "resnet101": 1024}
 
@@ -200,7 +214,6 @@ def padded_crops_from_boxes(image, boxes, size: int, min_side: int = DEFAULT_MIN
     median colour of the box's border pixels, and the canvas is resized (bilinear,
     antialiased) to ``size`` x ``size``."""
     import torch
-    import torch.nn.functional as F
 
     img = np.ascontiguousarray(np.asarray(image))
     H, W = img.shape[:2]
@@ -219,11 +232,57 @@ def padded_crops_from_boxes(image, boxes, size: int, min_side: int = DEFAULT_MIN
         canvas[:] = np.median(border, axis=0).astype(np.uint8)
         oy, ox = (side - h) // 2, (side - w) // 2
         canvas[oy:oy + h, ox:ox + w] = reg
-        t = torch.as_tensor(canvas, device=device).permute(2, 0, 1)[None].float().div_(255.0)
-        if side != size:
-            t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i] = (t[0] - m) / s
+        out[i] = canvas_tensor(canvas, size, m, s, device)
     return out
+
+
+def canvas_tensor(canvas: np.ndarray, size: int, m, s, device="cpu"):
+    """A square uint8 canvas (side, side, 3) resized (bilinear, antialiased) to ``size`` and
+    normalised with the (3, 1, 1) tensors ``m`` / ``s``: (3, size, size)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.ascontiguousarray(canvas), device=device).permute(2, 0, 1)[None].float().div_(255.0)
+    if t.shape[-1] != size or t.shape[-2] != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (t[0] - m) / s
+
+
+def cell_crops_from_boxes(image, boxes, size: int, min_side: int = CELL_MIN_SIDE, params: dict | None = None,
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
+    """One normalised input per *cell* of each box (``models.cells.cell_canvases``).
+
+    Returns ``(crops (M, 3, size, size), owner (M,) int64)``: ``owner[i]`` is the index of the
+    box that cell ``i`` belongs to (every box has at least one)."""
+    import torch
+
+    from .cells import cell_canvases
+
+    img = np.ascontiguousarray(np.asarray(image))
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    m = torch.as_tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
+    s = torch.as_tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
+    tensors, owner = [], []
+    for i, box in enumerate(b):
+        for canvas in cell_canvases(img, box, int(min_side), params):
+            tensors.append(canvas_tensor(canvas, size, m, s, device))
+            owner.append(i)
+    if not tensors:
+        return torch.zeros((0, 3, size, size), device=device), np.zeros(0, np.int64)
+    return torch.stack(tensors), np.asarray(owner, np.int64)
+
+
+def segment_max(values, owner, n: int):
+    """Largest row of ``values`` (M, K) per owner (M,) -> (n, K); the multiple-instance rule
+    that turns per-cell logits or probabilities into per-region ones (torch or numpy)."""
+    import torch
+
+    as_np = isinstance(values, np.ndarray)
+    v = torch.as_tensor(values)
+    idx = torch.as_tensor(np.asarray(owner), dtype=torch.int64, device=v.device)
+    out = torch.full((int(n), v.shape[1]), float("-inf"), dtype=v.dtype, device=v.device)
+    out = out.scatter_reduce(0, idx[:, None].expand(-1, v.shape[1]), v, reduce="amax", include_self=True)
+    return out.numpy() if as_np else out
 
 
 def whole_image_crop(image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
@@ -264,7 +323,22 @@ class RBCClassifier:
     def tta(self) -> str:
         return str(self.config.get("tta", "none"))
 
+    @property
+    def split(self) -> str:
+        return str(self.config.get("split", "none"))
+
+    def region_crops(self, image, boxes):
+        """Network inputs for region boxes: ``(crops (M, 3, s, s), owner (M,))``, one input per
+        box (``split="none"``, ``owner = arange``) or per cell of a box (``split="cells"``)."""
+        if self.split == "cells":
+            mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
+            return cell_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", CELL_MIN_SIDE)),
+                                         self.config.get("cell_split"), mean, std, device=self.device or "cpu")
+        crops = self.crops(image, boxes)
+        return crops, np.arange(len(crops), dtype=np.int64)
+
     def crops(self, image, boxes):
+        """One input per box (the whole region; ``split="none"``)."""
         mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
         if self.config.get("crop", "stretch") == "pad":
             return padded_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", 0)),
@@ -307,12 +381,17 @@ class RBCClassifier:
             logits = self.net.heads(torch.as_tensor(feats, dtype=torch.float32).to(dev))
             return torch.sigmoid(logits).float().cpu().numpy()
 
+    def region_probs(self, feats, owner, n: int) -> np.ndarray:
+        """Per-region probabilities (n, 6) from the features of the inputs of ``n`` regions
+        (``owner[i]``: region of input ``i``): the largest over each region's inputs."""
+        return segment_max(self.head_probs(feats), owner, n)
+
     def predict_boxes(self, image, boxes, batch_size: int = 64, progress=None) -> np.ndarray:
         """Per-type probabilities (N, 6) for region boxes of an RGB uint8 image."""
         if len(boxes) == 0:
             return np.zeros((0, len(self.types)), dtype=np.float32)
-        crops = self.crops(image, boxes)
-        return self.head_probs(self.features(crops, batch_size=batch_size, progress=progress))
+        crops, owner = self.region_crops(image, boxes)
+        return self.region_probs(self.features(crops, batch_size=batch_size, progress=progress), owner, len(boxes))
 
     def abnormal_proba(self, probs: np.ndarray) -> np.ndarray:
         """Probability that each region is abnormal (gradient boosting on the six outputs).
@@ -353,10 +432,11 @@ class RBCClassifier:
         ckpt = as_checkpoint(ckpt, "multilabel")
         cfg = dict(ckpt["config"])
         if (cfg.get("pool", "avg") not in POOLS or cfg.get("crop", "stretch") not in CROPS
-                or cfg.get("tta", "none") not in TTAS):
+                or cfg.get("tta", "none") not in TTAS or cfg.get("split", "none") not in SPLITS):
             raise CheckpointError(f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r}, crop "
-                                  f"{cfg.get('crop')!r} or tta {cfg.get('tta')!r}; this napari-sickle knows pools "
-                                  f"{POOLS}, crops {CROPS} and tta {TTAS}")
+                                  f"{cfg.get('crop')!r}, tta {cfg.get('tta')!r} or split {cfg.get('split')!r}; "
+                                  f"this napari-sickle knows pools {POOLS}, crops {CROPS}, tta {TTAS} and "
+                                  f"splits {SPLITS}")
         net = make_net(cfg["backbone"], pretrained=False, pool=cfg.get("pool", "avg"),
                        standardize=bool(cfg.get("standardize", False)))
         try:
@@ -372,15 +452,25 @@ class RBCClassifier:
                    metrics=dict(ckpt.get("metrics", {}))).to(dev)
 
 
-def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = DEFAULT_INPUT_SIZE, pretrained: bool = True,
+def new_classifier(backbone: str = "efficientnet-lite0", input_size: int | None = None, pretrained: bool = True,
                    weights_path=None, allow_download: bool = False, device="cpu", pool: str = DEFAULT_POOL,
-                   crop: str = DEFAULT_CROP, min_side: int = DEFAULT_MIN_SIDE,
-                   standardize: bool = True, tta: str = DEFAULT_TTA) -> RBCClassifier:
+                   crop: str = DEFAULT_CROP, min_side: int | None = None,
+                   standardize: bool = True, tta: str = DEFAULT_TTA, split: str = DEFAULT_SPLIT,
+                   cell_split: dict | None = None) -> RBCClassifier:
     """A fresh classifier: pretrained frozen backbone, untrained heads.
 
-    The defaults are the recipe measured best (docs/results.md); ``pool="avg",
-    crop="stretch", standardize=False, tta="none"`` gives the original model."""
+    The defaults are the recipe measured best (docs/results.md); ``split="none", pool="avg",
+    crop="stretch", standardize=False, tta="none"`` gives the original model. ``input_size``
+    and ``min_side`` default to 160 / 112 with ``split="cells"`` and 192 / 160 without."""
     import torch
+
+    from .cells import DEFAULT_SPLIT as CELL_SPLIT
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    cells = split == "cells"
+    input_size = int(input_size or (CELL_INPUT_SIZE if cells else DEFAULT_INPUT_SIZE))
+    min_side = int((CELL_MIN_SIDE if cells else DEFAULT_MIN_SIDE) if min_side is None else min_side)
 
     if pool not in POOLS:
         raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
@@ -406,6 +496,12 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int = DEFAU
         "min_side": int(min_side),
         "standardize": bool(standardize),
         "tta": tta,
+        "split": split,
     }
+    if cells:
+        unknown = set(cell_split or {}) - set(CELL_SPLIT)
+        if unknown:
+            raise ValueError(f"unknown cell_split parameter(s) {sorted(unknown)}; known: {sorted(CELL_SPLIT)}")
+        cfg["cell_split"] = {**CELL_SPLIT, **(cell_split or {})}
     dev = torch.device(device) if isinstance(device, str) else device
     return RBCClassifier(net=net, config=cfg).to(dev)

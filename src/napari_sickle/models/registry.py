@@ -18,7 +18,7 @@ QUICK_DEFAULT: dict[str, dict] = {
                      n_smears=10, lr=5e-4, seed=0),
     # the original multi-label recipe (stretched 64 px crops, average pooling), measured in docs/analysis.md
     "classifier": dict(backbone="efficientnet-lite0", input_size=64, epochs=15, n_smears=5, lr=1e-3, seed=0,
-                       pool="avg", crop="stretch", standardize=False, tta="none",
+                       pool="avg", crop="stretch", standardize=False, tta="none", split="none",
                        head_batch_size=64),
 }
 DEFAULT_FOLDER = "rbc-default"

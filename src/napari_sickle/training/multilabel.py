@@ -175,32 +175,85 @@ def load_patches(data, *, seed: int = 0, n_smears: int = 7, compose: int = 0, pr
     )
 
 
-def compute_features(clf, ps: PatchSet, batch_size: int = 64, progress=None):
-    """Pooled backbone features (N, D) for every box of a PatchSet (batched)."""
+class Bags:
+    """Features of the network inputs of ``n`` regions, grouped by region.
+
+    ``X``: (M, D) or (M, V, D) (V views of each input) float32; ``owner``: (M,) index of the
+    region each input belongs to, non-decreasing, every region has at least one input. With
+    ``split="none"`` every region is one input (``owner = arange(n)``); with ``split="cells"``
+    a region has one input per cell and its logits are the largest over them
+    (``models.multilabel.segment_max``)."""
+
+    def __init__(self, X, owner=None, n: int | None = None):
+        self.X = np.asarray(X, dtype=np.float32)
+        self.owner = np.arange(len(self.X), dtype=np.int64) if owner is None else np.asarray(owner, np.int64)
+        self.n = int(len(self.X) if n is None else n)
+
+    def __len__(self):
+        return self.n
+
+    @property
+    def dim(self) -> int:
+        return int(self.X.shape[-1])
+
+    def take(self, idx) -> "Bags":
+        """The regions ``idx`` (distinct), renumbered 0..len(idx)-1 in that order."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        pos = np.full(self.n, -1, np.int64)
+        pos[idx] = np.arange(len(idx))
+        rows = np.nonzero(pos[self.owner] >= 0)[0]
+        new = pos[self.owner[rows]]
+        order = np.argsort(new, kind="stable")
+        return Bags(self.X[rows[order]], new[order], len(idx))
+
+    @staticmethod
+    def cat(parts) -> "Bags":
+        parts = [p for p in parts if p.n]
+        if not parts:
+            return Bags(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), 0)
+        offs = np.cumsum([0] + [p.n for p in parts[:-1]])
+        return Bags(np.concatenate([p.X for p in parts]), np.concatenate([p.owner + o for p, o in zip(parts, offs)]),
+                    sum(p.n for p in parts))
+
+    def views_as_regions(self) -> tuple["Bags", int]:
+        """(M, V, D) -> one bag per (view, region): (Bags of V * n regions, V); a no-op for (M, D)."""
+        if self.X.ndim != 3:
+            return self, 1
+        v = self.X.shape[1]
+        return Bags(np.concatenate([self.X[:, k] for k in range(v)]),
+                    np.concatenate([self.owner + k * self.n for k in range(v)]), v * self.n), v
+
+
+def compute_features(clf, ps: PatchSet, batch_size: int = 64, progress=None) -> Bags:
+    """Pooled backbone features of the inputs of every box of a PatchSet (batched), as
+    :class:`Bags` (one input per box, or per cell with ``split="cells"``)."""
     import torch
 
-    feats = []
+    feats, owners = [], []
     n_total = len(ps)
-    done = 0
+    n_boxes = 0
     # group small whole-image crops into batches
     pending = []
 
     def flush():
-        nonlocal done
         if pending:
             crops = torch.cat(pending)
             pending.clear()
-            feats.append(clf.features(crops, batch_size=batch_size))
-            done_ = sum(len(f) for f in feats)
+            feats.append(clf.features(crops, batch_size=batch_size).numpy())
             if progress is not None:
-                progress("features", done_, n_total)
+                progress("features", n_boxes, n_total)
 
     for image, boxes in ps.items:
-        pending.append(clf.crops(image, boxes).cpu())
+        crops, owner = clf.region_crops(image, boxes)
+        pending.append(crops.cpu())
+        owners.append(owner + n_boxes)
+        n_boxes += len(boxes)
         if sum(len(p) for p in pending) >= batch_size:
             flush()
     flush()
-    return torch.cat(feats) if feats else torch.zeros((0, 1))
+    if not feats:
+        return Bags(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), 0)
+    return Bags(np.concatenate(feats), np.concatenate(owners), n_boxes)
 
 
 # ------------------------------------------------------------------------------------------
@@ -287,7 +340,7 @@ def _patch_features(clf, patches, batch_size, progress, stage):
         h, w = img.shape[:2]
         ps.add(img, [[0, 0, w, h]], [types], f"composed{i}", [f"composed:{i}"])
     cb = None if progress is None else (lambda _s, d, t: progress(stage, d, t))
-    return compute_features(clf, ps, batch_size=batch_size, progress=cb).numpy(), ps.Y
+    return compute_features(clf, ps, batch_size=batch_size, progress=cb), ps.Y
 
 
 def _split(ps: PatchSet, val_fraction: float, seed: int):
@@ -310,44 +363,68 @@ def head_batch(batch_size: int, n: int) -> int:
     return int(max(16, min(int(batch_size), n // 8)))
 
 
-def _train_heads(heads, X, Y, Xv, Yv, *, epochs, lr, batch_size, seed, optimizer_state=None, start_epoch=0,
-                 on_epoch=None, progress=None, device="cpu"):
+def _bag_rows(starts: np.ndarray, counts: np.ndarray, regions: np.ndarray):
+    """Input rows of ``regions`` and, per row, its position in ``regions``."""
+    c = counts[regions]
+    local = np.repeat(np.arange(len(regions)), c)
+    rows = np.repeat(starts[regions], c) + (np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c))
+    return rows, local
+
+
+def region_logits(heads, bags: Bags, device="cpu"):
+    """Per-region logits (n, 6): the heads on every input, largest per region (views averaged)."""
     import torch
 
-    X = torch.as_tensor(X, dtype=torch.float32)
-    Y = torch.as_tensor(Y, dtype=torch.float32)
-    if X.dim() == 3:  # (N, V, D): every view of a region is a training row (flipped copies)
-        Y = Y.repeat_interleave(X.shape[1], 0)
-        X = X.reshape(-1, X.shape[-1])
-    batch_size = head_batch(batch_size, len(X))
+    from ..models.multilabel import segment_max
+
+    x = torch.as_tensor(bags.X, dtype=torch.float32).to(device)
+    return segment_max(heads(x), bags.owner, bags.n)
+
+
+def _train_heads(heads, X: Bags, Y, Xv: Bags, Yv, *, epochs, lr, batch_size, seed, optimizer_state=None,
+                 start_epoch=0, on_epoch=None, progress=None, device="cpu"):
+    """Train the heads on regions (multiple-instance: a region's logit is the largest over its
+    inputs; with one input per region this is plain supervised training). Every view of a
+    region is a training region of its own (flipped copies)."""
+    import torch
+
+    from ..models.multilabel import segment_max
+
+    X, views = X.views_as_regions()
+    Y = torch.as_tensor(np.tile(np.asarray(Y, np.float32), (views, 1)))
+    Xt = torch.as_tensor(X.X, dtype=torch.float32)
+    starts = np.searchsorted(X.owner, np.arange(X.n)).astype(np.int64)
+    counts = np.bincount(X.owner, minlength=X.n).astype(np.int64)
+    batch_size = head_batch(batch_size, X.n)
 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(heads.parameters(), lr=lr)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     lossf = torch.nn.BCEWithLogitsLoss()
-    Xv = torch.as_tensor(Xv, dtype=torch.float32)
-    Yv = torch.as_tensor(Yv, dtype=torch.float32)
+    Yv = torch.as_tensor(np.asarray(Yv, np.float32))
     heads.to(device)
     for epoch in range(start_epoch, epochs):
         heads.train()
-        perm = torch.randperm(len(X), generator=g)
+        perm = torch.randperm(X.n, generator=g).numpy()
         tot = 0.0
-        for i in range(0, len(X), batch_size):
+        for i in range(0, X.n, batch_size):
             b = perm[i:i + batch_size]
+            rows, local = _bag_rows(starts, counts, b)
             opt.zero_grad()
-            loss = lossf(heads(X[b].to(device)), Y[b].to(device))
+            logits = segment_max(heads(Xt[rows].to(device)), local, len(b))
+            loss = lossf(logits, Y[b].to(device))
             loss.backward()
             opt.step()
             tot += float(loss.detach()) * len(b)
         heads.eval()
         with torch.no_grad():
-            vlogits = heads(Xv.to(device)).cpu()
+            vlogits = region_logits(heads, Xv, device).cpu() if len(Xv) else torch.zeros((0, Yv.shape[-1]))
             vloss = float(lossf(vlogits, Yv)) if len(Xv) else float("nan")
         if progress is not None:
             progress("train", epoch + 1, epochs)
         if on_epoch is not None:
-            on_epoch(epoch, tot / max(len(X), 1), vloss, torch.sigmoid(vlogits).numpy(), opt)
+            on_epoch(epoch, tot / max(X.n, 1), vloss, torch.sigmoid(vlogits).numpy(), opt)
     return opt
 
 
@@ -357,7 +434,8 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                      pretrained: bool = True, val_data=None, smear_shape=(1080, 1920), pool: str | None = None,
                      crop: str | None = None, min_side: int | None = None, standardize: bool = True,
                      n_val_patches: int | None = None, min_cells: int = 2, max_cells: int = 4,
-                     head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE, tta: str | None = None, **options) -> dict:
+                     head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE, tta: str | None = None,
+                     split: str | None = None, cell_split: dict | None = None, **options) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
     Writes ``out/best.pt`` (best validation mean AUC) and ``out/last.pt`` (for ``resume``)
@@ -389,18 +467,19 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         backbone, input_size = rc["backbone"], rc["input_size"]
         pool, crop = rc.get("pool", "avg"), rc.get("crop", "stretch")
         min_side, standardize = rc.get("min_side", 0), bool(rc.get("standardize", False))
-        tta = rc.get("tta", "none")
+        tta, split = rc.get("tta", "none"), rc.get("split", "none")
     backbone = backbone or "efficientnet-lite0"
-    input_size = int(input_size or mlm.DEFAULT_INPUT_SIZE)
     pool = pool or mlm.DEFAULT_POOL
     crop = crop or mlm.DEFAULT_CROP
     tta = tta or mlm.DEFAULT_TTA
-    min_side = int(mlm.DEFAULT_MIN_SIDE if min_side is None else min_side)
+    split = split or mlm.DEFAULT_SPLIT
     if resumed is not None:
         clf = RBCClassifier.from_checkpoint(resumed, device=dev)
     else:
         clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev, pool=pool,
-                             crop=crop, min_side=min_side, standardize=bool(standardize), tta=tta)
+                             crop=crop, min_side=min_side, standardize=bool(standardize), tta=tta, split=split,
+                             cell_split=cell_split)
+    input_size = clf.input_size
     emit = log or (lambda d: None)
 
     folder_data = isinstance(data, (str, Path)) and str(data) != "simulated" and Path(data).is_dir()
@@ -412,9 +491,10 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         from ..io.datasets import DatasetError
 
         raise DatasetError(f"{data}: only {len(ps)} patch(es); at least 2 are needed to train")
-    feats = compute_features(clf, ps, batch_size=batch_size, progress=progress).numpy()
+    feats = compute_features(clf, ps, batch_size=batch_size, progress=progress)
     Y = ps.Y
-    emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": int(feats.shape[-1])})
+    emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": feats.dim,
+          "inputs": int(len(feats.owner))})
 
     metrics: dict[str, Any] = {}
     if folds:
@@ -424,13 +504,13 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     if val_data is not None:
         vps = load_patches(val_data, seed=seed + 1, n_smears=max(1, n_smears // 4), progress=progress,
                            smear_shape=smear_shape)
-        vfeats = compute_features(clf, vps, batch_size=batch_size).numpy()
+        vfeats = compute_features(clf, vps, batch_size=batch_size)
         Xtr, Ytr, Xva, Yva = feats, Y, vfeats, vps.Y
         tr = np.arange(len(ps))
         va = np.arange(0)
     else:
         tr, va = _split(ps, val_fraction, seed)
-        Xtr, Ytr, Xva, Yva = feats[tr], Y[tr], feats[va], Y[va]
+        Xtr, Ytr, Xva, Yva = feats.take(tr), Y[tr], feats.take(va), Y[va]
     n_single_val = len(Yva)
     n_patches = {"train": 0, "val": 0}
     if compose and folder_data:
@@ -441,20 +521,22 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                                          progress=progress)
         if trp:
             Xp, Yp = _patch_features(clf, trp, batch_size, progress, "features: training patches")
-            Xtr, Ytr = np.concatenate([Xtr, Xp]), np.concatenate([Ytr, Yp])
+            Xtr, Ytr = Bags.cat([Xtr, Xp]), np.concatenate([Ytr, Yp])
         if vap:
             Xp, Yp = _patch_features(clf, vap, batch_size, progress, "features: validation patches")
-            Xva, Yva = np.concatenate([Xva, Xp]), np.concatenate([Yva, Yp])
+            Xva, Yva = Bags.cat([Xva, Xp]), np.concatenate([Yva, Yp])
         n_patches = {"train": len(trp), "val": len(vap)}
         emit({"event": "data", "composed_train_patches": len(trp), "composed_val_patches": len(vap)})
     if getattr(clf.net.heads, "feat_mean", None) is not None and resumed is None:
-        clf.net.heads.set_standardization(Xtr)
+        clf.net.heads.set_standardization(Xtr.X)
 
     recipe = {
         "features": "frozen ImageNet backbone, pooled, cached",
         "backbone": backbone, "input_size": input_size, "pool": clf.pool, "crop": clf.config.get("crop", "stretch"),
         "min_side": clf.config.get("min_side", 0), "standardize": bool(clf.config.get("standardize", False)),
-        "tta": clf.tta,
+        "tta": clf.tta, "split": clf.split, "cell_split": clf.config.get("cell_split"),
+        "aggregation": "largest logit over a region's cells (multiple-instance, train and predict)"
+        if clf.split == "cells" else "one input per region",
         "composed_patches": n_patches, "min_cells": min_cells, "max_cells": max_cells,
         "selection": "best epoch by validation exact-match accuracy (single cells + composed patches)",
         "optimizer": "Adam", "lr": lr, "head_batch_size": int(head_batch_size),
@@ -482,7 +564,7 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         improved = metric is not None and metric > best["metric"]
         if improved or epoch + 1 == epochs or clf.abnormal_model is None:
             # the abnormal model follows the heads it was fitted on
-            clf.abnormal_model = fit_abnormal_model(clf.head_probs(Xtr), Ytr, seed=seed)
+            clf.abnormal_model = fit_abnormal_model(clf.region_probs(Xtr.X, Xtr.owner, Xtr.n), Ytr, seed=seed)
         m["abnormal_accuracy"] = float(np.mean((clf.abnormal_proba(vprobs) >= 0.5) == _abnormal_truth(Yva))) \
             if len(Yva) else float("nan")
         rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": loss, "val_loss": vloss,
@@ -517,25 +599,26 @@ def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, p
 
     strat = np.argmax(Y, axis=1) * 2 + _abnormal_truth(Y)
     n_groups = len(np.unique(groups))
+    dummy = np.zeros(len(Y))
     if n_groups >= k:
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = list(splitter.split(feats, strat, groups))
+        splits = list(splitter.split(dummy, strat, groups))
         grouped = True
     else:
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        splits = list(splitter.split(feats, strat))
+        splits = list(splitter.split(dummy, strat))
         grouped = False
     fold_metrics = []
     for f, (tr, te) in enumerate(splits):
         torch.manual_seed(seed + f)
-        heads = make_heads(feats.shape[-1], standardize=True)
-        heads.set_standardization(feats[tr])
-        _train_heads(heads, feats[tr], Y[tr], feats[te], Y[te], epochs=epochs, lr=lr, batch_size=batch_size,
-                     seed=seed + f)
+        ftr, fte = feats.take(tr), feats.take(te)
+        heads = make_heads(feats.dim, standardize=True)
+        heads.set_standardization(ftr.X)
+        _train_heads(heads, ftr, Y[tr], fte, Y[te], epochs=epochs, lr=lr, batch_size=batch_size, seed=seed + f)
         heads.eval()
         with torch.no_grad():
-            ptr = torch.sigmoid(heads(torch.as_tensor(feats[tr]))).numpy()
-            pte = torch.sigmoid(heads(torch.as_tensor(feats[te]))).numpy()
+            ptr = torch.sigmoid(region_logits(heads, ftr)).numpy()
+            pte = torch.sigmoid(region_logits(heads, fte)).numpy()
         abn = fit_abnormal_model(ptr, Y[tr], seed=seed)
         m = multilabel_metrics(Y[te], pte, abn.predict(pte))
         m["fold"] = f + 1
@@ -567,7 +650,7 @@ def evaluate_multilabel(model, data, device="auto", *, batch_size: int = 64, see
     clf = RBCClassifier.from_checkpoint(model, device=dev)
     ps = load_patches(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape)
     feats = compute_features(clf, ps, batch_size=batch_size)
-    probs = clf.head_probs(feats)
+    probs = clf.region_probs(feats.X, feats.owner, feats.n)
     thr = float(threshold if threshold is not None else clf.config.get("type_threshold", 0.5))
     m = multilabel_metrics(ps.Y, probs, clf.abnormal_proba(probs) >= 0.5, threshold=thr)
     if ps.skipped:

@@ -70,7 +70,7 @@ def _features(clf, images, ys, group, progress, stage):
 
     ps = _patchset([to_rgb_uint8(im) for im in images], ys, group)
     cb = None if progress is None else (lambda _s, d, t: progress(stage, d, t))
-    return compute_features(clf, ps, progress=cb).numpy(), ps.Y
+    return compute_features(clf, ps, progress=cb), ps.Y
 
 
 def _fit(clf_feat_dim, X, Y, *, epochs, lr, batch_size, seed, standardize=True):
@@ -82,16 +82,18 @@ def _fit(clf_feat_dim, X, Y, *, epochs, lr, batch_size, seed, standardize=True):
     torch.manual_seed(seed)
     heads = make_heads(clf_feat_dim, standardize=standardize)
     if standardize:
-        heads.set_standardization(X)
-    _train_heads(heads, X, Y, X[:0], Y[:0], epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        heads.set_standardization(X.X)
+    _train_heads(heads, X, Y, X.take([]), Y[:0], epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     return heads.eval()
 
 
 def _probs(heads, X):
     import torch
 
+    from .multilabel import region_logits
+
     with torch.inference_mode():
-        return torch.sigmoid(heads(torch.as_tensor(X, dtype=torch.float32))).numpy()
+        return torch.sigmoid(region_logits(heads, X)).numpy()
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
                  n_test_patches: int = 200, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
                  batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
                  standardize: bool = True, head_batch_size: int | None = None, tta: str | None = None,
-                 **_ignored) -> dict:
+                 split: str | None = None, cell_split: dict | None = None, **_ignored) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
     with ``metrics`` (mean over folds) and ``report`` (per fold and mean)."""
     from sklearn.model_selection import StratifiedKFold
@@ -110,7 +112,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     from .._device import resolve_device
     from ..data.compose import compose_patches
     from ..models import multilabel as mlm
-    from .multilabel import (DEFAULT_COMPOSE, DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, fit_abnormal_model,
+    from .multilabel import (DEFAULT_COMPOSE, DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, Bags, fit_abnormal_model,
                              multilabel_metrics)
 
     t0 = time.perf_counter()
@@ -119,18 +121,18 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     folds = int(folds or 5)
     head_epochs = int(head_epochs or epochs or DEFAULT_EPOCHS)
     backbone = backbone or "efficientnet-lite0"
-    input_size = int(input_size or mlm.DEFAULT_INPUT_SIZE)
     n_train_patches = int(DEFAULT_COMPOSE if n_train_patches is None else n_train_patches)
     dev = resolve_device(device)
     crops = _load_crops(data)
     strata = np.array([c.type_index for c in crops])
     clf = mlm.new_classifier(backbone, input_size=input_size, pretrained=True, device=dev,
-                             pool=pool or mlm.DEFAULT_POOL, crop=crop or mlm.DEFAULT_CROP,
-                             min_side=int(mlm.DEFAULT_MIN_SIDE if min_side is None else min_side),
-                             standardize=bool(standardize), tta=tta or mlm.DEFAULT_TTA)
+                             pool=pool or mlm.DEFAULT_POOL, crop=crop or mlm.DEFAULT_CROP, min_side=min_side,
+                             standardize=bool(standardize), tta=tta or mlm.DEFAULT_TTA,
+                             split=split or mlm.DEFAULT_SPLIT, cell_split=cell_split)
+    input_size = clf.input_size
     X_single, y_single = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops],
                                    "single", progress, "features: single cells")
-    dim = X_single.shape[-1]
+    dim = X_single.dim
     fit = dict(epochs=head_epochs, lr=lr, batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
                standardize=bool(standardize))
 
@@ -148,18 +150,19 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
                                  progress, f"features: fold {k + 1} train patches")
         X_tep, y_tep = _features(clf, [p[0] for p in test_p], [p[1] for p in test_p], "test-patches",
                                  progress, f"features: fold {k + 1} test patches")
-        X_tes, y_tes = X_single[te], y_single[te]
-        X_mix, y_mix = np.concatenate([X_tes, X_tep]), np.concatenate([y_tes, y_tep])
+        X_tes, y_tes = X_single.take(te), y_single[te]
+        X_mix, y_mix = Bags.cat([X_tes, X_tep]), np.concatenate([y_tes, y_tep])
+        X_trs = X_single.take(tr)
+        X_tra = Bags.cat([X_trs, X_trp])
 
         models = {
-            "A": _fit(dim, np.concatenate([X_single[tr], X_trp]), np.concatenate([y_single[tr], y_trp]),
-                      seed=seed + k, **fit),
-            "B": _fit(dim, X_single[tr], y_single[tr], seed=seed + k, **fit),
+            "A": _fit(dim, X_tra, np.concatenate([y_single[tr], y_trp]), seed=seed + k, **fit),
+            "B": _fit(dim, X_trs, y_single[tr], seed=seed + k, **fit),
         }
         fold = {"fold": k + 1, "n_train_single": int(len(tr)), "n_train_patches": int(len(train_p)),
                 "n_test_single": int(len(te)), "n_test_patches": int(len(test_p))}
         for name, heads in models.items():
-            train_X = np.concatenate([X_single[tr], X_trp]) if name == "A" else X_single[tr]
+            train_X = X_tra if name == "A" else X_trs
             train_Y = np.concatenate([y_single[tr], y_trp]) if name == "A" else y_single[tr]
             gbc = fit_abnormal_model(_probs(heads, train_X), train_Y, seed=seed)
             for test_name, (Xe, ye) in {"mixed": (X_mix, y_mix), "single": (X_tes, y_tes),
@@ -190,6 +193,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     seconds = time.perf_counter() - t0
     rep = {"data": str(data), "folds": folds, "backbone": backbone, "input_size": int(input_size),
            "pool": clf.pool, "crop": clf.config["crop"], "min_side": clf.config["min_side"], "tta": clf.tta,
+           "split": clf.split,
            "head_epochs": head_epochs, "n_train_patches": int(n_train_patches),
            "n_test_patches": int(n_test_patches), "max_cells": int(max_cells), "seed": int(seed),
            "device": str(dev), "seconds": seconds, "summary": summary, "per_fold": per_fold}
@@ -227,7 +231,8 @@ def table1_markdown(rep: dict) -> str:
                      f"{m['exact_match_std']:.3f} | {m['mean_auc']:.3f} | {m['abnormal_accuracy']:.3f} | {aucs} |")
     lines.append("")
     lines.append(f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px "
-                 f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}, tta {rep.get('tta', 'none')}), "
+                 f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}, tta {rep.get('tta', 'none')}, "
+                 f"split {rep.get('split', 'none')}), "
                  f"{rep['head_epochs']} head epochs, {rep['n_train_patches']} composed training patches and "
                  f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
                  f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}.")

@@ -25,7 +25,13 @@ weights and BatchNorm statistics (``torch.optim.swa_utils.AveragedModel``; ``las
 the raw weights for ``--resume``); ``tta`` (``"flips"`` / ``"dihedral"``) stores test-time views
 in the checkpoint (``models.detector.fuse_tta``), which ``evaluate`` and ``analyze_smear`` then
 apply (per-epoch validation stays on the raw detections; the best epoch is validated once more
-with the views at the end, ``metrics["val_tta"]``).
+with the views at the end, ``metrics["val_tta"]``). Training-only options, recorded in the
+recipe: ``scale_jitter`` (j: crops resized by a log-uniform factor in [1/(1+j), 1+j], or a
+``[lo, hi]`` pair; off by default), ``min_visible`` (a box cut by the crop is kept when at least
+this part of it is inside; 0.7), ``rpn_batch_size_per_image`` / ``rpn_positive_fraction`` /
+``box_batch_size_per_image`` / ``box_positive_fraction`` (torchvision's proposal and RoI
+samplers; None = the architecture's 256 / 0.5 / 128 / 0.25). The schedule is OneCycle (10% warm-up
+to ``lr``, then cosine decay) over ``epochs`` x ``iters_per_epoch`` steps.
 
 Options for composed smears: ``cluster_fraction`` (compose_smear's share of cells placed touching
 another; training smears only) and ``region_merge`` (True or a dict of
@@ -265,10 +271,36 @@ def _scaled(item, scale):
     return img, boxes, torch.as_tensor(item["labels"], dtype=torch.int64)
 
 
-def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False):
+def _jitter_range(value):
+    """``scale_jitter`` option -> (lo, hi) or None: a number j gives (1/(1+j), 1+j), a pair is
+    taken as it is; None/0/False: off."""
+    if value is None or value is False or value == 0:
+        return None
+    if isinstance(value, (int, float)):
+        j = float(value)
+        if j <= 0:
+            raise ValueError(f"scale_jitter must be > 0, got {value!r}")
+        return 1.0 / (1.0 + j), 1.0 + j
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_jitter range must satisfy 0 < lo <= hi, got {value!r}")
+    return lo, hi
+
+
+def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False, scale_jitter=None):
+    """A random ``size`` crop with its boxes (cells less than ``min_visible`` inside are dropped),
+    random flips (and transposes), photometric jitter. ``scale_jitter`` (lo, hi): the crop is
+    resized by a log-uniform factor in that range (a ``size / factor`` window, so the crop keeps
+    about ``size`` pixels a side); None = no resize (and no random number drawn for it)."""
     import torch
+    import torch.nn.functional as F
 
     _, h, w = img.shape
+    f = 1.0
+    if scale_jitter is not None:
+        lo, hi = scale_jitter
+        f = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        size = max(2, int(round(size / f)))
     ch, cw = min(size, h), min(size, w)
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
@@ -280,6 +312,12 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False):
     area1 = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     keep = (area1 >= min_visible * area0.clamp(min=1e-6)) & ((b[:, 2] - b[:, 0]) >= 2) & ((b[:, 3] - b[:, 1]) >= 2)
     b, lab = b[keep], labels[keep]
+    if f != 1.0:
+        nh, nw = max(1, int(round(ch * f))), max(1, int(round(cw * f)))
+        crop = F.interpolate(crop[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                             antialias=f < 1.0)[0]
+        b = b * torch.tensor([nw / cw, nh / ch, nw / cw, nh / ch], dtype=b.dtype)
+        ch, cw = nh, nw
     if rng.random() < 0.5:
         crop = crop.flip(-1)
         b = torch.stack([cw - b[:, 2], b[:, 1], cw - b[:, 0], b[:, 3]], 1)
@@ -342,7 +380,10 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
                    val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
                    smear_shape=(1080, 1920), cluster_fraction: float | None = None, validate_on: str = "train",
-                   region_merge=None, tta=None, rot90: bool = False, ema: float = 0.0, **options) -> dict:
+                   region_merge=None, tta=None, rot90: bool = False, ema: float = 0.0, scale_jitter=None,
+                   min_visible: float = 0.7, rpn_batch_size_per_image: int | None = None,
+                   rpn_positive_fraction: float | None = None, box_batch_size_per_image: int | None = None,
+                   box_positive_fraction: float | None = None, **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -370,6 +411,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         from ..models.detector import tta_mode
 
         tta = tta_mode(tta)
+    jitter = _jitter_range(scale_jitter)
+    min_visible = float(min_visible)
     resumed = None
     if resume is not None:
         if not Path(resume).is_file():
@@ -410,6 +453,16 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     if iters_per_epoch is None:
         px = sum(p[0].shape[-1] * p[0].shape[-2] for p in prepared)
         iters_per_epoch = max(4, int(np.ceil(px / (crop_size * crop_size) / batch_size)))
+    samplers = {}  # training-only proposal/RoI sampling (torchvision BalancedPositiveNegativeSampler)
+    for key, sampler, attr, val in (
+            ("rpn_batch_size_per_image", det.model.rpn.fg_bg_sampler, "batch_size_per_image", rpn_batch_size_per_image),
+            ("rpn_positive_fraction", det.model.rpn.fg_bg_sampler, "positive_fraction", rpn_positive_fraction),
+            ("box_batch_size_per_image", det.model.roi_heads.fg_bg_sampler, "batch_size_per_image",
+             box_batch_size_per_image),
+            ("box_positive_fraction", det.model.roi_heads.fg_bg_sampler, "positive_fraction", box_positive_fraction)):
+        if val is not None:
+            setattr(sampler, attr, type(getattr(sampler, attr))(val))
+        samplers[key] = getattr(sampler, attr)
     params = [p for p in det.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     total_steps = epochs * iters_per_epoch
@@ -430,8 +483,10 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     det.recipe = {
         "arch": arch, "scale": scale, "optimizer": "AdamW", "lr": lr, "weight_decay": 1e-4,
         "schedule": "OneCycle", "epochs": epochs, "iters_per_epoch": iters_per_epoch, "batch_size": batch_size,
-        "crop_size": crop_size, "augment": "random crop, h/v flips" + (", transpose" if rot90 else "") + ", colour/brightness/contrast jitter",
-        "ema": float(ema), "seed": seed, "data": str(data),
+        "crop_size": crop_size, "augment": "random crop" + (", scale jitter" if jitter else "") + ", h/v flips"
+        + (", transpose" if rot90 else "") + ", colour/brightness/contrast jitter",
+        "ema": float(ema), "scale_jitter": list(jitter) if jitter else None, "min_visible": min_visible,
+        "samplers": samplers, "seed": seed, "data": str(data),
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
         "pretrained_backbone": bool(pretrained), "compose_options": compose_options,
         "validation": (f"{val_fraction:.0%} of the train split (val split unused)" if splits and validate_on == "train"
@@ -460,7 +515,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             imgs, tgts = [], []
             for _ in range(batch_size):
                 img, boxes, labels = prepared[int(rng.integers(len(prepared)))]
-                c, t = _random_crop(img, boxes, labels, crop_size, rng, rot90=rot90)
+                c, t = _random_crop(img, boxes, labels, crop_size, rng, min_visible=min_visible, rot90=rot90,
+                                    scale_jitter=jitter)
                 imgs.append(c.to(det_dev))
                 tgts.append({k: v.to(det_dev) for k, v in t.items()})
             losses = train_model(imgs, tgts)

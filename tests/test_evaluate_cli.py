@@ -39,7 +39,7 @@ def tiny_multilabel(tmp_path_factory):
     (root / "crops" / "Elongated" / "empty.png").write_bytes(b"")
     clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False)
     ps = load_patches(str(root / "crops"))
-    X = compute_features(clf, ps).numpy()
+    X = compute_features(clf, ps)
     _train_heads(clf.net.heads, X, ps.Y, X, ps.Y, epochs=30, lr=1e-3, batch_size=16, seed=0)
     return root / "crops", save_checkpoint(clf.to_checkpoint(), root / "model.pt")
 

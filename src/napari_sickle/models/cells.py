@@ -99,10 +99,17 @@ def split_cells(image: np.ndarray, params: dict | None = None) -> np.ndarray:
     labels = watershed(-dist, markers, mask=fg).astype(np.int32)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    # pieces of neighbouring cells cut by the region's edge are not cells of the region
+    # cells of neighbouring regions cut by the region's edge are not cells of the region: a
+    # piece on the edge that is small (< edge_fraction of the largest) or apart from the
+    # region's main group of touching cells (the foreground component holding most pixels)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge = edge[edge > 0]
-    cut = edge[sizes[edge] < float(p["edge_fraction"]) * sizes.max()]
+    comp_size = np.bincount(comps.ravel())
+    comp_size[0] = 0
+    main = int(comp_size.argmax())
+    comp_of = np.zeros(labels.max() + 1, np.int64)
+    comp_of[labels.ravel()] = comps.ravel()
+    cut = edge[(sizes[edge] < float(p["edge_fraction"]) * sizes.max()) | (comp_of[edge] != main)]
     small = np.nonzero((sizes > 0) & (sizes < 0.08 * sizes.max()))[0]
     small = np.union1d(small, cut)
     if len(small):

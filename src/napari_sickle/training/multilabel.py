@@ -21,14 +21,16 @@ training and validation crops (stratified by type, ``val_fraction``); ``compose`
 1500) multi-cell patches of ``min_cells``-``max_cells`` (2-4) touching/overlapping cells are
 composed from the *training* crops only and ``n_val_patches`` (default ``compose // 5``)
 from the validation crops only, so no crop is on both sides; the heads train on single cells
-+ patches. The input is the aspect- and scale-preserving padded crop (``crop="pad"``,
-``min_side=160``) at ``input_size`` 192, features are average + max pooled from the last
-map plus max pooled from stage 4 (``pool="avgmax-s4"``) and standardised; every region is also
-seen mirrored left-right (``tta="hflip"``: flipped copies train the heads, predictions average
-the two views' logits); the best epoch is
-the one with the highest exact-match accuracy on the validation single cells + patches.
-``compose=0`` trains on single cells only; ``pool="avg", crop="stretch", standardize=False,
-tta="none"`` is the original recipe.
++ patches. Every region is split into its cells (``split="cells"``, ``models.cells``); each
+cell is centred on a padded canvas (``crop="pad"``, ``min_side=112``) at ``input_size`` 160,
+features are average + max pooled from the last map plus max pooled from stage 4
+(``pool="avgmax-s4"``) and standardised; every cell is also seen mirrored left-right
+(``tta="hflip"``: flipped copies train the heads, predictions average the two views' logits);
+a region's logit is the largest over its cells, in training (:class:`Bags`,
+:func:`_train_heads`) as in prediction; the best epoch is the one with the highest
+exact-match accuracy on the validation single cells + patches. ``compose=0`` trains on single
+cells only; ``split="none"`` is the session-3 whole-region recipe (192 px, ``min_side=160``);
+``split="none", pool="avg", crop="stretch", standardize=False, tta="none"`` is the original.
 """
 from __future__ import annotations
 
@@ -438,7 +440,7 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                      split: str | None = None, cell_split: dict | None = None, **options) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
-    Writes ``out/best.pt`` (best validation mean AUC) and ``out/last.pt`` (for ``resume``)
+    Writes ``out/best.pt`` (best validation exact match) and ``out/last.pt`` (for ``resume``)
     after every epoch. ``folds=k`` first runs k-fold cross-validation (grouped by patient /
     smear when there are enough groups) and reports it under ``metrics["cv"]``.
     ``val_data``: an optional separate validation source instead of a random split.

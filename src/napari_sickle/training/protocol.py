@@ -14,7 +14,8 @@
   the abnormal accuracy (abnormal = any type other than Oval/Disc).
 
 The model recipe is the one ``train multilabel`` uses by default (``models.multilabel``
-defaults: padded crops at 192 px, ``avgmax-s4`` pooling, standardised features; 1,500
+defaults: each region split into its cells, padded cell canvases at 160 px, the largest
+probability over a region's cells, ``avgmax-s4`` pooling, standardised features; 1,500
 training patches of 2-4 cells per fold, ``training.multilabel.DEFAULT_COMPOSE``). Features
 come from the frozen ImageNet backbone, computed once per image (and its mirror image,
 ``tta="hflip"``) and cached in memory. Results are

@@ -24,6 +24,8 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-test", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save", help="also write the fold's cached features, owners, labels and test probabilities "
+                                   "to this .npz file (to study heads and decision rules without the backbone)")
     ap.add_argument("classifier", nargs="?", default="{}", help="new_classifier keyword arguments (JSON)")
     a = ap.parse_args(argv)
 
@@ -51,8 +53,11 @@ def main(argv=None):
     heads = _fit(Xs.dim, Xtra, ytra, epochs=40, lr=1e-3, batch_size=256, seed=k)
     gb = fit_abnormal_model(_probs(heads, Xtra), ytra)
     out = {"classifier": json.loads(a.classifier), "fold": k}
+    saved = {}
     for name, (X, y) in {"single": (Xs.take(te), ys[te]), "multi": (Xtep, ytep)}.items():
         pr = _probs(heads, X)
+        saved.update({f"{name}_X": X.X.astype(np.float16), f"{name}_owner": X.owner, f"{name}_y": y,
+                      f"{name}_probs": pr})
         m = multilabel_metrics(y, pr, gb.predict(pr))
         out[name] = {key: m[key] for key in ("exact_match_accuracy", "mean_auc", "abnormal_accuracy", "n")}
         if name == "multi":
@@ -63,6 +68,8 @@ def main(argv=None):
                                      for lab, sel in (("split = cells", found == cells), ("merged", found < cells),
                                                       ("cut", found > cells))}
     out["seconds"] = round(time.time() - t0, 1)
+    if a.save:
+        np.savez(a.save, train_X=Xtra.X.astype(np.float16), train_owner=Xtra.owner, train_y=ytra, **saved)
     print(json.dumps(out))
 
 

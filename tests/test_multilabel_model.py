@@ -74,8 +74,7 @@ def test_checkpoint_round_trip_with_standardisation_and_old_format():
 
 def test_hflip_views_are_mirror_features_and_predictions_average_their_logits():
     torch.manual_seed(0)
-    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="none")
-    assert clf.tta == "hflip"  # the default recipe
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="none", tta="hflip")
     plain = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, tta="none", split="none")
     plain.net.load_state_dict(clf.net.state_dict())
     img = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
@@ -92,6 +91,27 @@ def test_hflip_views_are_mirror_features_and_predictions_average_their_logits():
     assert np.allclose(clf.head_probs(f), expect, atol=1e-6)
     assert np.allclose(clf.predict_boxes(img, boxes), expect, atol=1e-5)
     assert clf.features(clf.crops(img, np.zeros((0, 4)))).shape == (0, 2, d)
+
+
+def test_d4_views_are_the_eight_symmetries_of_the_input():
+    torch.manual_seed(0)
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="none")
+    assert clf.tta == "d4"  # the default recipe
+    plain = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, tta="none", split="none")
+    plain.net.load_state_dict(clf.net.state_dict())
+    img = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    crops = clf.crops(img, [[0, 0, 60, 40], [5, 5, 35, 30], [10, 2, 50, 38]])
+    f = clf.features(crops, batch_size=2)  # batches of 2 regions x 8 views
+    d = feature_dim("efficientnet-lite0", "avgmax-s4")
+    assert f.shape == (3, 8, d)
+    for k in range(4):
+        rot = crops.rot90(k, (-2, -1))
+        assert torch.allclose(f[:, k], plain.features(rot), atol=1e-4)
+        assert torch.allclose(f[:, 4 + k], plain.features(rot.flip(-1)), atol=1e-4)
+    assert np.allclose(clf.head_probs(f), torch.sigmoid(clf.net.heads(f).detach()).numpy())
+    assert clf.features(crops[:0]).shape == (0, 8, d)
+    with pytest.raises(ValueError, match="tta"):
+        new_classifier("efficientnet-lite0", input_size=32, pretrained=False, tta="d8")
 
 
 def test_flipped_views_are_training_rows():

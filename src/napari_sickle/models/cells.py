@@ -98,11 +98,22 @@ def split_cells(image: np.ndarray, params: dict | None = None) -> np.ndarray:
         j = int(np.argmax(dist[ys, xs]))
         markers[ys[j], xs[j]] = len(peaks) + 1 + k
     labels = watershed(-dist, markers, mask=fg).astype(np.int32)
+    return drop_foreign_pieces(labels, comps, float(p["edge_fraction"]))
+
+
+def drop_foreign_pieces(labels: np.ndarray, comps: np.ndarray | None = None, edge_fraction: float = 0.4) -> np.ndarray:
+    """Cells of neighbouring regions cut by the region's edge are not cells of the region:
+    drop the pieces on the edge that are small (< ``edge_fraction`` of the largest) or apart
+    from the region's main group of touching cells (the foreground component ``comps``
+    holding most pixels; default: the connected components of ``labels > 0``), and pieces
+    under 8 % of the largest. Returns labels renumbered 1..k."""
+    labels = np.asarray(labels, np.int32).copy()
+    if labels.max() <= 0:
+        return np.zeros(labels.shape, np.int32)
+    if comps is None:
+        comps = ndi.label(labels > 0)[0]
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    # cells of neighbouring regions cut by the region's edge are not cells of the region: a
-    # piece on the edge that is small (< edge_fraction of the largest) or apart from the
-    # region's main group of touching cells (the foreground component holding most pixels)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge = edge[edge > 0]
     comp_size = np.bincount(comps.ravel())
@@ -110,7 +121,7 @@ def split_cells(image: np.ndarray, params: dict | None = None) -> np.ndarray:
     main = int(comp_size.argmax())
     comp_of = np.zeros(labels.max() + 1, np.int64)
     comp_of[labels.ravel()] = comps.ravel()
-    cut = edge[(sizes[edge] < float(p["edge_fraction"]) * sizes.max()) | (comp_of[edge] != main)]
+    cut = edge[(sizes[edge] < float(edge_fraction) * sizes.max()) | (comp_of[edge] != main)]
     small = np.nonzero((sizes > 0) & (sizes < 0.08 * sizes.max()))[0]
     small = np.union1d(small, cut)
     if len(small):
@@ -129,11 +140,13 @@ def region_background(region: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return np.median(px.reshape(-1, region.shape[-1]), axis=0)
 
 
-def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = None) -> list[np.ndarray]:
+def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = None,
+                  splitter=None) -> list[np.ndarray]:
     """Square uint8 canvases (s, s, 3), one per cell of the region ``box`` (x0, y0, x1, y1;
     max exclusive) of an RGB uint8 ``image``: each cell on the region's background colour,
     centred, ``s = max(cell height, cell width, min_side)``. One canvas of the whole region
-    when no cell is found."""
+    when no cell is found. ``splitter(region) -> labels`` replaces :func:`split_cells` (the
+    region is the box plus ``margin`` px, clipped to the image)."""
     p = {**DEFAULT_SPLIT, **(params or {})}
     img = np.asarray(image)
     H, W = img.shape[:2]
@@ -142,7 +155,7 @@ def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = N
     x0, y0 = int(np.clip(np.floor(x0) - m, 0, W - 1)), int(np.clip(np.floor(y0) - m, 0, H - 1))
     x1, y1 = int(np.clip(np.ceil(x1) + m, x0 + 1, W)), int(np.clip(np.ceil(y1) + m, y0 + 1, H))
     region = img[y0:y1, x0:x1, :3]
-    labels = split_cells(region, p)
+    labels = split_cells(region, p) if splitter is None else np.asarray(splitter(region), np.int32)
     fg = labels > 0
     bg = region_background(region.astype(np.float32), fg)
     out = []

@@ -52,8 +52,8 @@ DEFAULT_POOL = "avgmax-s4"
 CROPS = ("stretch", "pad")
 DEFAULT_CROP = "pad"
 #: views of each region (see the module docstring)
-TTAS = ("none", "hflip")
-DEFAULT_TTA = "hflip"
+TTAS = ("none", "hflip", "flip4", "d4")
+DEFAULT_TTA = "d4"
 DEFAULT_MIN_SIDE = 160
 #: whole region or one input per cell (see the module docstring)
 SPLITS = ("none", "cells")
@@ -102,6 +102,27 @@ def pooled_features(backbone, x, pool: str = "avg"):
     if pool == "avgmax-s4":
         parts.append(mid.amax((2, 3)))
     return torch.cat(parts, 1)
+
+
+def n_views(tta: str) -> int:
+    """Number of views of each input for a ``tta`` setting."""
+    return {"none": 1, "hflip": 2, "flip4": 4, "d4": 8}[tta]
+
+
+def tta_views(x, tta: str) -> list:
+    """The views of a batch (B, C, H, W) for ``tta``: ``"hflip"`` adds the left-right mirror;
+    ``"flip4"`` also the up-down mirror and the 180-degree rotation; ``"d4"`` the eight
+    symmetries of the square (rotations by 90 degrees and their mirrors; square inputs)."""
+    if tta == "none":
+        return [x]
+    if tta == "hflip":
+        return [x, x.flip(-1)]
+    if tta == "flip4":
+        return [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)]
+    if tta == "d4":
+        rots = [x.rot90(k, (-2, -1)) for k in range(4)]
+        return rots + [r.flip(-1) for r in rots]
+    raise ValueError(f"unknown tta {tta!r}; choose one of {TTAS}")
 
 
 def _nn():
@@ -361,15 +382,17 @@ class RBCClassifier:
         with torch.inference_mode(), autocast(torch.device(dev) if isinstance(dev, str) else dev):
             for i in range(0, n, batch_size):
                 x = crops[i:i + batch_size].to(dev)
-                f = pooled_features(self.net.backbone, x, self.pool).float().cpu()
-                if self.tta == "hflip":
-                    f = torch.stack([f, pooled_features(self.net.backbone, x.flip(-1), self.pool).float().cpu()], 1)
+                views = tta_views(x, self.tta)
+                f = pooled_features(self.net.backbone, torch.cat(views), self.pool).float().cpu()
+                if len(views) > 1:
+                    f = f.reshape(len(views), len(x), -1).transpose(0, 1).contiguous()
                 out.append(f)
                 if progress is not None:
                     progress(stage, min(i + batch_size, n), n)
         if not out:
             d = feature_dim(self.config["backbone"], self.pool)
-            return torch.zeros((0, 2, d) if self.tta == "hflip" else (0, d))
+            v = n_views(self.tta)
+            return torch.zeros((0, v, d) if v > 1 else (0, d))
         return torch.cat(out)
 
     def head_probs(self, feats) -> np.ndarray:

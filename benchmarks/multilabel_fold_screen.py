@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save", help="also write the fold's cached features, owners, labels and test probabilities "
                                    "to this .npz file (to study heads and decision rules without the backbone)")
+    ap.add_argument("--splitter-options", default="{}", help="train_splitter options (JSON) for split='unet'")
     ap.add_argument("classifier", nargs="?", default="{}", help="new_classifier keyword arguments (JSON)")
     a = ap.parse_args(argv)
 
@@ -41,10 +42,17 @@ def main(argv=None):
     t0 = time.time()
     crops = _load_crops(a.data)
     clf = mlm.new_classifier(**json.loads(a.classifier))
-    Xs, ys = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops], "single", None, "")
     strata = np.array([c.type_index for c in crops])
     k = a.fold
     tr, te = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(np.zeros(len(crops)), strata))[k]
+    splitter = None
+    if clf.split == "unet":  # as the protocol: the fold's own splitter, from its training crops
+        from napari_sickle.training.splitter import split_count_accuracy, train_splitter
+
+        net_s, splitter = train_splitter([crops[i] for i in tr], seed=k, **json.loads(a.splitter_options))
+        clf.net.splitter.load_state_dict(net_s.state_dict())
+        clf.config["splitter"]["trained"] = True
+    Xs, ys = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops], "single", None, "")
     trp = compose_patches([crops[i] for i in tr], a.n_train, seed=2 * k, max_cells=4, min_cells=2)
     tep = compose_patches([crops[i] for i in te], a.n_test, seed=2 * k + 1, max_cells=4, min_cells=2)
     Xtrp, ytrp = _features(clf, [p[0] for p in trp], [p[1] for p in trp], "train", None, "")
@@ -53,6 +61,8 @@ def main(argv=None):
     heads = _fit(Xs.dim, Xtra, ytra, epochs=40, lr=1e-3, batch_size=256, seed=k)
     gb = fit_abnormal_model(_probs(heads, Xtra), ytra)
     out = {"classifier": json.loads(a.classifier), "fold": k}
+    if splitter is not None:
+        out["splitter"] = splitter
     saved = {}
     for name, (X, y) in {"single": (Xs.take(te), ys[te]), "multi": (Xtep, ytep)}.items():
         pr = _probs(heads, X)

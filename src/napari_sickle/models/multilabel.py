@@ -11,10 +11,12 @@ without them loads with the original behaviour):
   box is centred on a square canvas of ``max(w, h, min_side)`` native pixels filled with the
   median colour of the box's border, then resized (antialiased). Aspect ratios (oval vs
   elongated) are kept and cells have the same scale whether a patch holds one or four.
-* ``tta``: ``"none"`` (original) or ``"hflip"`` (default for new models): every region is
-  also seen mirrored left-right; ``features`` then returns (N, 2, D), the heads train on both
-  views as separate rows (flipped training copies) and predict the mean of the two views'
-  logits (flip test-time augmentation). Measured in docs/results.md.
+* ``tta``: the views of every input. ``"none"`` (original); ``"hflip"`` (the default of
+  sessions 3-4): also mirrored left-right; ``"flip4"``: also mirrored up-down and rotated
+  180 degrees; ``"d4"`` (default for new models): the eight symmetries of the square canvas
+  (rotations by 90 degrees and their mirrors; a cell has no preferred orientation).
+  ``features`` then returns (N, V, D); the heads train on every view as a separate row and
+  predict the mean of the V views' logits. Measured in docs/results.md.
 * ``split``: ``"none"`` (models trained before it existed): the region is one input.
   ``"cells"`` (default for new models): the region is split into its cells
   (:mod:`napari_sickle.models.cells`: edge foreground + distance-transform watershed), each
@@ -22,6 +24,9 @@ without them loads with the original behaviour):
   probability of each type is the largest over its cells (multiple-instance "max" rule,
   also used in training, so a missed split is still learned from). ``min_side`` is then
   the cell canvas side in native pixels and ``cell_split`` holds the split parameters.
+  ``"unet"``: the same, with the cells found by a small learned splitter
+  (:mod:`napari_sickle.models.splitter`, trained from the training crops by
+  ``train_multilabel``) instead of the rule-based watershed.
 * ``pool``: how the backbone's feature maps become one vector. ``"avg"`` (original):
   global average pooling of the last map. ``"avgmax-s4"`` (default for new models): average
   and max of the last map plus the max of an intermediate stage (efficientnet-lite0 stage 4,
@@ -56,7 +61,7 @@ TTAS = ("none", "hflip", "flip4", "d4")
 DEFAULT_TTA = "d4"
 DEFAULT_MIN_SIDE = 160
 #: whole region or one input per cell (see the module docstring)
-SPLITS = ("none", "cells")
+SPLITS = ("none", "cells", "unet")
 DEFAULT_SPLIT = "cells"
 #: input size and canvas side of a cell for ``split="cells"`` (a 45-85 px cell on a 112 px canvas resized to 160 px
 #: is magnified 1.43x; measured better than 128 px, docs/results.md)
@@ -181,10 +186,12 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
 
 
 def make_net(backbone: str = "efficientnet-lite0", pretrained: bool = True, weights_path=None,
-             allow_download: bool = False, pool: str = "avg", standardize: bool = False):
+             allow_download: bool = False, pool: str = "avg", standardize: bool = False,
+             splitter: dict | None = None):
     """backbone (frozen feature extractor) + six heads as one ``nn.Module`` with
     ``.backbone``, ``.heads`` and ``.extract(x)`` (pooled features); ``forward`` returns
-    logits (N, 6)."""
+    logits (N, 6). ``splitter`` (settings of :mod:`napari_sickle.models.splitter`) adds the
+    learned cell splitter as ``.splitter``, so its weights travel in the same state dict."""
     import torch.nn as nn
 
     from .backbones import build_feature_extractor
@@ -198,6 +205,10 @@ def make_net(backbone: str = "efficientnet-lite0", pretrained: bool = True, weig
                                                     allow_download=allow_download)
             self.heads = make_heads(dim, standardize=standardize)
             self.pool = pool
+            if splitter is not None:
+                from .splitter import build_splitter
+
+                self.splitter = build_splitter(splitter)
 
         def extract(self, x):
             return pooled_features(self.backbone, x, self.pool)
@@ -270,7 +281,7 @@ def canvas_tensor(canvas: np.ndarray, size: int, m, s, device="cpu"):
 
 
 def cell_crops_from_boxes(image, boxes, size: int, min_side: int = CELL_MIN_SIDE, params: dict | None = None,
-                          mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", splitter=None):
     """One normalised input per *cell* of each box (``models.cells.cell_canvases``).
 
     Returns ``(crops (M, 3, size, size), owner (M,) int64)``: ``owner[i]`` is the index of the
@@ -285,7 +296,7 @@ def cell_crops_from_boxes(image, boxes, size: int, min_side: int = CELL_MIN_SIDE
     s = torch.as_tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
     tensors, owner = [], []
     for i, box in enumerate(b):
-        for canvas in cell_canvases(img, box, int(min_side), params):
+        for canvas in cell_canvases(img, box, int(min_side), params, splitter=splitter):
             tensors.append(canvas_tensor(canvas, size, m, s, device))
             owner.append(i)
     if not tensors:
@@ -350,13 +361,29 @@ class RBCClassifier:
 
     def region_crops(self, image, boxes):
         """Network inputs for region boxes: ``(crops (M, 3, s, s), owner (M,))``, one input per
-        box (``split="none"``, ``owner = arange``) or per cell of a box (``split="cells"``)."""
-        if self.split == "cells":
+        box (``split="none"``, ``owner = arange``) or per cell of a box (``split="cells"`` or
+        ``"unet"``)."""
+        if self.split in ("cells", "unet"):
             mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
             return cell_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", CELL_MIN_SIDE)),
-                                         self.config.get("cell_split"), mean, std, device=self.device or "cpu")
+                                         self.config.get("cell_split"), mean, std, device=self.device or "cpu",
+                                         splitter=self.splitter_fn())
         crops = self.crops(image, boxes)
         return crops, np.arange(len(crops), dtype=np.int64)
+
+    def splitter_fn(self):
+        """``region -> labels`` of the learned splitter (``split="unet"``), else None (the
+        rule-based :func:`napari_sickle.models.cells.split_cells`)."""
+        if self.split != "unet":
+            return None
+        cfg = self.config.get("splitter") or {}
+        if not cfg.get("trained"):
+            raise RuntimeError("this classifier's learned cell splitter (split='unet') is not trained yet; "
+                               "train it with napari_sickle.training.splitter.train_splitter or use split='cells'")
+        from .splitter import split_cells_learned
+
+        net = self.net.splitter
+        return lambda region: split_cells_learned(net, region, cfg)
 
     def crops(self, image, boxes):
         """One input per box (the whole region; ``split="none"``)."""
@@ -461,7 +488,8 @@ class RBCClassifier:
                                   f"this napari-sickle knows pools {POOLS}, crops {CROPS}, tta {TTAS} and "
                                   f"splits {SPLITS}")
         net = make_net(cfg["backbone"], pretrained=False, pool=cfg.get("pool", "avg"),
-                       standardize=bool(cfg.get("standardize", False)))
+                       standardize=bool(cfg.get("standardize", False)),
+                       splitter=cfg.get("splitter") if cfg.get("split") == "unet" else None)
         try:
             net.load_state_dict(ckpt["state_dict"])
         except RuntimeError as exc:
@@ -479,19 +507,22 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int | None 
                    weights_path=None, allow_download: bool = False, device="cpu", pool: str = DEFAULT_POOL,
                    crop: str = DEFAULT_CROP, min_side: int | None = None,
                    standardize: bool = True, tta: str = DEFAULT_TTA, split: str = DEFAULT_SPLIT,
-                   cell_split: dict | None = None) -> RBCClassifier:
+                   cell_split: dict | None = None, splitter: dict | None = None) -> RBCClassifier:
     """A fresh classifier: pretrained frozen backbone, untrained heads.
 
     The defaults are the recipe measured best (docs/results.md); ``split="none", pool="avg",
     crop="stretch", standardize=False, tta="none"`` gives the original model. ``input_size``
-    and ``min_side`` default to 160 / 112 with ``split="cells"`` and 192 / 160 without."""
+    and ``min_side`` default to 160 / 112 with ``split="cells"`` or ``"unet"`` and 192 / 160
+    without. ``split="unet"``: the learned splitter (settings ``splitter``, see
+    :mod:`napari_sickle.models.splitter`) is created untrained; ``train_multilabel`` trains
+    it from the training crops before anything else."""
     import torch
 
     from .cells import DEFAULT_SPLIT as CELL_SPLIT
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    cells = split == "cells"
+    cells = split in ("cells", "unet")
     input_size = int(input_size or (CELL_INPUT_SIZE if cells else DEFAULT_INPUT_SIZE))
     min_side = int((CELL_MIN_SIDE if cells else DEFAULT_MIN_SIDE) if min_side is None else min_side)
 
@@ -501,8 +532,15 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int | None 
         raise ValueError(f"unknown crop {crop!r}; choose one of {CROPS}")
     if tta not in TTAS:
         raise ValueError(f"unknown tta {tta!r}; choose one of {TTAS}")
+    from .splitter import DEFAULT_SPLITTER
+
+    if split == "unet":
+        unknown = set(splitter or {}) - set(DEFAULT_SPLITTER)
+        if unknown:
+            raise ValueError(f"unknown splitter setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_SPLITTER)}")
+    split_cfg = {**DEFAULT_SPLITTER, **(splitter or {})} if split == "unet" else None
     net = make_net(backbone, pretrained=pretrained, weights_path=weights_path, allow_download=allow_download,
-                   pool=pool, standardize=standardize)
+                   pool=pool, standardize=standardize, splitter=split_cfg)
     for p in net.backbone.parameters():
         p.requires_grad_(False)
     cfg = {
@@ -526,5 +564,7 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int | None 
         if unknown:
             raise ValueError(f"unknown cell_split parameter(s) {sorted(unknown)}; known: {sorted(CELL_SPLIT)}")
         cfg["cell_split"] = {**CELL_SPLIT, **(cell_split or {})}
+    if split_cfg is not None:
+        cfg["splitter"] = split_cfg
     dev = torch.device(device) if isinstance(device, str) else device
     return RBCClassifier(net=net, config=cfg).to(dev)

@@ -24,12 +24,14 @@ from the validation crops only, so no crop is on both sides; the heads train on 
 + patches. Every region is split into its cells (``split="cells"``, ``models.cells``); each
 cell is centred on a padded canvas (``crop="pad"``, ``min_side=112``) at ``input_size`` 160,
 features are average + max pooled from the last map plus max pooled from stage 4
-(``pool="avgmax-s4"``) and standardised; every cell is also seen mirrored left-right
-(``tta="hflip"``: flipped copies train the heads, predictions average the two views' logits);
+(``pool="avgmax-s4"``) and standardised; every cell is seen in the eight symmetries of its
+canvas (``tta="d4"``: rotated/mirrored copies train the heads, predictions average the eight
+views' logits; ``"hflip"`` was the default until session 5);
 a region's logit is the largest over its cells, in training (:class:`Bags`,
 :func:`_train_heads`) as in prediction; the best epoch is the one with the highest
 exact-match accuracy on the validation single cells + patches. ``compose=0`` trains on single
-cells only; ``split="none"`` is the session-3 whole-region recipe (192 px, ``min_side=160``);
+cells only; ``split="unet"`` finds the cells with a learned splitter trained first on the
+training crops (:mod:`napari_sickle.training.splitter`); ``split="none"`` is the session-3 whole-region recipe (192 px, ``min_side=160``);
 ``split="none", pool="avg", crop="stretch", standardize=False, tta="none"`` is the original.
 """
 from __future__ import annotations
@@ -437,13 +439,17 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
                      crop: str | None = None, min_side: int | None = None, standardize: bool = True,
                      n_val_patches: int | None = None, min_cells: int = 2, max_cells: int = 4,
                      head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE, tta: str | None = None,
-                     split: str | None = None, cell_split: dict | None = None, **options) -> dict:
+                     split: str | None = None, cell_split: dict | None = None, splitter: dict | None = None,
+                     splitter_options: dict | None = None, **options) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
     Writes ``out/best.pt`` (best validation exact match) and ``out/last.pt`` (for ``resume``)
     after every epoch. ``folds=k`` first runs k-fold cross-validation (grouped by patient /
     smear when there are enough groups) and reports it under ``metrics["cv"]``.
     ``val_data``: an optional separate validation source instead of a random split.
+    ``split="unet"`` (class folders only) first trains the learned cell splitter on the
+    training crops (:func:`napari_sickle.training.splitter.train_splitter`, options
+    ``splitter_options``); it is stored in the checkpoint with the heads.
     Returns {"checkpoint", "metrics", "history", "seconds"}.
     """
     import torch
@@ -480,11 +486,14 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     else:
         clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev, pool=pool,
                              crop=crop, min_side=min_side, standardize=bool(standardize), tta=tta, split=split,
-                             cell_split=cell_split)
+                             cell_split=cell_split, splitter=splitter)
     input_size = clf.input_size
     emit = log or (lambda d: None)
 
     folder_data = isinstance(data, (str, Path)) and str(data) != "simulated" and Path(data).is_dir()
+    if clf.split == "unet" and not folder_data:
+        raise ValueError(f"split='unet' trains its cell splitter from single-cell crops, so --data must be a folder "
+                         f"of class sub-folders; {data} is not. Use split='cells' (the rule-based split) instead.")
     if compose is None:
         compose = DEFAULT_COMPOSE if folder_data else 0
     compose = int(compose)
@@ -493,6 +502,19 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         from ..io.datasets import DatasetError
 
         raise DatasetError(f"{data}: only {len(ps)} patch(es); at least 2 are needed to train")
+    if val_data is None:
+        tr, va = _split(ps, val_fraction, seed)
+    splitter_stats = None
+    if clf.split == "unet" and not clf.config["splitter"].get("trained"):
+        from ..data.compose import load_crops
+        from .splitter import train_splitter
+
+        names = {Path(ps.names[i]).resolve() for i in (tr if val_data is None else range(len(ps)))}
+        net_s, splitter_stats = train_splitter([c for c in load_crops(data) if Path(c.path).resolve() in names],
+                                               seed=seed, device=dev, progress=progress, **(splitter_options or {}))
+        clf.net.splitter.load_state_dict(net_s.state_dict())
+        clf.config["splitter"]["trained"] = True
+        emit({"event": "splitter", **splitter_stats})
     feats = compute_features(clf, ps, batch_size=batch_size, progress=progress)
     Y = ps.Y
     emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": feats.dim,
@@ -511,7 +533,6 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         tr = np.arange(len(ps))
         va = np.arange(0)
     else:
-        tr, va = _split(ps, val_fraction, seed)
         Xtr, Ytr, Xva, Yva = feats.take(tr), Y[tr], feats.take(va), Y[va]
     n_single_val = len(Yva)
     n_patches = {"train": 0, "val": 0}
@@ -537,8 +558,9 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         "backbone": backbone, "input_size": input_size, "pool": clf.pool, "crop": clf.config.get("crop", "stretch"),
         "min_side": clf.config.get("min_side", 0), "standardize": bool(clf.config.get("standardize", False)),
         "tta": clf.tta, "split": clf.split, "cell_split": clf.config.get("cell_split"),
+        **({"splitter": splitter_stats} if splitter_stats else {}),
         "aggregation": "largest logit over a region's cells (multiple-instance, train and predict)"
-        if clf.split == "cells" else "one input per region",
+        if clf.split in ("cells", "unet") else "one input per region",
         "composed_patches": n_patches, "min_cells": min_cells, "max_cells": max_cells,
         "selection": "best epoch by validation exact-match accuracy (single cells + composed patches)",
         "optimizer": "Adam", "lr": lr, "head_batch_size": int(head_batch_size),

@@ -17,8 +17,8 @@ The model recipe is the one ``train multilabel`` uses by default (``models.multi
 defaults: each region split into its cells, padded cell canvases at 160 px, the largest
 probability over a region's cells, ``avgmax-s4`` pooling, standardised features; 1,500
 training patches of 2-4 cells per fold, ``training.multilabel.DEFAULT_COMPOSE``). Features
-come from the frozen ImageNet backbone, computed once per image (and its mirror image,
-``tta="hflip"``) and cached in memory. Results are
+come from the frozen ImageNet backbone, computed once per image (in its eight rotations and
+mirror images, ``tta="d4"``) and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
 """
 from __future__ import annotations
@@ -105,9 +105,14 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
                  n_test_patches: int = 200, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
                  batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
                  standardize: bool = True, head_batch_size: int | None = None, tta: str | None = None,
-                 split: str | None = None, cell_split: dict | None = None, **_ignored) -> dict:
+                 split: str | None = None, cell_split: dict | None = None, splitter: dict | None = None,
+                 splitter_options: dict | None = None, **_ignored) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
-    with ``metrics`` (mean over folds) and ``report`` (per fold and mean)."""
+    with ``metrics`` (mean over folds) and ``report`` (per fold and mean).
+
+    ``split="unet"``: each fold trains its own learned cell splitter
+    (:func:`napari_sickle.training.splitter.train_splitter`, options ``splitter_options``) on
+    the fold's training crops only, and the single cells are featurised again per fold."""
     from sklearn.model_selection import StratifiedKFold
 
     from .._device import resolve_device
@@ -129,11 +134,13 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     clf = mlm.new_classifier(backbone, input_size=input_size, pretrained=True, device=dev,
                              pool=pool or mlm.DEFAULT_POOL, crop=crop or mlm.DEFAULT_CROP, min_side=min_side,
                              standardize=bool(standardize), tta=tta or mlm.DEFAULT_TTA,
-                             split=split or mlm.DEFAULT_SPLIT, cell_split=cell_split)
+                             split=split or mlm.DEFAULT_SPLIT, cell_split=cell_split, splitter=splitter)
     input_size = clf.input_size
-    X_single, y_single = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops],
-                                   "single", progress, "features: single cells")
-    dim = X_single.dim
+    learned = clf.split == "unet"
+    single_images, single_ys = [c.image for c in crops], [_onehot(c.type_index) for c in crops]
+    if not learned:
+        X_single, y_single = _features(clf, single_images, single_ys, "single", progress, "features: single cells")
+    splitter_stats = []
     fit = dict(epochs=head_epochs, lr=lr, batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
                standardize=bool(standardize))
 
@@ -143,6 +150,18 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
         report(progress, "folds", k, folds)
         tr_crops = [crops[i] for i in tr]
         te_crops = [crops[i] for i in te]
+        if learned:
+            from .splitter import train_splitter
+
+            cb = None if progress is None else (lambda st, d, t, _k=k: progress(f"fold {_k + 1} {st}", d, t))
+            net_s, stats = train_splitter(tr_crops, seed=seed * 1000 + k, device=dev, progress=cb,
+                                          **(splitter_options or {}))
+            clf.net.splitter.load_state_dict(net_s.state_dict())
+            clf.config["splitter"]["trained"] = True
+            splitter_stats.append(stats)
+            X_single, y_single = _features(clf, single_images, single_ys, "single", progress,
+                                           f"features: fold {k + 1} single cells")
+        dim = X_single.dim
         train_p = compose_patches(tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells,
                                   min_cells=2)
         test_p = compose_patches(te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells,
@@ -194,7 +213,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     seconds = time.perf_counter() - t0
     rep = {"data": str(data), "folds": folds, "backbone": backbone, "input_size": int(input_size),
            "pool": clf.pool, "crop": clf.config["crop"], "min_side": clf.config["min_side"], "tta": clf.tta,
-           "split": clf.split,
+           "split": clf.split, **({"splitter": splitter_stats} if learned else {}),
            "head_epochs": head_epochs, "n_train_patches": int(n_train_patches),
            "n_test_patches": int(n_test_patches), "max_cells": int(max_cells), "seed": int(seed),
            "device": str(dev), "seconds": seconds, "summary": summary, "per_fold": per_fold}

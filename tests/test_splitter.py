@@ -1,0 +1,75 @@
+"""The learned cell splitter (split="unet"): training from single-cell crops, splitting,
+checkpoints and the multi-label classifier that uses it."""
+import numpy as np
+import pytest
+import torch
+
+from napari_sickle.data.compose import compose_patches, crops_from_arrays
+from napari_sickle.models.multilabel import RBCClassifier, new_classifier
+from napari_sickle.models.splitter import split_cells_learned
+from napari_sickle.training.splitter import split_count_accuracy, train_splitter
+
+
+def _cell(r, seed, shape=(40, 40)):
+    """One dark disc (radius r) on a grey background, like a single-cell crop."""
+    yy, xx = np.indices(shape)
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 200.0)
+    img[np.hypot(yy - shape[0] / 2, xx - shape[1] / 2) <= r] = 110.0
+    img += rng.normal(0, 2.0, shape)
+    return np.clip(img, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return crops_from_arrays([(_cell(10 + i % 4, i), i % 6) for i in range(24)])
+
+
+@pytest.fixture(scope="module")
+def trained(crops):
+    torch.manual_seed(0)
+    return train_splitter(crops, seed=0, n_patches=40, steps=60, size=48, batch=8)
+
+
+def test_trained_splitter_separates_composed_cells_and_keeps_single_cells_whole(crops, trained):
+    net, stats = trained
+    assert stats["images"] == 40 + len(crops) and stats["steps"] == 60 and np.isfinite(stats["final_loss"])
+    patches = compose_patches(crops, 12, seed=5, min_cells=2, max_cells=3)
+    acc = split_count_accuracy(net, patches)
+    assert acc["n"] == 12 and acc["exact"] >= 0.8, acc
+    untrained, _ = train_splitter(crops, seed=0, n_patches=1, steps=0)
+    assert split_count_accuracy(untrained, patches)["exact"] < acc["exact"]  # it is the training that splits
+    singles = [int(split_cells_learned(net, c.image).max()) for c in crops[:8]]
+    assert singles.count(1) >= 7, singles
+    assert split_cells_learned(net, np.full((40, 40, 3), 200, np.uint8)).max() == 0  # no cell: nothing
+    with pytest.raises(ValueError, match="unknown splitter option"):
+        train_splitter(crops, steps=1, typo=3)
+
+
+def test_unet_split_classifier_needs_a_trained_splitter_and_round_trips(crops, trained):
+    net, _ = trained
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="unet", tta="none")
+    assert clf.config["splitter"]["trained"] is False
+    img = compose_patches(crops, 1, seed=9, min_cells=2, max_cells=2)[0][0]
+    box = [[0, 0, img.shape[1], img.shape[0]]]
+    with pytest.raises(RuntimeError, match="not trained"):
+        clf.predict_boxes(img, box)
+    clf.net.splitter.load_state_dict(net.state_dict())
+    clf.config["splitter"]["trained"] = True
+    crops_, owner = clf.region_crops(img, box)
+    assert len(crops_) == int(split_cells_learned(net, img).max()) >= 1 and set(owner) == {0}
+    p = clf.predict_boxes(img, box)
+    again = RBCClassifier.from_checkpoint(clf.to_checkpoint())
+    assert again.split == "unet"
+    assert all(torch.equal(a, b) for a, b in zip(again.net.splitter.state_dict().values(),
+                                                 net.state_dict().values()))
+    assert np.allclose(again.predict_boxes(img, box), p, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown splitter setting"):
+        new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="unet", splitter={"seedz": 1})
+
+
+def test_unet_split_training_needs_class_folders(tmp_path):
+    from napari_sickle.training.multilabel import train_multilabel
+
+    with pytest.raises(ValueError, match="class sub-folders"):
+        train_multilabel("simulated", tmp_path, split="unet", pretrained=False, epochs=1, n_smears=1)

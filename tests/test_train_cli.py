@@ -166,7 +166,7 @@ def test_multilabel_default_composes_patches_from_training_crops_only(crops_root
     ck = load_checkpoint(r["checkpoint"], kind="multilabel")
     assert ck["recipe"]["composed_patches"] == {"train": 10, "val": 2}
     assert ck["config"]["pool"] == "avgmax-s4" and ck["config"]["crop"] == "pad"
-    assert ck["config"]["tta"] == "hflip" and ck["recipe"]["tta"] == "hflip"  # flip views by default
+    assert ck["config"]["tta"] == "d4" and ck["recipe"]["tta"] == "d4"  # the eight canvas symmetries by default
     epochs = [e for e in logs if e.get("event") == "epoch"]
     assert epochs[0]["metric_name"] == "val_exact_match"
     assert 0 <= epochs[0]["multi_exact_match_accuracy"] <= 1 and 0 <= epochs[0]["single_exact_match_accuracy"] <= 1

@@ -47,11 +47,9 @@ def main(argv=None):
     tr, te = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(np.zeros(len(crops)), strata))[k]
     splitter = None
     if clf.split == "unet":  # as the protocol: the fold's own splitter, from its training crops
-        from napari_sickle.training.splitter import split_count_accuracy, train_splitter
+        from napari_sickle.training.splitter import fit_classifier_splitter
 
-        net_s, splitter = train_splitter([crops[i] for i in tr], seed=k, **json.loads(a.splitter_options))
-        clf.net.splitter.load_state_dict(net_s.state_dict())
-        clf.config["splitter"]["trained"] = True
+        splitter = fit_classifier_splitter(clf, [crops[i] for i in tr], seed=k, **json.loads(a.splitter_options))
     Xs, ys = _features(clf, [c.image for c in crops], [_onehot(c.type_index) for c in crops], "single", None, "")
     trp = compose_patches([crops[i] for i in tr], a.n_train, seed=2 * k, max_cells=4, min_cells=2)
     tep = compose_patches([crops[i] for i in te], a.n_test, seed=2 * k + 1, max_cells=4, min_cells=2)

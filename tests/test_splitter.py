@@ -73,3 +73,15 @@ def test_unet_split_training_needs_class_folders(tmp_path):
 
     with pytest.raises(ValueError, match="class sub-folders"):
         train_multilabel("simulated", tmp_path, split="unet", pretrained=False, epochs=1, n_smears=1)
+
+
+def test_fit_classifier_splitter_installs_the_trained_network(crops):
+    from napari_sickle.training.splitter import fit_classifier_splitter
+
+    clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="unet", tta="none")
+    before = {k: v.clone() for k, v in clf.net.splitter.state_dict().items()}
+    stats = fit_classifier_splitter(clf, crops, seed=0, n_patches=4, steps=3, size=48)
+    assert stats["steps"] == 3 and clf.config["splitter"]["trained"] is True
+    assert any(not torch.equal(before[k], v) for k, v in clf.net.splitter.state_dict().items())
+    img = compose_patches(crops, 1, seed=3, min_cells=2, max_cells=2)[0][0]
+    assert clf.predict_boxes(img, [[0, 0, img.shape[1], img.shape[0]]]).shape == (1, 6)

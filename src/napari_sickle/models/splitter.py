@@ -10,9 +10,10 @@ trained (:mod:`napari_sickle.training.splitter`) on patches composed from the *t
 crops, whose instance masks the composer knows, plus the single crops themselves (one cell
 each), so it needs no annotation beyond the class folders.
 
-Instances: one seed per connected interior region (``seeds="components"``), grown over the
-foreground by watershed (:func:`napari_sickle.analysis.segmentation.unet_probabilities_to_instances`),
-then the pieces of neighbouring cells cut by the region's edge are dropped as in the
+Instances (:func:`napari_sickle.analysis.segmentation.unet_probabilities_to_instances`): by
+default seeds are the peaks of the distance transform of the interior (interior probability
+> 0.7; ``seeds="components"`` takes one seed per connected interior region instead), grown
+over the foreground by watershed; then the pieces of neighbouring cells cut by the region's edge are dropped as in the
 rule-based split (:func:`napari_sickle.models.cells.drop_foreign_pieces`).
 
 The network's weights live in the classifier's state dict (``net.splitter``), its settings

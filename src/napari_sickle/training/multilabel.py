@@ -507,13 +507,11 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     splitter_stats = None
     if clf.split == "unet" and not clf.config["splitter"].get("trained"):
         from ..data.compose import load_crops
-        from .splitter import train_splitter
+        from .splitter import fit_classifier_splitter
 
         names = {Path(ps.names[i]).resolve() for i in (tr if val_data is None else range(len(ps)))}
-        net_s, splitter_stats = train_splitter([c for c in load_crops(data) if Path(c.path).resolve() in names],
-                                               seed=seed, device=dev, progress=progress, **(splitter_options or {}))
-        clf.net.splitter.load_state_dict(net_s.state_dict())
-        clf.config["splitter"]["trained"] = True
+        splitter_stats = fit_classifier_splitter(clf, [c for c in load_crops(data) if Path(c.path).resolve() in names],
+                                                 seed=seed, device=dev, progress=progress, **(splitter_options or {}))
         emit({"event": "splitter", **splitter_stats})
     feats = compute_features(clf, ps, batch_size=batch_size, progress=progress)
     Y = ps.Y

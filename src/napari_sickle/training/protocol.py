@@ -151,14 +151,11 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
         tr_crops = [crops[i] for i in tr]
         te_crops = [crops[i] for i in te]
         if learned:
-            from .splitter import train_splitter
+            from .splitter import fit_classifier_splitter
 
             cb = None if progress is None else (lambda st, d, t, _k=k: progress(f"fold {_k + 1} {st}", d, t))
-            net_s, stats = train_splitter(tr_crops, seed=seed * 1000 + k, device=dev, progress=cb,
-                                          **(splitter_options or {}))
-            clf.net.splitter.load_state_dict(net_s.state_dict())
-            clf.config["splitter"]["trained"] = True
-            splitter_stats.append(stats)
+            splitter_stats.append(fit_classifier_splitter(clf, tr_crops, seed=seed * 1000 + k, device=dev, progress=cb,
+                                                          **(splitter_options or {})))
             X_single, y_single = _features(clf, single_images, single_ys, "single", progress,
                                            f"features: fold {k + 1} single cells")
         dim = X_single.dim

@@ -107,6 +107,15 @@ def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, **optio
     return net, stats
 
 
+def fit_classifier_splitter(clf, crops, *, seed: int = 0, device="cpu", progress=None, **options) -> dict:
+    """Train the learned splitter of a ``split="unet"`` classifier on ``crops`` and install it
+    (``clf.net.splitter``, ``clf.config["splitter"]["trained"]``); returns the stats."""
+    net, stats = train_splitter(crops, seed=seed, device=device, progress=progress, **options)
+    clf.net.splitter.load_state_dict(net.state_dict())
+    clf.config["splitter"]["trained"] = True
+    return stats
+
+
 def split_count_accuracy(net, patches, cfg: dict | None = None) -> dict:
     """How often the learned split finds each composed patch's number of cells:
     ``patches`` are ``compose_patches`` items (image, types, n_cells, ...)."""

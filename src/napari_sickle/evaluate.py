@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ._malloc import tune_malloc
+
 from .train import UsageError, _one_line, _parse_option, _user_error_types, check_data, to_json
 
 KINDS = ("detector", "multilabel", "bm", "segmentation")
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()
     try:
         if args.model is not None and not Path(args.model).expanduser().is_file():
             raise UsageError(f"--model {args.model}: no such checkpoint file.")

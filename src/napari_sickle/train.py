@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ._malloc import tune_malloc
+
 KINDS = ("detector", "multilabel", "bm", "unet")
 PROTOCOL = "multilabel-protocol"
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"}
@@ -413,6 +415,7 @@ def _fault_hook(log):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_malloc()
     out = Path(args.out).expanduser()
     from .training import distributed as ddp_glue  # torchrun/DDP glue; no-op in a plain process
 

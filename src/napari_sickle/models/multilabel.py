@@ -56,6 +56,9 @@ DEFAULT_POOL = "avgmax-s4"
 #: crop geometry (see the module docstring)
 CROPS = ("stretch", "pad")
 DEFAULT_CROP = "pad"
+#: at most this many images (cells x views) per backbone forward pass on the CPU: larger
+#: batches were slower (benchmarks/bench_malloc.py: 64 images 166/s, 512 images 97/s)
+CPU_FORWARD_IMAGES = 64
 #: views of each region (see the module docstring)
 TTAS = ("none", "hflip", "flip4", "d4")
 DEFAULT_TTA = "d4"
@@ -406,6 +409,8 @@ class RBCClassifier:
         out = []
         n = len(crops)
         batch_size = max(1, int(batch_size))
+        if torch.device(dev).type == "cpu":  # all views of a batch go through the backbone at once
+            batch_size = max(1, min(batch_size, CPU_FORWARD_IMAGES // n_views(self.tta)))
         with torch.inference_mode(), autocast(torch.device(dev) if isinstance(dev, str) else dev):
             for i in range(0, n, batch_size):
                 x = crops[i:i + batch_size].to(dev)

@@ -198,11 +198,12 @@ def _transforms(size, mean, std, augment, crop_scale):
     ])
 
 
-TTA_MODES = ("none", "flips")
+TTA_MODES = ("none", "flips", "d4")
 
 
 def tta_mode(value) -> str:
-    """``tta`` option -> ``"none"`` or ``"flips"`` (identity, left-right, up-down, both)."""
+    """``tta`` option -> ``"none"``, ``"flips"`` (identity, left-right, up-down, both) or
+    ``"d4"`` (the eight symmetries of the square: four 90-degree rotations and their mirrors)."""
     v = "none" if value in (None, False) else "flips" if value is True else str(value).strip().lower()
     v = {"0": "none", "false": "none", "no": "none", "off": "none", "1": "flips", "true": "flips"}.get(v, v)
     if v not in TTA_MODES:
@@ -215,6 +216,9 @@ def tta_views(image, mode: str) -> list:
     a = np.asarray(image)
     if mode == "none":
         return [a]
+    if mode == "d4":
+        rots = [np.ascontiguousarray(np.rot90(a, k)) for k in range(4)]
+        return rots + [np.ascontiguousarray(r[:, ::-1]) for r in rots]
     return [a, np.ascontiguousarray(a[:, ::-1]), np.ascontiguousarray(a[::-1]), np.ascontiguousarray(a[::-1, ::-1])]
 
 
@@ -565,7 +569,7 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
 
 
 def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=None, split: str = "all",
-                tta=None) -> dict:
+                tta=None, predictions: bool = False) -> dict:
     """Macro/per-class precision, recall, F1 and accuracy of ``model`` on ``data``.
 
     ``split="heldout"`` keeps only the images that the checkpoint's training run held out
@@ -573,7 +577,8 @@ def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=No
     on training images; ``"all"`` (default) uses every image of ``data``.
     ``tta``: None uses the checkpoint's own setting (recipe ``tta``, as its training
     validation did); ``"flips"`` averages the softmax of the cell and its three flips,
-    ``"none"`` classifies the cell as it is."""
+    ``"none"`` classifies the cell as it is. ``predictions=True`` adds ``"predictions"``: one
+    ``{"path", "label", "predicted"}`` per image (to pool several test sets)."""
     from ..analysis.bm import classify_cells
     from ..models.bm import load_bm_model
 
@@ -589,7 +594,7 @@ def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=No
         sel = [i for i, pth in enumerate(paths) if pth in keep]
         if not sel:
             raise ValueError(f"none of the checkpoint's {len(keep)} held-out images is in {data}.")
-        images, labels = [images[i] for i in sel], [labels[i] for i in sel]
+        images, labels, paths = [images[i] for i in sel], [labels[i] for i in sel], [paths[i] for i in sel]
     names = list(clf.class_names)
     unknown = sorted(set(labels) - set(names))
     if unknown:
@@ -601,6 +606,9 @@ def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=No
     y = np.array([names.index(lab) for lab in labels])
     m = _metrics(y, proba.argmax(1), names)
     m["tta"] = mode
+    if predictions:
+        m["predictions"] = [{"path": str(pth), "label": lab, "predicted": names[int(k)]}
+                            for pth, lab, k in zip(paths, labels, proba.argmax(1))]
     if skipped:
         m["skipped"] = int(skipped)
     return m

@@ -15,8 +15,10 @@
 
 The model recipe is the one ``train multilabel`` uses by default (``models.multilabel``
 defaults: each region split into its cells, padded cell canvases at 160 px, the largest
-probability over a region's cells, ``avgmax-s4`` pooling, standardised features; 1,500
-training patches of 2-4 cells per fold, ``training.multilabel.DEFAULT_COMPOSE``). Features
+probability over a region's cells, ``avgmax-s4`` pooling, standardised features), with
+``DEFAULT_TRAIN_PATCHES`` (600) training and ``DEFAULT_TEST_PATCHES`` (150) test patches of
+2-4 cells per fold (``train multilabel`` composes 1,500 from its one training split; five
+folds of that many would not fit the 30-minute budget on a 2-core CPU). Features
 come from the frozen ImageNet backbone, computed once per image (in its eight rotations and
 mirror images, ``tta="d4"``) and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
@@ -31,6 +33,11 @@ import numpy as np
 
 from .._progress import report
 from ..constants import RBC_TYPE_LABELS, RBC_TYPES, XU_FOLDER_TO_TYPE
+
+
+#: composed multi-cell patches per fold (docs/results.md, Table 1)
+DEFAULT_TRAIN_PATCHES = 600
+DEFAULT_TEST_PATCHES = 150
 
 
 def _abnormal(y: np.ndarray) -> np.ndarray:
@@ -102,7 +109,7 @@ def _probs(heads, X):
 # ---------------------------------------------------------------------------------------
 def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0, folds=None, progress=None,
                  log=None, input_size: int | None = None, n_train_patches: int | None = None,
-                 n_test_patches: int = 200, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
+                 n_test_patches: int = DEFAULT_TEST_PATCHES, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
                  batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
                  standardize: bool = True, head_batch_size: int | None = None, tta: str | None = None,
                  split: str | None = None, cell_split: dict | None = None, splitter: dict | None = None,
@@ -118,7 +125,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     from .._device import resolve_device
     from ..data.compose import compose_patches
     from ..models import multilabel as mlm
-    from .multilabel import (DEFAULT_COMPOSE, DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, Bags, fit_abnormal_model,
+    from .multilabel import (DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, Bags, fit_abnormal_model,
                              multilabel_metrics)
 
     t0 = time.perf_counter()
@@ -127,7 +134,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     folds = int(folds or 5)
     head_epochs = int(head_epochs or epochs or DEFAULT_EPOCHS)
     backbone = backbone or "efficientnet-lite0"
-    n_train_patches = int(DEFAULT_COMPOSE if n_train_patches is None else n_train_patches)
+    n_train_patches = int(DEFAULT_TRAIN_PATCHES if n_train_patches is None else n_train_patches)
     dev = resolve_device(device)
     crops = _load_crops(data)
     strata = np.array([c.type_index for c in crops])

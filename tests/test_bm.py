@@ -282,3 +282,16 @@ def _write_labels_csv_layout(d, sim, ext, broken=False):
         rows.append({"image": f"Dataset 1/broken.{ext}", "class_name": sim.class_names[0]})
     pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
     return d
+
+
+def test_d4_test_time_views_are_the_eight_symmetries():
+    from napari_sickle.training.bm import tta_mode, tta_views
+
+    img = np.arange(3 * 3 * 3, dtype=np.uint8).reshape(3, 3, 3)  # no symmetry: eight distinct views
+    views = tta_views(img, tta_mode("d4"))
+    assert len(views) == 8
+    assert len({v.tobytes() for v in views}) == 8
+    assert any(np.array_equal(v, img.transpose(1, 0, 2)) for v in views)  # the transpose is one of them
+    assert [v.shape for v in tta_views(img, "flips")] == [img.shape] * 4
+    with pytest.raises(ValueError, match="d4"):
+        tta_mode("rot")

@@ -57,7 +57,7 @@ DEFAULT_POOL = "avgmax-s4"
 CROPS = ("stretch", "pad")
 DEFAULT_CROP = "pad"
 #: at most this many images (cells x views) per backbone forward pass on the CPU: larger
-#: batches were slower (benchmarks/bench_malloc.py: 64 images 166/s, 512 images 97/s)
+#: batches were slower (benchmarks/bench_malloc.py, tuned malloc: 64 images 129/s, 512 images 95/s)
 CPU_FORWARD_IMAGES = 64
 #: views of each region (see the module docstring)
 TTAS = ("none", "hflip", "flip4", "d4")

@@ -38,6 +38,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027])
+    ap.add_argument("--model", default=None, help="shipped RBC model name (default: the shipped default)")
     ap.add_argument("--detector", default=None)
     ap.add_argument("--classifier", default=None)
     ap.add_argument("--device", default="cpu")
@@ -53,7 +54,7 @@ def main(argv=None):
     from napari_sickle.models.registry import load_models
 
     t = time.perf_counter()
-    models = load_models(args.detector, args.classifier, device=args.device, allow_train=True)
+    models = load_models(args.detector, args.classifier, device=args.device, model=args.model)
     load_s = time.perf_counter() - t
     out = {"threads": args.threads, "device": args.device, "model_load_seconds": round(load_s, 2),
            "detector": models.detector_path, "classifier": models.classifier_path,

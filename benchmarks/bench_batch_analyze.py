@@ -104,6 +104,7 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--one-by-one", type=int, default=20)
     ap.add_argument("--overlay", action="store_true", help="also write overlay PNGs in the streaming run")
+    ap.add_argument("--model", default=None, help="shipped RBC model name (default: the shipped default)")
     ap.add_argument("--detector", default=None)
     ap.add_argument("--classifier", default=None)
     ap.add_argument("--device", default="cpu")
@@ -126,7 +127,7 @@ def main(argv=None):
     from napari_sickle.models.registry import load_models
     from napari_sickle.widgets.analyze import _run_analysis
 
-    models = load_models(args.detector, args.classifier, device=args.device, allow_train=False)
+    models = load_models(args.detector, args.classifier, device=args.device, model=args.model)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     marks: dict[int, dict] = {}

@@ -33,3 +33,62 @@ def fixtures_dir(sickle_data) -> Path:
     if not d.is_dir():
         pytest.skip(f"{d} is missing")
     return d
+
+
+# ------------------------------------------------------------------ tiny RBC models for tests
+TINY_RBC = {
+    "detector": dict(epochs=1, iters_per_epoch=6, batch_size=2, crop_size=192, n_smears=2,
+                     smear_shape=(320, 480), lr=3e-4),
+    "classifier": dict(epochs=2, n_smears=2, smear_shape=(320, 480)),
+}
+
+
+def tiny_rbc_paths() -> tuple[Path, Path]:
+    """A tiny detector + classifier trained on small simulated smears, once per test cache
+    (NAPARI_SICKLE_CACHE/tiny-rbc) and reused by every test session."""
+    from napari_sickle.models.checkpoint import CheckpointError
+    from napari_sickle.models.registry import load_models
+    from napari_sickle.training.demo import train_quick_default
+
+    out = Path(os.environ["NAPARI_SICKLE_CACHE"]) / "tiny-rbc"
+    det, clf = out / "detector.pt", out / "classifier.pt"
+    try:
+        load_models(det, clf, device="cpu")
+    except (FileNotFoundError, CheckpointError):
+        det.unlink(missing_ok=True)
+        clf.unlink(missing_ok=True)
+        train_quick_default(out, config=TINY_RBC, device="cpu")
+    return det, clf
+
+
+@pytest.fixture(scope="session")
+def tiny_rbc_models():
+    """The tiny RBC models, loaded on the CPU."""
+    from napari_sickle.models.registry import load_models
+
+    return load_models(*tiny_rbc_paths(), device="cpu")
+
+
+@pytest.fixture
+def tiny_zoo(monkeypatch, tmp_path):
+    """The shipped models plus the tiny RBC pair registered as the default RBC model
+    ``rbc-tiny-test``, in a temporary weights folder (the package is not touched)."""
+    import shutil
+
+    from napari_sickle.models import zoo
+
+    real = zoo.weights_dir()
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    for p in real.iterdir():
+        if p.suffix == ".pt":
+            (wdir / p.name).symlink_to(p)
+    if (real / zoo.MANIFEST).is_file():
+        shutil.copyfile(real / zoo.MANIFEST, wdir / zoo.MANIFEST)
+    det, clf = tiny_rbc_paths()
+    shutil.copyfile(det, wdir / "rbc-tiny-test-detector.pt")
+    shutil.copyfile(clf, wdir / "rbc-tiny-test-classifier.pt")
+    monkeypatch.setattr(zoo, "weights_dir", lambda: wdir)
+    zoo.register("rbc-tiny-test", "rbc", "tiny test models (simulated smears)",
+                 {"detector": "rbc-tiny-test-detector.pt", "classifier": "rbc-tiny-test-classifier.pt"}, default=True)
+    return wdir

@@ -10,31 +10,9 @@ import pytest
 
 from napari_sickle.constants import RBC_TYPES
 
-TINY = {
-    "detector": dict(epochs=1, iters_per_epoch=6, batch_size=2, crop_size=192, n_smears=2,
-                     smear_shape=(320, 480), lr=3e-4),
-    "classifier": dict(epochs=2, n_smears=2, smear_shape=(320, 480)),
-}
-
-
-def tiny_default_models():
-    """The default models in the test cache (NAPARI_SICKLE_CACHE=tests/.cache), trained with a
-    tiny config on small simulated smears once and reused by every test session."""
-    from napari_sickle.models.checkpoint import CheckpointError
-    from napari_sickle.models.registry import default_paths, load_models, train_quick_default
-
-    try:
-        return load_models(device="cpu", allow_train=False)
-    except (FileNotFoundError, CheckpointError):
-        for p in default_paths():
-            p.unlink(missing_ok=True)
-        train_quick_default(config=TINY, device="cpu")
-        return load_models(device="cpu", allow_train=False)
-
-
 @pytest.fixture(scope="module")
-def models():
-    return tiny_default_models()
+def models(tiny_rbc_models):
+    return tiny_rbc_models
 
 
 @pytest.fixture(scope="module")
@@ -249,9 +227,10 @@ def test_bad_inputs(models, small_smear):
 
 def test_wrong_checkpoint_kind(tmp_path, models):
     from napari_sickle.models.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-    from napari_sickle.models.registry import default_paths, load_models
+    from conftest import tiny_rbc_paths
+    from napari_sickle.models.registry import load_models
 
-    det_path, clf_path = default_paths()
+    det_path, clf_path = tiny_rbc_paths()
     with pytest.raises(CheckpointError, match="'detector' model is needed"):
         load_models(detector=clf_path, classifier=clf_path, device="cpu")
     with pytest.raises(CheckpointError, match="'multilabel' model is needed"):
@@ -319,7 +298,8 @@ def test_analyze_cli(tmp_path, models):
     (tmp_path / "folder").mkdir()
     iio.imwrite(tmp_path / "folder" / "gray.tif", simulate_smear(seed=4, shape=(200, 300)).image.mean(axis=2).astype(np.uint8))
     out = tmp_path / "out"
-    assert main([str(img), str(tmp_path / "folder"), "--out", str(out), "--device", "cpu", "--no-train"]) == 0
+    assert main([str(img), str(tmp_path / "folder"), "--out", str(out), "--device", "cpu",
+                 "--detector", models.detector_path, "--classifier", models.classifier_path]) == 0
     from napari_sickle.io.formats import read_regions_csv
 
     df = read_regions_csv(out / "smear_regions.csv")

@@ -19,10 +19,8 @@ SHAPE = (240, 360)
 
 
 @pytest.fixture(scope="module")
-def tiny_models():
-    from test_analysis import tiny_default_models
-
-    return tiny_default_models()  # cached in tests/.cache (NAPARI_SICKLE_CACHE, see conftest)
+def tiny_models(tiny_rbc_models):
+    return tiny_rbc_models
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +36,16 @@ def smear_folder(tmp_path_factory, tiny_models):
     return d
 
 
+def _models_args() -> list[str]:
+    from conftest import tiny_rbc_paths
+
+    det, clf = tiny_rbc_paths()
+    return ["--detector", str(det), "--classifier", str(clf)]
+
+
 def _cmd(src, out, *extra):
     return [sys.executable, "-m", "napari_sickle.analyze", str(src), "--out", str(out), "--device", "cpu",
-            "--no-train", "--threads", "1", "--workers", "1", "--images-per-batch", "2", "--processes", "2", *extra]
+            *_models_args(), "--threads", "1", "--workers", "1", "--images-per-batch", "2", "--processes", "2", *extra]
 
 
 def _env():
@@ -167,8 +172,8 @@ def test_bad_inputs(tmp_path, tiny_models):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty), "--out", str(tmp_path / "o1"), "--device", "cpu", "--no-train"]) == 2
-    assert main([str(tmp_path / "nope.png"), "--out", str(tmp_path / "o2"), "--device", "cpu", "--no-train"]) == 2
+    assert main([str(empty), "--out", str(tmp_path / "o1"), "--device", "cpu", *_models_args()]) == 2
+    assert main([str(tmp_path / "nope.png"), "--out", str(tmp_path / "o2"), "--device", "cpu", *_models_args()]) == 2
     assert main([str(empty), "--out", str(tmp_path / "o3"), "--images-per-batch", "0"]) == 2
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -177,7 +182,7 @@ def test_bad_inputs(tmp_path, tiny_models):
     import imageio.v3 as iio
 
     iio.imwrite(bad / "small.png", np.full((8, 8, 3), 200, np.uint8))  # too small for a cell: empty result
-    assert main([str(bad), "--out", str(tmp_path / "o4"), "--device", "cpu", "--no-train", "--workers", "0"]) == 0
+    assert main([str(bad), "--out", str(tmp_path / "o4"), "--device", "cpu", *_models_args(), "--workers", "0"]) == 0
     summ = pd.read_csv(tmp_path / "o4" / "summary.csv")
     assert summ["error"].notna().sum() == 2
     assert int(summ.loc[summ["image"].str.endswith("small.png"), "n_regions"].iloc[0]) == 0

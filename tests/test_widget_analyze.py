@@ -8,10 +8,8 @@ from napari_sickle.constants import RBC_TYPES
 
 
 @pytest.fixture(scope="module")
-def tiny_models():
-    from test_analysis import tiny_default_models
-
-    return tiny_default_models()
+def tiny_models(tiny_rbc_models):
+    return tiny_rbc_models
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +116,7 @@ def test_analyze_widget_cancel(make_napari_viewer, qtbot, tiny_models, smear):
 
 
 def test_analyze_widget_wrong_checkpoint(make_napari_viewer, qtbot, tiny_models, smear):
-    from napari_sickle.models.registry import default_paths
+    from conftest import tiny_rbc_paths
     from napari_sickle.widgets.analyze import AnalyzeRBCWidget
 
     viewer = make_napari_viewer()
@@ -126,7 +124,7 @@ def test_analyze_widget_wrong_checkpoint(make_napari_viewer, qtbot, tiny_models,
     widget = AnalyzeRBCWidget(viewer)
     widget.device.value = "cpu"
     widget.image.value = layer
-    det_path, clf_path = default_paths()
+    det_path, clf_path = tiny_rbc_paths()
     widget.detector.value = str(clf_path)  # a classifier where a detector belongs
     widget.run()
     _wait_idle(qtbot, widget)

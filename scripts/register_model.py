@@ -27,6 +27,25 @@ def to_fp16(obj):
     return obj
 
 
+def drop_packaged_backbone(ckpt: dict) -> int:
+    """Multi-label classifiers keep their ImageNet backbone frozen: leave out every backbone tensor
+    equal to the installed pretrained weights (they load from the backbone's package). Returns the
+    number of tensors left out."""
+    if ckpt.get("kind") != "multilabel" or not ckpt["config"].get("pretrained", False):
+        return 0
+    from napari_sickle.models.backbones import build_feature_extractor
+
+    ref = build_feature_extractor(ckpt["config"]["backbone"], pretrained=True).state_dict()
+    sd = ckpt["state_dict"]
+    same = [k for k, v in sd.items() if k.startswith("backbone.") and k[9:] in ref
+            and ref[k[9:]].shape == v.shape and torch.equal(ref[k[9:]].to(v.dtype), v)]
+    for k in same:
+        del sd[k]
+    if same:
+        ckpt["config"]["backbone_weights"] = "package"
+    return len(same)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
@@ -41,6 +60,9 @@ def main(argv=None) -> int:
         role, _, src = spec.partition("=")
         ckpt = torch.load(src, map_location="cpu", weights_only=True)
         ckpt.get("extra", {}).pop("optimizer", None)
+        dropped = drop_packaged_backbone(ckpt)
+        if dropped:
+            print(f"{role}: {dropped} frozen backbone tensors load from the installed package")
         if not a.keep_fp32:
             ckpt["state_dict"] = to_fp16(ckpt["state_dict"])
         fn = f"{a.name}-{role}.pt"

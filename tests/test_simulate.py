@@ -305,3 +305,25 @@ def test_reticulocytes_have_bluish_reticulum():
     ret = np.median([blue_ratio(*c) for c in _cells("reticulocyte")])
     disc = np.median([blue_ratio(*c) for c in _cells("oval_disc")])
     assert ret > 0.03 and disc < 0.005, (ret, disc)
+
+
+def test_stain_styles_change_colours_not_geometry():
+    """Each style gives its real smear's colours (cells vs background); a seed's cells stay put."""
+    from napari_sickle.data.simulate import STAIN_STYLES, simulate_smear
+
+    base = simulate_smear(seed=5, shape=(200, 300), style="pink")
+    for name, (bg, _) in STAIN_STYLES.items():
+        sm = simulate_smear(seed=5, shape=(200, 300), style=name)
+        np.testing.assert_array_equal(sm.instances, base.instances)
+        img = sm.image.astype(float)
+        back = np.median(img[sm.instances == 0], axis=0) / 255
+        cell = np.median(img[sm.instances > 0], axis=0)
+        assert np.allclose(back, bg, atol=0.08), (name, back)
+        assert (cell < np.median(img[sm.instances == 0], axis=0)).all()  # cells absorb in every channel
+    lilac = simulate_smear(seed=5, shape=(200, 300), style="giemsa-lilac").image[base.instances > 0]
+    pink = base.image[base.instances > 0]
+    assert lilac[:, 2].mean() > lilac[:, 0].mean() and pink[:, 0].mean() > pink[:, 2].mean()
+    with pytest.raises(ValueError, match="unknown style"):
+        simulate_smear(seed=5, shape=(50, 50), style="nope")
+    auto = {simulate_smear(seed=s, shape=(60, 80), n_cells=2, style="auto").image[0, 0].tobytes() for s in range(8)}
+    assert len(auto) > 1  # "auto" varies the style with the seed

@@ -62,7 +62,8 @@ def smear_layer_data(smear) -> list[tuple]:
 
 
 def make_sample_smear(seed: int = 0) -> list[tuple]:
-    """The napari sample: a 1920x1080 simulated smear, its cells (Labels) and region boxes (Shapes)."""
+    """The napari sample: a 1920x1080 simulated smear in a real smear's stain colours (chosen by the
+    seed), its cells (Labels) and region boxes (Shapes)."""
     from .data.simulate import simulate_smear
 
-    return smear_layer_data(simulate_smear(seed=seed))
+    return smear_layer_data(simulate_smear(seed=seed, style="auto"))

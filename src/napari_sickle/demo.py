@@ -2,10 +2,12 @@
 
 1. Simulate a 1920x1080 smear (seed 0) and write it as an image/mask pair folder with its
    ground-truth regions CSV.
-2. Analyse it end to end with the default CPU models (``python -m napari_sickle.analyze``;
-   trained on simulated smears and cached on first use): regions CSV, overlay PNG, summary CSV.
+2. Analyse it, and a real smear, end to end with the shipped default models
+   (``python -m napari_sickle.analyze``; no training step): regions CSV, overlay PNG, summary CSV.
+   The real smear is ``--real PATH``, by default the first Chula RBC-12 fixture smear under
+   ``SICKLE_DATA`` (skipped with a note when that folder is absent).
 3. Open the image, the mask and both region tables in a napari viewer through the plugin's
-   reader, write the layers back through the plugin's writers, and save a screenshot.
+   reader, write the layers back through the plugin's writers, and save a screenshot of each smear.
 
 Needs a display for the screenshot (``scripts/demo.sh`` runs it under ``xvfb-run``).
 """
@@ -16,6 +18,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from .constants import DEVICES
 
 
 def _recall_at_50(gt, pred) -> float:
@@ -31,12 +35,45 @@ def _recall_at_50(gt, pred) -> float:
     return float((iou.max(dim=1).values >= 0.5).float().mean())
 
 
+def _fixture_smear():
+    """A real smear from the SICKLE_DATA fixtures (Chula RBC-12, then BCCD), or None."""
+    from ._paths import sickle_data_dir
+
+    d = sickle_data_dir()
+    if d is None:
+        return None
+    for sub in ("fixtures/chula-rbc12/Dataset", "fixtures/bccd/JPEGImages"):
+        files = sorted((d / sub).glob("*.jpg")) if (d / sub).is_dir() else []
+        if files:
+            return files[0]
+    return None
+
+
+def _only(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one {pattern} in {folder}, found {[p.name for p in found]}")
+    return found[0]
+
+
+def _show_real(viewer, image: Path, regions_csv: Path, shot: Path) -> int:
+    """Show a real smear with its analysed regions (opened through the plugin) and screenshot it."""
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    viewer.open(str(image), plugin="napari-sickle")
+    viewer.open(str(regions_csv), plugin="napari-sickle")
+    viewer.reset_view()
+    viewer.screenshot(str(shot), canvas_only=False, flash=False)
+    return len(viewer.layers[-1].data)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m napari_sickle.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/demo", help="output folder (created; must be empty or new)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    ap.add_argument("--device", default="auto", choices=DEVICES)
+    ap.add_argument("--real", default=None, help="a real smear image to analyse too (default: a SICKLE_DATA fixture)")
     args = ap.parse_args(argv)
 
     import imageio.v3 as iio
@@ -53,7 +90,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
 
     # 1. simulate
-    smear = simulate_smear(seed=args.seed)
+    smear = simulate_smear(seed=args.seed, style="auto")
     pair = out / "smear"
     (pair / "images").mkdir(parents=True)
     (pair / "masks").mkdir(parents=True)
@@ -66,10 +103,14 @@ def main(argv=None) -> int:
     print(f"[demo] simulated {smear.n_cells} cells in {len(smear.regions)} regions -> {pair}")
 
     # 2. analyse (the batch command's own code path)
-    rc = analyze.main([str(img_path), "--out", str(out / "analysis"), "--device", args.device])
+    real = Path(args.real) if args.real else _fixture_smear()
+    inputs = [str(img_path)] + ([str(real)] if real is not None else [])
+    rc = analyze.main([*inputs, "--out", str(out / "analysis"), "--device", args.device])
     if rc != 0:
         return rc
-    pred_csv = out / "analysis" / "smear_regions.csv"
+    if real is None:
+        print("[demo] no real smear given and SICKLE_DATA not found: analysed the simulated smear only")
+    pred_csv = _only(out / "analysis", "smear*_regions.csv")
     pred = read_regions_csv(pred_csv)
     recall = _recall_at_50(smear.regions, pred)
     print(f"[demo] {len(pred)} regions detected; recall of true regions at IoU 0.5: {recall:.3f}")
@@ -98,6 +139,10 @@ def main(argv=None) -> int:
         shot = viewer.screenshot(str(out / "screenshot.png"), canvas_only=False, flash=False)
         print(f"[demo] wrote {len(written)} layers through the plugin's writers -> {saved}")
         print(f"[demo] screenshot {out / 'screenshot.png'} ({shot.shape[1]}x{shot.shape[0]})")
+        if real is not None:
+            n_real = _show_real(viewer, real, _only(out / "analysis", f"{real.stem}*_regions.csv"),
+                                out / "screenshot_real.png")
+            print(f"[demo] real smear {real.name}: {n_real} regions; screenshot {out / 'screenshot_real.png'}")
     finally:
         viewer.close()
     print(json.dumps({"cells": int(smear.n_cells), "true_regions": int(len(smear.regions)),

@@ -57,7 +57,7 @@ def _imwrite(path: Path, arr: np.ndarray, **kw) -> None:
     iio.imwrite(path, arr, **kw)
 
 
-def _smear(i: int, seed: int, shape, rgb: bool, crops, n_cells, edge_cells):
+def _smear(i: int, seed: int, shape, rgb: bool, crops, n_cells, edge_cells, style="pink"):
     """The i-th smear of a dataset: procedural, or composed from real crops."""
     s = int(seed) * 100_003 + i
     kw = {} if edge_cells is None else {"edge_cells": bool(edge_cells)}
@@ -70,7 +70,7 @@ def _smear(i: int, seed: int, shape, rgb: bool, crops, n_cells, edge_cells):
         return sm
     from .data.simulate import simulate_smear
 
-    return simulate_smear(seed=s, shape=shape, n_cells=n_cells, rgb=rgb, **kw)
+    return simulate_smear(seed=s, shape=shape, n_cells=n_cells, rgb=rgb, style=style, **kw)
 
 
 def _voc_xml(name: str, shape, depth: int, regions: pd.DataFrame, cls: str = "RBC") -> str:
@@ -112,10 +112,12 @@ def write_dataset(
     n_cells: int | None = None,
     progress=None,
     edge_cells: bool | None = None,
+    style: str = "pink",
 ) -> dict:
     """Write a dataset in ``layout`` under ``out``; returns a summary dict (also printed by the CLI).
 
     ``edge_cells`` (None: the generator's default) lets cells run off the image edge.
+    ``style`` sets the stain colours of simulated smears (``data.simulate.STAIN_STYLES`` or "auto").
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
@@ -134,7 +136,8 @@ def write_dataset(
     fn = {"pairs": _write_pairs, "voc": _write_voc, "crops": _write_crops, "patches": _write_patches}[layout]
     from functools import partial
 
-    make = partial(_smear, seed=seed, shape=tuple(shape), rgb=rgb, crops=crops, n_cells=n_cells, edge_cells=edge_cells)
+    make = partial(_smear, seed=seed, shape=tuple(shape), rgb=rgb, crops=crops, n_cells=n_cells, edge_cells=edge_cells,
+                   style=style)
     summary = fn(out, n_images, seed, make, rgb, progress)
     summary.update({"layout": layout, "out": str(out), "seed": seed, "seconds": round(time.perf_counter() - t0, 2)})
     if crops is not None:
@@ -270,6 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--edge-cells", dest="edge_cells", action="store_true", default=None,
                    help="let cells run off the image edge (default: off when drawn, on when composed)")
     p.add_argument("--no-edge-cells", dest="edge_cells", action="store_false")
+    p.add_argument("--style", default="pink",
+                   help="stain colours of simulated smears: pink, wright-grey, wright-teal, giemsa-lilac or auto "
+                        "(one per image)")
     p.add_argument("--json-progress", action="store_true", help="one JSON object per line instead of a bar")
     a = p.parse_args(argv)
 
@@ -293,7 +299,7 @@ def main(argv=None) -> int:
             bar.refresh()
     try:
         summary = write_dataset(a.out, a.layout, a.n_images, a.seed, a.shape, rgb=not a.gray,
-                                crops_root=a.crops, n_cells=a.n_cells, progress=progress, edge_cells=a.edge_cells)
+                                crops_root=a.crops, n_cells=a.n_cells, progress=progress, edge_cells=a.edge_cells, style=a.style)
     except (ValueError, FileExistsError, OSError) as exc:
         if bar is not None:
             bar.close()

@@ -58,6 +58,17 @@ DEFAULT_TYPE_MIX: dict[str, float] = {
 # Absorbance (optical density) per unit thickness, RGB. Haemoglobin/eosin absorbs green and
 # blue -> pink-red cells; methylene-blue reticulum absorbs red -> blue; granules purple-black.
 _HB_OD = np.array([0.10, 0.62, 0.50], np.float32)
+_BG_TINT = np.array([0.93, 0.90, 0.92], np.float32)
+
+#: Stain styles: (background tint, cell absorbance) measured as the medians of the Otsu background
+#: and foreground of real smears (cell OD divided by 0.88, the simulator's mean cell thickness).
+#: "pink" is the original simulator look; "auto" picks one style per seed.
+STAIN_STYLES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "pink": ((0.93, 0.90, 0.92), (0.10, 0.62, 0.50)),
+    "wright-grey": ((0.77, 0.77, 0.77), (0.11, 0.27, 0.20)),  # BCCD-like: pale cells on grey
+    "wright-teal": ((0.55, 0.59, 0.56), (0.25, 0.58, 0.36)),  # Chula RBC-12-like: mauve on grey-teal
+    "giemsa-lilac": ((0.99, 0.99, 0.99), (0.65, 0.84, 0.27)),  # BBBC041-like: lilac cells on white
+}
 _RETIC_OD = np.array([0.95, 0.55, 0.12], np.float32)
 _GRANULE_OD = np.array([0.95, 1.10, 0.70], np.float32)
 
@@ -445,6 +456,17 @@ def _finish(od: np.ndarray, illum: np.ndarray, rng, blur: float, noise: float, r
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
+def _style_colours(style: str, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel factors (absorbance, background) that turn the base look into ``style``."""
+    if style == "auto":
+        names = sorted(STAIN_STYLES)
+        style = names[int(np.random.default_rng([0 if seed is None else int(seed), 7]).integers(len(names)))]
+    if style not in STAIN_STYLES:
+        raise ValueError(f"unknown style {style!r}; expected 'auto' or one of {sorted(STAIN_STYLES)}")
+    bg, od = STAIN_STYLES[style]
+    return np.asarray(od, np.float32) / _HB_OD, np.asarray(bg, np.float32) / _BG_TINT
+
+
 def _stain(rng) -> np.ndarray:
     s = _HB_OD * rng.uniform(0.85, 1.15, size=3).astype(np.float32)
     return s * float(rng.uniform(0.9, 1.15))
@@ -464,6 +486,7 @@ def simulate_smear(
     blur: float | None = None,
     noise: float | None = None,
     image_name: str | None = None,
+    style: str = "pink",
     progress=None,
 ) -> SimulatedSmear:
     """Render a brightfield smear with its instance mask, cell types and region table.
@@ -493,7 +516,11 @@ def simulate_smear(
         False renders a grayscale (H, W) uint8 image, like the Xu et al. crops.
     blur, noise : float, optional
         Gaussian focus blur sigma (px) and sensor noise sigma (grey levels); random by default.
+    style : str
+        Stain and background colours: a key of :data:`STAIN_STYLES`, or "auto" for one chosen
+        by the seed. The cell geometry of a seed does not depend on the style.
     """
+    style_od, style_bg = _style_colours(style, seed)
     rng = np.random.default_rng(seed)
     if len(shape) != 2 or int(shape[0]) < 1 or int(shape[1]) < 1:
         raise ValueError(f"shape must be (height, width) with positive sizes, got {shape}")
@@ -524,9 +551,9 @@ def simulate_smear(
     placed = [(cells[i], top, left) for i, top, left in positions]
 
     # ---- render ------------------------------------------------------------------------
-    stain = _stain(rng)
-    tint = np.array([0.93, 0.90, 0.92], np.float32) * rng.uniform(0.96, 1.04, size=3).astype(np.float32)
-    tint = np.clip(tint, 0.8, 0.99)
+    stain = _stain(rng) * style_od
+    tint = _BG_TINT * rng.uniform(0.96, 1.04, size=3).astype(np.float32)
+    tint = np.clip(tint, 0.8, 0.99) * style_bg
     illum = _background(rng, (H, W), tint)
     od = np.zeros((H, W, 3), np.float32)
     instances = paint_instances([(c.mask, t, l) for c, t, l in placed], (H, W))

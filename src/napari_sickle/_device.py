@@ -1,5 +1,7 @@
-"""Device choice: auto / cuda / mps / cpu."""
+"""Device choice (:data:`napari_sickle.constants.DEVICES`: auto / cuda / mps / cpu)."""
 from __future__ import annotations
+
+from .constants import DEVICES
 
 
 def resolve_device(name: str = "auto"):
@@ -23,7 +25,16 @@ def resolve_device(name: str = "auto"):
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"Unknown device {name!r}; choose one of auto, cuda, mps, cpu.")
+    raise ValueError(f"Unknown device {name!r}; choose one of {', '.join(DEVICES)}.")
+
+
+def detection_device(device):
+    """Device for the torchvision detector: the CPU when ``device`` is Apple MPS (torchvision's
+    detection ops lack MPS kernels), else ``device`` itself."""
+    import torch
+
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def autocast(device):

@@ -1,4 +1,4 @@
-"""Class names shared by every part of the plugin (no heavy imports)."""
+"""Names and fixed values shared by every part of the plugin (no imports beyond the standard library)."""
 from __future__ import annotations
 
 #: The six RBC types of Qiu et al., in the paper's order. Column names in CSVs.
@@ -65,4 +65,11 @@ MATEK_STD = (0.2421, 0.2835, 0.1767)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: Device choices of every CLI and widget (resolved by :func:`napari_sickle._device.resolve_device`).
 DEVICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
+
+#: File extensions read as images (:func:`napari_sickle.io.images.read_image` reads them by content).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: Box columns of every region table: pixel coordinates, x = column, maxima exclusive.
+BOX_COLUMNS: tuple[str, ...] = ("x_min", "y_min", "x_max", "y_max")

@@ -27,37 +27,24 @@ from pathlib import Path
 from typing import Callable
 
 from ._malloc import tune_malloc
-
+from .constants import DEVICES
 from .train import UsageError, _one_line, _parse_option, _user_error_types, check_data, to_json
 
 KINDS = ("detector", "multilabel", "bm", "segmentation")
 
-_LOCATIONS = {
-    "multilabel": [("napari_sickle.training.multilabel", "evaluate_multilabel"),
-                   ("napari_sickle.analysis.smear", "evaluate_multilabel")],
-    "detector": [("napari_sickle.training.detector", "evaluate_detector"),
-                 ("napari_sickle.analysis.smear", "evaluate_detector")],
-    "bm": [("napari_sickle.training.bm", "evaluate_bm"), ("napari_sickle.analysis.bm", "evaluate_bm")],
-    "segmentation": [("napari_sickle.analysis.segmentation", "evaluate_segmentation"),
-                     ("napari_sickle.training.unet", "evaluate_segmentation")],
+#: kind -> (module, function) of its evaluator
+EVALUATORS = {
+    "multilabel": ("napari_sickle.training.multilabel", "evaluate_multilabel"),
+    "detector": ("napari_sickle.training.detector", "evaluate_detector"),
+    "bm": ("napari_sickle.training.bm", "evaluate_bm"),
+    "segmentation": ("napari_sickle.analysis.segmentation", "evaluate_segmentation"),
 }
 
 
 def get_evaluator(kind: str) -> Callable[..., dict]:
-    """Find ``evaluate_<kind>``; ``NAPARI_SICKLE_EVALUATOR_<KIND>=module:function`` overrides."""
-    override = os.environ.get(f"NAPARI_SICKLE_EVALUATOR_{kind.upper()}")
-    candidates = [tuple(override.split(":", 1))] if override else _LOCATIONS[kind]
-    for mod_name, func_name in candidates:
-        try:
-            module = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and mod_name.startswith(exc.name):
-                continue
-            raise
-        func = getattr(module, func_name, None)
-        if func is not None:
-            return func
-    raise UsageError(f"Evaluation for {kind!r} is not available in this installation.")
+    """The ``evaluate_<kind>`` function (:data:`EVALUATORS`)."""
+    mod_name, func_name = EVALUATORS[kind]
+    return getattr(importlib.import_module(mod_name), func_name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="checkpoint (best.pt)" + ("; optional U-Net for segmentation" if kind == "segmentation" else ""))
         p.add_argument("--data", required=True,
                        help="evaluation data: folder, CSV table, or 'simulated'")
-        p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+        p.add_argument("--device", default="auto", choices=DEVICES)
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
                        metavar="KEY=VALUE", help="extra evaluator option (repeatable)")

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._malloc import tune_malloc
+from .constants import DEVICES, IMAGE_EXTENSIONS
 
 KINDS = ("detector", "multilabel", "bm", "unet")
 PROTOCOL = "multilabel-protocol"
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"}
+IMAGE_EXTS = frozenset(IMAGE_EXTENSIONS)
 
 #: Exit code for bad input (argparse uses 2 as well).
 EXIT_USAGE = 2
@@ -317,7 +318,7 @@ def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
                    help="folder (class folders, images/+masks/, VOC), multi-label CSV, or 'simulated'")
     p.add_argument("--out", required=True, help="output folder for best.pt / last.pt")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (trainer default if omitted)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--backbone", default=None, help="backbone/architecture name (trainer default if omitted)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=None, help="k for k-fold cross-validation where it applies")

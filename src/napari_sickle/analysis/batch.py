@@ -36,7 +36,9 @@ from typing import Iterable
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+from ..constants import IMAGE_EXTENSIONS
+
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 STATE_DIR = ".sickle-batch"
 
 

@@ -21,32 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero the objects of a label image (or a bool mask's components) below ``min_size`` px."""
-    a = np.asarray(labels)
-    if a.dtype == bool:
-        from skimage.measure import label
-
-        return remove_small(label(a, connectivity=1), min_size) > 0
-    if min_size <= 0 or a.max() <= 0:
-        return a
-    areas = np.bincount(a.ravel().astype(np.int64))
-    small = areas < int(min_size)
-    small[0] = False
-    return np.where(small[a], 0, a).astype(a.dtype)
-
-
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Sequential int32 labels 1..N of a non-negative integer label image (fast, bincount)."""
-    a = np.asarray(labels)
-    if a.size == 0 or a.max() <= 0:
-        return np.zeros(a.shape, np.int32)
-    present = np.bincount(a.ravel().astype(np.int64)) > 0
-    present[0] = False
-    lut = np.zeros(present.size, np.int32)
-    lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
-    return lut[a]
+from ..instances import relabel, remove_small
 
 
 def as_instances(mask_or_labels: np.ndarray, min_size: int = 0) -> np.ndarray:

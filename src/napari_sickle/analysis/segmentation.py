@@ -20,42 +20,31 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .._progress import report
-from .seg_metrics import SegmentationMetrics, as_instances, merged_mask, relabel, remove_small, segmentation_metrics
+from ..instances import relabel, remove_small, typical_sizes
+from ..io.images import to_rgb_uint8
+from ..models.unet_processing import (  # noqa: F401 (post-processing and border rule, public here too)
+    BORDER_FEATURES,
+    UNET_TTA_MODES,
+    border_features,
+    drop_border_objects_by_classifier,
+    drop_small_border_objects,
+    normalize_image,
+    resize_chw,
+    unet_probabilities_to_instances,
+    unet_tta_mode,
+)
+from .seg_metrics import as_instances, segmentation_metrics
 
 METHODS: tuple[str, ...] = ("watershed", "unet", "connected_components")
 THRESHOLD_METHODS: tuple[str, ...] = ("otsu", "li", "yen", "triangle", "mean", "isodata")
 
 
 # ----------------------------------------------------------------------------- input
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 from gray / RGB / RGBA, 8/16-bit or float (IO team's converter)."""
-    try:
-        from ..io.images import to_rgb_uint8 as _conv
-    except ImportError:  # pragma: no cover - io not installed
-        _conv = None
-    image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
-        raise ValueError(
-            f"expected a 2-D grayscale or (H, W, 3/4) colour image, got shape {image.shape}"
-        )
-    if _conv is not None:
-        return _conv(image)
-    if image.ndim == 3 and image.shape[-1] == 1:  # pragma: no cover
-        image = image[..., 0]
-    if image.dtype != np.uint8:  # pragma: no cover
-        a = image.astype(np.float64)
-        lo, hi = np.nanmin(a), np.nanmax(a)
-        image = np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) / (hi - lo) * 255).astype(np.uint8)
-    if image.ndim == 2:  # pragma: no cover
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
-
-
 def to_gray(image: np.ndarray) -> np.ndarray:
     """float32 gray in [0, 1]."""
     rgb = to_rgb_uint8(image).astype(np.float32) / 255.0
@@ -117,21 +106,6 @@ def foreground_mask(
     return fg
 
 
-def _auto_sizes(fg: np.ndarray) -> tuple[float, int]:
-    """Typical cell radius and a minimum object size from the foreground components."""
-    from skimage.measure import label
-
-    lab = label(fg, connectivity=1)
-    areas = np.bincount(lab.ravel())[1:]
-    areas = areas[areas >= 30]
-    if areas.size == 0:
-        return 5.0, 30
-    # The lower half of the components is mostly single cells (clusters are large).
-    typical = float(np.percentile(areas, 40))
-    radius = float(np.sqrt(typical / np.pi))
-    return radius, int(max(30, 0.15 * typical))
-
-
 # ----------------------------------------------------------------------------- methods
 def segment_connected_components(
     image: np.ndarray,
@@ -146,7 +120,7 @@ def segment_connected_components(
     report(progress, "connected components", 0, 2)
     fg = foreground_mask(image, threshold_method, polarity)
     if min_size is None:
-        min_size = _auto_sizes(fg)[1]
+        min_size = typical_sizes(fg)[1]
     report(progress, "connected components", 1, 2)
     lab = label(fg, connectivity=1).astype(np.int32)
     if lab.max():
@@ -177,8 +151,7 @@ def segment_watershed(
     ``work_factor`` (``"auto"``: 2 when the typical cell radius is at least 12 px, else 1;
     distances and sizes are scaled accordingly); the labels are brought back to full size
     and cut to the full-resolution foreground, so object outlines keep full-resolution
-    accuracy. On 1920x1080 smears and the BBBC041 images this halves the time with the same
-    Dice and F1@0.5 (docs/segmentation.md).
+    accuracy: faster on large cells at the same Dice and F1@0.5 (docs/segmentation.md).
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
@@ -203,11 +176,11 @@ def segment_watershed(
         return fill_mask_holes(g < thr if polarity == "dark" else g > thr)
 
     if work_factor == "auto":
-        r_sub, _ = _auto_sizes(fg_of(sub))
+        r_sub, _ = typical_sizes(fg_of(sub))
         work_factor = 2 if r_sub * step >= 12 else 1
     k = max(1, int(work_factor))
     fg = fg_of(downscale_local_mean(gray, (k, k)) if k > 1 else gray)
-    radius, _ = _auto_sizes(fg)
+    radius, _ = typical_sizes(fg)
     radius *= k  # in full-resolution pixels
     if min_size is None:
         min_size = int(max(30, 0.15 * np.pi * radius**2))
@@ -255,41 +228,12 @@ def _resolve_unet(model, device):
     return model.to(device).eval(), cfg
 
 
-def normalize_image(rgb: np.ndarray) -> np.ndarray:
-    """(3, H, W) float32: per-channel standardisation over the whole image."""
-    a = rgb.astype(np.float32) / 255.0
-    mean = a.reshape(-1, a.shape[-1]).mean(axis=0)
-    std = a.reshape(-1, a.shape[-1]).std(axis=0)
-    a = (a - mean) / np.maximum(std, 0.02)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
-
-
-def _resize_chw(t, size):
-    import torch.nn.functional as F
-
-    return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-
-
 def _tile_starts(n: int, tile: int, step: int) -> list[int]:
     if n <= tile:
         return [0]
     starts = list(range(0, n - tile, step))
     starts.append(n - tile)
     return sorted(set(starts))
-
-
-UNET_TTA_MODES = ("none", "flips", "d4")
-
-
-def unet_tta_mode(value) -> str:
-    """``tta`` setting -> ``"none"``, ``"flips"`` or ``"d4"`` (None/False -> none, True -> d4)."""
-    if value in (None, False, "", "none"):
-        return "none"
-    if value is True:
-        return "d4"
-    if value not in UNET_TTA_MODES:
-        raise ValueError(f"U-Net tta must be one of {', '.join(UNET_TTA_MODES)}, not {value!r}")
-    return str(value)
 
 
 def _tta_softmax(net, x, mode: str):
@@ -344,7 +288,7 @@ def predict_unet_probabilities(
     x = torch.from_numpy(normalize_image(rgb))
     h, w = max(1, round(H * scale)), max(1, round(W * scale))
     if (h, w) != (H, W):
-        x = _resize_chw(x, (h, w))
+        x = resize_chw(x, (h, w))
     mult = 2 ** int(cfg.get("depth", 3))
     tile = max(mult, int(tile) // mult * mult)
     overlap = int(min(max(0, overlap), tile // 2))
@@ -383,149 +327,8 @@ def predict_unet_probabilities(
     probs = acc[:, :h, :w] / np.maximum(wsum[:h, :w], 1e-6)
     out = output_size or (H, W)
     if tuple(out) != (h, w):
-        probs = _resize_chw(torch.from_numpy(np.ascontiguousarray(probs)), tuple(out)).numpy()
+        probs = resize_chw(torch.from_numpy(np.ascontiguousarray(probs)), tuple(out)).numpy()
     return probs
-
-
-def unet_probabilities_to_instances(
-    probs: np.ndarray,
-    min_size: int = 30,
-    seeds: str = "distance",
-    seed_threshold: float = 0.5,
-    min_distance_factor: float = 0.7,
-    min_seed_size: int = 8,
-    border_min_fraction: float = 0.0,
-    border_classifier: Optional[dict] = None,
-) -> np.ndarray:
-    """Instances from (background, interior, boundary) probabilities.
-
-    Foreground = P(background) < 0.5; interior = P(interior) > ``seed_threshold`` inside it
-    (the boundary class cuts the interiors of touching cells apart).
-
-    ``seeds="distance"`` (default): markers are ``peak_local_max`` of the (Gaussian-smoothed)
-    distance transform of the interior mask, at least ``min_distance_factor`` × the typical
-    interior radius apart, so interiors still joined by a thin bridge get one seed per cell;
-    ``seeds="components"``: one marker per connected interior region. Markers grow over the
-    foreground by watershed.
-
-    ``border_min_fraction`` > 0 drops objects touching the image border whose area is below
-    that fraction of the median area of the objects inside the image: the annotation
-    convention of BBBC041, where mostly cut-off border cells are not annotated (the trainer
-    fits the fraction on its training masks and stores it in the checkpoint).
-    ``border_classifier`` (a logistic model over :func:`border_features`, the trainer's
-    default since 2026-11-22) decides instead of the size rule when given.
-    """
-    from scipy import ndimage as ndi
-    from skimage.measure import label
-    from skimage.segmentation import watershed
-
-    fg = probs[0] < 0.5
-    if not fg.any():
-        return np.zeros(fg.shape, np.int32)
-    interior = (probs[1] > seed_threshold) & fg
-    if seeds == "distance":
-        from skimage.feature import peak_local_max
-
-        radius, _ = _auto_sizes(interior)
-        dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior).astype(np.float32), 2.0)
-        coords = peak_local_max(
-            dist, min_distance=max(2, int(min_distance_factor * radius)), threshold_abs=1.0, exclude_border=False
-        )
-        markers = np.zeros(fg.shape, np.int32)
-        markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
-        elevation = -dist
-    elif seeds == "components":
-        markers = label(interior, connectivity=1)
-        if markers.max():
-            markers = remove_small(markers, int(min_seed_size))
-        elevation = 1.0 - probs[1]
-    else:
-        raise ValueError("seeds must be 'distance' or 'components'")
-    lab = watershed(elevation, markers, mask=fg).astype(np.int32)
-    missing = fg & (lab == 0)
-    if missing.any():
-        extra = label(missing, connectivity=1)
-        lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
-    if lab.max():
-        lab = remove_small(lab, int(min_size))
-    if border_classifier and lab.max():
-        lab = drop_border_objects_by_classifier(lab, border_classifier)
-    elif border_min_fraction > 0 and lab.max():
-        lab = drop_small_border_objects(lab, border_min_fraction)
-    return relabel(lab)
-
-
-BORDER_FEATURES = ("area / typical area", "depth into the image / typical diameter (max 3)",
-                   "length on the image edge / typical diameter")
-
-
-def border_features(labels: np.ndarray):
-    """Objects touching the image border and their features: (ids, (n, 3) float array).
-
-    Features (``BORDER_FEATURES``): area relative to the median area of the objects that do
-    not touch the border ("typical"); how far the object reaches into the image (its bounding
-    box extent perpendicular to the edge(s) it touches) and how many pixels it has on the
-    image edge, both relative to the typical diameter. A cell barely cut by the edge reaches
-    deep into the image and touches the edge along a short chord. No border objects, or no
-    inner objects to take the typical size from: empty arrays.
-    """
-    from scipy import ndimage as ndi
-
-    lab = np.asarray(labels)
-    H, W = lab.shape
-    n = int(lab.max()) + 1
-    area = np.bincount(lab.ravel().astype(np.int64), minlength=n)
-    sides = [lab[0], lab[-1], lab[:, 0], lab[:, -1]]
-    edge = np.zeros(n, bool)
-    edge[np.concatenate(sides)] = True
-    edge[0] = False
-    inner = area[1:][(~edge[1:]) & (area[1:] > 0)]
-    ids = np.flatnonzero(edge)
-    if ids.size == 0 or inner.size == 0:
-        return ids, np.zeros((0, 3))
-    typical = float(np.median(inner))
-    diam = 2.0 * np.sqrt(typical / np.pi)
-    contact = sum(np.bincount(s.astype(np.int64), minlength=n) for s in sides)
-    feats = []
-    slices = ndi.find_objects(lab.astype(np.int64))
-    for k in ids:
-        ys, xs = slices[k - 1]
-        depth = np.inf
-        if ys.start == 0 or ys.stop == H:
-            depth = min(depth, ys.stop - ys.start)
-        if xs.start == 0 or xs.stop == W:
-            depth = min(depth, xs.stop - xs.start)
-        feats.append((area[k] / typical, min(depth / diam, 3.0), contact[k] / diam))
-    return ids, np.asarray(feats, float)
-
-
-def drop_border_objects_by_classifier(labels: np.ndarray, classifier: dict) -> np.ndarray:
-    """Zero the border-touching objects that a logistic model (``{"coef": [3 floats],
-    "intercept": float}`` over :func:`border_features`, fitted by the trainer on its training
-    masks) predicts the annotators left out (probability of annotated < 0.5)."""
-    lab = np.asarray(labels)
-    ids, X = border_features(lab)
-    if ids.size == 0 or X.shape[0] == 0:
-        return lab
-    z = X @ np.asarray(classifier["coef"], float) + float(classifier["intercept"])
-    drop = np.zeros(int(lab.max()) + 1, bool)
-    drop[ids[z < 0]] = True
-    return np.where(drop[lab], 0, lab).astype(lab.dtype)
-
-
-def drop_small_border_objects(labels: np.ndarray, fraction: float) -> np.ndarray:
-    """Zero the objects touching the image border smaller than ``fraction`` × the median
-    area of the objects that do not touch it."""
-    lab = np.asarray(labels)
-    area = np.bincount(lab.ravel().astype(np.int64))
-    edge = np.zeros(area.size, bool)
-    edge[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
-    edge[0] = False
-    inner = area[1:][(~edge[1:]) & (area[1:] > 0)]
-    if inner.size == 0:
-        return lab
-    drop = edge & (area < fraction * float(np.median(inner)))
-    return np.where(drop[lab], 0, lab).astype(lab.dtype)
 
 
 def segment_unet(
@@ -657,50 +460,19 @@ def compare_segmentations(
 
 # ----------------------------------------------------------------------------- evaluation
 def _read_pair(image_path, mask_path, gt_min_size):
-    try:
-        from ..io.images import read_image
-    except ImportError:  # pragma: no cover
-        from imageio.v3 import imread as read_image
-    try:
-        from ..io.masks import read_mask
-    except ImportError:  # pragma: no cover - until io.masks lands
-        def read_mask(p):
-            m = np.asarray(read_image(p))
-            if m.ndim == 3:
-                m = m[..., :3].max(axis=-1)
-            return m > (m.max() / 2 if m.max() > 0 else 0)
+    """(image, ground-truth instances) of one image/mask pair."""
+    from ..io.images import read_image
+    from ..io.masks import read_mask
 
-    img = read_image(image_path)
-    gt = as_instances(read_mask(mask_path), min_size=gt_min_size)
-    return img, gt
+    return read_image(image_path), as_instances(read_mask(mask_path), min_size=gt_min_size)
 
 
 def scan_pairs(root) -> list[tuple[Path, Path]]:
-    """Image/mask pairs: ``images/`` + ``masks/`` by stem, or ``*_img.*`` + ``*_mask.*``."""
-    try:
-        from ..io.datasets import scan_image_mask_pairs
+    """Image/mask pairs of a folder (:func:`napari_sickle.io.datasets.scan_image_mask_pairs`)."""
+    from ..io.datasets import scan_image_mask_pairs
 
-        df = scan_image_mask_pairs(root)
-        return [(Path(a), Path(b)) for a, b in zip(df["image"], df["mask"])]
-    except ImportError:
-        pass
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder of image/mask pairs")
-    pairs = []
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        masks = {p.stem: p for p in (root / "masks").iterdir() if p.is_file()}
-        for p in sorted((root / "images").iterdir()):
-            if p.stem in masks:
-                pairs.append((p, masks[p.stem]))
-    else:
-        for p in sorted(root.glob("*_img.*")):
-            cands = list(root.glob(p.name.rsplit("_img.", 1)[0] + "_mask.*"))
-            if cands:
-                pairs.append((p, cands[0]))
-    if not pairs:
-        raise FileNotFoundError(f"no image/mask pairs found in {root} (expected images/ + masks/ or *_img/*_mask)")
-    return pairs
+    df = scan_image_mask_pairs(root)
+    return [(Path(a), Path(b)) for a, b in zip(df["image"], df["mask"])]
 
 
 def evaluate_segmentation(

@@ -221,16 +221,14 @@ def _oriented(image) -> np.ndarray:
 
 def place_models(models, device="auto") -> None:
     """Move the detector and classifier to ``device`` (``"auto"``: keep them where they are if
-    already placed); detection stays on the CPU on MPS (torchvision detection ops)."""
-    import torch
-
+    already placed); detection stays on the CPU on MPS (:func:`napari_sickle._device.detection_device`)."""
     detector, classifier = models.detector, models.classifier
     if device != "auto" or detector.device is None:
-        from .._device import resolve_device
+        from .._device import detection_device, resolve_device
 
         dev = resolve_device(device)
         classifier.to(dev)
-        detector.to(torch.device("cpu") if dev.type == "mps" else dev)
+        detector.to(detection_device(dev))
 
 
 def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, nms_iou: float = 0.5,

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..constants import RBC_TYPES
+from ..constants import BOX_COLUMNS, RBC_TYPES
 
-BOX_COLUMNS: tuple[str, ...] = ("x_min", "y_min", "x_max", "y_max")
 REGIONS_REQUIRED: tuple[str, ...] = ("image", "region_id", *BOX_COLUMNS, *RBC_TYPES)
 REGIONS_OPTIONAL: tuple[str, ...] = (
     "score",

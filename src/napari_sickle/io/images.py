@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+from ..constants import IMAGE_EXTENSIONS
 
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),

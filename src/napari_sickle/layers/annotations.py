@@ -6,8 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..constants import RBC_TYPE_LABELS, RBC_TYPES
-from ..io.formats import BOX_COLUMNS
+from ..constants import BOX_COLUMNS, RBC_TYPE_LABELS, RBC_TYPES
 
 #: features a reader adds for display only; the regions writer leaves them out.
 DERIVED_KEY = "napari_sickle_derived_features"

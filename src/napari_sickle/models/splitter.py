@@ -10,7 +10,7 @@ trained (:mod:`napari_sickle.training.splitter`) on patches composed from the *t
 crops, whose instance masks the composer knows, plus the single crops themselves (one cell
 each), so it needs no annotation beyond the class folders.
 
-Instances (:func:`napari_sickle.analysis.segmentation.unet_probabilities_to_instances`): by
+Instances (:func:`napari_sickle.models.unet_processing.unet_probabilities_to_instances`): by
 default seeds are the peaks of the distance transform of the interior (interior probability
 > 0.7; ``seeds="components"`` takes one seed per connected interior region instead), grown
 over the foreground by watershed; then the pieces of neighbouring cells cut by the region's edge are dropped as in the
@@ -42,7 +42,7 @@ def region_tensor(region: np.ndarray, multiple: int):
     (edge values) to a multiple of ``multiple``; returns (tensor, (H, W))."""
     import torch
 
-    from ..analysis.segmentation import normalize_image
+    from .unet_processing import normalize_image
 
     a = normalize_image(np.asarray(region)[..., :3])
     h, w = a.shape[1:]
@@ -67,7 +67,7 @@ def split_probabilities(net, region: np.ndarray) -> np.ndarray:
 def split_cells_learned(net, region: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     """Instance labels (int32, 0 = background) of the cells of a region image; all zeros
     when no cell is found (the caller then treats the region as one cell)."""
-    from ..analysis.segmentation import unet_probabilities_to_instances
+    from .unet_processing import unet_probabilities_to_instances
     from .cells import cell_foreground, drop_foreign_pieces
 
     c = {**DEFAULT_SPLITTER, **(cfg or {})}

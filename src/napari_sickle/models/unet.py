@@ -2,7 +2,8 @@
 
 The network predicts three classes per pixel: background (0), cell interior (1) and
 cell boundary (2). Touching cells are split by seeding instances on the interior class
-(see :func:`napari_sickle.analysis.segmentation.segment_unet`).
+(pre- and post-processing: :mod:`napari_sickle.models.unet_processing`; tiled inference on
+whole images: :func:`napari_sickle.analysis.segmentation.segment_unet`).
 
 Configuration that travels with a checkpoint (``config``):
     depth, base_channels, in_channels, n_classes, scale (the image is resized by this

@@ -393,7 +393,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     """
     import torch
 
-    from .._device import resolve_device
+    from .._device import detection_device, resolve_device
     from ..models.checkpoint import load_checkpoint, save_checkpoint
     from ..models.detector import RegionDetector, new_detector
     from . import distributed as ddp_glue
@@ -405,7 +405,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = resolve_device(device)
-    det_dev = torch.device("cpu") if dev.type == "mps" else dev  # torchvision detection ops: CPU on MPS
+    det_dev = detection_device(dev)
     emit = log or (lambda d: None)
     if tta is not None:  # a bad value fails before the data are read
         from ..models.detector import tta_mode
@@ -578,13 +578,11 @@ def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears
     with split files only the ``split`` images are used (default "val"; None = all). Ground-truth
     classes are matched to the detector's class names; a single-class "cell region" detector is
     scored against every ground-truth box."""
-    import torch
-
-    from .._device import resolve_device
+    from .._device import detection_device, resolve_device
     from ..models.detector import RegionDetector, tta_mode
 
     dev = resolve_device(device)
-    det_dev = torch.device("cpu") if dev.type == "mps" else dev
+    det_dev = detection_device(dev)
     det = RegionDetector.from_checkpoint(model, device=det_dev)
     tta = None if tta is None else tta_mode(tta)  # a bad value fails before the data are read
     names = det.class_names

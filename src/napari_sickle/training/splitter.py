@@ -4,7 +4,7 @@ Training images: ``n_patches`` multi-cell patches composed from the crops (2-``m
 touching/overlapping cells, with the composer's instance masks) plus every crop itself as a
 one-cell image (its segmented cell; pixels of neighbouring cells at the crop's edge are
 ignored by the loss, not taught as background). Targets: background / interior / inner
-boundary (:func:`napari_sickle.training.unet._targets`). Random ``size`` px windows with
+boundary (:func:`napari_sickle.models.unet_processing.unet_targets`). Random ``size`` px windows with
 flips and 90-degree rotations, weighted cross entropy (1, 1, 3), Adam with cosine decay.
 No Qt/napari imports here.
 """
@@ -22,18 +22,17 @@ def _samples(crops, n_patches: int, max_cells: int, seed: int):
     """(normalised image (3, h, w) float32, target (h, w) uint8) pairs."""
     from scipy import ndimage as ndi
 
-    from ..analysis.segmentation import normalize_image
     from ..data.compose import compose_patches
     from ..models.cells import cell_foreground
-    from .unet import _targets
+    from ..models.unet_processing import normalize_image, unet_targets
 
     out = []
     for img, _types, _n, inst in compose_patches(crops, n_patches, seed=seed, min_cells=2, max_cells=max_cells,
                                                  return_masks=True):
-        out.append((normalize_image(img), _targets(inst, inst.shape)))
+        out.append((normalize_image(img), unet_targets(inst, inst.shape)))
     for c in crops:
         mask = np.asarray(c.mask, bool)
-        t = _targets(mask.astype(np.int32), mask.shape)
+        t = unet_targets(mask.astype(np.int32), mask.shape)
         other = cell_foreground(c.image) & ~ndi.binary_dilation(mask, iterations=2)
         t[other] = IGNORE
         out.append((normalize_image(c.image), t))

@@ -19,7 +19,7 @@ border. With ``ignore_border`` the border-touching watershed objects that the ma
 out are ignored by the loss. ``border_rule`` (default ``"logistic"``) fits on the same
 border objects of the training masks which ones annotators keep: a logistic regression over
 size, depth into the image and length on the image edge
-(:func:`~napari_sickle.analysis.segmentation.border_features`), stored in the checkpoint
+(:func:`~napari_sickle.models.unet_processing.border_features`), stored in the checkpoint
 config as ``border_classifier``; ``"size"`` only the area fraction that best separates
 annotated from omitted objects (``border_min_fraction``, always stored); inference drops the
 border objects the rule predicts omitted (:func:`border_objects`, :func:`fit_border_classifier`,
@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from .._progress import report
+from ..models.unet_processing import BORDER_FEATURES, border_features, normalize_image, resize_chw, unet_targets
 
 DEFAULTS = dict(
     depth=3,
@@ -64,22 +65,9 @@ IGNORE = 255
 DEFAULT_EPOCHS = 16
 
 
-def _targets(instances: np.ndarray, size) -> np.ndarray:
-    """(h, w) uint8 classes at the working size: 0 background, 1 interior, 2 inner boundary."""
-    from skimage.segmentation import find_boundaries
-    from skimage.transform import resize
-
-    inst = instances
-    if inst.shape != tuple(size):
-        inst = resize(instances, size, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-    t = (inst > 0).astype(np.uint8)
-    t[find_boundaries(inst, mode="inner") & (inst > 0)] = 2
-    return t
-
-
 def border_objects(img: np.ndarray, gt: np.ndarray, with_features: bool = False):
     """Watershed objects touching the image border: (ignore mask, [(area / typical area, annotated)])
-    and, ``with_features``, also their :func:`~napari_sickle.analysis.segmentation.border_features`
+    and, ``with_features``, also their :func:`~napari_sickle.models.unet_processing.border_features`
     ``X`` (n, 3) and ``annotated`` (n,) for :func:`fit_border_classifier`.
 
     BBBC041 annotators leave out many cut cells at the image border (mostly the ones of which
@@ -110,8 +98,6 @@ def border_objects(img: np.ndarray, gt: np.ndarray, with_features: bool = False)
             ignore |= (ws == k) & (gt == 0)
     if not with_features:
         return ignore, records
-    from ..analysis.segmentation import border_features
-
     ids, X = border_features(ws)
     return ignore, records, X, covered[ids] >= 0.5 * area[ids] if X.shape[0] else np.zeros(0, bool)
 
@@ -131,8 +117,6 @@ def fit_border_classifier(X: np.ndarray, annotated: np.ndarray) -> Optional[dict
     """Logistic regression (scikit-learn, default L2) predicting from :func:`border_features`
     whether annotators kept a border-cut cell; None when the examples have one class only."""
     from sklearn.linear_model import LogisticRegression
-
-    from ..analysis.segmentation import BORDER_FEATURES
 
     X, y = np.asarray(X, float).reshape(-1, 3), np.asarray(annotated, bool)
     if y.size == 0 or y.all() or not y.any():
@@ -159,15 +143,15 @@ def _prepare(img: np.ndarray, inst: np.ndarray, scale: float, ignore: Optional[n
     (``IGNORE`` where ``ignore`` is set)."""
     import torch
 
-    from ..analysis.segmentation import _resize_chw, normalize_image, to_rgb_uint8
+    from ..io.images import to_rgb_uint8
 
     rgb = to_rgb_uint8(img)
     H, W = rgb.shape[:2]
     h, w = max(1, round(H * scale)), max(1, round(W * scale))
     x = torch.from_numpy(normalize_image(rgb))
     if (h, w) != (H, W):
-        x = _resize_chw(x, (h, w))
-    t = _targets(inst, (h, w))
+        x = resize_chw(x, (h, w))
+    t = unet_targets(inst, (h, w))
     if ignore is not None and ignore.any():
         from skimage.transform import resize
 

@@ -4,8 +4,7 @@ With glibc's default settings, every CPU tensor larger than the (dynamic) mmap t
 ``mmap``-ed when a layer allocates it and ``munmap``-ed when it is freed, so the next batch
 page-faults every page of it in again. On this project's CNN feature extraction that kernel
 work took more CPU time than the convolutions themselves (docs/performance.md, "Memory
-allocator": efficientnet-lite0 at 160 px, 2 threads, 64 images per pass: 46 images/s with
-glibc's defaults against 129 with the settings below; ``benchmarks/bench_malloc.py``).
+allocator", measured by ``benchmarks/bench_malloc.py``).
 
 :func:`tune_malloc` raises the mmap threshold, the trim threshold and the top pad so that freed
 buffers stay in the heap and are reused. ``python -m napari_sickle.train`` and

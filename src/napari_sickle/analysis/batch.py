@@ -232,7 +232,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-#: resident memory of one analysing process with its models (measured: 1.3-1.4 GB, docs/performance.md)
+#: resident memory of one analysing process with its models, with a margin over the measured (docs/performance.md)
 PROCESS_MEMORY_GB = 1.6
 
 

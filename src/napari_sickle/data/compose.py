@@ -1,4 +1,4 @@
-"""Multi-cell training data from single-cell crops (issue 4).
+"""Multi-cell training data from single-cell crops.
 
 Most labs have single-cell annotations only, but classifying multi-cell regions needs
 multi-cell training data. This module turns class folders of single-cell crops (e.g. the

@@ -328,7 +328,7 @@ def _cell_od(cell: _Cell, rng: np.random.Generator, stain: np.ndarray) -> tuple[
 
 
 # --------------------------------------------------------------------------------------
-# Touching / adjacency helpers (also used by the tests)
+# Which cells touch (also used by the tests)
 # --------------------------------------------------------------------------------------
 def touching_pairs(instances: np.ndarray) -> set[tuple[int, int]]:
     """Pairs (i < j) of instance ids that touch or overlap.

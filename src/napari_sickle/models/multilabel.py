@@ -11,8 +11,8 @@ without them loads with the original behaviour):
   box is centred on a square canvas of ``max(w, h, min_side)`` native pixels filled with the
   median colour of the box's border, then resized (antialiased). Aspect ratios (oval vs
   elongated) are kept and cells have the same scale whether a patch holds one or four.
-* ``tta``: the views of every input. ``"none"`` (original); ``"hflip"`` (the default of
-  sessions 3-4): also mirrored left-right; ``"flip4"``: also mirrored up-down and rotated
+* ``tta``: the views of every input. ``"none"`` (original); ``"hflip"``: also mirrored
+  left-right; ``"flip4"``: also mirrored up-down and rotated
   180 degrees; ``"d4"`` (default for new models): the eight symmetries of the square canvas
   (rotations by 90 degrees and their mirrors; a cell has no preferred orientation).
   ``features`` then returns (N, V, D); the heads train on every view as a separate row and
@@ -57,7 +57,7 @@ DEFAULT_POOL = "avgmax-s4"
 CROPS = ("stretch", "pad")
 DEFAULT_CROP = "pad"
 #: at most this many images (cells x views) per backbone forward pass on the CPU: larger
-#: batches were slower (benchmarks/bench_malloc.py, tuned malloc: 64 images 129/s, 512 images 95/s)
+#: batches are slower (docs/performance.md, "Memory allocator")
 CPU_FORWARD_IMAGES = 64
 #: views of each region (see the module docstring)
 TTAS = ("none", "hflip", "flip4", "d4")

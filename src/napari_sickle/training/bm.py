@@ -338,7 +338,7 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     mean, std = channel_stats(train_imgs)
     model = build_bm_model(arch, class_names, pretrained=opts["pretrained"], input_size=size, mean=mean, std=std)
     net = model.module.to(dev)
-    if family_of(model.arch) != "vit":  # 1.8x less CPU per training step, measured (docs/bm.md)
+    if family_of(model.arch) != "vit":  # less CPU per training step for CNNs (docs/bm.md)
         net = net.to(memory_format=torch.channels_last)
     train_tf = _transforms(size, mean, std, opts["augment"], opts["crop_scale"])
     counts = np.bincount(train_y, minlength=len(class_names)).astype(float)
@@ -479,11 +479,10 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("batch_size", 32)
     opts.setdefault("lr", None)
     opts.setdefault("augment", True)
-    # The brief's RandomResizedCrop scale is (0.08, 1). On the WBC crops, where the cell fills
-    # the frame and its size tells monocytes from lymphocytes, less zoom measured better in
-    # nested 5-fold CV (pooled macro-F1, two training seeds): 0.5 -> 0.873 / 0.876, 0.85 ->
-    # 0.929 / 0.856, 1.0 -> 0.909 / 0.948 (docs/bm.md). Scale 1 keeps the whole crop (a square
-    # crop admits no other aspect ratio at full area), so rotations and flips remain.
+    # The paper's RandomResizedCrop scale is (0.08, 1). On the WBC crops, where the cell fills
+    # the frame and its size tells monocytes from lymphocytes, less zoom scored better in
+    # nested cross-validation (docs/bm.md). Scale 1 keeps the whole crop (a square crop admits
+    # no other aspect ratio at full area), so rotations and flips remain.
     opts.setdefault("crop_scale", (1.0, 1.0))
     opts.setdefault("val_fraction", 0.2)
     opts.setdefault("n_per_class", 64)

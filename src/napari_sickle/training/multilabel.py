@@ -26,12 +26,12 @@ cell is centred on a padded canvas (``crop="pad"``, ``min_side=112``) at ``input
 features are average + max pooled from the last map plus max pooled from stage 4
 (``pool="avgmax-s4"``) and standardised; every cell is seen in the eight symmetries of its
 canvas (``tta="d4"``: rotated/mirrored copies train the heads, predictions average the eight
-views' logits; ``"hflip"`` was the default until session 5);
+views' logits);
 a region's logit is the largest over its cells, in training (:class:`Bags`,
 :func:`_train_heads`) as in prediction; the best epoch is the one with the highest
 exact-match accuracy on the validation single cells + patches. ``compose=0`` trains on single
 cells only; ``split="unet"`` finds the cells with a learned splitter trained first on the
-training crops (:mod:`napari_sickle.training.splitter`); ``split="none"`` is the session-3 whole-region recipe (192 px, ``min_side=160``);
+training crops (:mod:`napari_sickle.training.splitter`); ``split="none"`` classifies the whole region (192 px, ``min_side=160``);
 ``split="none", pool="avg", crop="stretch", standardize=False, tta="none"`` is the original.
 """
 from __future__ import annotations
@@ -44,15 +44,14 @@ import numpy as np
 
 from ..constants import ABNORMAL_TYPES, RBC_TYPES, XU_FOLDER_TO_TYPE
 
-#: head epochs. Each epoch shows every cell in its eight views (``tta="d4"``), so 10 epochs are
-#: as many gradient steps as the 40 of the two-view recipe before (docs/results.md, session 6);
-#: the default run's validation exact match peaked at epoch 2 of 40 and stayed flat after.
+#: head epochs. Each epoch shows every cell in its eight views (``tta="d4"``), so few epochs
+#: suffice; the validation exact match levels off early (docs/results.md).
 DEFAULT_EPOCHS = 10
 DEFAULT_LR = 1e-3
 #: multi-cell patches composed from the training crops by default (class-folder data)
 DEFAULT_COMPOSE = 1500
-#: mini-batch size of the head training (``batch_size`` is the feature-extraction batch); on
-#: a CPU, 256 costs a quarter of the CPU time per epoch of 64 for these 6 x FC512 heads
+#: mini-batch size of the head training (``batch_size`` is the feature-extraction batch); large
+#: batches keep the CPU time per epoch of these 6 x FC512 heads low
 DEFAULT_HEAD_BATCH_SIZE = 256
 
 

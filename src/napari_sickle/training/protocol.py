@@ -17,8 +17,8 @@ The model recipe is the one ``train multilabel`` uses by default (``models.multi
 defaults: each region split into its cells, padded cell canvases at 160 px, the largest
 probability over a region's cells, ``avgmax-s4`` pooling, standardised features), with
 ``DEFAULT_TRAIN_PATCHES`` (600) training and ``DEFAULT_TEST_PATCHES`` (150) test patches of
-2-4 cells per fold (``train multilabel`` composes 1,500 from its one training split; five
-folds of that many would not fit the 30-minute budget on a 2-core CPU). Features
+2-4 cells per fold (``train multilabel`` composes 1,500 from its one training split; fewer per
+fold keep the five folds within the time budget, docs/results.md). Features
 come from the frozen ImageNet backbone, computed once per image (in its eight rotations and
 mirror images, ``tta="d4"``) and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
@@ -62,7 +62,7 @@ def _load_crops(root):
 
 
 def _patchset(images, ys, group):
-    """Whole-image patches -> the RBC team's PatchSet (one box per patch)."""
+    """Whole-image patches -> a :class:`~napari_sickle.training.multilabel.PatchSet` (one box per patch)."""
     from .multilabel import PatchSet
 
     ps = PatchSet()

@@ -168,7 +168,7 @@ def test_train_resume_and_evaluate_csv_layout(tmp_path):
     logs = []
     with pytest.warns(UserWarning, match="skipped unreadable"):
         res = train_bm(str(d), tmp_path / "out", epochs=1, backbone="tiny_vgg", device="cpu", input_size=32,
-                       batch_size=8, log=logs.append, lr_test_steps=8, warmup_epochs=1)
+                       batch_size=8, log=logs.append, lr_test_steps=8, warmup_epochs=1, schedule="plateau")
     assert res["metrics"]["skipped"] == 1
     assert (tmp_path / "out" / "best.pt").is_file() and (tmp_path / "out" / "last.pt").is_file()
     ep = [r for r in logs if r["event"] == "epoch"]
@@ -176,7 +176,7 @@ def test_train_resume_and_evaluate_csv_layout(tmp_path):
     assert ep[0]["phase"] == "head"  # warm-up epoch: only the new last layer trains
     assert [r for r in logs if r["event"] == "lr_range_test"][0]["lr"] > 0
     res2 = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_vgg", device="cpu", input_size=32,
-                    batch_size=8, resume=tmp_path / "out" / "last.pt")
+                    batch_size=8, resume=tmp_path / "out" / "last.pt", schedule="plateau")
     assert [h["epoch"] for h in res2["history"]] == [1, 2]
     with pytest.warns(UserWarning):
         ev = evaluate_bm(res2["checkpoint"], str(d / "labels.csv"), device="cpu")
@@ -254,7 +254,7 @@ def test_plateau_scheduler_starts_afresh_after_the_head_warmup(tmp_path):
 
     logs = []
     train_bm("simulated", tmp_path, epochs=3, backbone="tiny_vgg", device="cpu", n_per_class=5, input_size=32,
-             batch_size=8, lr=0.01, warmup_epochs=2, log=logs.append)
+             batch_size=8, lr=0.01, warmup_epochs=2, log=logs.append, schedule="plateau")
     assert [r["phase"] for r in logs if r["event"] == "epoch"] == ["head", "head", "all"]
     sched = torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["scheduler"]
     assert sched["last_epoch"] == 1  # only the one fine-tuning epoch was seen by this scheduler
@@ -295,3 +295,145 @@ def test_d4_test_time_views_are_the_eight_symmetries():
     assert [v.shape for v in tta_views(img, "flips")] == [img.shape] * 4
     with pytest.raises(ValueError, match="d4"):
         tta_mode("rot")
+
+
+def test_fixed_schedule_resumes_and_trains_on_everything(tmp_path):
+    """The default recipe: cosine schedule, EMA weights of the last epoch; resumable; with
+    val_fraction=0 every image is trained on and none is held out."""
+    from napari_sickle.models.bm import load_bm_model
+    from napari_sickle.training.bm import train_bm
+
+    kw = dict(backbone="tiny_regnet", device="cpu", n_per_class=5, input_size=32, batch_size=8)
+    res = train_bm("simulated", tmp_path / "a", epochs=1, **kw)
+    assert len(res["val_paths"]) == 4  # 20 % of 20 cells, scored once at the end
+    res2 = train_bm("simulated", tmp_path / "a", epochs=2, resume=tmp_path / "a" / "last.pt", **kw)
+    assert [h["epoch"] for h in res2["history"]] == [1, 2]
+    m = load_bm_model(res2["checkpoint"])
+    assert m.recipe["schedule"] == "cosine" and m.recipe["selection"].startswith("last epoch")
+    assert (m.normalise, m.crop) == ("background", "nucleus")
+    full = train_bm("simulated", tmp_path / "b", epochs=1, val_fraction=0, **kw)
+    assert full["val_paths"] == [] and load_bm_model(full["checkpoint"]).recipe["n_train"] == 20
+
+
+def _disk_cell(h=90, w=120, centre=(50, 70), r=12):
+    """Yellowish background with a purple 'nucleus' disk and a paler 'cytoplasm' ring."""
+    yy, xx = np.mgrid[:h, :w]
+    d = np.hypot(yy - centre[0], xx - centre[1])
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (235, 225, 150)
+    img[d < 2 * r] = (200, 170, 150)
+    img[d < r] = (90, 40, 130)
+    noise = np.random.default_rng(0).normal(0, 6, img.shape)  # real images have no 3-value histogram
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def test_cell_view_white_balances_and_frames_the_nucleus():
+    from types import SimpleNamespace
+
+    from napari_sickle.analysis.bm import CELL_CROP_FACTOR, cell_view, white_balance
+
+    img = _disk_cell()
+    wb = white_balance(img.astype(np.float32) / 255)
+    assert np.allclose(np.median(wb[:10, :10], axis=(0, 1)), 1.0, atol=0.03)  # the yellow background becomes white
+    f, (top, left, hgt, wid) = cell_view(img, SimpleNamespace(normalise="background", crop="nucleus"))
+    assert abs(top + hgt / 2 - 50) < 1.5 and abs(left + wid / 2 - 70) < 1.5  # centred on the nucleus
+    assert abs(hgt - CELL_CROP_FACTOR * np.sqrt(np.pi * 12 ** 2)) < 3  # scaled by the nucleus area
+    assert f.shape[:2] == (round(hgt), round(wid))
+    plain, box = cell_view(img, SimpleNamespace(normalise="none", crop="none"))
+    assert box is None and plain.shape == (90, 120, 3)
+
+
+def test_explain_heatmap_of_a_framed_cell_lies_in_its_window(tiny):
+    from napari_sickle.analysis.bm import cell_view, explain
+
+    tiny.normalise, tiny.crop = "background", "nucleus"
+    try:
+        img = _disk_cell()
+        _, (top, left, side, _) = cell_view(img, tiny)
+        res = explain([img], tiny, device="cpu", faithfulness=None)
+    finally:
+        tiny.normalise, tiny.crop = "none", "none"
+    h = res.heatmaps[0]
+    assert h.shape == (90, 120)
+    inside = np.zeros(h.shape, bool)
+    inside[max(0, round(top)):round(top + side), max(0, round(left)):round(left + side)] = True
+    assert h[~inside].max() == 0
+
+
+def test_stain_jitter_keeps_range_and_shape():
+    import torch
+
+    from napari_sickle.training.bm import StainJitter
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 24, 24)
+    out = [StainJitter()(x) for _ in range(4)]
+    assert all(o.shape == x.shape and 0 <= float(o.min()) and float(o.max()) <= 1 for o in out)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_published_zheng_layout_and_masks_beside_images(tmp_path):
+    """The Zheng folder as published (``Class Labels of Dataset 1.csv`` with numbered classes,
+    ``NNN.bmp`` images beside ``NNN.png`` masks) and class folders holding the masks too."""
+    from skimage.io import imsave
+
+    from napari_sickle.training.bm import load_bm_data
+
+    pub = tmp_path / "pub"
+    (pub / "Dataset 1").mkdir(parents=True)
+    rows = []
+    for i, cls in enumerate([1, 1, 2, 2, 5], start=1):
+        imsave(pub / "Dataset 1" / f"{i:03d}.bmp", _disk_cell(30, 30, (15, 15), 4 + i), check_contrast=False)
+        imsave(pub / "Dataset 1" / f"{i:03d}.png", np.full((30, 30), 128, np.uint8), check_contrast=False)
+        rows.append({"image ID": i, "class label": cls})
+    pd.DataFrame(rows).to_csv(pub / "Class Labels of Dataset 1.csv", index=False)
+    with pytest.warns(UserWarning, match="basophil"):
+        images, labels, names, _ = load_bm_data(str(pub))
+    assert names == ("lymphocyte", "neutrophil") and len(images) == 4 and images[0].shape == (30, 30, 3)
+    folders = tmp_path / "folders"
+    for cls in ("a", "b"):
+        (folders / cls).mkdir(parents=True)
+        for i in range(2):
+            imsave(folders / cls / f"{i:03d}.bmp", _disk_cell(30, 30, (15, 15), 5), check_contrast=False)
+            mask = np.zeros((30, 30), np.uint8)
+            mask[10:20, 10:20] = 255
+            imsave(folders / cls / f"{i:03d}.png", mask, check_contrast=False)
+    images, labels, _, _, paths = load_bm_data(str(folders), return_paths=True)
+    assert len(images) == 4 and all(p.endswith(".bmp") for p in paths)
+
+
+def test_default_model_without_shipped_weights_warns(monkeypatch):
+    from napari_sickle.models import bm as bm_models
+    from napari_sickle.models import zoo
+
+    monkeypatch.setattr(zoo, "models", lambda task=None: [])
+    assert bm_models.shipped_models() == [] and bm_models.default_model_path() is None
+    with pytest.warns(UserWarning, match="untrained"):
+        m = bm_models.load_bm_model(None)
+    assert m.n_classes == 21
+
+
+def _sickle_data():
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("SICKLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    return root if (root / "fixtures" / "wbc-zheng2018" / "labels.csv").is_file() else None
+
+
+@pytest.mark.skipif(_sickle_data() is None, reason="SICKLE_DATA (real WBC fixture crops) not found")
+def test_shipped_model_labels_the_fixture_white_cells_the_same_way_every_run():
+    from napari_sickle.analysis.bm import classify_cells
+    from napari_sickle.io.images import read_image, to_rgb_uint8
+    from napari_sickle.models import zoo
+    from napari_sickle.models.bm import load_bm_model, shipped_models
+
+    name = zoo.default("wbc").name
+    assert shipped_models()[0] == name
+    fx = _sickle_data() / "fixtures" / "wbc-zheng2018"
+    table = pd.read_csv(fx / "labels.csv")
+    cells = [to_rgb_uint8(read_image(fx / p)) for p in table["image"]]
+    runs = [classify_cells(cells, load_bm_model(v), device="cpu") for v in (None, name)]
+    labels = [[r.class_names[k] for k in r.predicted] for r in runs]
+    assert labels[0] == labels[1] == list(table["class_name"])
+    assert np.array_equal(runs[0].probabilities, runs[1].probabilities)

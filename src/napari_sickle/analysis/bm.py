@@ -160,8 +160,106 @@ def as_cell_list(images) -> list[np.ndarray]:
     return cells
 
 
-def preprocess(cells: Sequence[np.ndarray], model) -> "Any":
-    """Cells -> normalised (N, 3, S, S) float tensor for ``model`` (a BMClassifier)."""
+# --------------------------------------------------------------------------- cell view
+#: crop side = CELL_CROP_FACTOR x sqrt(area of the stained nucleus): the 120 px Zheng crops,
+#: whose nuclei cover about 1600 px, map to about 110 px windows, i.e. their own framing
+CELL_CROP_FACTOR = 2.75
+
+
+def white_balance(f: np.ndarray) -> np.ndarray:
+    """Divide each channel by the background colour (median of the brightest quarter of the
+    pixels), so a yellow, pink or grey smear background becomes white. Brightfield images
+    are transmission images: relative to the light that passed through no cell, the stains
+    absorb the same fractions under any lamp or camera white point."""
+    lum = f.mean(-1)
+    bright = lum >= np.percentile(lum, 75)
+    bg = np.median(f[bright], axis=0)
+    return np.clip(f / np.maximum(bg, 1e-3), 0.0, 1.0).astype(np.float32)
+
+
+def nucleus_mask(f: np.ndarray) -> np.ndarray:
+    """Stained-nucleus pixels of a white-balanced cell image: the darkest of three
+    multi-Otsu classes of ``(1 - G) + (B - G)`` (dark and blue-purple: nuclear stain)."""
+    from skimage.filters import threshold_multiotsu
+
+    score = (1.0 - f[..., 1]) + (f[..., 2] - f[..., 1])
+    try:
+        t = threshold_multiotsu(score, 3)[1]
+    except ValueError:  # flat image
+        return np.zeros(score.shape, bool)
+    return score > t
+
+
+def cell_box(f: np.ndarray) -> tuple[float, float, float] | None:
+    """(centre row, centre column, side) of a square window framing the white cell whose
+    nucleus lies nearest the image centre, or None when no nucleus is found.
+
+    The side is ``CELL_CROP_FACTOR`` x sqrt(nucleus area), so a cell gets the same size in
+    pixels whatever the magnification or crop size of the image it comes from."""
+    from scipy import ndimage as ndi
+
+    m = nucleus_mask(f)
+    h, w = m.shape
+    lab, n = ndi.label(m)
+    if n == 0:
+        return None
+    idx = np.arange(1, n + 1)
+    area = ndi.sum(m, lab, idx)
+    cy, cx = np.array(ndi.center_of_mass(m, lab, idx)).T
+    d = np.hypot((cy - h / 2) / h, (cx - w / 2) / w)
+    # the main piece: large and central (segmented nuclei come in lobes, handled below)
+    main = int(np.argmax(area / (1.0 + 4.0 * d)))
+    r = 1.5 * np.sqrt(area[main])
+    near = np.hypot(cy - cy[main], cx - cx[main]) <= r
+    keep = near & (area >= 0.05 * area[main])
+    tot = float(area[keep].sum())
+    if tot < 1e-3 * h * w:
+        return None
+    y = float((cy[keep] * area[keep]).sum() / tot)
+    x = float((cx[keep] * area[keep]).sum() / tot)
+    return y, x, CELL_CROP_FACTOR * np.sqrt(tot)
+
+
+def cell_view(cell, model) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    """A cell image as the model sees it before resizing: RGB float in [0, 1], white-balanced
+    and framed on the cell when the model's config asks for it (``normalise="background"``,
+    ``crop="nucleus"``). Also returns the window (top, left, height, width) in the input's
+    pixels, or None when the whole image is used."""
+    f = to_rgb_float(cell)
+    if getattr(model, "normalise", "none") == "background":
+        f = white_balance(f)
+    if getattr(model, "crop", "none") != "nucleus":
+        return f, None
+    box = cell_box(f)
+    if box is None:
+        return f, None
+    y, x, side = box
+    side = max(side, 8.0)
+    top, left = y - side / 2, x - side / 2
+    return crop_window(f, top, left, side, fill=1.0 if getattr(model, "normalise", "none") == "background"
+                       else None), (top, left, side, side)
+
+
+def crop_window(f: np.ndarray, top: float, left: float, side: float, fill=None) -> np.ndarray:
+    """The square window (sub-pixel position rounded) of ``f``; parts outside the image are
+    ``fill`` (None: the image's median colour)."""
+    h, w = f.shape[:2]
+    t, lft, s = int(round(top)), int(round(left)), max(2, int(round(side)))
+    bg = np.median(f.reshape(-1, 3), 0) if fill is None else np.full(3, fill, np.float32)
+    out = np.empty((s, s, 3), np.float32)
+    out[:] = bg
+    y0, x0, y1, x1 = max(t, 0), max(lft, 0), min(t + s, h), min(lft + s, w)
+    if y1 > y0 and x1 > x0:
+        out[y0 - t:y1 - t, x0 - lft:x1 - lft] = f[y0:y1, x0:x1]
+    return out
+
+
+def preprocess(cells: Sequence[np.ndarray], model, *, boxes: list | None = None) -> "Any":
+    """Cells -> normalised (N, 3, S, S) float tensor for ``model`` (a BMClassifier).
+
+    Each cell goes through :func:`cell_view` (the model's own background normalisation and
+    cell framing, when its config has them), a bilinear antialiased resize to the model's
+    input size and the model's mean/std. ``boxes``: a list that receives each cell's window."""
     import torch
     import torch.nn.functional as F
 
@@ -170,7 +268,10 @@ def preprocess(cells: Sequence[np.ndarray], model) -> "Any":
     std = torch.tensor(model.std, dtype=torch.float32).view(3, 1, 1)
     out = []
     for c in cells:
-        t = torch.from_numpy(to_rgb_float(c)).permute(2, 0, 1)[None]
+        f, box = cell_view(c, model)
+        if boxes is not None:
+            boxes.append(box)
+        t = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None]
         if t.shape[-2:] != (s, s):
             t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         out.append(((t[0].clamp(0, 1) - mean) / std))
@@ -211,7 +312,8 @@ def classify_cells(images, model=None, *, top_k: int = 5, batch_size: int = 32, 
 
     ``images``: a list of arrays (each one cell, any size/dtype, 1/3/4 channels), or an
     array: (H,W) or (H,W,3|4) is one cell, (N,H,W) a grey stack, (N,H,W,C) a colour stack.
-    ``model``: a BMClassifier, a checkpoint path, or None for the built-in default.
+    ``model``: a BMClassifier, a shipped model name, a checkpoint path, or None for the
+    shipped default white-cell model (``models.bm.load_bm_model``).
     """
     import torch
 
@@ -234,6 +336,24 @@ def classify_cells(images, model=None, *, top_k: int = 5, batch_size: int = 32, 
         report(progress, "classify", min(start + bs, n), n)
     p = np.concatenate(probs)
     return _result(model, p, top_k, p.argmax(1), shapes)
+
+
+def _heatmap_on_cell(g, shape, window) -> np.ndarray:
+    """A (1, 1, S, S) heatmap -> (H, W) in the input cell's pixels: resized to the whole cell,
+    or, for a framed cell, to its window and pasted there (zero outside the window)."""
+    import torch.nn.functional as F
+
+    if window is None:
+        return F.interpolate(g, size=shape, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    top, left, side, _ = window
+    s = max(2, int(round(side)))
+    h = F.interpolate(g, size=(s, s), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    out = np.zeros(shape, np.float32)
+    t, lft = int(round(top)), int(round(left))
+    y0, x0, y1, x1 = max(t, 0), max(lft, 0), min(t + s, shape[0]), min(lft + s, shape[1])
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = h[y0 - t:y1 - t, x0 - lft:x1 - lft]
+    return out
 
 
 def _shape_cell(c):
@@ -308,7 +428,8 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
         try:
             for start in range(0, n, bs):
                 batch = cells[start:start + bs]
-                x = preprocess(batch, model).to(dev)
+                windows: list = []
+                x = preprocess(batch, model, boxes=windows).to(dev)
                 # targets=None: pytorch-grad-cam explains each image's own top class
                 cam_targets = None if chosen is None else [ClassifierOutputTarget(chosen)] * len(batch)
                 grayscale = cam(input_tensor=x, targets=cam_targets)  # (B, S, S) in [0, 1]
@@ -321,8 +442,7 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
                     faith.append(np.asarray(metric(x, grayscale, soft, net), dtype=np.float32).reshape(-1))
                 g = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32))[:, None]
                 for j, shp in enumerate(shapes[start:start + bs]):
-                    h = F.interpolate(g[j:j + 1], size=shp, mode="bilinear", align_corners=False)[0, 0]
-                    heatmaps.append(h.clamp(0, 1).numpy())
+                    heatmaps.append(_heatmap_on_cell(g[j:j + 1], shp, windows[j]))
                 report(progress, "explain", min(start + bs, n), n)
         finally:
             cam.activations_and_grads.release()

@@ -238,6 +238,10 @@ class BMClassifier:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     source: str = ""
+    #: "background": each image is divided by its background colour before anything else
+    normalise: str = "none"
+    #: "nucleus": each image is framed on the cell, scaled by its nucleus area (analysis.bm.cell_view)
+    crop: str = "none"
 
     @property
     def n_classes(self) -> int:
@@ -262,6 +266,8 @@ class BMClassifier:
             "input_size": int(self.input_size),
             "mean": [float(x) for x in self.mean],
             "std": [float(x) for x in self.std],
+            "normalise": self.normalise,
+            "crop": self.crop,
         }
         return cfg
 
@@ -334,39 +340,60 @@ def model_from_checkpoint(ckpt: dict, source: str = "") -> BMClassifier:
     except RuntimeError as exc:
         raise CheckpointError(f"{source or 'checkpoint'} does not fit architecture {arch}: "
                               f"{str(exc).splitlines()[0]}") from exc
+    model.normalise = str(cfg.get("normalise", "none"))
+    model.crop = str(cfg.get("crop", "none"))
     model.recipe = dict(ckpt.get("recipe") or {})
     model.metrics = dict(ckpt.get("metrics") or {})
     model.source = source
     return model
 
 
-def default_model_path() -> Path:
-    from .._paths import cache_dir
+def default_model_path() -> Path | None:
+    """The checkpoint file of the shipped default white-cell model (``zoo.default("wbc")``),
+    or None when this installation ships none."""
+    from . import zoo
 
-    return cache_dir() / "models" / "bm_default.pt"
+    try:
+        return zoo.resolve(None, "wbc", "classifier")
+    except zoo.ModelFileError:
+        return None
+
+
+def shipped_models() -> list[str]:
+    """Names of the shipped white-cell models, the default first (for a model dropdown)."""
+    from . import zoo
+
+    return [m.name for m in zoo.models("wbc")]
 
 
 def load_bm_model(model=None) -> BMClassifier:
-    """Resolve ``model``: a :class:`BMClassifier`, a checkpoint path, or ``None``/"default".
+    """Resolve ``model``: a :class:`BMClassifier`, a shipped model name (``zoo.models("wbc")``),
+    a checkpoint path, or ``None``/"default" for the shipped default white-cell model.
 
-    The built-in default is ``<cache>/models/bm_default.pt`` when present (e.g. written by
-    ``python -m napari_sickle.train bm --out ...`` and copied there), otherwise an
-    ImageNet efficientnet-lite0 with an *untrained* 21-class Matek head (a warning says so).
+    Without a shipped model (a stripped installation) the fallback is an ImageNet
+    efficientnet-lite0 with an *untrained* 21-class Matek head, with a warning.
     """
+    from . import zoo
     from .checkpoint import load_checkpoint
 
     if isinstance(model, BMClassifier):
         return model
     if model is None or (isinstance(model, str) and model.lower() in ("", "default", "built-in")):
-        p = default_model_path()
-        if p.is_file():
-            return model_from_checkpoint(load_checkpoint(p, kind="bm"), str(p))
-        warnings.warn(
-            "No trained BM model found; using ImageNet efficientnet-lite0 with an untrained "
-            "21-class head. Train one with `python -m napari_sickle.train bm`.", UserWarning,
-            stacklevel=2)
-        m = build_bm_model("efficientnet_lite0", pretrained=True)
-        m.source = "built-in (untrained head)"
-        return m
+        try:
+            p = zoo.resolve(None, "wbc", "classifier")
+        except zoo.ModelFileError as exc:
+            if "no shipped" not in str(exc):
+                raise
+            warnings.warn(
+                "No shipped white-cell model in this installation; using ImageNet efficientnet-lite0 "
+                "with an untrained 21-class head. Train one with `python -m napari_sickle.train bm`.",
+                UserWarning, stacklevel=2)
+            m = build_bm_model("efficientnet_lite0", pretrained=True)
+            m.source = "built-in (untrained head)"
+            return m
+        return model_from_checkpoint(load_checkpoint(p, kind="bm"), f"{zoo.default('wbc').name} ({p})")
+    if zoo.is_model_name(model):
+        p = zoo.resolve(model, "wbc", "classifier")
+        return model_from_checkpoint(load_checkpoint(p, kind="bm"), f"{model} ({p})")
     path = Path(model)
     return model_from_checkpoint(load_checkpoint(path, kind="bm"), str(path))

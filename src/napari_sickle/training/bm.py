@@ -84,9 +84,83 @@ def _table_from_csv(csv: Path):
     return pd.DataFrame({"path": paths, "label": df[cls_col].astype(str).values})
 
 
-def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int = 0, return_paths: bool = False):
+#: class numbers of the published Zheng 2018 tables ("Class Labels of Dataset N.csv")
+ZHENG_CLASSES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+_IMAGE_FIRST = (".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".png")
+
+
+def _table_from_published_zheng(root: Path):
+    """The Zheng et al. 2018 folder as published (github.com/zxaoyou/segmentation_WBC):
+    ``Class Labels of Dataset N.csv`` (``image ID``, ``class label`` 1-5) next to
+    ``Dataset N/NNN.bmp`` images and ``NNN.png`` masks. Classes with fewer than two images
+    (Dataset 1 has one basophil) are left out with a warning."""
+    import warnings
+
+    import pandas as pd
+
+    from ..io.datasets import DatasetError
+
+    rows = []
+    for csv in sorted(root.glob("Class Labels of *.csv")):
+        folder = root / csv.stem.replace("Class Labels of ", "")
+        df = pd.read_csv(csv)
+        cols = {c.strip().lower(): c for c in df.columns}
+        id_col, cls_col = cols.get("image id"), cols.get("class label")
+        if id_col is None or cls_col is None or not folder.is_dir():
+            raise DatasetError(f"{csv}: expected columns 'image ID', 'class label' and a folder {folder.name}/")
+        for i, c in zip(df[id_col], df[cls_col]):
+            stem = f"{int(i):03d}"
+            f = next((folder / (stem + e) for e in _IMAGE_FIRST if (folder / (stem + e)).is_file()), None)
+            if f is not None:
+                rows.append((str(f.resolve()), ZHENG_CLASSES.get(int(c), str(c))))
+    table = pd.DataFrame(rows, columns=["path", "label"])
+    counts = table["label"].value_counts()
+    rare = sorted(counts[counts < 2].index)
+    if rare:
+        warnings.warn(f"{root}: class(es) {rare} have a single image and are left out.", UserWarning, stacklevel=3)
+        table = table[~table["label"].isin(rare)].reset_index(drop=True)
+    return table
+
+
+def _is_label_mask(path) -> bool:
+    """A grey image with at most three values (Zheng masks: 0, 128, 255)."""
+    from ..io.images import read_image
+
+    try:
+        a = np.asarray(read_image(path))
+    except (ValueError, OSError):
+        return False
+    if a.ndim == 3:
+        if a.shape[-1] not in (3, 4) or not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            return False
+        a = a[..., 0]
+    return a.ndim == 2 and len(np.unique(a)) <= 3
+
+
+def _drop_masks(table):
+    """Leave out mask files kept next to their images in class folders (``NNN.png`` beside
+    ``NNN.bmp``, as in the published Zheng folder), so they are not trained on as cells."""
+    stems: dict = {}
+    for path in table["path"]:
+        q = Path(path)
+        stems.setdefault((q.parent, q.stem), []).append(q)
+    drop = set()
+    for files in stems.values():
+        if len(files) > 1:
+            drop |= {str(q) for q in files if q.suffix.lower() == ".png" and _is_label_mask(q)}
+    if not drop:
+        return table
+    out = table[~table["path"].isin(drop)].reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int = 0, return_paths: bool = False,
+                 min_per_class: int = 2):
     """-> (images: list of (H,W,3) uint8, labels: list[str], class_names: tuple, skipped: int)
-    (+ ``paths``: list of str, or of ``"simulated:<i>"``, with ``return_paths=True``)."""
+    (+ ``paths``: list of str, or of ``"simulated:<i>"``, with ``return_paths=True``).
+    ``min_per_class``: training needs two images per class (one to train on, one to
+    validate); a test set may have one."""
     import warnings
 
     from ..io.datasets import DatasetError, scan_class_folders
@@ -106,8 +180,10 @@ def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int
         table = _table_from_csv(p)
     elif (p / "labels.csv").is_file():
         table = _table_from_csv(p / "labels.csv")
+    elif sorted(p.glob("Class Labels of *.csv")):
+        table = _table_from_published_zheng(p)
     else:
-        table = scan_class_folders(p)
+        table = _drop_masks(scan_class_folders(p))
     images, labels, paths, skipped = [], [], [], int(getattr(table, "attrs", {}).get("skipped", 0))
     for path, label in zip(table["path"], table["label"]):
         try:
@@ -120,10 +196,10 @@ def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int
     if not images:
         raise DatasetError(f"{p}: no readable images.")
     names = tuple(sorted(set(labels)))
-    if len(names) < 2:
+    if len(names) < 2 and min_per_class > 1:
         raise DatasetError(f"{p}: need at least two classes, found {list(names)}.")
     counts = {c: labels.count(c) for c in names}
-    few = [c for c, k in counts.items() if k < 2]
+    few = [c for c, k in counts.items() if k < min_per_class]
     if few:
         raise DatasetError(f"{p}: class(es) {few} have a single image; need at least two per class.")
     return (images, labels, names, skipped, paths) if return_paths else (images, labels, names, skipped)
@@ -177,9 +253,51 @@ class _CellDataset:
         return self.transform(self.x[i]), self.y[i]
 
 
-def _transforms(size, mean, std, augment, crop_scale):
+class StainJitter:
+    """Random stain and colour changes of a float (3, H, W) image in [0, 1].
+
+    * HED jitter (Tellez et al. 2018): the optical density is unmixed into haematoxylin, eosin
+      and residual stain amounts (scikit-image's Ruifrok-Johnston matrix); each amount is
+      scaled by U(1 - alpha, 1 + alpha) and shifted by U(-beta, beta), then mixed back;
+    * random gamma exp(U(-log g, log g));
+    * brightness, contrast and saturation factors U(1 - c, 1 + c) and a hue shift U(-h, h);
+    * Gaussian blur (sigma U(0.1, 1.2)) with probability ``blur_p``.
+    """
+
+    def __init__(self, alpha=0.2, beta=0.03, gamma=1.4, colour=0.15, hue=0.03, blur_p=0.3):
+        import torch
+        from skimage.color import hed_from_rgb, rgb_from_hed
+
+        self.alpha, self.beta, self.gamma, self.blur_p = alpha, beta, gamma, blur_p
+        self.h_from_rgb = torch.tensor(hed_from_rgb, dtype=torch.float32)
+        self.rgb_from_h = torch.tensor(rgb_from_hed, dtype=torch.float32)
+        from torchvision.transforms import v2
+
+        self.jitter = v2.ColorJitter(brightness=colour, contrast=colour, saturation=colour + 0.05, hue=hue)
+        self.blur = v2.GaussianBlur(5, sigma=(0.1, 1.2))
+
+    def __call__(self, x):
+        import torch
+
+        c, h, w = x.shape
+        od = -torch.log(x.clamp(1e-3, 1.0)).permute(1, 2, 0).reshape(-1, 3)
+        stains = od @ self.h_from_rgb
+        a = 1.0 + (torch.rand(3) * 2 - 1) * self.alpha
+        b = (torch.rand(3) * 2 - 1) * self.beta
+        od = (stains * a + b) @ self.rgb_from_h
+        x = torch.exp(-od.clamp_min(0)).reshape(h, w, 3).permute(2, 0, 1).clamp(0, 1)
+        g = float(torch.exp((torch.rand(()) * 2 - 1) * math.log(self.gamma)))
+        x = self.jitter(x.pow(g))
+        if float(torch.rand(())) < self.blur_p:
+            x = self.blur(x)
+        return x.clamp(0, 1).contiguous()
+
+
+def _transforms(size, mean, std, augment, crop_scale, *, colour=False, scale_jitter=None, fill=None):
     """Training augmentation (float in [0, 1] before any resampling, like ``preprocess``).
 
+    ``colour``: :class:`StainJitter` first; ``scale_jitter`` (lo, hi): a random zoom (the cell
+    drawn lo..hi times its size; > 1 zooms in) with the rotation, in place of the random crop.
     Validation does not use a transform: the held-out cells go through
     :func:`napari_sickle.analysis.bm.preprocess`, the very code ``classify_cells`` and
     ``evaluate bm`` use, so training validation and evaluation see identical tensors."""
@@ -188,14 +306,18 @@ def _transforms(size, mean, std, augment, crop_scale):
 
     head = [v2.ToDtype(torch.float32, scale=True)]
     tail = [v2.Normalize(list(mean), list(std))]
+    fill = [float(m) for m in (mean if fill is None else fill)]
     if not augment:
         return v2.Compose([*head, v2.Resize((size, size), antialias=True), *tail])
-    return v2.Compose([
-        *head,
-        v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=(0.75, 1.33), antialias=True),
-        v2.RandomRotation(180, fill=[float(m) for m in mean]),
-        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *tail,
-    ])
+    if colour:
+        head.append(StainJitter())
+    if scale_jitter:
+        geo = [v2.Resize((size, size), antialias=True),
+               v2.RandomAffine(180, scale=tuple(scale_jitter), fill=fill)]
+    else:
+        geo = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=(0.75, 1.33), antialias=True),
+               v2.RandomRotation(180, fill=fill)]
+    return v2.Compose([*head, *geo, v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *tail])
 
 
 TTA_MODES = ("none", "flips", "d4")
@@ -335,12 +457,19 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     np.random.seed(seed)
     dev = resolve_device(device)
     size = int(opts["input_size"])
+    model = build_bm_model(arch, class_names, pretrained=opts["pretrained"], input_size=size)
+    model.normalise, model.crop = opts["normalise"], opts["crop"]
+    if model.normalise != "none" or model.crop != "none":
+        # the cell as every later path sees it (analysis.bm.cell_view), once, at the input size
+        train_imgs = _canonical(train_imgs, model, size)
     mean, std = channel_stats(train_imgs)
-    model = build_bm_model(arch, class_names, pretrained=opts["pretrained"], input_size=size, mean=mean, std=std)
+    model.mean, model.std = tuple(mean), tuple(std)
     net = model.module.to(dev)
     if family_of(model.arch) != "vit":  # less CPU per training step for CNNs (docs/bm.md)
         net = net.to(memory_format=torch.channels_last)
-    train_tf = _transforms(size, mean, std, opts["augment"], opts["crop_scale"])
+    train_tf = _transforms(size, mean, std, opts["augment"], opts["crop_scale"], colour=opts["colour"],
+                           scale_jitter=opts["scale_jitter"],
+                           fill=(1.0, 1.0, 1.0) if model.normalise == "background" else None)
     counts = np.bincount(train_y, minlength=len(class_names)).astype(float)
     weights = 1.0 / counts[np.asarray(train_y)]
     # class-balanced draw, reseeded per epoch (set_epoch) and split over torchrun ranks
@@ -350,6 +479,10 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
                                                sampler=sampler, drop_last=len(sampler) > bs)
     val_loader = torch.utils.data.DataLoader(_ValDataset(val_imgs, val_y, model, opts["tta"]), batch_size=bs)
     criterion = torch.nn.CrossEntropyLoss()
+    if opts["schedule"] == "cosine":
+        return _fit_fixed(model, net, train_loader, val_loader, class_names, out, dev=dev, epochs=epochs, seed=seed,
+                          resume=resume, progress=progress, log=log, opts=opts, stage=stage, data_desc=data_desc,
+                          n_train=len(train_y), n_val=len(val_y))
     start_epoch, history, best_metric = 0, [], -math.inf
     ckpt = None
     if resume:
@@ -467,6 +600,126 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     return {"best_metric": best_metric, "history": history, "val_proba": last_p, "lr": lr}
 
 
+def _canonical(images, model, size):
+    """Training images through ``analysis.bm.cell_view`` and the resize of ``preprocess``,
+    back to uint8: the augmentations then start from the cell exactly as inference frames it."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..analysis.bm import cell_view
+
+    out = []
+    for im in images:
+        f, _ = cell_view(im, model)
+        t = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None]
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append((t[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    return out
+
+
+def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, dev, epochs, seed, resume,
+               progress, log, opts, stage, data_desc, n_train, n_val):
+    """Fixed schedule: SGD, one epoch of linear warm-up, cosine decay to zero, an exponential
+    moving average (EMA) of the weights; the EMA weights after the last epoch are the model
+    (no checkpoint is chosen on the validation cells, which are only scored, once, at the end)."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from ..models.checkpoint import load_checkpoint, save_checkpoint
+    from . import distributed as ddp_glue
+
+    lr = float(opts["lr"]) if opts["lr"] is not None else 0.02
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(opts["label_smoothing"]))
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=float(opts["weight_decay"]))
+    steps_per_epoch = len(train_loader)
+    total = max(1, epochs * steps_per_epoch)
+    warm = steps_per_epoch
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    decay = float(opts["ema"])
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay > 0 else None
+    start_epoch, history = 0, []
+    if resume:
+        ckpt = load_checkpoint(resume, kind="bm")
+        if list(ckpt["config"].get("class_names", [])) != list(class_names):
+            raise ValueError(f"--resume {resume}: its classes {ckpt['config'].get('class_names')} differ "
+                             f"from the data's {list(class_names)}.")
+        ex = ckpt["extra"]
+        net.load_state_dict(ex.get("raw_state_dict") or ckpt["state_dict"])
+        opt.load_state_dict(ex["optimizer"])
+        sched.load_state_dict(ex["scheduler"])
+        if ema is not None and ex.get("ema_state") is not None:
+            ema.load_state_dict(ex["ema_state"])
+        start_epoch, history = int(ex["epoch"]), list(ex.get("history", []))
+    model.recipe = {
+        "arch": model.arch, "optimizer": "SGD", "momentum": 0.9, "lr": lr, "lr_source": "given"
+        if opts["lr"] is not None else "fixed default", "weight_decay": float(opts["weight_decay"]),
+        "schedule": "cosine", "scheduler": "linear warm-up 1 epoch, cosine decay to 0 (per step)",
+        "ema": decay, "label_smoothing": float(opts["label_smoothing"]), "selection": "last epoch (EMA weights)",
+        "sampler": "WeightedRandomSampler", "augment": bool(opts["augment"]), "colour": bool(opts["colour"]),
+        "scale_jitter": list(opts["scale_jitter"] or []), "rotation": [0, 180], "flips": ["h", "v"],
+        "normalise": model.normalise, "crop": model.crop,
+        "epochs": int(epochs), "batch_size": int(opts["batch_size"]), "input_size": int(model.input_size),
+        "seed": int(seed), "split_seed": int(opts["split_seed"]), "pretrained": bool(opts["pretrained"]),
+        "data": data_desc, "n_train": n_train, "n_val": n_val, "val_paths": list(opts.get("_val_paths") or []),
+        "tta": opts["tta"],
+    }
+    ddp_net = ddp_glue.wrap(net)
+    if ddp_glue.context().enabled:
+        torch.manual_seed(seed + 1_000_003 * ddp_glue.rank())
+    for epoch in range(start_epoch, epochs):
+        ddp_glue.set_epoch(train_loader, epoch)
+        net.train()
+        tot, n = 0.0, 0
+        for step, (x, y) in enumerate(train_loader):
+            opt.zero_grad()
+            loss = criterion(ddp_net(x.to(dev)), y.to(dev))
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            tot += float(loss.detach()) * len(y)
+            n += len(y)
+            ddp_glue.note_step(len(y))
+            report(progress, stage, epoch * steps_per_epoch + step + 1, epochs * steps_per_epoch)
+        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": int(epochs), "phase": "all",
+               "loss": ddp_glue.reduce_mean(tot, n), "lr": opt.param_groups[0]["lr"]}
+        history.append(rec)
+        if log:
+            log(dict(rec))
+        if ddp_glue.is_main():
+            final = ema.module if ema is not None else net
+            ck = model.to_checkpoint(extra={
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                "history": history, "raw_state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                "ema_state": ema.state_dict() if ema is not None else None})
+            ck["state_dict"] = {k: v.detach().cpu() for k, v in final.state_dict().items()}
+            save_checkpoint(ck, out / "last.pt")
+    final = ema.module if ema is not None else net
+    net.load_state_dict(final.state_dict())  # model.module is net: it now holds the final weights
+    if n_val:
+        val_loss, p, yv = ddp_glue.evaluate_sharded(lambda ld: _evaluate_loader(net, ld, criterion, dev), val_loader)
+        m = _metrics(yv, p.argmax(1), class_names)
+        m["val_loss"] = val_loss
+    else:
+        p, m = np.zeros((0, len(class_names))), {"n": 0}
+    m["epoch"] = int(epochs)
+    model.metrics = m
+    if log and n_val:
+        log({"event": "heldout", "metric": m["macro_f1"], "metric_name": "macro_f1", "accuracy": m["accuracy"],
+             "n": m["n"]})
+    if ddp_glue.is_main():
+        model.save(out / "best.pt")
+    return {"best_metric": m.get("macro_f1", float("nan")), "history": history, "val_proba": p, "lr": lr}
+
+
 def _options(options: dict, arch: str, simulated: bool) -> dict:
     from ..models.bm import DEFAULT_INPUT_SIZE, canonical_arch
 
@@ -490,6 +743,29 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("weight_decay", 1e-4)
     opts.setdefault("patience", 3)
     opts["tta"] = tta_mode(opts.get("tta", "flips"))
+    # the recipe (docs/bm.md): fixed cosine schedule with EMA weights, stain/colour
+    # augmentation, background white balance and framing on the nucleus, scale jitter
+    opts.setdefault("schedule", "cosine")
+    if opts["schedule"] not in ("cosine", "plateau"):
+        raise ValueError(f"schedule must be 'cosine' or 'plateau', not {opts['schedule']!r}")
+    opts.setdefault("ema", 0.98)
+    opts.setdefault("label_smoothing", 0.0)
+    opts.setdefault("split_seed", 0)
+    legacy = opts["schedule"] == "plateau"
+    opts.setdefault("colour", not legacy)
+    opts.setdefault("normalise", "none" if legacy else "background")
+    opts.setdefault("crop", "none" if legacy else "nucleus")
+    opts.setdefault("scale_jitter", None if legacy else (0.8, 1.25))
+    for key in ("colour",):
+        if isinstance(opts[key], str):
+            opts[key] = opts[key].lower() not in ("0", "false", "no", "off")
+    if isinstance(opts["scale_jitter"], (int, float)):
+        f = float(opts["scale_jitter"])
+        opts["scale_jitter"] = None if f in (0.0, 1.0) else (1.0 / f, f) if f > 1 else (f, 1.0 / f)
+    if opts["normalise"] not in ("none", "background"):
+        raise ValueError(f"normalise must be 'none' or 'background', not {opts['normalise']!r}")
+    if opts["crop"] not in ("none", "nucleus"):
+        raise ValueError(f"crop must be 'none' or 'nucleus', not {opts['crop']!r}")
     if isinstance(opts["crop_scale"], (int, float)):
         opts["crop_scale"] = (float(opts["crop_scale"]), 1.0)
     if isinstance(opts["augment"], str):
@@ -558,11 +834,19 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
         metrics["checkpoint_fold"] = best_fold
     else:
         idx = np.arange(len(y))
-        tr, va = train_test_split(idx, test_size=float(opts["val_fraction"]), stratify=y, random_state=seed)
+        if float(opts["val_fraction"]) > 0:
+            # the split depends on split_seed only, so runs with different training seeds are
+            # scored on the same held-out cells
+            tr, va = train_test_split(idx, test_size=float(opts["val_fraction"]), stratify=y,
+                                      random_state=int(opts["split_seed"]))
+        elif opts["schedule"] == "cosine":  # train on everything; nothing held out
+            tr, va = idx, idx[:0]
+        else:
+            raise ValueError("val_fraction=0 needs schedule='cosine' (the plateau schedule selects on validation).")
         opts["_val_paths"] = [paths[j] for j in va]
         res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out,
                    resume=resume, **common)
-        metrics = _metrics(y[va], res["val_proba"].argmax(1), names)
+        metrics = _metrics(y[va], res["val_proba"].argmax(1), names) if len(va) else {"n": 0}
         history = res["history"]
         heldout = {"val_paths": opts["_val_paths"], "val_proba": res["val_proba"]}
     metrics["skipped"] = int(skipped)
@@ -585,7 +869,8 @@ def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=No
     from ..models.bm import load_bm_model
 
     clf = load_bm_model(model)
-    images, labels, _, skipped, paths = load_bm_data(data, input_size=clf.input_size, return_paths=True)
+    images, labels, _, skipped, paths = load_bm_data(data, input_size=clf.input_size, return_paths=True,
+                                                     min_per_class=1)
     if split not in ("all", "heldout"):
         raise ValueError(f"split must be 'all' or 'heldout', not {split!r}")
     if split == "heldout":

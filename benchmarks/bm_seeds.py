@@ -1,0 +1,103 @@
+"""Seed stability and cross-scanner check of the ``train bm`` command on the WBC crops.
+
+For each training seed the plain command
+
+    python -m napari_sickle.train bm --data <wbc-zheng2018> --out <out>/seed<s> --seed <s> --threads T [-o ...]
+
+trains on the same stratified 80 % of the Zheng 2018 Dataset 1 crops (the held-out 20 % depend
+on ``split_seed`` only), and ``evaluate_bm`` (the code of ``python -m napari_sickle.evaluate bm``)
+scores ``best.pt`` on
+
+* the held-out Dataset 1 crops (same scanner, never trained on), and
+* the PBC fixture crops (Barcelona, CellaVision DM96: another scanner, stain and magnification)
+  whose class is one of the four Zheng classes (SNE and BNE as neutrophil, LY, MO, EO).
+
+    .venv/bin/python benchmarks/bm_seeds.py --out runs/bm_seeds [--seeds 0 1 2] [-o key=value ...]
+
+Prints one JSON line per seed and a ``summary`` line (mean, spread = max - min); writes
+``summary.json`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PBC_TO_ZHENG = {"SNE": "neutrophil", "BNE": "neutrophil", "LY": "lymphocyte", "MO": "monocyte", "EO": "eosinophil"}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("SICKLE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def pbc_table(pbc_dir: Path, out: Path) -> Path:
+    """A labels.csv of the PBC fixture crops of the four Zheng classes (absolute paths)."""
+    import pandas as pd
+
+    df = pd.read_csv(pbc_dir / "labels.csv")
+    df = df[df["pbc_class"].isin(list(PBC_TO_ZHENG))]
+    rows = pd.DataFrame({"image": [str((pbc_dir / p).resolve()) for p in df["image"]],
+                         "class_name": [PBC_TO_ZHENG[c] for c in df["pbc_class"]]})
+    p = out / "pbc_zheng_classes.csv"
+    rows.to_csv(p, index=False)
+    return p
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    root = data_root()
+    ap.add_argument("--data", default=str(root / "wbc-zheng2018"))
+    ap.add_argument("--pbc", default=str(root / "fixtures" / "pbc-wbc"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("-o", "--option", dest="options", action="append", default=[])
+    ap.add_argument("--reuse", action="store_true", help="score an existing <out>/seed<s>/best.pt instead of training")
+    a = ap.parse_args(argv)
+    import numpy as np
+
+    from napari_sickle.training.bm import evaluate_bm
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pbc_csv = pbc_table(Path(a.pbc), out)
+    rows = []
+    for seed in a.seeds:
+        d = out / f"seed{seed}"
+        cmd = [sys.executable, "-m", "napari_sickle.train", "bm", "--data", a.data, "--out", str(d),
+               "--seed", str(seed), "--threads", str(a.threads), "--json-progress"]
+        if a.epochs:
+            cmd += ["--epochs", str(a.epochs)]
+        for o in a.options:
+            cmd += ["-o", o]
+        t0 = time.perf_counter()
+        d.mkdir(parents=True, exist_ok=True)
+        if not (a.reuse and (d / "best.pt").is_file()):
+            with open(d / "train.log", "w") as log:
+                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+        held = evaluate_bm(d / "best.pt", a.data, device="cpu", split="heldout")
+        pbc = evaluate_bm(d / "best.pt", str(pbc_csv), device="cpu", predictions=True)
+        row = {"seed": seed, "heldout_macro_f1": held["macro_f1"], "heldout_accuracy": held["accuracy"],
+               "heldout_n": held["n"], "heldout_f1_per_class": {k: v["f1"] for k, v in held["per_class"].items()},
+               "pbc_correct": sum(p["label"] == p["predicted"] for p in pbc["predictions"]), "pbc_n": pbc["n"],
+               "pbc_predictions": {Path(p["path"]).name: p["predicted"] for p in pbc["predictions"]},
+               "train_wall_s": round(wall, 1), "load_after": os.getloadavg()[0]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    f1 = np.array([r["heldout_macro_f1"] for r in rows])
+    summary = {"summary": True, "options": a.options, "seeds": a.seeds, "heldout_macro_f1": f1.round(4).tolist(),
+               "mean": float(f1.mean()), "spread": float(f1.max() - f1.min()), "min": float(f1.min()),
+               "pbc_correct": [r["pbc_correct"] for r in rows], "pbc_n": rows[0]["pbc_n"] if rows else 0}
+    print(json.dumps(summary), flush=True)
+    (out / "summary.json").write_text(json.dumps({"runs": rows, **summary}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

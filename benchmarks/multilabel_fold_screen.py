@@ -1,4 +1,4 @@
-"""Screen a multi-label recipe on one fold of the Table 1 protocol (docs/results.md, session 4).
+"""Screen a multi-label recipe on one fold of the Table 1 protocol (docs/results.md).
 
 Same folds, patch seeds and head training as ``train multilabel-protocol`` (fold ``--fold``,
 0-based), printing Model A's exact match on the fold's single cells and composed multi-cell

@@ -1,4 +1,4 @@
-"""Oracle split on a fold's composed test patches (docs/results.md, session 5): each test
+"""Oracle split on a fold's composed test patches (docs/results.md): each test
 patch's cells are taken from the composer's true instance masks instead of the split, the
 heads are refitted on the training features a fold screen saved, and the exact match is
 printed beside that of the screen's own (split) test features:

@@ -1,5 +1,5 @@
 """How often the learned cell splitter (split="unet") finds the number of cells of composed
-patches, on fold ``--fold`` of the Table 1 protocol's folds (docs/results.md, session 5).
+patches, on fold ``--fold`` of the Table 1 protocol's folds (docs/results.md).
 
 Trains the splitter on the fold's training crops (``train_splitter`` options as JSON; the
 network is cached in ``--net``), then scores post-processing settings (JSON list of

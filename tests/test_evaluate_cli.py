@@ -22,7 +22,7 @@ def _write_png(path: Path, arr) -> None:
 @pytest.fixture(scope="module")
 def tiny_multilabel(tmp_path_factory):
     """Class folders of discs / elongated cells and a multilabel model whose heads are fitted
-    on them (built from the RBC team's pieces: the evaluation, not the training, is under test)."""
+    on them (built from the RBC training pieces: the evaluation, not the training, is under test)."""
     from napari_sickle.models.checkpoint import save_checkpoint
     from napari_sickle.models.multilabel import new_classifier
     from napari_sickle.training.multilabel import _train_heads, compute_features, load_patches

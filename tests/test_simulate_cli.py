@@ -40,7 +40,7 @@ def test_pairs_layout_reads_back(tmp_path, capsys):
         mask = read_mask(mask_path)
         stem = img_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         regions = read_regions_csv(out / "regions" / f"{stem}.csv")
-        # the IO team's 4-connected BFS finds exactly the written regions and boxes
+        # the 4-connected BFS of io.masks finds exactly the written regions and boxes
         _, found = mask_to_regions(mask)
         np.testing.assert_array_equal(found[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
                                       regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy())

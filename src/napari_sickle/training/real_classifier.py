@@ -1,0 +1,375 @@
+"""Default six-type classifier for real smears: fine-tuned on real cells, small and fast.
+
+Recipe (recorded in the checkpoint's ``recipe``):
+
+* data (:mod:`napari_sickle.data.real_cells`): Xu et al. single crops (training patients),
+  Chula RBC-12 single cells of the five mapped classes (training images; Oval/Disc
+  subsampled), multi-cell patches composed from those training cells with two placement /
+  blending models (:func:`~napari_sickle.data.compose.compose_patches` at 10-40% allowed
+  overlap, :func:`~napari_sickle.data.compose.compose_occluded` with >= 60% of every cell
+  visible), Xu and Chula cells composed separately;
+* every region goes through the inference path of :class:`RBCClassifier` with
+  ``split="cells"``: split into cells, each cell centred on a ``min_side`` canvas, resized
+  to ``input_size``; those canvases are computed once (:func:`prepare`) and cached;
+* the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
+  with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
+  grayscale conversion (:func:`augment_batch`); a region's logits are the largest over its
+  cells (the same multiple-instance rule as in prediction); regions are drawn with weights
+  that balance the types;
+* the gradient-boosting abnormal model is fitted on the six outputs of the training regions.
+
+Everything runs on the CPU in resumable pieces: ``prepare`` (cache), ``train`` (one
+checkpoint per epoch; ``--epochs`` more on ``--resume``), ``finish`` (abnormal model,
+classifier checkpoint). Command line: ``python -m napari_sickle.training.real_classifier``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+INPUT_SIZE = 64
+MIN_SIDE = 72
+BACKBONE = "efficientnet-lite0"
+#: efficientnet-lite0 blocks below this index stay frozen (with the stem)
+FREEZE_BLOCKS = 2
+DEFAULTS = dict(n_chula_oval=2500, n_xu_patches=1500, n_xu_occluded=900, n_chula_patches=900, n_chula_occluded=500,
+                n_val_patches=300)
+
+
+def _canvases(clf, image) -> np.ndarray:
+    """uint8 canvases (k, 3, S, S) of the cells of a whole-image region, as ``clf`` sees them."""
+    import torch
+
+    from ..models.cells import cell_canvases
+    from ..models.multilabel import canvas_tensor
+
+    h, w = image.shape[:2]
+    m = torch.zeros(3, 1, 1)
+    s = torch.full((3, 1, 1), 1 / 255.0)
+    cv = cell_canvases(image, [0, 0, w, h], int(clf.config["min_side"]), clf.config.get("cell_split"))
+    return np.stack([canvas_tensor(c, clf.input_size, m, s).round().clamp(0, 255).byte().numpy() for c in cv])
+
+
+class RegionSet:
+    """Regions as cell canvases: ``X`` (M, 3, S, S) uint8, ``owner`` (M,), ``Y`` (n, 6),
+    ``source`` (n,) str, ``kind`` (n,) str ('single' / 'patch' / 'occluded')."""
+
+    def __init__(self):
+        self.parts, self.owner, self.Y, self.source, self.kind, self.n = [], [], [], [], [], 0
+
+    def add(self, canv, y, source, kind):
+        self.parts.append(canv)
+        self.owner.append(np.full(len(canv), self.n, np.int64))
+        self.Y.append(np.asarray(y, np.float32))
+        self.source.append(source)
+        self.kind.append(kind)
+        self.n += 1
+
+    def arrays(self) -> dict:
+        return {"X": np.concatenate(self.parts), "owner": np.concatenate(self.owner), "Y": np.stack(self.Y),
+                "source": np.asarray(self.source), "kind": np.asarray(self.kind)}
+
+
+def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **counts) -> dict:
+    """Build and cache (``cache/train.npz``, ``cache/val.npz``) the training and validation
+    regions as cell canvases. Returns the counts."""
+    from ..data.compose import compose_occluded, compose_patches
+    from ..data.real_cells import chula_cells, to_crops, xu_cells
+    from ..models.multilabel import new_classifier
+
+    c = {**DEFAULTS, **counts}
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    clf = new_classifier(BACKBONE, input_size=INPUT_SIZE, min_side=MIN_SIDE, pretrained=False, pool="avg",
+                         standardize=False, tta="none", split="cells")
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    xu = xu_cells(sickle_root)
+    log(f"xu cells {len(xu)} ({time.time() - t0:.0f}s)")
+    ch = chula_cells(chula_root, mapped_only=True)
+    log(f"chula mapped cells {len(ch)} ({time.time() - t0:.0f}s)")
+    info = {}
+    for split in ("train", "val"):
+        rs = RegionSet()
+        xs = [x for x in xu if x.split == split]
+        cs = [x for x in ch if x.split == split]
+        if split == "train":  # Oval/Disc is most of Chula: keep a subsample of it
+            oval = [x for x in cs if x.y[0] == 1]
+            other = [x for x in cs if x.y[0] != 1]
+            keep = rng.choice(len(oval), size=min(len(oval), int(c["n_chula_oval"])), replace=False)
+            cs = other + [oval[i] for i in sorted(keep)]
+        for x in xs:
+            rs.add(_canvases(clf, x.image), x.y, "xu", "single")
+        for x in cs:
+            rs.add(_canvases(clf, x.image), x.y, "chula", "single")
+        xc, cc = to_crops(xs), to_crops(cs)
+        s0 = seed * 100 + (0 if split == "train" else 50)
+        if split == "train":
+            jobs = []
+            for j, ov in enumerate((0.1, 0.25, 0.4)):
+                jobs.append(("xu", "patch", compose_patches(xc, int(c["n_xu_patches"]) // 3, seed=s0 + j, min_cells=2,
+                                                            max_overlap=ov)))
+                jobs.append(("chula", "patch", compose_patches(cc, int(c["n_chula_patches"]) // 3, seed=s0 + 10 + j,
+                                                               min_cells=2, max_overlap=ov)))
+            jobs.append(("xu", "occluded", compose_occluded(xc, int(c["n_xu_occluded"]), seed=s0 + 20)))
+            jobs.append(("chula", "occluded", compose_occluded(cc, int(c["n_chula_occluded"]), seed=s0 + 21)))
+        else:
+            jobs = [("xu", "patch", compose_patches(xc, int(c["n_val_patches"]), seed=s0, min_cells=2)),
+                    ("xu", "occluded", compose_occluded(xc, int(c["n_val_patches"]), seed=s0 + 1))]
+        for src, kind, pats in jobs:
+            for img, types, _n in pats:
+                rs.add(_canvases(clf, img), types, src, kind)
+        arr = rs.arrays()
+        np.savez(cache / f"{split}.npz", **arr)
+        info[split] = {"regions": int(rs.n), "cells": int(len(arr["X"])),
+                       "by": {f"{s}/{k}": int(((arr["source"] == s) & (arr["kind"] == k)).sum())
+                              for s in ("xu", "chula") for k in ("single", "patch", "occluded")}}
+        log(f"{split}: {info[split]} ({time.time() - t0:.0f}s)")
+    info["config"] = dict(clf.config)
+    (cache / "prepare.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+# ------------------------------------------------------------------------------------------
+# augmentation
+# ------------------------------------------------------------------------------------------
+def augment_batch(x, gen, p_gray: float = 0.3, p_tint: float = 0.5):
+    """Random d4 symmetry, stain/colour jitter and grayscale conversion of uint8 canvases
+    (B, 3, S, S) -> float (B, 3, S, S) in 0..255 (torch, per image). The jitter works on optical
+    density relative to the canvas background (its 95th percentile per channel): per-channel
+    gain (a pink/purple tint for gray canvases with probability ``p_tint``), contrast and
+    brightness; then gray with probability ``p_gray``; light noise."""
+    import torch
+
+    x = x.float()
+    B = x.shape[0]
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x = x.rot90(k, (-2, -1))
+    flip = torch.rand(B, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    bg = torch.quantile(x.flatten(2), 0.95, dim=2)[:, :, None, None] + 1.0
+    od = -torch.log(((x + 1.0) / bg).clamp(1e-3, 1.5))
+    gray = (x[:, 0] - x[:, 1]).abs().mean((1, 2)) + (x[:, 1] - x[:, 2]).abs().mean((1, 2)) < 2.0
+    tint = gray & (torch.rand(B, generator=gen) < p_tint)
+    lo = torch.tensor([0.5, 1.0, 0.6])
+    hi = torch.tensor([0.9, 1.6, 1.1])
+    g_tint = lo + (hi - lo) * torch.rand(B, 3, generator=gen)
+    g_plain = 0.85 + 0.3 * torch.rand(B, 3, generator=gen)
+    gain = torch.where(tint[:, None], g_tint, g_plain) * (0.75 + 0.55 * torch.rand(B, 1, generator=gen))
+    od = od * gain[:, :, None, None]
+    bg_new = bg * (0.85 + 0.2 * torch.rand(B, 1, 1, 1, generator=gen)) * (0.96 + 0.08 * torch.rand(B, 3, 1, 1, generator=gen))
+    y = bg_new * torch.exp(-od) - 1.0
+    to_gray = torch.rand(B, generator=gen) < p_gray
+    y = torch.where(to_gray[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)
+    y = y + torch.randn(y.shape, generator=gen) * (torch.rand(B, 1, 1, 1, generator=gen) * 3.0)
+    return y.clamp(0, 255)
+
+
+def _normalise(x, clf):
+    import torch
+
+    m = torch.as_tensor(clf.config["mean"]).view(1, 3, 1, 1) * 255.0
+    s = torch.as_tensor(clf.config["std"]).view(1, 3, 1, 1) * 255.0
+    return (x - m) / s
+
+
+def _load(cache, split):
+    d = np.load(Path(cache) / f"{split}.npz")
+    return {k: d[k] for k in d.files}
+
+
+def _rows(owner_starts, counts, regions):
+    c = counts[regions]
+    local = np.repeat(np.arange(len(regions)), c)
+    rows = np.repeat(owner_starts[regions], c) + (np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c))
+    return rows, local
+
+
+def region_probs(clf, data, batch_cells: int = 256):
+    """Per-region probabilities (n, 6) of cached canvases (eval mode, the checkpoint's views)."""
+    import torch
+
+    from ..models.multilabel import pooled_features, segment_max, tta_views
+
+    net = clf.net.eval()
+    X = torch.as_tensor(data["X"])
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(X), batch_cells):
+            x = _normalise(X[i:i + batch_cells].float(), clf)
+            views = tta_views(x, clf.tta)
+            f = pooled_features(net.backbone, torch.cat(views), clf.pool)
+            logits = net.heads(f.reshape(len(views), len(x), -1).transpose(0, 1) if len(views) > 1 else f)
+            out.append(logits)
+    logits = torch.cat(out)
+    n = int(len(data["Y"]))
+    return torch.sigmoid(segment_max(logits, data["owner"], n)).numpy()
+
+
+def exact_match(probs, y):
+    return float(np.mean(np.all((probs >= 0.5) == (y >= 0.5), axis=1)))
+
+
+def _new_clf(pretrained=True):
+    from ..models.multilabel import new_classifier
+
+    return new_classifier(BACKBONE, input_size=INPUT_SIZE, min_side=MIN_SIDE, pretrained=pretrained, pool="avg",
+                          standardize=False, tta="none", split="cells")
+
+
+def _trainable(clf):
+    bb = clf.net.backbone
+    frozen = [bb.conv_stem, bb.bn1] + [bb.blocks[i] for i in range(FREEZE_BLOCKS)]
+    for mod in frozen:
+        for p in mod.parameters():
+            p.requires_grad_(False)
+    for p in list(bb.blocks[FREEZE_BLOCKS:].parameters()) + list(bb.conv_head.parameters()) + list(bb.bn2.parameters()):
+        p.requires_grad_(True)
+    return frozen
+
+
+def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: float = 1e-3,
+          regions_per_epoch: int = 7000, batch_regions: int = 96, total_epochs: int | None = None,
+          threads: int = 2, log=print) -> dict:
+    """Fine-tune for ``epochs`` epochs (continuing ``cache/state.pt`` with ``resume``); the
+    learning rate follows a cosine over ``total_epochs`` (default: ``epochs``)."""
+    import torch
+
+    from ..models.multilabel import segment_max
+
+    torch.set_num_threads(threads)
+    cache = Path(cache)
+    tr, va = _load(cache, "train"), _load(cache, "val")
+    clf = _new_clf(pretrained=not resume)
+    frozen = _trainable(clf)
+    params = [p for p in clf.net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    start, hist = 0, []
+    total = int(total_epochs or epochs)
+    if resume:
+        st = torch.load(cache / "state.pt", map_location="cpu", weights_only=False)
+        clf.net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        start, hist, total = int(st["epoch"]), st["history"], int(st["total_epochs"])
+    X = torch.as_tensor(tr["X"])
+    Y = torch.as_tensor(tr["Y"])
+    n = len(Y)
+    starts = np.searchsorted(tr["owner"], np.arange(n)).astype(np.int64)
+    counts = np.bincount(tr["owner"], minlength=n).astype(np.int64)
+    # region weights: rarer types count more (sqrt-balanced), sources balanced
+    freq = Y.numpy().mean(0) + 1e-3
+    w = (Y.numpy() / np.sqrt(freq)).max(1)
+    for s in np.unique(tr["source"]):
+        m = tr["source"] == s
+        w[m] /= w[m].sum()
+    w = w / w.sum()
+    rng = np.random.default_rng(seed + start)
+    gen = torch.Generator().manual_seed(seed + start)
+    lossf = torch.nn.BCEWithLogitsLoss()
+    end = min(total, start + int(epochs))
+    for epoch in range(start, end):
+        t0 = time.time()
+        clf.net.train()
+        for mod in frozen:
+            mod.eval()
+        pick = rng.choice(n, size=int(regions_per_epoch), replace=True, p=w)
+        steps = int(np.ceil(len(pick) / batch_regions))
+        tot = 0.0
+        for b in range(steps):
+            lr_now = lr * 0.5 * (1 + np.cos(np.pi * (epoch + b / steps) / total))
+            for g in opt.param_groups:
+                g["lr"] = lr_now
+            reg = pick[b * batch_regions:(b + 1) * batch_regions]
+            rows, local = _rows(starts, counts, reg)
+            x = _normalise(augment_batch(X[rows], gen), clf)
+            logits = segment_max(clf.net(x), local, len(reg))
+            loss = lossf(logits, Y[reg])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(reg)
+        vp = region_probs(clf, va)
+        vm = {}
+        for s in ("xu", "chula"):
+            for k in ("single", "patch", "occluded"):
+                m = (va["source"] == s) & (va["kind"] == k)
+                if m.any():
+                    vm[f"{s}/{k}"] = round(exact_match(vp[m], va["Y"][m]), 4)
+        hist.append({"epoch": epoch + 1, "loss": tot / len(pick), "val_exact": vm, "seconds": round(time.time() - t0, 1)})
+        log(json.dumps(hist[-1]))
+        torch.save({"net": clf.net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": hist,
+                    "total_epochs": total, "seed": seed, "lr": lr, "regions_per_epoch": regions_per_epoch,
+                    "batch_regions": batch_regions}, cache / "state.pt")
+    return {"history": hist}
+
+
+def finish(cache, out, *, tta: str = "none", seed: int = 0, threads: int = 2, log=print) -> dict:
+    """Fit the abnormal model on the training regions' outputs and write the classifier
+    checkpoint ``out`` (views ``tta`` at prediction)."""
+    import torch
+
+    from ..models.checkpoint import save_checkpoint
+    from .multilabel import fit_abnormal_model
+
+    torch.set_num_threads(threads)
+    cache = Path(cache)
+    st = torch.load(cache / "state.pt", map_location="cpu", weights_only=False)
+    clf = _new_clf(pretrained=False)
+    clf.net.load_state_dict(st["net"])
+    clf.config["tta"] = tta
+    clf.config["pretrained"] = True
+    tr = _load(cache, "train")
+    tp = region_probs(clf, tr)
+    clf.abnormal_model = fit_abnormal_model(tp, tr["Y"], seed=seed)
+    va = _load(cache, "val")
+    vp = region_probs(clf, va)
+    prep = json.loads((cache / "prepare.json").read_text())
+    clf.recipe = {"trainer": "napari_sickle.training.real_classifier", "backbone": BACKBONE, "input_size": INPUT_SIZE,
+                  "min_side": MIN_SIDE, "freeze_blocks": FREEZE_BLOCKS, "epochs": st["epoch"], "lr": st["lr"],
+                  "regions_per_epoch": st["regions_per_epoch"], "batch_regions": st["batch_regions"],
+                  "seed": st["seed"], "data": {k: prep[k] for k in ("train", "val")}, "tta": tta}
+    clf.metrics = {"train_exact": exact_match(tp, tr["Y"]), "val_exact": exact_match(vp, va["Y"]),
+                   "history": st["history"]}
+    save_checkpoint(clf.to_checkpoint(), out)
+    log(json.dumps({k: v for k, v in clf.metrics.items() if k != "history"}))
+    return clf.metrics
+
+
+def main(argv=None):
+    import os
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=("prepare", "train", "finish"))
+    ap.add_argument("--cache", default="runs/real_classifier")
+    ap.add_argument("--data", default=os.environ.get("SICKLE_DATA", "../shared/data"))
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--total-epochs", type=int, default=None)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--regions-per-epoch", type=int, default=7000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tta", default="none")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    from .._malloc import tune_malloc
+
+    tune_malloc()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if a.step == "prepare":
+        prepare(Path(a.data) / "sickle-rbc", Path(a.data) / "chula-rbc12", a.cache, seed=a.seed)
+    elif a.step == "train":
+        train(a.cache, epochs=a.epochs, resume=a.resume, seed=a.seed, lr=a.lr, regions_per_epoch=a.regions_per_epoch,
+              total_epochs=a.total_epochs, threads=a.threads)
+    else:
+        finish(a.cache, a.out or str(Path(a.cache) / "classifier.pt"), tta=a.tta, seed=a.seed, threads=a.threads)
+
+
+if __name__ == "__main__":
+    main()

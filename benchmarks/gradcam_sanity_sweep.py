@@ -1,8 +1,8 @@
 """Seeds and ViT variants behind tests/test_gradcam_sanity.py (figures in docs/bm.md).
 
     python benchmarks/gradcam_sanity_sweep.py families --seeds 0 1 2
-        the test's own loop and criteria (imported from the test file) for each family and
-        seed, plus the two wrong-grid controls and the LayerNorm tiny_vit;
+        the test's loop and measures (napari_sickle.analysis.gradcam_check) for each family
+        and seed, plus the two wrong-grid controls and the LayerNorm tiny_vit;
     python benchmarks/gradcam_sanity_sweep.py vit --layers 2 --targets "encoder.layers[-1].ln_1" ...
         a torchvision ViT of the given size, with or without LayerNorm (--no-layernorm),
         trained by the same loop; Grad-CAM (pytorch-grad-cam) on each target layer with the
@@ -14,54 +14,40 @@ radius + 6.4 px of the class granule, on the distractor, inside the granule.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import test_gradcam_sanity as T  # noqa: E402
-
-from napari_sickle.data.bm_sim import simulate_bm_cells  # noqa: E402
+from napari_sickle.analysis import gradcam_check as G
 
 
 def data():
-    kw = dict(size=T.SIZE, marker_radius=T.RADIUS, grid=T.GRID)
-    return simulate_bm_cells(n_per_class=48, seed=1, **kw), simulate_bm_cells(n_per_class=8, seed=2, **kw)
+    return G.simulated_cells()
 
 
 def families(args):
-    import napari_sickle.models.bm as mbm
-
     train, test = data()
     for arch in args.archs:
         for seed in args.seeds:
             t0, c0 = time.time(), time.process_time()
-            model = T._train(arch, train, seed=seed)
-            res = T._check(model, test)
+            model = G.train_tiny(arch, train, seed=seed)
+            res = G.check(model, test)
             print(f"{arch} seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} distractor {res[2]:.2f} "
                   f"inside {res[3]:.2f} ({time.time() - t0:.1f} s wall, {time.process_time() - c0:.1f} s cpu)",
                   flush=True)
             if arch == "tiny_vit":
                 right = model.reshape_transform()
-                for name, make in T.WRONG_GRIDS.items():
+                for name, make in G.WRONG_GRIDS.items():
                     wrong = make(right)
                     model.reshape_transform = lambda w=wrong: w
-                    res = T._check(model, test)
+                    res = G.check(model, test)
                     print(f"  control '{name}': near {res[1]:.2f} inside {res[3]:.2f}", flush=True)
                 del model.reshape_transform
     if args.with_layernorm:
-        plain = T._vit_without_layernorm
-        T._vit_without_layernorm = lambda n: mbm._tiny_vit(n, T.SIZE)  # the product's tiny_vit, with LayerNorm
-        try:
-            for seed in args.seeds:
-                res = T._check(T._train("tiny_vit", train, seed=seed), test)
-                print(f"tiny_vit WITH LayerNorm seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} "
-                      f"distractor {res[2]:.2f} inside {res[3]:.2f}", flush=True)
-        finally:
-            T._vit_without_layernorm = plain
+        for seed in args.seeds:
+            res = G.check(G.train_tiny("tiny_vit", train, seed=seed, vit=None), test)  # the product's tiny_vit
+            print(f"tiny_vit WITH LayerNorm seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} "
+                  f"distractor {res[2]:.2f} inside {res[3]:.2f}", flush=True)
 
 
 def vit(args):
@@ -79,7 +65,7 @@ def vit(args):
     mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
     xn = (x - mean[:, None, None]) / std[:, None, None]
     y = torch.from_numpy(train.labels).long()
-    g = T.SIZE // T.GRID
+    g = G.SIZE // G.GRID
     norm = (lambda d: nn.Identity()) if args.no_layernorm else functools.partial(nn.LayerNorm, eps=1e-6)
 
     def reshape(t):
@@ -89,12 +75,12 @@ def vit(args):
 
     for seed in args.seeds:
         torch.manual_seed(seed)
-        net = VisionTransformer(image_size=T.SIZE, patch_size=T.GRID, num_layers=args.layers, num_heads=args.heads,
+        net = VisionTransformer(image_size=G.SIZE, patch_size=G.GRID, num_layers=args.layers, num_heads=args.heads,
                                 hidden_dim=args.hidden, mlp_dim=2 * args.hidden, num_classes=4, norm_layer=norm)
-        model = build_bm_model("tiny_vit", train.class_names, pretrained=False, input_size=T.SIZE,
+        model = build_bm_model("tiny_vit", train.class_names, pretrained=False, input_size=G.SIZE,
                                mean=tuple(mean.tolist()), std=tuple(std.tolist()))
         model.module = net
-        steps = T._fit(net, xn, y, args.steps, args.lr, early_stop=not args.no_early_stop)
+        steps = G.fit(net, xn, y, args.steps, args.lr, early_stop=not args.no_early_stop)
         xt = preprocess(list(test.images), model)
         with torch.no_grad():
             acc = float((net(xt).argmax(1).numpy() == test.labels).mean())
@@ -103,8 +89,8 @@ def vit(args):
             layer = eval("net." + name, {"net": net})  # e.g. encoder.layers[-1].ln_1
             with GradCAM(net, [layer], reshape_transform=reshape) as cam:
                 maps = cam(xt, None)
-            near = T._near(maps, test.marker_centres, test.marker_radius).mean()
-            dis = T._near(maps, test.distractor_centres, test.marker_radius).mean()
+            near = G.peak_near(maps, test.marker_centres, test.marker_radius).mean()
+            dis = G.peak_near(maps, test.distractor_centres, test.marker_radius).mean()
             line += f" {name}: near {near:.2f} distractor {dis:.2f}"
         print(line, flush=True)
 
@@ -113,7 +99,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
     f = sub.add_parser("families")
-    f.add_argument("--archs", nargs="+", default=T.FAMILIES)
+    f.add_argument("--archs", nargs="+", default=G.FAMILIES)
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--with-layernorm", action="store_true", help="also the product's tiny_vit (LayerNorm)")
     v = sub.add_parser("vit")

@@ -1,4 +1,6 @@
+import functools
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,35 @@ def tiny_zoo(monkeypatch, tmp_path):
     zoo.register("rbc-tiny-test", "rbc", "tiny test models (simulated smears)",
                  {"detector": "rbc-tiny-test-detector.pt", "classifier": "rbc-tiny-test-classifier.pt"}, default=True)
     return wdir
+
+
+# ------------------------------------------------------------------ small smear and tiny U-Net
+@functools.lru_cache(maxsize=None)
+def _sim_small():
+    """A small simulated smear (300 x 400) with its instance labels."""
+    from napari_sickle.data.simulate import simulate_smear
+
+    return simulate_smear(seed=5, shape=(300, 400))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_unet() -> str:
+    """A tiny U-Net checkpoint trained for a few steps on tiny simulated smears."""
+    from napari_sickle.training.unet import train_unet
+
+    out = Path(tempfile.mkdtemp(prefix="sickle-unet-"))
+    res = train_unet(
+        "simulated", out, epochs=1, device="cpu", n_simulated=2, simulated_shape=(160, 160),
+        steps_per_epoch=2, batch_size=2, crop=64, scale=0.5, base_channels=8, depth=2,
+    )
+    return res["checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def sim_small():
+    return _sim_small()
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    return _tiny_unet()

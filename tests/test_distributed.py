@@ -24,11 +24,13 @@ ARGS = ["bm", "--data", "simulated", "--backbone", "tiny_vit", "--threads", "1",
         "-o", "augment=False", "-o", "n_per_class=10", "-o", "pretrained=False", "--json-progress"]
 PER_RANK_BATCH = 4
 EPOCHS = 3
+#: ``python -m napari_sickle.train`` whose rank ``FAIL_AT=RANK:EPOCH`` crashes on the first attempt
+CRASH_WORKER = Path(__file__).with_name("crash_worker.py")
 
 
 def _env(**extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("NAPARI_SICKLE_FAIL_AT", None)
+    env.pop("FAIL_AT", None)
     env.update(extra)
     return env
 
@@ -51,9 +53,9 @@ def _run(cmd, env, timeout=600):
     return _events(stdout)
 
 
-def _torchrun(out: Path, *extra_torchrun, env=None, epochs=EPOCHS):
+def _torchrun(out: Path, *extra_torchrun, env=None, epochs=EPOCHS, program=("-m", "napari_sickle.train")):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra_torchrun,
-           "-m", "napari_sickle.train", *ARGS, "--out", str(out), "--epochs", str(epochs),
+           *program, *ARGS, "--out", str(out), "--epochs", str(epochs),
            "--batch-size", str(PER_RANK_BATCH)]
     return _run(cmd, env or _env())
 
@@ -124,7 +126,7 @@ def test_worker_death_restart_resumes_from_last(single, tmp_path):
     workers, which resume from OUT/last.pt and finish with the weights of an uninterrupted run."""
     ref_out, _ = single
     out = tmp_path / "restart"
-    ev = _torchrun(out, "--max-restarts=1", env=_env(NAPARI_SICKLE_FAIL_AT="1:2"))
+    ev = _torchrun(out, "--max-restarts=1", env=_env(FAIL_AT="1:2"), program=(str(CRASH_WORKER),))
     starts = [e for e in ev if e["event"] == "start"]
     assert [s["restart"] for s in starts] == [0, 1]
     assert starts[0]["resume"] is None and starts[1]["resume"] == str(out / "last.pt")

@@ -1,8 +1,4 @@
 """Watershed / connected components / tiled U-Net segmentation, comparison and bad input."""
-import functools
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,36 +9,6 @@ from napari_sickle.analysis.segmentation import (
     segment_unet,
     segment_watershed,
 )
-
-
-@functools.lru_cache(maxsize=None)
-def _sim_small():
-    from napari_sickle.data.simulate import simulate_smear
-
-    return simulate_smear(seed=5, shape=(300, 400))
-
-
-@functools.lru_cache(maxsize=None)
-def _tiny_unet() -> str:
-    """A tiny U-Net trained for a few steps on tiny simulated smears (shared by test modules)."""
-    from napari_sickle.training.unet import train_unet
-
-    out = Path(tempfile.mkdtemp(prefix="sickle-unet-"))
-    res = train_unet(
-        "simulated", out, epochs=1, device="cpu", n_simulated=2, simulated_shape=(160, 160),
-        steps_per_epoch=2, batch_size=2, crop=64, scale=0.5, base_channels=8, depth=2,
-    )
-    return res["checkpoint"]
-
-
-@pytest.fixture(scope="session")
-def sim_small():
-    return _sim_small()
-
-
-@pytest.fixture(scope="session")
-def tiny_unet():
-    return _tiny_unet()
 
 
 def two_touching_cells(shape=(120, 200), dtype=np.uint8):

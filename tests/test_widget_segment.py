@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from napari_sickle.analysis.seg_metrics import segmentation_metrics
-from test_segmentation import _sim_small, _tiny_unet
+
+from conftest import _sim_small, _tiny_unet
 
 
 def _run(widget, qtbot, timeout=120_000):
@@ -30,7 +31,6 @@ def test_compare_widget_layers_metrics_and_rerun(make_napari_viewer, qtbot):
     assert w.last_error is None, w.last_error
     res = w.last_result
     assert res is not None
-    names = [layer.name for layer in viewer.layers]
     for m in ("watershed", "unet", "connected_components"):
         layer = viewer.layers[f"smear · {m}"]
         assert layer._type_string == "labels"

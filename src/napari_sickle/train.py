@@ -394,25 +394,6 @@ def _on_sigterm(signum, frame):  # pragma: no cover - exercised through the widg
     raise KeyboardInterrupt
 
 
-def _fault_hook(log):
-    """Test hook for worker restarts: ``NAPARI_SICKLE_FAIL_AT=RANK:EPOCH`` makes that rank exit
-    abruptly (``os._exit(17)``) when it logs that epoch on torchrun's first attempt
-    (``TORCHELASTIC_RESTART_COUNT`` 0), as a crashed worker would. Unset: ``log`` unchanged."""
-    spec = os.environ.get("NAPARI_SICKLE_FAIL_AT")
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return log
-    fail_rank, _, fail_epoch = spec.partition(":")
-
-    def hooked(record: dict) -> None:
-        if log is not None:
-            log(record)
-        if (record.get("event") == "epoch" and str(record.get("epoch")) == fail_epoch
-                and os.environ.get("RANK", "0") == fail_rank):
-            os._exit(17)
-
-    return hooked
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -457,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.enabled and args.kind in ("multilabel", PROTOCOL) and not ddp_glue.is_main():
             result = {}  # heads train on cached features on rank 0; the other ranks wait (docs/distributed.md)
         else:
-            result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, _fault_hook(rep.log)))
+            result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, rep.log))
         ranks = ddp_glue.rank_counts() if ctx.enabled else None
         ddp_glue.cleanup(success=True)
         if not ddp_glue.is_main() and ctx.enabled:

@@ -10,10 +10,14 @@ printed beside that of the screen's own (split) test features:
 Arguments: the saved .npz, the screen's tta, the fold (0-based). Reads $SICKLE_DATA
 (default ../shared/data).
 """
+import json
 import os
-import json, sys, time
-import numpy as np, torch
+import sys
+
+import numpy as np
+import torch
 from sklearn.model_selection import StratifiedKFold
+
 from napari_sickle.data.compose import compose_patches
 from napari_sickle.models import multilabel as mlm
 from napari_sickle.models.cells import cell_canvases
@@ -28,12 +32,14 @@ strata = np.array([c.type_index for c in crops])
 tr, te = list(StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(np.zeros(len(crops)), strata))[k]
 tep = compose_patches([crops[i] for i in te], 150, seed=2 * k + 1, max_cells=4, min_cells=2, return_masks=True)
 clf = mlm.new_classifier(tta=tta)
-m = torch.tensor(mlm.IMAGENET_MEAN).view(3, 1, 1); s = torch.tensor(mlm.IMAGENET_STD).view(3, 1, 1)
+m = torch.tensor(mlm.IMAGENET_MEAN).view(3, 1, 1)
+s = torch.tensor(mlm.IMAGENET_STD).view(3, 1, 1)
 ts, own = [], []
 for i, (img, y, n, inst) in enumerate(tep):
     h, w = img.shape[:2]
-    for c in cell_canvases(img, (0, 0, w, h), mlm.CELL_MIN_SIDE, splitter=lambda r: inst):
-        ts.append(mlm.canvas_tensor(c, mlm.CELL_INPUT_SIZE, m, s)); own.append(i)
+    for c in cell_canvases(img, (0, 0, w, h), mlm.CELL_MIN_SIDE, splitter=lambda r, inst=inst: inst):
+        ts.append(mlm.canvas_tensor(c, mlm.CELL_INPUT_SIZE, m, s))
+        own.append(i)
 X = clf.features(torch.stack(ts)).numpy()
 Xte = Bags(X, np.array(own), len(tep))
 ytep = np.array([p[1] for p in tep])

@@ -41,7 +41,12 @@ from skimage.segmentation import clear_border
 
 from napari_sickle._paths import sickle_data_dir
 from napari_sickle.analysis.seg_metrics import segmentation_metrics
-from napari_sickle.analysis.segmentation import _read_pair, scan_pairs, segment_watershed, unet_probabilities_to_instances
+from napari_sickle.analysis.segmentation import (
+    _read_pair,
+    scan_pairs,
+    segment_watershed,
+    unet_probabilities_to_instances,
+)
 from napari_sickle.models.unet_processing import unet_targets as _targets
 
 HELD_OUT = ["00a02700", "00d04a90", "0ab56f9a", "0ac747cd", "0d7bf56f", "0dcca702"]
@@ -149,8 +154,11 @@ def sweep(model):
 
 
 def compare(model):
-    from napari_sickle.analysis.segmentation import (drop_border_objects_by_classifier, predict_unet_probabilities,
-                                                     unet_probabilities_to_instances)
+    from napari_sickle.analysis.segmentation import (
+        drop_border_objects_by_classifier,
+        predict_unet_probabilities,
+        unet_probabilities_to_instances,
+    )
     from napari_sickle.models.checkpoint import load_checkpoint
     from napari_sickle.models.unet import load_unet
 

@@ -10,6 +10,7 @@ import pytest
 
 from napari_sickle.constants import RBC_TYPES
 
+
 @pytest.fixture(scope="module")
 def models(tiny_rbc_models):
     return tiny_rbc_models
@@ -83,11 +84,11 @@ def test_train_and_evaluate_multilabel_simulated(tmp_path):
 
 
 def test_train_multilabel_class_folders(tmp_path):
+    import imageio.v3 as iio
+
     from napari_sickle.data.simulate import simulate_cell
     from napari_sickle.io.datasets import DatasetError
     from napari_sickle.training.multilabel import load_patches
-
-    import imageio.v3 as iio
 
     rng = np.random.default_rng(0)
     for folder, t in [("Discocytes", "oval_disc"), ("Sickle-ISC", "elongated_sickle")]:
@@ -107,9 +108,8 @@ def test_train_multilabel_class_folders(tmp_path):
 
 
 def test_train_detector_resume_and_evaluate(tmp_path):
-    from napari_sickle.training.detector import evaluate_detector, train_detector
-
     from napari_sickle.models.checkpoint import load_checkpoint
+    from napari_sickle.training.detector import evaluate_detector, train_detector
 
     kw = dict(iters_per_epoch=2, batch_size=1, crop_size=128, n_smears=2, smear_shape=(160, 224))
     r = train_detector("simulated", tmp_path, epochs=1, region_merge={"delta": 8.0}, **kw)
@@ -227,8 +227,9 @@ def test_bad_inputs(models, small_smear):
 
 def test_wrong_checkpoint_kind(tmp_path, models):
     from napari_sickle.models.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-    from conftest import tiny_rbc_paths
     from napari_sickle.models.registry import load_models
+
+    from conftest import tiny_rbc_paths
 
     det_path, clf_path = tiny_rbc_paths()
     with pytest.raises(CheckpointError, match="'detector' model is needed"):
@@ -287,9 +288,9 @@ def test_detector_tiling(models):
 
 
 def test_analyze_cli(tmp_path, models):
-    from napari_sickle.analyze import main
-
     import imageio.v3 as iio
+
+    from napari_sickle.analyze import main
     from napari_sickle.data.simulate import simulate_smear
 
     img = tmp_path / "in" / "smear.png"

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sickle.models.detector import (TTA_VIEWS, RegionDetector, _unview_boxes, _view, default_config,
-                                           fuse_tta, tta_mode)
+from napari_sickle.models.detector import (
+    TTA_VIEWS,
+    RegionDetector,
+    _unview_boxes,
+    _view,
+    default_config,
+    fuse_tta,
+    tta_mode,
+)
 
 BOX = (5.0, 8.0, 26.0, 15.0)  # x0, y0, x1, y1 of the bright rectangle (left half) in a 30 x 50 image
 

@@ -13,6 +13,7 @@ A module may import its own layer or a lower one. The imports are read from the 
 (``ast``, every ``import`` statement including the ones inside functions), as
 tests/test_plugin.py reads which modules pull in Qt.
 """
+
 import ast
 from pathlib import Path
 
@@ -21,8 +22,17 @@ SRC = ROOT / "src" / "napari_sickle"
 PKG = "napari_sickle"
 
 BASE = {"napari_sickle", "constants", "_paths", "_device", "_malloc", "_progress", "instances", "models.zoo"}
-PACKAGE_RANK = {"models": 1, "layers": 1, "data": 2, "io": 2, "analysis": 3, "training": 3,
-                "widgets": 4, "cli": 4, "plugin": 4}
+PACKAGE_RANK = {
+    "models": 1,
+    "layers": 1,
+    "data": 2,
+    "io": 2,
+    "analysis": 3,
+    "training": 3,
+    "widgets": 4,
+    "cli": 4,
+    "plugin": 4,
+}
 TOP_RANK = {"analyze": 4, "train": 4, "evaluate": 4, "simulate": 4, "demo": 4, "_sample_data": 4, "__main__": 4}
 
 
@@ -37,7 +47,7 @@ def _modules() -> dict[str, Path]:
 
 
 def _short(mod: str) -> str:
-    return mod[len(PKG) + 1:] if mod.startswith(PKG + ".") else mod
+    return mod[len(PKG) + 1 :] if mod.startswith(PKG + ".") else mod
 
 
 def rank(mod: str) -> int:
@@ -95,8 +105,12 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_point_down():
-    up = [f"{_short(m)} (layer {rank(m)}) imports {_short(t)} (layer {rank(t)})"
-          for m, targets in _graph().items() for t in sorted(targets) if rank(t) > rank(m)]
+    up = [
+        f"{_short(m)} (layer {rank(m)}) imports {_short(t)} (layer {rank(t)})"
+        for m, targets in _graph().items()
+        for t in sorted(targets)
+        if rank(t) > rank(m)
+    ]
     assert not up, "imports that point up:\n" + "\n".join(up)
 
 
@@ -144,16 +158,34 @@ def test_no_import_cycle_between_packages():
             if a != b and PKG not in (_short(m), _short(t)):
                 edges.setdefault(a, set()).add(b)
     cycles = _cycles(edges)
-    where = [f"{a} -> {b}: " + ", ".join(sorted(f"{_short(m)} -> {_short(t)}" for m, ts in _graph().items()
-                                              for t in ts if _package(m) == a and _package(t) == b))
-             for c in cycles for a in c for b in sorted(edges.get(a, ())) if b in c]
+    where = [
+        f"{a} -> {b}: "
+        + ", ".join(
+            sorted(
+                f"{_short(m)} -> {_short(t)}"
+                for m, ts in _graph().items()
+                for t in ts
+                if _package(m) == a and _package(t) == b
+            )
+        )
+        for c in cycles
+        for a in c
+        for b in sorted(edges.get(a, ()))
+        if b in c
+    ]
     assert not cycles, f"packages that import each other: {cycles}\n" + "\n".join(where)
 
 
 def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
     """The parser resolves ``from ..x import y`` and imports inside functions."""
-    modules = {"napari_sickle", "napari_sickle.io", "napari_sickle.io.formats", "napari_sickle.layers",
-               "napari_sickle.layers.annotations", "napari_sickle.constants"}
+    modules = {
+        "napari_sickle",
+        "napari_sickle.io",
+        "napari_sickle.io.formats",
+        "napari_sickle.layers",
+        "napari_sickle.layers.annotations",
+        "napari_sickle.constants",
+    }
     (tmp_path / "layers").mkdir()
     f = tmp_path / "layers" / "annotations.py"
     f.write_text("from ..constants import A\n\ndef g():\n    from ..io.formats import B\n    from . import spatial\n")

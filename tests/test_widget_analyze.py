@@ -116,8 +116,9 @@ def test_analyze_widget_cancel(make_napari_viewer, qtbot, tiny_models, smear):
 
 
 def test_analyze_widget_wrong_checkpoint(make_napari_viewer, qtbot, tiny_models, smear):
-    from conftest import tiny_rbc_paths
     from napari_sickle.widgets.analyze import AnalyzeRBCWidget
+
+    from conftest import tiny_rbc_paths
 
     viewer = make_napari_viewer()
     layer = viewer.add_image(smear.image, name="s")

@@ -3,6 +3,7 @@
 Plain numpy/scipy/scikit-image; used by the U-Net post-processing (models), the
 segmentation methods (analysis) and the metrics.
 """
+
 from __future__ import annotations
 
 import numpy as np

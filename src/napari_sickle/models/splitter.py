@@ -67,8 +67,8 @@ def split_probabilities(net, region: np.ndarray) -> np.ndarray:
 def split_cells_learned(net, region: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     """Instance labels (int32, 0 = background) of the cells of a region image; all zeros
     when no cell is found (the caller then treats the region as one cell)."""
-    from .unet_processing import unet_probabilities_to_instances
     from .cells import cell_foreground, drop_foreign_pieces
+    from .unet_processing import unet_probabilities_to_instances
 
     c = {**DEFAULT_SPLITTER, **(cfg or {})}
     region = np.asarray(region)

@@ -10,6 +10,7 @@
 The network is :mod:`napari_sickle.models.unet`. numpy/scipy/scikit-image only; torch is
 imported inside :func:`resize_chw`.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -133,8 +134,11 @@ def unet_probabilities_to_instances(
 
 
 # ----------------------------------------------------------------------------- border rule
-BORDER_FEATURES = ("area / typical area", "depth into the image / typical diameter (max 3)",
-                   "length on the image edge / typical diameter")
+BORDER_FEATURES = (
+    "area / typical area",
+    "depth into the image / typical diameter (max 3)",
+    "length on the image edge / typical diameter",
+)
 
 
 def border_features(labels: np.ndarray):

@@ -41,7 +41,6 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -411,7 +410,7 @@ def _evaluate_loader(model, loader, criterion, device):
     import torch
 
     model.eval()
-    total, n, preds, ys, probs = 0.0, 0, [], [], []
+    total, n, ys, probs = 0.0, 0, [], []
     with torch.no_grad():
         for x, y in loader:
             if x.ndim == 5:  # (B, V, 3, S, S) test-time views: mean of the views' softmax

@@ -457,8 +457,8 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     import torch
 
     from .._device import resolve_device
-    from ..models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from ..models import multilabel as mlm
+    from ..models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from ..models.multilabel import RBCClassifier, new_classifier
 
     t0 = time.time()

@@ -34,7 +34,6 @@ import numpy as np
 from .._progress import report
 from ..constants import RBC_TYPE_LABELS, RBC_TYPES, XU_FOLDER_TO_TYPE
 
-
 #: composed multi-cell patches per fold (docs/results.md, Table 1)
 DEFAULT_TRAIN_PATCHES = 600
 DEFAULT_TEST_PATCHES = 150
@@ -125,8 +124,7 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     from .._device import resolve_device
     from ..data.compose import compose_patches
     from ..models import multilabel as mlm
-    from .multilabel import (DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, Bags, fit_abnormal_model,
-                             multilabel_metrics)
+    from .multilabel import DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, Bags, fit_abnormal_model, multilabel_metrics
 
     t0 = time.perf_counter()
     out = Path(out)

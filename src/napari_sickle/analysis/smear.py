@@ -232,15 +232,20 @@ def place_models(models, device="auto") -> None:
 
 
 def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
-                   merge_regions: bool = True, fg: np.ndarray | None = None, progress=None):
+                   merge_regions: bool = True, fg: np.ndarray | None = None, progress=None,
+                   cell_diameter: float | None = None):
     """Region boxes of an RGB uint8 smear -> (boxes (N, 4) float32, scores (N,), foreground mask).
 
     Detections of a multi-class detector are limited to red cells; degenerate boxes and boxes
     with (almost) no cell pixels are dropped; with ``merge_regions`` detections on one connected
     region of cell pixels become that region's bounding box. ``fg``: a precomputed
-    :func:`foreground_mask` of ``rgb`` (the batch command computes it in its reader workers)."""
+    :func:`foreground_mask` of ``rgb`` (the batch command computes it in its reader workers).
+    ``cell_diameter``: the smear's red cell diameter in pixels, for a detector trained at a cell
+    diameter (``config["cell_diameter"]``): the image is resized so its cells have the training
+    diameter before detection (None: estimated from the image, ``analysis.scale``)."""
+    extra = {} if cell_diameter is None else {"cell_diameter": float(cell_diameter)}
     boxes, scores, cls = detector.detect(rgb, score_threshold=score_threshold, nms_iou=nms_iou, progress=progress,
-                                         region_merge=None if merge_regions else False)
+                                         region_merge=None if merge_regions else False, **extra)
     names = detector.class_names
     if len(names) > 1:  # a multi-class (e.g. VOC RBC/WBC/Platelets) detector: keep the red cells
         keep_ids = [i + 1 for i, n in enumerate(names) if n.lower() in ("rbc", "cell region", "red blood cell")]
@@ -277,7 +282,8 @@ def finish_result(rgb_shape, boxes, scores, probs, classifier, *, type_threshold
 
 def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5, type_threshold: float = 0.5,
                   batch_size: int = 64, device="auto", progress=None, image_name: str = "",
-                  region_masks: bool = True, merge_regions: bool = True) -> SmearResult:
+                  region_masks: bool = True, merge_regions: bool = True,
+                  cell_diameter: float | None = None) -> SmearResult:
     """Detect, classify and call abnormal on one smear.
 
     image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, any dtype (16-bit and float are rescaled).
@@ -291,6 +297,8 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     one region box (the region's bounding box): a region is a connected group of cells, as in
     the paper's ground truth. A detector whose checkpoint carries its own ``region_merge``
     setting (models.detector) does this itself, with the same setting as ``evaluate``.
+    ``cell_diameter``: optional override of the red cell diameter in pixels (see
+    :func:`detect_regions`; by default it is estimated from the image).
 
     The stages are also public (:func:`prepare_image`, :func:`detect_regions`,
     :func:`finish_result`) for ``analysis.batch``, which classifies the regions of several
@@ -308,7 +316,7 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     if progress is not None:
         progress("detect", 0, 1)
     boxes, scores, fg = detect_regions(rgb, models.detector, score_threshold=score_threshold, nms_iou=nms_iou,
-                                       merge_regions=merge_regions, progress=progress)
+                                       merge_regions=merge_regions, progress=progress, cell_diameter=cell_diameter)
     timings["detect"] = time.perf_counter() - t0
     if progress is not None:
         progress("detect", 1, 1)

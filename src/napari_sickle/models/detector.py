@@ -26,6 +26,14 @@ detections on the same region become one (best score). ``evaluate`` and ``analyz
 go through :meth:`RegionDetector.detect`, so they apply the same setting. Models trained on
 per-cell boxes (BCCD) keep it off.
 
+Cell diameter (a per-model setting, ``config["cell_diameter"]``; None for models trained at
+one fixed ``scale``): the median cell diameter, as ``analysis.scale.estimate_cell_diameter``
+measures it, that the model was trained at. Each image is then resized by
+``cell_diameter / its own diameter`` (estimated from the image, or given by the caller's
+``cell_diameter`` argument) instead of the fixed ``scale``, so smears of any magnification reach
+the network with cells of the training size; boxes are mapped back to the input pixels.
+``scale`` stays the fallback for an image whose diameter cannot be estimated.
+
 Test-time views (a per-model setting, ``config["tta"]``: ``"none"`` by default, ``"flips"`` or
 ``"dihedral"``): the image is detected in each flipped (and transposed) view, the boxes are mapped
 back and fused by :func:`fuse_tta` (weighted box fusion; a box's score is averaged over the
@@ -164,6 +172,7 @@ def default_config(arch: str = "efficientnet-lite0-fpn", class_names=DEFAULT_CLA
         "detections_per_img": DETECTIONS_PER_IMG,
         "region_merge": None,
         "tta": "none",
+        "cell_diameter": None,
     }
 
 
@@ -197,42 +206,61 @@ class RegionDetector:
     def from_checkpoint(cls, ckpt, device="cpu") -> "RegionDetector":
         import torch
 
-        from .checkpoint import CheckpointError, as_checkpoint
+        from .checkpoint import as_checkpoint, load_state
 
+        source = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
         ckpt = as_checkpoint(ckpt, "detector")
         cfg = dict(ckpt["config"])
         model = build_detector(cfg["arch"], num_classes=len(cfg["class_names"]) + 1, pretrained=False)
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"Detector checkpoint does not fit architecture {cfg['arch']!r}: {exc}") from exc
+        load_state(model, ckpt["state_dict"], source, f"a detector of architecture {cfg['arch']!r}")
         dev = torch.device(device) if isinstance(device, str) else device
         return cls(model=model, config=cfg, recipe=dict(ckpt.get("recipe", {})),
                    metrics=dict(ckpt.get("metrics", {}))).to(dev)
 
     # -- inference -----------------------------------------------------------------------
     def detect(self, image, score_threshold: float = 0.5, nms_iou: float = 0.5, batch_size: int = 4,
-               progress=None, stage: str = "detect", region_merge=None, tta=None):
+               progress=None, stage: str = "detect", region_merge=None, tta=None, cell_diameter=None):
         """Detect regions in an (H, W, 3) uint8 image.
 
         ``region_merge``: None uses the checkpoint's ``config["region_merge"]`` (see
         :func:`apply_region_merge`), False turns it off, a dict overrides it.
         ``tta``: None uses the checkpoint's ``config["tta"]`` (see :func:`fuse_tta`), or one of
         ``TTA_MODES``.
+        ``cell_diameter``: the image's cell diameter in px, for a model with a
+        ``config["cell_diameter"]`` (None: estimated from the image).
         Returns (boxes (N,4) float32 in input pixels, scores (N,), class ids (N,) 1-based)."""
         import torch
 
         img = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        scales = [self.image_scale(image, cell_diameter)]
         return self.detect_tensors([img], score_threshold, nms_iou, batch_size, progress, stage, region_merge,
-                                   tta)[0]
+                                   tta, scales=scales)[0]
+
+    def image_scale(self, image, cell_diameter=None) -> float:
+        """Resize factor for one (H, W, 3) image: ``config["cell_diameter"]`` / the image's cell
+        diameter (``cell_diameter``, else estimated) when the model has a training diameter,
+        else (or when no diameter can be estimated) ``config["scale"]``."""
+        target = self.config.get("cell_diameter")
+        if not target:
+            return float(self.config.get("scale", 1.0))
+        from ..analysis.scale import estimate_cell_diameter, rescale_factor
+
+        d = cell_diameter if cell_diameter else estimate_cell_diameter(np.asarray(image))
+        if d is None:
+            return float(self.config.get("scale", 1.0))
+        return rescale_factor(float(d), float(target))
 
     def detect_tensors(self, images, score_threshold=0.5, nms_iou=0.5, batch_size=4, progress=None, stage="detect",
-                       region_merge=None, tta=None):
-        """Like :meth:`detect` for a list of (3, H, W) float tensors in [0, 1]."""
+                       region_merge=None, tta=None, scales=None, cell_diameter=None):
+        """Like :meth:`detect` for a list of (3, H, W) float tensors in [0, 1]. ``scales``: a
+        resize factor per image (default: :meth:`image_scale` of each)."""
+        if scales is None:
+            scales = [self.image_scale(img.mul(255.0).permute(1, 2, 0).cpu().numpy(), cell_diameter)
+                      if self.config.get("cell_diameter") else float(self.config.get("scale", 1.0)) for img in images]
         mode = tta_mode(self.config.get("tta") if tta is None else tta)
         if mode != "none":
             return self._detect_tta(images, mode, score_threshold, nms_iou, batch_size, progress, stage,
-                                    region_merge)
+                                    region_merge, scales)
         import torch
         import torch.nn.functional as F
         from torchvision.ops import batched_nms
@@ -241,7 +269,6 @@ class RegionDetector:
 
         dev = self.device or torch.device("cpu")
         dev = torch.device(dev) if isinstance(dev, str) else dev
-        scale = float(self.config.get("scale", 1.0))
         merge = self.config.get("region_merge") if region_merge is None else region_merge
         tile = int(self.config.get("tile_size", 2048))
         overlap = int(self.config.get("tile_overlap", 128))
@@ -253,6 +280,7 @@ class RegionDetector:
         # Build (image index, tensor tile, x0, y0) jobs.
         jobs = []
         for idx, img in enumerate(images):
+            scale = float(scales[idx])
             if scale != 1.0:
                 h, w = img.shape[-2:]
                 nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -299,6 +327,7 @@ class RegionDetector:
                 boxes, scores, labels = boxes[k], scores[k], labels[k]
             order = torch.argsort(scores, descending=True)
             boxes, scores, labels = boxes[order], scores[order], labels[order]
+            scale = float(scales[idx])
             if scale != 1.0:
                 boxes = boxes / scale
             h, w = img.shape[-2:]
@@ -311,14 +340,16 @@ class RegionDetector:
             results.append(out)
         return results
 
-    def _detect_tta(self, images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge):
+    def _detect_tta(self, images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge,
+                    scales):
         """Detect on every flipped/rotated view of each image, map the boxes back and fuse them
         (:func:`fuse_tta`); then the score threshold and the region merge as in :meth:`detect_tensors`."""
         merge = self.config.get("region_merge") if region_merge is None else region_merge
         n_views = len(TTA_VIEWS[mode])
         views = [_view(img, v) for img in images for v in TTA_VIEWS[mode]]
         raw = self.detect_tensors(views, min(float(score_threshold), TTA_VIEW_SCORE), nms_iou, batch_size, progress,
-                                  stage, region_merge=False, tta="none")
+                                  stage, region_merge=False, tta="none",
+                                  scales=[s for s in scales for _ in range(n_views)])
         results = []
         for i, img in enumerate(images):
             h, w = img.shape[-2:]

@@ -9,6 +9,15 @@ Data (``data``):
 * ``"composed:<crop folder>"`` / ``"composed-test:<crop folder>"``: smears composed from real
   single-cell crops (e.g. sickle-rbc) of the training patients / of the held-out patient
   (:func:`split_crops`), so test smears never reuse a training crop;
+* ``"real"`` / ``"real:<folder>"``: real smears from several public sources under the folder
+  (default ``$SICKLE_DATA``; ``data.real_smears``): BCCD RBC boxes, BBBC041Seg mask regions,
+  Chula RBC-12 boxes derived from its point labels; each source's own validation split
+  (by image) validates. Every image carries its estimated cell diameter, and with
+  ``cell_diameter`` (the training diameter, e.g. 30) each is resized so its cells have that
+  diameter; the diameter is stored in the checkpoint and ``RegionDetector.detect`` resizes
+  every input the same way. Sources are sampled equally often (``source_balance``); the
+  per-epoch metric is the mean of BCCD AP50, BBBC041 AP50 and the share of Chula points inside
+  a box scoring >= 0.5;
 * a Pascal VOC folder (``JPEGImages/`` + ``Annotations/``): its boxes and class names
   (degenerate boxes are dropped with a warning by ``io.formats.read_voc``); ``train.txt`` /
   ``val.txt`` give the split when present. ``classes=[...]`` keeps only those classes.
@@ -30,7 +39,10 @@ recipe: ``scale_jitter`` (j: crops resized by a log-uniform factor in [1/(1+j), 
 ``[lo, hi]`` pair; off by default), ``min_visible`` (a box cut by the crop is kept when at least
 this part of it is inside; 0.7), ``rpn_batch_size_per_image`` / ``rpn_positive_fraction`` /
 ``box_batch_size_per_image`` / ``box_positive_fraction`` (torchvision's proposal and RoI
-samplers; None = the architecture's 256 / 0.5 / 128 / 0.25). The schedule is OneCycle (10% warm-up
+samplers; None = the architecture's 256 / 0.5 / 128 / 0.25), ``color_aug`` (True: stain and
+camera augmentation on top of the gain/brightness/contrast jitter: hue rotation, saturation,
+gamma, grayscale 15% of crops, Gaussian blur 20%; off by default), ``val_limit`` (at most this
+many validation images per source, for ``real`` data). The schedule is OneCycle (10% warm-up
 to ``lr``, then cosine decay) over ``epochs`` x ``iters_per_epoch`` steps.
 
 Options for composed smears: ``cluster_fraction`` (compose_smear's share of cells placed touching
@@ -135,6 +147,14 @@ def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None,
     from ..io.datasets import DatasetError
 
     items = []
+    if isinstance(data, str) and (data == "real" or data.startswith("real:")):
+        from ..data.real_smears import load_real_smears
+
+        root = data.split(":", 1)[1] if ":" in data else None
+        items = load_real_smears(root, "train", progress=progress) + load_real_smears(root, "val", progress=progress)
+        if not items:
+            raise DatasetError(f"{data}: none of bccd/, bbbc041seg/, chula-rbc12/ found")
+        return items, [REGION_CLASS], [it["split"] for it in items]
     if isinstance(data, str) and data.split(":", 1)[0] in ("composed", "composed-test") and ":" in data:
         return _composed_items(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape, progress=progress,
                                compose_options=compose_options)
@@ -256,13 +276,23 @@ def _composed_items(data: str, *, seed: int, n_smears: int, smear_shape, progres
     return items, [REGION_CLASS], None
 
 
+def _item_scale(item, scale, cell_diameter=None) -> float:
+    """Resize factor of a training image: training ``cell_diameter`` / the image's estimated
+    diameter (``item["diameter"]``) when both are known, else ``scale``."""
+    if cell_diameter and item.get("diameter"):
+        from ..analysis.scale import rescale_factor
+
+        return rescale_factor(float(item["diameter"]), float(cell_diameter))
+    return float(scale)
+
+
 def _scaled(item, scale):
     """Image tensor (3,h,w) float in [0,1] and boxes resized by ``scale``."""
     import torch
     import torch.nn.functional as F
 
     img = torch.as_tensor(item["image"]).permute(2, 0, 1).float().div_(255.0)
-    boxes = torch.as_tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.as_tensor(np.array(item["boxes"], dtype=np.float32)).reshape(-1, 4)
     if scale != 1.0:
         h, w = img.shape[-2:]
         img = F.interpolate(img[None], size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
@@ -287,7 +317,7 @@ def _jitter_range(value):
     return lo, hi
 
 
-def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False, scale_jitter=None):
+def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False, scale_jitter=None, color_aug=False):
     """A random ``size`` crop with its boxes (cells less than ``min_visible`` inside are dropped),
     random flips (and transposes), photometric jitter. ``scale_jitter`` (lo, hi): the crop is
     resized by a log-uniform factor in that range (a ``size / factor`` window, so the crop keeps
@@ -331,7 +361,41 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False, sc
     gain = torch.as_tensor(rng.uniform(0.85, 1.15, size=3), dtype=crop.dtype).view(3, 1, 1)
     mean = crop.mean()
     crop = ((crop - mean) * float(rng.uniform(0.7, 1.3)) + mean * float(rng.uniform(0.85, 1.15))) * gain
+    if color_aug:
+        crop = _color_augment(crop.clamp(0, 1), rng)
     return crop.clamp(0, 1).contiguous(), {"boxes": b.reshape(-1, 4), "labels": lab}
+
+
+def _color_augment(crop, rng):
+    """Stain/camera augmentation of a (3, h, w) crop in [0, 1]: hue rotation (+-40 degrees about
+    the gray axis), saturation x0.4-1.6, gamma 0.7-1.4, grayscale (15%), Gaussian blur sigma
+    0.5-1.5 px (20%)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    a = math.radians(float(rng.uniform(-40, 40)))
+    # rotation about the (1,1,1) axis (Rodrigues) = hue rotation keeping brightness
+    k = 1.0 / math.sqrt(3.0)
+    c, s_ = math.cos(a), math.sin(a)
+    K = torch.tensor([[0, -k, k], [k, 0, -k], [-k, k, 0]], dtype=crop.dtype)
+    R = torch.eye(3, dtype=crop.dtype) * c + s_ * K + (1 - c) * torch.full((3, 3), k * k, dtype=crop.dtype)
+    crop = torch.einsum("ij,jhw->ihw", R, crop)
+    gray = crop.mean(0, keepdim=True)
+    crop = gray + (crop - gray) * float(rng.uniform(0.4, 1.6))
+    crop = crop.clamp(0, 1) ** float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    if rng.random() < 0.15:
+        crop = crop.mean(0, keepdim=True).expand(3, -1, -1)
+    if rng.random() < 0.2:
+        sigma = float(rng.uniform(0.5, 1.5))
+        r = int(math.ceil(2 * sigma))
+        x = torch.arange(-r, r + 1, dtype=crop.dtype)
+        g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+        g = g / g.sum()
+        crop = F.conv2d(F.pad(crop[:, None], (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
+        crop = F.conv2d(F.pad(crop, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1))[:, 0]
+    return crop.contiguous()
 
 
 def _split_items(items, splits, val_fraction, seed, validate_on="train"):
@@ -383,7 +447,9 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    region_merge=None, tta=None, rot90: bool = False, ema: float = 0.0, scale_jitter=None,
                    min_visible: float = 0.7, rpn_batch_size_per_image: int | None = None,
                    rpn_positive_fraction: float | None = None, box_batch_size_per_image: int | None = None,
-                   box_positive_fraction: float | None = None, **options) -> dict:
+                   box_positive_fraction: float | None = None, cell_diameter: float | None = None,
+                   color_aug: bool = False, source_balance: bool = True, val_limit: int | None = None,
+                   **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -423,7 +489,14 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     items, class_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears, classes=classes,
                                                      progress=progress, smear_shape=smear_shape,
                                                      compose_options=compose_options)
-    if val_data is not None:
+    by_source = bool(items) and all("source" in it for it in items)  # "real:" data: per-source splits
+    if by_source and val_data is None:
+        tr_items = [it for it in items if it["split"] != "val"]
+        va_items = [it for it in items if it["split"] == "val"]
+        if val_limit is not None:
+            va_items = [it for src in dict.fromkeys(v["source"] for v in va_items)
+                        for it in [v for v in va_items if v["source"] == src][:int(val_limit)]]
+    elif val_data is not None:
         vitems, _, _ = load_detection_data(val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names,
                                            smear_shape=smear_shape)
         tr_items, va_items = items, vitems
@@ -443,10 +516,19 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
 
             det.config["region_merge"] = {**REGION_MERGE_DEFAULTS,
                                           **(region_merge if isinstance(region_merge, dict) else {})}
+        if cell_diameter:  # stored: detect() resizes every image to this cell diameter
+            det.config["cell_diameter"] = float(cell_diameter)
     if tta is not None:  # stored in the checkpoint: evaluate and analyze_smear apply it
         det.config["tta"] = tta
     scale = float(det.config["scale"])
-    prepared = [_scaled(it, scale) for it in tr_items]
+    train_diameter = det.config.get("cell_diameter")
+    prepared = [_scaled(it, _item_scale(it, scale, train_diameter)) for it in tr_items]
+    weights = None
+    if by_source and source_balance:  # each source equally often, whatever its number of images
+        srcs = [it["source"] for it in tr_items]
+        cnt = {k: srcs.count(k) for k in set(srcs)}
+        weights = np.array([1.0 / (len(cnt) * cnt[k]) for k in srcs])
+        weights /= weights.sum()
     n_boxes = int(sum(len(p[1]) for p in prepared))
     emit({"event": "data", "n_train": len(tr_items), "n_val": len(va_items), "n_boxes": n_boxes,
           "classes": class_names})
@@ -486,7 +568,8 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         "crop_size": crop_size, "augment": "random crop" + (", scale jitter" if jitter else "") + ", h/v flips"
         + (", transpose" if rot90 else "") + ", colour/brightness/contrast jitter",
         "ema": float(ema), "scale_jitter": list(jitter) if jitter else None, "min_visible": min_visible,
-        "samplers": samplers, "seed": seed, "data": str(data),
+        "samplers": samplers, "seed": seed, "data": str(data), "cell_diameter": train_diameter,
+        "color_aug": bool(color_aug), "source_balance": bool(by_source and source_balance),
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
         "pretrained_backbone": bool(pretrained), "compose_options": compose_options,
         "validation": (f"{val_fraction:.0%} of the train split (val split unused)" if splits and validate_on == "train"
@@ -514,9 +597,10 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         for it in range(iters_per_epoch):
             imgs, tgts = [], []
             for _ in range(batch_size):
-                img, boxes, labels = prepared[int(rng.integers(len(prepared)))]
+                k = int(rng.integers(len(prepared))) if weights is None else int(rng.choice(len(prepared), p=weights))
+                img, boxes, labels = prepared[k]
                 c, t = _random_crop(img, boxes, labels, crop_size, rng, min_visible=min_visible, rot90=rot90,
-                                    scale_jitter=jitter)
+                                    scale_jitter=jitter, color_aug=color_aug)
                 imgs.append(c.to(det_dev))
                 tgts.append({k: v.to(det_dev) for k, v in t.items()})
             losses = train_model(imgs, tgts)
@@ -538,8 +622,12 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         preds = ddp_glue.map_sharded(lambda v: predict_items(vdet, [v], tta="none")[0], va_items)  # split over ranks
         m = ap50(preds, [(v["boxes"], v["labels"]) for v in va_items], class_names)
         metric = m["ap50"] if m["ap50"] is not None else 0.0
+        if by_source:
+            m["per_source"] = score_real(preds, va_items)
+            metric = m["ap50"] = float(np.mean([v["aim"] for v in m["per_source"].values()]))
         rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": ddp_glue.reduce_mean(tot, iters_per_epoch),
-               "val_loss": None, "metric": metric, "metric_name": "val_ap50", "ap50_per_class": m["ap50_per_class"]}
+               "val_loss": None, "metric": metric, "metric_name": "val_ap50", "ap50_per_class": m["ap50_per_class"],
+               **({"per_source": m["per_source"]} if by_source else {})}
         history.append(rec)
         emit(rec)
         vdet.metrics = {**m, "epoch": epoch + 1}
@@ -566,6 +654,46 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         metrics["val_tta"] = {**m, "tta": mode}
         emit({"event": "validate_tta", "tta": mode, "metric": m["ap50"], "metric_name": "val_ap50"})
     return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history, "seconds": time.time() - t0}
+
+
+def score_real(preds, items, score_threshold: float = 0.5) -> dict:
+    """Per-source scores of detections on ``data.real_smears`` items: AP50 (all detections,
+    Pascal VOC), recall and precision at IoU 0.5 of the boxes scoring >= ``score_threshold``,
+    and for items with point labels (Chula) the share of points inside such a box.
+    ``aim``: the figure the source is judged by (points inside for point-labelled sources, else
+    AP50)."""
+    from ..data.real_smears import points_inside
+
+    out = {}
+    for src in dict.fromkeys(it["source"] for it in items):
+        idx = [i for i, it in enumerate(items) if it["source"] == src]
+        p = [preds[i] for i in idx]
+        gts = [items[i]["boxes"] for i in idx]
+        ap, n_gt = average_precision([(b, sc) for b, sc, _ in p], gts, 0.5)
+        tp = fn = n_det = 0
+        pin, n_pts = 0, 0
+        for (b, sc, _), it in zip(p, (items[i] for i in idx)):
+            kb = np.asarray(b).reshape(-1, 4)[np.asarray(sc) >= score_threshold]
+            n_det += len(kb)
+            g = np.asarray(it["boxes"], dtype=np.float64).reshape(-1, 4)
+            if len(g) and len(kb):
+                iou = np.stack([_iou_one(np.asarray(x, np.float64), g) for x in kb])
+                found = iou.max(axis=0) >= 0.5
+                tp += int(found.sum())
+                fn += int((~found).sum())
+            else:
+                fn += len(g)
+            if it.get("points") is not None:
+                pin += int(points_inside(kb, it["points"]).sum())
+                n_pts += len(it["points"])
+        rec = {"n_images": len(idx), "n_boxes": n_gt, "ap50": ap, "recall": tp / max(tp + fn, 1),
+               "n_detections": n_det}
+        if n_pts:
+            rec["points_inside"] = pin / n_pts
+            rec["n_points"] = n_pts
+        rec["aim"] = rec.get("points_inside", ap if ap is not None else 0.0)
+        out[src] = rec
+    return out
 
 
 def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears: int = 3, split: str | None = "val",

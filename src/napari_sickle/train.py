@@ -93,6 +93,13 @@ def check_data(data: str, kind: str) -> None:
         if not Path(data).expanduser().is_dir():
             raise UsageError(f"--data composed:{data}: no such folder of crops.")
         return
+    if kind in ("detector", "eval") and (data == "real" or data.startswith("real:")):
+        from .data.real_smears import data_root
+
+        root = data_root(data.split(":", 1)[1] if ":" in data else None)
+        if not root.is_dir():
+            raise UsageError(f"--data {data}: no such folder {root} (set SICKLE_DATA or use real:<folder>).")
+        return
     path = Path(data).expanduser()
     if not path.exists():
         raise UsageError(f"--data {data}: no such file or folder.")

@@ -26,6 +26,7 @@ import json
 import sys
 
 from .analysis.batch import IMAGE_SUFFIXES, list_inputs, load_image, overlay_png  # noqa: F401 (public names)
+from .constants import DEVICES
 
 
 def _inputs(items):
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="image files, folders, or 'simulated[:SEED]'")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    ap.add_argument("--device", default="auto", choices=DEVICES)
     ap.add_argument("--detector", default=None, help="detector checkpoint (default: cached default model)")
     ap.add_argument("--classifier", default=None, help="classifier checkpoint (default: cached default model)")
     ap.add_argument("--score-threshold", type=float, default=0.5)

@@ -9,6 +9,8 @@ on ``split_seed`` only), and ``evaluate_bm`` (the code of ``python -m napari_sic
 scores ``best.pt`` on
 
 * the held-out Dataset 1 crops (same scanner, never trained on), and
+* the same held-out crops after a synthetic change of scanner (``shifted_heldout``: smaller
+  cell on a larger, pink canvas), and
 * the PBC fixture crops (Barcelona, CellaVision DM96: another scanner, stain and magnification)
   whose class is one of the four Zheng classes (SNE and BNE as neutrophil, LY, MO, EO).
 
@@ -47,6 +49,47 @@ def pbc_table(pbc_dir: Path, out: Path) -> Path:
     return p
 
 
+def shifted_heldout(checkpoint: Path, out: Path, zoom: float = 0.6, side: int = 200,
+                    background=(0.96, 0.87, 0.82)) -> Path:
+    """A synthetic change of scanner for the held-out crops (a labels.csv of new images):
+    each crop shrunk to ``zoom`` of its size (a lower magnification) and placed on a
+    ``side``-px canvas of its own background colour, then the background re-tinted to a
+    pink CellaVision-like colour. Only the framing and the white point change, not the
+    stain, so it measures invariance to those two alone."""
+    import numpy as np
+    import pandas as pd
+    from skimage.transform import resize
+
+    from napari_sickle.io.images import read_image, to_rgb_uint8
+    from napari_sickle.models.bm import load_bm_model
+    from napari_sickle.training.bm import load_bm_data
+
+    model = load_bm_model(checkpoint)
+    keep = list(model.recipe.get("val_paths") or [])
+    _, labels, _, _, paths = load_bm_data(model.recipe["data"], return_paths=True)
+    d = out / "shifted"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in keep:
+        f = to_rgb_uint8(read_image(p)).astype(np.float32) / 255
+        lum = f.mean(-1)
+        bg = np.median(f[lum >= np.percentile(lum, 75)], axis=0)
+        s = round(f.shape[0] * zoom)
+        small = resize(f, (s, round(f.shape[1] * zoom)), anti_aliasing=True)
+        canvas = np.empty((side, side, 3), np.float32)
+        canvas[:] = bg
+        y0, x0 = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
+        canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+        canvas = np.clip(canvas / bg * np.asarray(background, np.float32), 0, 1)
+        name = d / (Path(p).stem + ".png")
+        from skimage.io import imsave
+
+        imsave(name, (canvas * 255 + 0.5).astype(np.uint8), check_contrast=False)
+        rows.append({"image": name.name, "class_name": labels[paths.index(p)]})
+    pd.DataFrame(rows).to_csv(d / "labels.csv", index=False)
+    return d
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = data_root()
@@ -83,8 +126,10 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         held = evaluate_bm(d / "best.pt", a.data, device="cpu", split="heldout")
         pbc = evaluate_bm(d / "best.pt", str(pbc_csv), device="cpu", predictions=True)
+        shifted = evaluate_bm(d / "best.pt", str(shifted_heldout(d / "best.pt", d)), device="cpu")
         row = {"seed": seed, "heldout_macro_f1": held["macro_f1"], "heldout_accuracy": held["accuracy"],
                "heldout_n": held["n"], "heldout_f1_per_class": {k: v["f1"] for k, v in held["per_class"].items()},
+               "shifted_macro_f1": shifted["macro_f1"],
                "pbc_correct": sum(p["label"] == p["predicted"] for p in pbc["predictions"]), "pbc_n": pbc["n"],
                "pbc_predictions": {Path(p["path"]).name: p["predicted"] for p in pbc["predictions"]},
                "train_wall_s": round(wall, 1), "load_after": os.getloadavg()[0]}
@@ -93,6 +138,7 @@ def main(argv=None) -> int:
     f1 = np.array([r["heldout_macro_f1"] for r in rows])
     summary = {"summary": True, "options": a.options, "seeds": a.seeds, "heldout_macro_f1": f1.round(4).tolist(),
                "mean": float(f1.mean()), "spread": float(f1.max() - f1.min()), "min": float(f1.min()),
+               "shifted_macro_f1": [round(r["shifted_macro_f1"], 4) for r in rows],
                "pbc_correct": [r["pbc_correct"] for r in rows], "pbc_n": rows[0]["pbc_n"] if rows else 0}
     print(json.dumps(summary), flush=True)
     (out / "summary.json").write_text(json.dumps({"runs": rows, **summary}, indent=2) + "\n")

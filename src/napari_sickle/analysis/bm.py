@@ -17,8 +17,9 @@ heatmap comes from ``pytorch_grad_cam.metrics``:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -244,7 +245,7 @@ def crop_window(f: np.ndarray, top: float, left: float, side: float, fill=None) 
     """The square window (sub-pixel position rounded) of ``f``; parts outside the image are
     ``fill`` (None: the image's median colour)."""
     h, w = f.shape[:2]
-    t, lft, s = int(round(top)), int(round(left)), max(2, int(round(side)))
+    t, lft, s = round(top), round(left), max(2, round(side))
     bg = np.median(f.reshape(-1, 3), 0) if fill is None else np.full(3, fill, np.float32)
     out = np.empty((s, s, 3), np.float32)
     out[:] = bg
@@ -254,7 +255,7 @@ def crop_window(f: np.ndarray, top: float, left: float, side: float, fill=None) 
     return out
 
 
-def preprocess(cells: Sequence[np.ndarray], model, *, boxes: list | None = None) -> "Any":
+def preprocess(cells: Sequence[np.ndarray], model, *, boxes: list | None = None) -> Any:
     """Cells -> normalised (N, 3, S, S) float tensor for ``model`` (a BMClassifier).
 
     Each cell goes through :func:`cell_view` (the model's own background normalisation and
@@ -274,7 +275,7 @@ def preprocess(cells: Sequence[np.ndarray], model, *, boxes: list | None = None)
         t = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None]
         if t.shape[-2:] != (s, s):
             t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
-        out.append(((t[0].clamp(0, 1) - mean) / std))
+        out.append((t[0].clamp(0, 1) - mean) / std)
     return torch.stack(out)
 
 
@@ -346,10 +347,10 @@ def _heatmap_on_cell(g, shape, window) -> np.ndarray:
     if window is None:
         return F.interpolate(g, size=shape, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
     top, left, side, _ = window
-    s = max(2, int(round(side)))
+    s = max(2, round(side))
     h = F.interpolate(g, size=(s, s), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
     out = np.zeros(shape, np.float32)
-    t, lft = int(round(top)), int(round(left))
+    t, lft = round(top), round(left)
     y0, x0, y1, x1 = max(t, 0), max(lft, 0), min(t + s, shape[0]), min(lft + s, shape[1])
     if y1 > y0 and x1 > x0:
         out[y0:y1, x0:x1] = h[y0 - t:y1 - t, x0 - lft:x1 - lft]
@@ -383,8 +384,10 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
     (the same class for every cell). Heatmaps are resized to each cell's own size.
     """
     import torch
-    import torch.nn.functional as F
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import (
+        ClassifierOutputSoftmaxTarget,
+        ClassifierOutputTarget,
+    )
 
     from .._device import resolve_device
     from ..models.bm import load_bm_model

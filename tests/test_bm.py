@@ -437,3 +437,30 @@ def test_shipped_model_labels_the_fixture_white_cells_the_same_way_every_run():
     labels = [[r.class_names[k] for k in r.predicted] for r in runs]
     assert labels[0] == labels[1] == list(table["class_name"])
     assert np.array_equal(runs[0].probabilities, runs[1].probabilities)
+
+
+def test_background_erase_keeps_the_cell_and_whitens_the_rest():
+    import torch
+
+    from napari_sickle.training.bm import _CellDataset
+
+    img = np.full((20, 20, 3), 100, np.uint8)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[8:12, 8:12] = 255
+    ds = _CellDataset([img], [0], lambda x: x, [mask], erase_p=1.0)
+    x, _ = ds[0]
+    assert int(x[:, 0, 0].min()) == 255 and torch.all(x[:, 6:14, 6:14] == 100)  # cell + 2 px margin kept
+    assert torch.equal(_CellDataset([img], [0], lambda x: x, [mask], erase_p=0.0)[0][0], ds.x[0])
+
+
+def test_output_stride_16_is_recorded_and_rebuilt(tmp_path):
+    import torch
+
+    from napari_sickle.models.bm import build_bm_model, load_bm_model, set_output_stride
+
+    m = set_output_stride(build_bm_model("efficientnet_lite0", ["a", "b"], pretrained=False, input_size=64), 16)
+    back = load_bm_model(m.save(tmp_path / "m.pt"))
+    assert back.output_stride == 16
+    assert back.module.forward_features(torch.zeros(1, 3, 64, 64)).shape[-2:] == (4, 4)  # 2x2 at stride 32
+    with pytest.raises(ValueError, match="output_stride"):
+        set_output_stride(build_bm_model("tiny_vgg", ["a", "b"]), 16)

@@ -238,6 +238,8 @@ class BMClassifier:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     source: str = ""
+    #: 16: the last stride-2 stage of efficientnet_lite0 runs at stride 1 (finer CAMs); 32: as built
+    output_stride: int = 32
     #: "background": each image is divided by its background colour before anything else
     normalise: str = "none"
     #: "nucleus": each image is framed on the cell, scaled by its nucleus area (analysis.bm.cell_view)
@@ -268,6 +270,7 @@ class BMClassifier:
             "std": [float(x) for x in self.std],
             "normalise": self.normalise,
             "crop": self.crop,
+            "output_stride": int(self.output_stride),
         }
         return cfg
 
@@ -306,6 +309,20 @@ def build_bm_model(arch: str = "efficientnet_lite0", class_names: Sequence[str] 
     return BMClassifier(module, arch, names, size, tuple(mean), tuple(std))
 
 
+def set_output_stride(model: BMClassifier, stride: int) -> BMClassifier:
+    """Output stride 16 for efficientnet_lite0: the first depthwise convolution of its last
+    stride-2 stage (``blocks[5]``) runs at stride 1, so a 96 px cell gives a 6x6 instead of a
+    3x3 final feature map and its Grad-CAM heatmap has four times as many cells. The weights
+    are the same tensors (ImageNet or trained); only the sampling grid changes."""
+    if stride == 32:
+        return model
+    if stride != 16 or model.arch != "efficientnet_lite0":
+        raise ValueError(f"output_stride {stride} is not available for {model.arch} (efficientnet_lite0: 16 or 32)")
+    model.module.blocks[5][0].conv_dw.stride = (1, 1)
+    model.output_stride = 16
+    return model
+
+
 def head_units(state_dict: dict, arch: str) -> int | None:
     key = _HEAD[family(arch)] + ".weight"
     w = state_dict.get(key)
@@ -340,6 +357,7 @@ def model_from_checkpoint(ckpt: dict, source: str = "") -> BMClassifier:
     except RuntimeError as exc:
         raise CheckpointError(f"{source or 'checkpoint'} does not fit architecture {arch}: "
                               f"{str(exc).splitlines()[0]}") from exc
+    set_output_stride(model, int(cfg.get("output_stride", 32)))
     model.normalise = str(cfg.get("normalise", "none"))
     model.crop = str(cfg.get("crop", "none"))
     model.recipe = dict(ckpt.get("recipe") or {})

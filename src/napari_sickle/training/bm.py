@@ -238,18 +238,50 @@ def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class _CellDataset:
-    def __init__(self, images, targets, transform):
+    """Training cells; with ``masks`` (cell = non-zero), ``erase_p`` of the draws of a masked
+    cell have everything outside the cell (dilated by 2 px) replaced by ``fill``: the same
+    cell without neighbouring red cells or debris, so the label cannot come from the context."""
+
+    def __init__(self, images, targets, transform, masks=None, erase_p=0.0, fill=(255, 255, 255)):
         import torch
 
         self.x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]
-        self.y = list(int(t) for t in targets)
+        self.y = [int(t) for t in targets]
         self.transform = transform
+        self.erase_p = float(erase_p)
+        self.fill = torch.tensor(fill, dtype=torch.uint8).view(3, 1, 1)
+        self.bg = [None] * len(self.x)
+        for i, m in enumerate(masks or []):
+            if m is not None:
+                cell = torch.from_numpy(np.ascontiguousarray(m > 0)).float()[None, None]
+                self.bg[i] = torch.nn.functional.max_pool2d(cell, 5, 1, 2)[0] == 0
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.transform(self.x[i]), self.y[i]
+        import torch
+
+        x = self.x[i]
+        if self.bg[i] is not None and self.erase_p > 0 and float(torch.rand(())) < self.erase_p:
+            x = torch.where(self.bg[i], self.fill, x)
+        return self.transform(x), self.y[i]
+
+
+def find_masks(paths) -> list:
+    """The cell mask stored beside each image (``NNN.png`` next to ``NNN.bmp``, grey with at
+    most three values, as in the Zheng 2018 folder), or None where there is none."""
+    from ..io.images import read_image
+
+    out = []
+    for p in paths:
+        q = Path(str(p)).with_suffix(".png")
+        if str(p).startswith("simulated:") or q == Path(str(p)) or not q.is_file() or not _is_label_mask(q):
+            out.append(None)
+            continue
+        a = np.asarray(read_image(q))
+        out.append(a[..., 0] if a.ndim == 3 else a)
+    return out
 
 
 class StainJitter:
@@ -444,7 +476,7 @@ def _metrics(y_true, y_pred, class_names) -> dict:
 
 
 def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, epochs, device, seed,
-         resume, progress, log, opts, stage="train", data_desc=""):
+         resume, progress, log, opts, stage="train", data_desc="", train_masks=None):
     import torch
 
     from .._device import resolve_device
@@ -458,9 +490,12 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     size = int(opts["input_size"])
     model = build_bm_model(arch, class_names, pretrained=opts["pretrained"], input_size=size)
     model.normalise, model.crop = opts["normalise"], opts["crop"]
-    if model.normalise != "none" or model.crop != "none":
+    from ..models.bm import set_output_stride
+
+    set_output_stride(model, int(opts["output_stride"]))
+    if model.normalise != "none" or model.crop != "none" or train_masks is not None:
         # the cell as every later path sees it (analysis.bm.cell_view), once, at the input size
-        train_imgs = _canonical(train_imgs, model, size)
+        train_imgs, train_masks = _canonical(train_imgs, model, size, train_masks)
     mean, std = channel_stats(train_imgs)
     model.mean, model.std = tuple(mean), tuple(std)
     net = model.module.to(dev)
@@ -474,7 +509,10 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     # class-balanced draw, reseeded per epoch (set_epoch) and split over torchrun ranks
     sampler = ddp_glue.weighted_sampler(weights, len(train_y), seed=seed)
     bs = int(opts["batch_size"])  # per rank: the global batch is bs x world size
-    train_loader = torch.utils.data.DataLoader(_CellDataset(train_imgs, train_y, train_tf), batch_size=bs,
+    erase = float(opts["bg_erase"]) if train_masks is not None else 0.0
+    fill = (255, 255, 255) if model.normalise == "background" else tuple(int(255 * m + 0.5) for m in mean)
+    train_loader = torch.utils.data.DataLoader(_CellDataset(train_imgs, train_y, train_tf, train_masks, erase, fill),
+                                               batch_size=bs,
                                                sampler=sampler, drop_last=len(sampler) > bs)
     val_loader = torch.utils.data.DataLoader(_ValDataset(val_imgs, val_y, model, opts["tta"]), batch_size=bs)
     criterion = torch.nn.CrossEntropyLoss()
@@ -599,22 +637,31 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     return {"best_metric": best_metric, "history": history, "val_proba": last_p, "lr": lr}
 
 
-def _canonical(images, model, size):
+def _canonical(images, model, size, masks=None):
     """Training images through ``analysis.bm.cell_view`` and the resize of ``preprocess``,
-    back to uint8: the augmentations then start from the cell exactly as inference frames it."""
+    back to uint8: the augmentations then start from the cell exactly as inference frames it.
+    Masks (optional) get the same window and size (nearest neighbour)."""
     import torch
     import torch.nn.functional as F
 
-    from ..analysis.bm import cell_view
+    from ..analysis.bm import cell_view, crop_window
 
-    out = []
-    for im in images:
-        f, _ = cell_view(im, model)
+    out, out_masks = [], []
+    for k, im in enumerate(images):
+        f, box = cell_view(im, model)
         t = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None]
         if t.shape[-2:] != (size, size):
             t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append((t[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
-    return out
+        m = None if masks is None else masks[k]
+        if m is not None:
+            m3 = np.repeat((m > 0).astype(np.float32)[..., None], 3, -1)
+            if box is not None:
+                m3 = crop_window(m3, box[0], box[1], box[2], fill=0.0)
+            mt = torch.from_numpy(np.ascontiguousarray(m3[..., 0]))[None, None]
+            m = F.interpolate(mt, size=(size, size), mode="nearest")[0, 0].numpy() > 0.5
+        out_masks.append(m)
+    return out, out_masks
 
 
 def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, dev, epochs, seed, resume,
@@ -663,7 +710,8 @@ def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, 
         "ema": decay, "label_smoothing": float(opts["label_smoothing"]), "selection": "last epoch (EMA weights)",
         "sampler": "WeightedRandomSampler", "augment": bool(opts["augment"]), "colour": bool(opts["colour"]),
         "scale_jitter": list(opts["scale_jitter"] or []), "rotation": [0, 180], "flips": ["h", "v"],
-        "normalise": model.normalise, "crop": model.crop,
+        "normalise": model.normalise, "crop": model.crop, "output_stride": int(model.output_stride),
+        "bg_erase": float(opts["bg_erase"]), "n_masks": int(opts.get("_n_masks", 0)),
         "epochs": int(epochs), "batch_size": int(opts["batch_size"]), "input_size": int(model.input_size),
         "seed": int(seed), "split_seed": int(opts["split_seed"]), "pretrained": bool(opts["pretrained"]),
         "data": data_desc, "n_train": n_train, "n_val": n_val, "val_paths": list(opts.get("_val_paths") or []),
@@ -755,6 +803,8 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("normalise", "none" if legacy else "background")
     opts.setdefault("crop", "none" if legacy else "nucleus")
     opts.setdefault("scale_jitter", None if legacy else (0.8, 1.25))
+    opts.setdefault("output_stride", 32)
+    opts.setdefault("bg_erase", 0.0)
     for key in ("colour",):
         if isinstance(opts[key], str):
             opts[key] = opts[key].lower() not in ("0", "false", "no", "off")
@@ -794,6 +844,10 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
                                                          n_per_class=int(opts["n_per_class"]), seed=seed,
                                                          return_paths=True)
     images = _shrink(images, opts.get("cache_size"))
+    masks = find_masks(paths) if float(opts["bg_erase"]) > 0 and not opts.get("cache_size") else [None] * len(paths)
+    opts["_n_masks"] = sum(m is not None for m in masks)
+    if opts["_n_masks"] == 0:
+        masks = None
     if opts.pop("_auto_size"):
         # The median crop side rounded down to the network stride (32): crops are not
         # upsampled, which costs compute and adds no detail (120 px WBC crops -> 96).
@@ -817,6 +871,7 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
             if log:
                 log({"event": "fold", "fold": i + 1, "folds": k})
             res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out / f"fold{i + 1}",
+                       train_masks=None if masks is None else [masks[j] for j in tr],
                        resume=None, stage=f"fold {i + 1}/{k}", **common)
             oof[va] = res["val_proba"]
             fold_best.append(res["best_metric"])
@@ -844,6 +899,7 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
             raise ValueError("val_fraction=0 needs schedule='cosine' (the plateau schedule selects on validation).")
         opts["_val_paths"] = [paths[j] for j in va]
         res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out,
+                   train_masks=None if masks is None else [masks[j] for j in tr],
                    resume=resume, **common)
         metrics = _metrics(y[va], res["val_proba"].argmax(1), names) if len(va) else {"n": 0}
         history = res["history"]

@@ -1,13 +1,21 @@
 """Benchmark and accuracy check of the RBC analysis with the default (or given) models.
 
-    python benchmarks/bench_analyze.py [--threads 2] [--repeats 3] [--seeds 2026 2027]
-                                       [--detector D.pt --classifier C.pt]
+    python benchmarks/bench_analyze.py [--threads 2] [--interop-threads 1] [--repeats 3] [--seeds 2026 2027]
+                                       [--detector D.pt --classifier C.pt] [--crop-path batched|per-region]
+                                       [--recipe accurate --compare-regions 40] [--tune-malloc]
 
 On held-out simulated 1920x1080 smears (seeds never used for training) it prints one JSON
 object with: end-to-end seconds of ``analyze_smear`` (median of --repeats), batched vs
 one-region-at-a-time classification of the same regions in the same run, peak resident memory
 of the process, region recall/precision at IoU 0.5, and agreement of the predicted types with
 the truth (exact match, per-type accuracy, mean AUC) next to a chance baseline.
+
+``--crop-path`` picks how the classifier's inputs are made (analysis/crops.py: batched on the
+device, or the per-region host path); the JSON also has both paths timed on the same regions.
+``--recipe accurate`` swaps in a classifier of the accurate recipe (cell split, 8 views, 160
+px, avgmax-s4) with untrained heads (times only; its type figures mean nothing) and compares
+the paths on the first ``--compare-regions`` regions. ``--tune-malloc`` applies
+``napari_sickle._malloc.tune_malloc`` first. The load average is recorded before and after.
 """
 from __future__ import annotations
 
@@ -42,12 +50,26 @@ def main(argv=None):
     ap.add_argument("--detector", default=None)
     ap.add_argument("--classifier", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--interop-threads", type=int, default=None, help="torch.set_num_interop_threads")
+    ap.add_argument("--crop-path", default="batched", choices=("batched", "per-region"))
+    ap.add_argument("--recipe", default="model", choices=("model", "accurate"))
+    ap.add_argument("--compare-regions", type=int, default=0,
+                    help="regions for the one-at-a-time and crop-path comparisons (0: all)")
+    ap.add_argument("--tune-malloc", action="store_true")
     args = ap.parse_args(argv)
+    import os
 
+    load_before = os.getloadavg()
+    if args.tune_malloc:
+        from napari_sickle._malloc import tune_malloc
+
+        tune_malloc()
     import torch
     from sklearn.metrics import roc_auc_score
 
     torch.set_num_threads(args.threads)
+    if args.interop_threads:
+        torch.set_num_interop_threads(args.interop_threads)
     from napari_sickle.analysis.smear import analyze_smear
     from napari_sickle.constants import RBC_TYPES
     from napari_sickle.data.simulate import simulate_smear
@@ -55,8 +77,15 @@ def main(argv=None):
 
     t = time.perf_counter()
     models = load_models(args.detector, args.classifier, device=args.device, model=args.model)
+    if args.recipe == "accurate":
+        from napari_sickle.models.multilabel import new_classifier
+
+        models.classifier = new_classifier(pretrained=True, device=args.device)
+    models.classifier.crop_path = args.crop_path
     load_s = time.perf_counter() - t
-    out = {"threads": args.threads, "device": args.device, "model_load_seconds": round(load_s, 2),
+    out = {"threads": args.threads, "interop_threads": torch.get_num_interop_threads(), "device": args.device,
+           "crop_path": args.crop_path, "recipe": args.recipe, "tune_malloc": args.tune_malloc,
+           "load_average_before": [round(x, 2) for x in load_before], "model_load_seconds": round(load_s, 2),
            "detector": models.detector_path, "classifier": models.classifier_path,
            "detector_arch": models.detector.config["arch"], "detector_scale": models.detector.config["scale"],
            "classifier_backbone": models.classifier.config["backbone"],
@@ -74,12 +103,25 @@ def main(argv=None):
             times.append(time.perf_counter() - t)
         # batched vs one region at a time, same regions, same run
         clf = models.classifier
+        cmp_boxes = res.boxes[:args.compare_regions] if args.compare_regions else res.boxes
         t = time.perf_counter()
-        p_batched = clf.predict_boxes(img, res.boxes, batch_size=64)
+        p_batched = clf.predict_boxes(img, cmp_boxes, batch_size=64)
         batched_s = time.perf_counter() - t
         t = time.perf_counter()
-        p_single = np.concatenate([clf.predict_boxes(img, res.boxes[i:i + 1], batch_size=1) for i in range(len(res))])
+        p_single = np.concatenate([clf.predict_boxes(img, cmp_boxes[i:i + 1], batch_size=1)
+                                   for i in range(len(cmp_boxes))])
         single_s = time.perf_counter() - t
+        paths = {}
+        for path in ("batched", "per-region"):  # the two crop paths, same regions, batched classification
+            clf.crop_path = path
+            t = time.perf_counter()
+            crops, _ = clf.region_crops(img, cmp_boxes)
+            crops_s = time.perf_counter() - t
+            t = time.perf_counter()
+            paths[path] = clf.predict_boxes(img, cmp_boxes, batch_size=64)
+            paths[path + "_seconds"] = {"crops": round(crops_s, 3), "classify": round(time.perf_counter() - t, 3),
+                                        "inputs": int(len(crops))}
+        clf.crop_path = args.crop_path
         gt = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
         ytrue = sm.regions[list(RBC_TYPES)].to_numpy(int)
         iou = iou_matrix(gt, res.boxes)
@@ -104,6 +146,10 @@ def main(argv=None):
             "classify_batched_seconds": round(batched_s, 3), "classify_one_at_a_time_seconds": round(single_s, 3),
             "batched_speedup": round(single_s / max(batched_s, 1e-9), 1),
             "batched_equals_single": bool(np.allclose(p_batched, p_single, atol=1e-4)),
+            "compared_regions": int(len(cmp_boxes)),
+            "crop_paths": {"batched": paths["batched_seconds"], "per_region": paths["per-region_seconds"],
+                           "max_abs_prob_diff": float(np.abs(paths["batched"] - paths["per-region"]).max())
+                           if len(cmp_boxes) else 0.0},
         })
     yt, yp, yl = np.concatenate(all_true), np.concatenate(all_prob), np.concatenate(all_pred)
     prev = yt.mean(axis=0)
@@ -119,6 +165,7 @@ def main(argv=None):
         "mean_auc": float(np.mean(aucs)) if aucs else None,
     }
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=1))
 
 

@@ -335,6 +335,10 @@ class RBCClassifier:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     device: Any = None
+    #: how :meth:`region_crops` makes the inputs: ``"batched"`` (all canvases of the boxes at once
+    #: on the device, :mod:`napari_sickle.analysis.crops`) or ``"per-region"`` (one at a time on the
+    #: host, :meth:`region_crops_per_region`); both give the same inputs (tests/test_crops.py)
+    crop_path: str = "batched"
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -365,7 +369,13 @@ class RBCClassifier:
     def region_crops(self, image, boxes):
         """Network inputs for region boxes: ``(crops (M, 3, s, s), owner (M,))``, one input per
         box (``split="none"``, ``owner = arange``) or per cell of a box (``split="cells"`` or
-        ``"unet"``)."""
+        ``"unet"``), made by the :attr:`crop_path` path."""
+        from ..analysis.crops import region_crops
+
+        return region_crops(self, image, boxes, self.crop_path)
+
+    def region_crops_per_region(self, image, boxes):
+        """:meth:`region_crops` one region at a time on the host (NumPy canvases)."""
         if self.split in ("cells", "unet"):
             mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
             return cell_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", CELL_MIN_SIDE)),
@@ -413,19 +423,21 @@ class RBCClassifier:
             batch_size = max(1, min(batch_size, CPU_FORWARD_IMAGES // n_views(self.tta)))
         with torch.inference_mode(), autocast(torch.device(dev) if isinstance(dev, str) else dev):
             for i in range(0, n, batch_size):
-                x = crops[i:i + batch_size].to(dev)
+                x = crops[i:i + batch_size].to(dev, non_blocking=True)
+                if torch.device(dev).type == "cuda":  # NHWC convolutions under fp16 autocast
+                    x = x.contiguous(memory_format=torch.channels_last)
                 views = tta_views(x, self.tta)
-                f = pooled_features(self.net.backbone, torch.cat(views), self.pool).float().cpu()
+                f = pooled_features(self.net.backbone, torch.cat(views), self.pool).float()
                 if len(views) > 1:
                     f = f.reshape(len(views), len(x), -1).transpose(0, 1).contiguous()
-                out.append(f)
+                out.append(f)  # stays on the device: one copy to the host after the loop
                 if progress is not None:
                     progress(stage, min(i + batch_size, n), n)
         if not out:
             d = feature_dim(self.config["backbone"], self.pool)
             v = n_views(self.tta)
             return torch.zeros((0, v, d) if v > 1 else (0, d))
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
     def head_probs(self, feats) -> np.ndarray:
         import torch

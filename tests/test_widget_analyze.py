@@ -1,4 +1,5 @@
-"""GUI test: the 'Analyze RBC smear' widget in a real viewer with quick-trained models."""
+"""GUI test: the 'Analyze RBC smear' widget in a real viewer with tiny models registered as the
+default shipped RBC model (``tiny_zoo``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,9 @@ def tiny_models(tiny_rbc_models):
     return tiny_rbc_models
 
 
+R, M, T = "smear · RBC regions", "smear · RBC outlines", "smear · RBC types"
+
+
 @pytest.fixture(scope="module")
 def smear():
     from napari_sickle.data.simulate import simulate_smear
@@ -23,7 +27,7 @@ def _wait_idle(qtbot, widget, timeout=180_000):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
-def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear, tmp_path):
+def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, tiny_zoo, smear, tmp_path):
     from napari_sickle.io.formats import read_regions_csv
     from napari_sickle.widgets.analyze import AnalyzeRBCWidget
 
@@ -34,6 +38,8 @@ def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear
     viewer.window.add_dock_widget(widget)
     widget.device.value = "cpu"
     widget.image.value = src
+    assert widget.model.choice.value == "rbc-tiny-test"
+    assert "tiny test models" in widget.model.about.value
 
     # -- run, then switch layers while it works: results land on the starting layer
     widget.run_button.clicked.emit() if hasattr(widget.run_button, "clicked") else widget.run()
@@ -42,13 +48,13 @@ def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear
     widget.image.value = other
     _wait_idle(qtbot, widget)
     assert widget.last_error is None, widget.last_error
-    assert "smear regions" in viewer.layers and "smear region masks" in viewer.layers
-    assert "other regions" not in viewer.layers
-    shapes, labels = viewer.layers["smear regions"], viewer.layers["smear region masks"]
+    assert R in viewer.layers and M in viewer.layers and T in viewer.layers
+    assert "other · RBC regions" not in viewer.layers
+    shapes, labels = viewer.layers[R], viewer.layers[M]
     n = len(shapes.data)
     assert n > 0 and n == len(widget.last_result)
     feats = shapes.features
-    for col in ["score", "p_abnormal", "abnormal", "label"] + [f"p_{t}" for t in RBC_TYPES] + list(RBC_TYPES):
+    for col in ["score", "p_abnormal", "abnormal", "label", "code"] + [f"p_{t}" for t in RBC_TYPES] + list(RBC_TYPES):
         assert col in feats.columns, col
     assert np.allclose(feats["p_abnormal"], widget.last_result.p_abnormal)
     assert set(np.unique(labels.data)) - {0} <= set(range(1, n + 1))
@@ -60,16 +66,24 @@ def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear
         c_abn = np.asarray(labels.colormap.map(abn_ids[0]))
         c_nrm = np.asarray(labels.colormap.map(nrm_ids[0]))
         assert not np.allclose(c_abn, c_nrm)
-    # summary table
+    # outlines, not filled masks; one type-code badge per region
+    assert labels.contour > 0
+    codes = viewer.layers[T]
+    assert len(codes.data) == n and list(codes.features["code"]) == list(feats["code"])
+    assert np.allclose(codes.data, [s[0] for s in shapes.data])  # at each box's top-left corner
+    # summary table: named rows that say they count regions
     table = widget.summary.to_dataframe()
-    rows = dict(zip(table["item"], table["value"]))
-    assert int(rows["regions"]) == n and "SCD screening" in rows
+    rows = dict(zip(table.index, table["regions"]))
+    assert int(rows["regions (cells or clumps)"]) == n and "SCD screening" in rows
+    assert "Codes: D Oval/Disc" in widget.legend.value
 
     # -- colour by type
     before = np.array(shapes.edge_color)
     widget.color_by.value = "type"
     after = np.array(shapes.edge_color)
     assert after.shape == before.shape
+    assert np.allclose(np.array(codes.border_color), after)
+    assert "most probable type" in widget.legend.value
 
     # -- re-run updates the same layers in place
     n_layers = len(viewer.layers)
@@ -79,7 +93,7 @@ def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear
     _wait_idle(qtbot, widget)
     assert widget.last_error is None
     assert len(viewer.layers) == n_layers
-    assert viewer.layers["smear regions"] is shapes
+    assert viewer.layers[R] is shapes
     assert len(shapes.data) == len(widget.last_result) <= n
     assert len(shapes.features) == len(shapes.data)
 
@@ -93,7 +107,7 @@ def test_analyze_widget_end_to_end(make_napari_viewer, qtbot, tiny_models, smear
     assert "failed" in widget.status.value.lower()
 
 
-def test_analyze_widget_cancel(make_napari_viewer, qtbot, tiny_models, smear):
+def test_analyze_widget_cancel(make_napari_viewer, qtbot, tiny_models, tiny_zoo, smear):
     from napari_sickle.widgets.analyze import AnalyzeRBCWidget
 
     viewer = make_napari_viewer()
@@ -105,17 +119,17 @@ def test_analyze_widget_cancel(make_napari_viewer, qtbot, tiny_models, smear):
     assert widget.busy
     widget.cancel()
     _wait_idle(qtbot, widget)
-    assert "cancel me regions" not in viewer.layers
-    assert "cancel me region masks" not in viewer.layers
+    assert "cancel me · RBC regions" not in viewer.layers
+    assert "cancel me · RBC outlines" not in viewer.layers
     assert "Cancelled" in widget.status.value
     assert widget.last_result is None
     # the widget still works after a cancel
     widget.run()
     _wait_idle(qtbot, widget)
-    assert "cancel me regions" in viewer.layers
+    assert "cancel me · RBC regions" in viewer.layers
 
 
-def test_analyze_widget_wrong_checkpoint(make_napari_viewer, qtbot, tiny_models, smear):
+def test_analyze_widget_wrong_checkpoint(make_napari_viewer, qtbot, tiny_models, tiny_zoo, smear):
     from napari_sickle.widgets.analyze import AnalyzeRBCWidget
 
     from conftest import tiny_rbc_paths
@@ -126,9 +140,40 @@ def test_analyze_widget_wrong_checkpoint(make_napari_viewer, qtbot, tiny_models,
     widget.device.value = "cpu"
     widget.image.value = layer
     det_path, clf_path = tiny_rbc_paths()
-    widget.detector.value = str(clf_path)  # a classifier where a detector belongs
+    widget.set_checkpoint("detector", clf_path)  # a classifier where a detector belongs
+    assert widget.model.is_custom and widget.run_button.enabled
     widget.run()
     _wait_idle(qtbot, widget)
     assert widget.last_error is not None
     assert "'detector' model is needed" in str(widget.last_error)
-    assert "s regions" not in viewer.layers
+    assert "s · RBC regions" not in viewer.layers
+
+
+def test_analyze_widget_run_needs_valid_inputs(make_napari_viewer, tiny_zoo, tmp_path):
+    """Run is disabled, with the reason shown, until an image and a usable model are chosen."""
+    from napari_sickle.widgets.analyze import AnalyzeRBCWidget
+
+    viewer = make_napari_viewer()
+    widget = AnalyzeRBCWidget(viewer)
+    assert not widget.run_button.enabled and "image" in widget.status.value
+    viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="x")
+    assert widget.run_button.enabled
+    widget.model.choice.value = "custom checkpoint…"
+    widget.detector.value = str(tmp_path / "missing.pt")
+    assert not widget.run_button.enabled and "not found" in widget.status.value
+    widget.model.choice.value = "rbc-tiny-test"
+    assert widget.run_button.enabled
+
+
+def test_analyze_widget_no_regions_says_why(make_napari_viewer, qtbot, tiny_models, tiny_zoo):
+    from napari_sickle.widgets.analyze import AnalyzeRBCWidget
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.full((200, 300, 3), 235, np.uint8), name="blank")
+    widget = AnalyzeRBCWidget(viewer)
+    widget.device.value = "cpu"
+    widget.image.value = layer
+    widget.run()
+    _wait_idle(qtbot, widget)
+    assert widget.last_error is None
+    assert "No regions found" in widget.status.value and "tiny test models" in widget.status.value

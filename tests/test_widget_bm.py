@@ -33,7 +33,7 @@ def _widget(make_napari_viewer, ckpt):
     viewer = make_napari_viewer()
     w = ClassifyBMWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.model_file.value = str(ckpt)
+    assert w.set_checkpoint("bm", ckpt)
     w.device.value = "cpu"
     return viewer, w
 
@@ -76,7 +76,9 @@ def test_classify_wbc_stack(make_napari_viewer, qtbot, wbc_stack, tiny_checkpoin
     # the widget table: one row per cell, top-3 text and the faithfulness score
     tv = w.table.to_dataframe()
     assert len(tv) == len(stack) and tv["top-k"].iloc[0].count(";") == 2
-    assert list(tv["faithfulness"]) == [f"{v:+.3f}" for v in feats["faithfulness"]]
+    assert list(tv["faithful."]) == [f"{v:+.2f}" for v in feats["faithfulness"]]
+    assert list(tv["cell"]) == [str(i + 1) for i in range(len(stack))]  # counted from 1, no index column
+    assert w.table.native.verticalHeader().isHidden()
     assert "confidence" in w.faithfulness.value
     # rectangles of the result Shapes layer sit on their slices
     assert [int(round(s[0, 0])) for s in res.data] == list(range(len(stack)))
@@ -156,3 +158,43 @@ def test_inconsistent_checkpoint_is_a_clear_error(make_napari_viewer, qtbot, tmp
     qtbot.waitUntil(lambda: not w.busy, timeout=60000)
     assert w.last_error is not None and "4 outputs" in str(w.last_error) and "3 names" in str(w.last_error)
     assert "BM heatmap" not in viewer.layers
+
+
+def test_no_model_means_no_run(make_napari_viewer, monkeypatch):
+    """Without a shipped white-cell model and without a checkpoint the widget never runs an
+    untrained head: Run is disabled and the widget says why."""
+    from napari_sickle.models import zoo
+    from napari_sickle.widgets.bm import ClassifyBMWidget
+
+    monkeypatch.setattr(zoo, "models", lambda task=None: [])
+    viewer = make_napari_viewer()
+    w = ClassifyBMWidget(viewer)
+    viewer.add_image(np.zeros((30, 30, 3), np.uint8))
+    assert list(w.model.choice.choices) == ["custom checkpoint…"]
+    assert not w.run_button.enabled
+    assert "No white-cell model is shipped" in w.status.value
+    assert "Matek" in w.model.about.value
+    assert w.run() is None and w.last_result is None
+
+
+def test_shipped_wbc_model_labels_fixture_crops(make_napari_viewer, qtbot, wbc_stack):
+    """The shipped default white-cell model names the four fixture crops right, every run."""
+    from napari_sickle.models import zoo
+    from napari_sickle.widgets.bm import ClassifyBMWidget
+
+    if not zoo.models("wbc"):
+        pytest.skip("this installation ships no white-cell model")
+    stack, truth = wbc_stack
+    viewer = make_napari_viewer()
+    w = ClassifyBMWidget(viewer)
+    assert w.model.choice.value == zoo.default("wbc").name
+    w.device.value = "cpu"
+    w.image.value = viewer.add_image(stack, rgb=True, name="wbc")
+    answers = []
+    for _ in range(2):
+        w.run()
+        qtbot.waitUntil(lambda: not w.busy, timeout=120000)
+        assert w.last_error is None, w.last_error
+        answers.append(w.last_result.probabilities.copy())
+        assert list(viewer.layers["BM results"].features["prediction"]) == truth
+    assert np.array_equal(answers[0], answers[1])

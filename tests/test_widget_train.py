@@ -65,8 +65,8 @@ def test_train_stop_resume_and_load(widgets, qtbot, tmp_path):
     # Load into analysis widgets sets the classifier checkpoint of the open AnalyzeRBCWidget
     assert w.load_button.enabled
     w.load_button.changed.emit(True)
-    assert str(analyze.classifier.value) == str(out / "best.pt")
-    assert "AnalyzeRBCWidget" in w.status.value
+    assert str(analyze.classifier.value) == str(out / "best.pt") and analyze.model.is_custom
+    assert w.status.value == "Loaded into Analyze RBC smear"
 
 
 def test_viewer_layers_export_to_dataset(widgets, tmp_path):

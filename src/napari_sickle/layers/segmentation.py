@@ -1,8 +1,9 @@
 """Segmentation comparison results -> napari LayerDataTuples.
 
-One Labels layer per method (``"<image> · <method>"``), updated in place on re-run, and a
-Points layer ``"<image> · merged cells"`` with a ring on every prediction that swallows two
-or more true cells, coloured by method.
+One Labels layer per method (``"<image> · <method>"``, drawn as outlines so the cells stay
+visible), updated in place on re-run, and a Points layer ``"<image> · merged cells"``: a thin
+circle, coloured by method, drawn just outside every prediction that swallows two or more
+true cells.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def comparison_layers(result, source_layer=None, image_name: str = "image") -> l
         out.append(
             (
                 lab,
-                {"name": labels_layer_name(image_name, method), "opacity": 0.5, "metadata": meta, **sp},
+                {"name": labels_layer_name(image_name, method), "opacity": 0.9, "contour": 2, "metadata": meta, **sp},
                 "labels",
             )
         )
@@ -61,7 +62,7 @@ def merged_points(result, image_name: str, sp: dict) -> tuple:
         for i, c, a in zip(ids, centres, areas):
             pts.append(c)
             methods.append(method)
-            sizes.append(2.0 * np.sqrt(a / np.pi))
+            sizes.append(2.6 * np.sqrt(a / np.pi))  # 1.3x the object's diameter: outside it
             if gt is not None:
                 inside = np.unique(gt[lab == i])
                 n_cells.append(int((inside > 0).sum()))
@@ -80,10 +81,11 @@ def merged_points(result, image_name: str, sp: dict) -> tuple:
         "name": merged_layer_name(image_name),
         "features": features,
         "size": np.asarray(sizes, dtype=float) if sizes else 10,
-        "symbol": "ring",
-        "face_color": [METHOD_COLORS.get(m, "#d62728") for m in methods] if methods else "red",
-        "border_width": 0,
-        "opacity": 0.9,
+        "symbol": "disc",
+        "face_color": "transparent",
+        "border_color": [METHOD_COLORS.get(m, "#d62728") for m in methods] if methods else "red",
+        "border_width": 0.05,
+        "opacity": 1.0,
         "metadata": {"what": "predictions covering two or more true cells"},
         **sp,
     }
@@ -94,19 +96,4 @@ def show_comparison(viewer, result, source_layer=None, image_name: str = "image"
     """Add/update the comparison layers in ``viewer``; returns the layers."""
     from . import upsert_layer
 
-    layers = []
-    for data, kwargs, kind in comparison_layers(result, source_layer, image_name):
-        name = kwargs["name"]
-        if kind == "points":
-            # sizes/colours are per point: replace the layer rather than patch it
-            idx = None
-            if name in viewer.layers:
-                idx = viewer.layers.index(name)
-                viewer.layers.remove(name)
-            layer = viewer.add_points(data, **kwargs)
-            if idx is not None:
-                viewer.layers.move(viewer.layers.index(layer), idx)
-            layers.append(layer)
-        else:
-            layers.append(upsert_layer(viewer, (data, kwargs, kind)))
-    return layers
+    return [upsert_layer(viewer, ldt) for ldt in comparison_layers(result, source_layer, image_name)]

@@ -1,24 +1,34 @@
 """'Analyze RBC smear' dock widget: detect regions, classify six types, call abnormal."""
-from __future__ import annotations
-
-from pathlib import Path
-
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton, SpinBox, Table, create_widget
+import napari
+from magicgui.widgets import (
+    ComboBox,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    Table,
+    create_widget,
+)
 
 from ..constants import DEVICES
-from ._base import TaskWidget
+from ._base import LIVE_WIDGETS, TaskWidget
+from ._display import show_table, wrap
+from ._models import ModelPicker, path_or_none
 
 
-def _run_analysis(image, detector_path, classifier_path, device, score_threshold, nms_iou, batch_size, image_name,
-                  model_cache, progress=None):
-    """Worker body (no Qt): load (or reuse / train) the models, then analyze."""
+def _run_analysis(image, model, detector_path, classifier_path, device, score_threshold, nms_iou, batch_size,
+                  image_name, model_cache, progress=None):
+    """Worker body (no Qt): load (or reuse) the models, then analyze."""
     from ..analysis.smear import analyze_smear
     from ..models.registry import load_models
 
-    key = (detector_path, classifier_path, device)
+    key = (model, detector_path, classifier_path, device)
     models = model_cache.get(key)
     if models is None:
-        models = load_models(detector_path, classifier_path, device=device, progress=progress)
+        if progress is not None:
+            progress("loading models", 0, 2)
+        models = load_models(detector_path, classifier_path, device=device, progress=progress, model=model)
         model_cache.clear()
         model_cache[key] = models
     return analyze_smear(image, models, score_threshold=score_threshold, nms_iou=nms_iou, batch_size=batch_size,
@@ -28,62 +38,92 @@ def _run_analysis(image, detector_path, classifier_path, device, score_threshold
 class AnalyzeRBCWidget(TaskWidget):
     """Boxes every RBC region of the selected image with its types and abnormal call.
 
-    Results land on the layer the run started from (``<image> regions`` Shapes and
-    ``<image> region masks`` Labels) and are updated in place on re-run.
+    Results land on the layer the run started from (``<image> · RBC regions`` Shapes,
+    ``<image> · RBC outlines`` Labels and ``<image> · RBC types`` code badges) and are
+    updated in place on re-run; input layers are never overwritten.
     """
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+    display_name = "Analyze RBC smear"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, label=False)
-        self.image = create_widget(annotation="napari.layers.Image", label="image")
-        self.detector = FileEdit(mode="r", filter="*.pt", label="detector", value="",
-                                 tooltip="Detector checkpoint (.pt); empty = the default model")
-        self.classifier = FileEdit(mode="r", filter="*.pt", label="classifier", value="",
-                                   tooltip="Multi-label classifier checkpoint (.pt); empty = the default model")
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.model = ModelPicker("rbc", {"detector": "detector", "classifier": "classifier"})
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
-        self.score_threshold = FloatSpinBox(value=0.5, min=0.01, max=0.99, step=0.05, label="score threshold")
+        self.score_threshold = FloatSpinBox(value=0.5, min=0.01, max=0.99, step=0.05, label="score threshold",
+                                            tooltip="Detections scoring below this are dropped; lower it when cells are missed.")
         self.nms_iou = FloatSpinBox(value=0.5, min=0.05, max=0.95, step=0.05, label="NMS IoU")
         self.batch_size = SpinBox(value=64, min=1, max=1024, label="batch size")
         self.color_by = ComboBox(choices=["abnormal", "type"], value="abnormal", label="colour by")
+        self.legend = wrap(Label(value=""))
         self.summary = Table(value={"item": [], "value": []}, label="summary")
+        self.summary.read_only = True
         self.export_path = FileEdit(mode="w", filter="*.csv", label="export CSV", value="")
         self.export_button = PushButton(text="Export regions CSV", enabled=False)
-        self.extend([self.image, self.detector, self.classifier, self.device, self.score_threshold, self.nms_iou,
+        self.extend([self.image, self.model, self.device, self.score_threshold, self.nms_iou,
                      self.batch_size, self.color_by])
         self._add_run_controls()
-        self.extend([self.summary, self.export_path, self.export_button])
+        self.extend([self.legend, self.summary, self.export_path, self.export_button])
         self._model_cache: dict = {}
         self.last_result = None
         self._last_source = None
         self.run_button.changed.connect(self.run)
         self.color_by.changed.connect(self._recolor)
         self.export_button.changed.connect(self.export)
+        self.image.changed.connect(self.update_run_state)
+        self.model.choice.changed.connect(self.update_run_state)
+        for f in self.model.files.values():
+            f.changed.connect(self.update_run_state)
         try:
             viewer.layers.events.inserted.connect(self._refresh_choices)
             viewer.layers.events.removed.connect(self._refresh_choices)
         except AttributeError:  # pragma: no cover
             pass
+        LIVE_WIDGETS.add(self)
+        self.update_run_state()
+
+    # -- compatibility: the checkpoint fields ------------------------------------------
+    @property
+    def detector(self):
+        return self.model.files["detector"]
+
+    @property
+    def classifier(self):
+        return self.model.files["classifier"]
+
+    def set_checkpoint(self, kind: str, path) -> bool:
+        """Use a trained checkpoint: ``kind`` 'detector' or 'multilabel' (the classifier).
+        Returns False for kinds this widget does not take."""
+        role = {"detector": "detector", "multilabel": "classifier", "classifier": "classifier"}.get(kind)
+        if role is None:
+            return False
+        self.model.set_checkpoint(role, path)
+        self.update_run_state()
+        return True
 
     def _refresh_choices(self, *_):
         self.image.reset_choices()
+        self.update_run_state()
 
-    @staticmethod
-    def _path_or_none(value):
-        s = str(value or "").strip()
-        if not s or s == "." or Path(s).is_dir():
-            return None
-        return s
+    _path_or_none = staticmethod(path_or_none)
+
+    def problem(self) -> str:
+        if self.image.value is None:
+            return "Select an image layer (open a smear, or File › Open Sample › napari-sickle)."
+        return self.model.problem()
 
     # -- run -----------------------------------------------------------------------------
     def run(self, *_):
         layer = self.image.value
         if layer is None:
-            self.status.value = "Select an image layer first."
+            self.status.value = self.problem()
             return None
         source = layer  # results land here even if the user switches layers
         kwargs = dict(
             image=layer.data if not getattr(layer, "multiscale", False) else layer.data[0],
-            detector_path=self._path_or_none(self.detector.value),
-            classifier_path=self._path_or_none(self.classifier.value),
+            model=self.model.model_name(),
+            detector_path=self.model.file("detector"),
+            classifier_path=self.model.file("classifier"),
             device=self.device.value,
             score_threshold=float(self.score_threshold.value),
             nms_iou=float(self.nms_iou.value),
@@ -95,32 +135,46 @@ class AnalyzeRBCWidget(TaskWidget):
 
     def _show(self, result, source):
         from ..layers import upsert_layer
-        from ..layers.rbc import result_to_layers, summary_table
+        from ..layers.rbc import legend, result_to_layers, summary_table
 
         self.last_result = result
         self._last_source = source
-        for ldt in result_to_layers(result, source.name, source_layer=source, color_by=self.color_by.value):
-            upsert_layer(self._viewer, ldt)
-        self.summary.value = summary_table(result.summary)
+        self._layers = [upsert_layer(self._viewer, ldt)
+                        for ldt in result_to_layers(result, source.name, source_layer=source,
+                                                    color_by=self.color_by.value)]
+        table = summary_table(result.summary)
+        show_table(self.summary, {"regions": table["value"]}, row_headers=table["item"])
+        self.legend.value = legend(self.color_by.value)
         self.export_button.enabled = True
         s = result.summary
-        self.status.value = (f"{s['n_regions']} regions, {s['n_abnormal']} abnormal "
-                             f"({s['abnormal_fraction']:.0%}); SCD screening: {s['scd_call']}")
+        if s["n_regions"] == 0:
+            about = self.model.describe()
+            self.status.value = (
+                "No regions found. The detector may not know images like this one "
+                f"({about.rstrip('.')}). Try a lower score threshold or another model.")
+        else:
+            self.status.value = (
+                f"{s['n_regions']} regions boxed (a region is one cell or a group of touching cells); "
+                f"{s['n_abnormal']} called abnormal ({s['abnormal_fraction']:.0%}). "
+                f"SCD screening: {s['scd_call']}.")
+
+    def _result_layer(self, index: int):
+        layers = getattr(self, "_layers", None)
+        if not layers:
+            return None
+        layer = layers[index]
+        return layer if layer in self._viewer.layers else None
 
     def _regions_layer(self):
-        from ..layers.rbc import regions_name
-
-        if self._last_source is None:
-            return None
-        name = regions_name(self._last_source.name)
-        return self._viewer.layers[name] if name in self._viewer.layers else None
+        return self._result_layer(1)
 
     def _recolor(self, *_):
-        from ..layers.rbc import recolor
+        from ..layers.rbc import legend, recolor
 
         layer = self._regions_layer()
         if layer is not None:
-            recolor(layer, self.color_by.value)
+            recolor(layer, self.color_by.value, self._result_layer(2))
+            self.legend.value = legend(self.color_by.value)
 
     def export(self, *_):
         """Write the last result to the export path in the regions CSV schema (never overwrites)."""
@@ -129,7 +183,7 @@ class AnalyzeRBCWidget(TaskWidget):
         if self.last_result is None:
             self.status.value = "Nothing to export; press Run first."
             return None
-        path = self._path_or_none(self.export_path.value)
+        path = path_or_none(self.export_path.value)
         if path is None:
             self.status.value = "Choose an export CSV path first."
             return None
@@ -138,5 +192,5 @@ class AnalyzeRBCWidget(TaskWidget):
         except (FileExistsError, OSError, ValueError) as exc:
             self.status.value = f"Export failed: {exc}"
             return None
-        self.status.value = f"Exported {len(self.last_result)} regions to {out}"
+        self.status.value = f"Exported {len(self.last_result)} regions (one row each) to {out}"
         return out

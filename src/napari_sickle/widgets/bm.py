@@ -3,32 +3,58 @@
 Inputs: an Image layer holding one cell (2-D, grey or RGB), a stack of cells (each slice
 is classified), or regions selected in a Shapes layer drawn over a larger 2-D image (all
 shapes of the layer when none is selected). The work runs in a thread worker
-(``napari_sickle.analysis.bm.explain``) with progress, Cancel and batching; results are
-turned into layers by ``napari_sickle.layers.bm``.
+(``napari_sickle.analysis.bm.explain``) with progress (model loading included), Cancel and
+batching; results are turned into layers by ``napari_sickle.layers.bm``. The model is a
+named shipped white-cell model or a checkpoint file; the widget never runs an untrained head.
 """
-from __future__ import annotations
-
+import napari
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, Label, SpinBox, Table, create_widget
+from magicgui.widgets import ComboBox, Label, SpinBox, Table, create_widget
 
 from ..constants import DEVICES
-from ._base import TaskWidget
+from ._base import LIVE_WIDGETS, TaskWidget
+from ._display import fmt, show_table, signed, wrap
+from ._models import ModelPicker
 
-DEFAULT_MODEL_LABEL = "built-in default"
 PREDICTED = "predicted class"
+MATEK_HINT = ("The 21 Matek bone-marrow classes need a model you train yourself "
+              "(Train models › bm on a Matek-style folder), then chosen here as a custom checkpoint.")
+
+
+def _run_explain(images, model_key, model_ref, model_cache, method, target, top_k, batch_size, device,
+                 progress=None):
+    """Worker body (no Qt): load (or reuse) the model with progress, then classify + explain."""
+    from ..analysis.bm import explain
+    from ..models.bm import load_bm_model
+
+    model = model_cache.get(model_key)
+    if model is None:
+        if progress is not None:
+            progress("loading model", 0, 1)
+        model = load_bm_model(model_ref)
+        model_cache.clear()
+        model_cache[model_key] = model
+        if progress is not None:
+            progress("loading model", 1, 1)
+    return explain(images, model=model, method=method, target=target, top_k=top_k, batch_size=batch_size,
+                   device=device, progress=progress)
 
 
 class ClassifyBMWidget(TaskWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+    """Top-k classes and a CAM heatmap per white / bone-marrow cell, with a named model."""
+
+    display_name = "Classify BM cells"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
         from ..analysis.bm import CAM_METHOD_LABELS
 
         super().__init__(viewer, labels=True)
-        self.image = create_widget(annotation="napari.layers.Image", label="cell image(s)")
-        self.regions = create_widget(annotation="napari.layers.Shapes", label="regions (optional)",
+        self.image = create_widget(annotation=napari.layers.Image, label="cell image(s)")
+        self.regions = create_widget(annotation=napari.layers.Shapes, label="regions (optional)",
                                      options={"nullable": True})
         self.regions.value = None
-        self.model_file = FileEdit(mode="r", filter="*.pt", label="model checkpoint",
-                                   tooltip="A napari-sickle BM checkpoint (.pt); empty: the built-in default.")
+        self.model = ModelPicker("wbc", {"checkpoint": "model file"}, custom_hint=MATEK_HINT)
+        self.matek_note = wrap(Label(value="", label=" "))
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self.method = ComboBox(choices=[(v, k) for k, v in CAM_METHOD_LABELS.items()], value="gradcam",
                                label="CAM method")
@@ -36,43 +62,68 @@ class ClassifyBMWidget(TaskWidget):
         self.target = ComboBox(choices=self._target_choices, label="target class")
         self.top_k = SpinBox(value=5, min=1, max=50, label="top-k")
         self.batch_size = SpinBox(value=16, min=1, max=512, label="batch size")
-        self.faithfulness = Label(value="", label="faithfulness")
-        self.table = Table(label="top-k table")
-        self.extend([self.image, self.regions, self.model_file, self.device, self.method, self.target,
+        self.faithfulness = wrap(Label(value="", label="faithfulness"))
+        self.table = Table(label="results")
+        self.table.read_only = True
+        self.extend([self.image, self.regions, self.model, self.matek_note, self.device, self.method, self.target,
                      self.top_k, self.batch_size])
         self._add_run_controls()
         self.extend([self.faithfulness, self.table])
-        self.model_file.changed.connect(self._refresh_targets)
+        self._model_cache: dict = {}
+        self.model.choice.changed.connect(self._refresh_targets)
+        self.model.files["checkpoint"].changed.connect(self._refresh_targets)
+        self.image.changed.connect(self.update_run_state)
         self.run_button.changed.connect(self.run)
+        try:
+            viewer.layers.events.inserted.connect(self._refresh_choices)
+            viewer.layers.events.removed.connect(self._refresh_choices)
+        except AttributeError:  # pragma: no cover
+            pass
         self._refresh_targets()
         self.last_result = None
+        LIVE_WIDGETS.add(self)
+
+    def _refresh_choices(self, *_):
+        self.image.reset_choices()
+        self.regions.reset_choices()
+        self.update_run_state()
 
     # -- model / targets -----------------------------------------------------------
+    @property
+    def model_file(self):
+        """The custom checkpoint field."""
+        return self.model.files["checkpoint"]
+
+    def set_checkpoint(self, kind: str, path) -> bool:
+        """Use a trained checkpoint of kind 'bm'; False for other kinds."""
+        if kind != "bm":
+            return False
+        self.model.set_checkpoint("checkpoint", path)
+        self._refresh_targets()
+        return True
+
     def _model_arg(self):
-        v = self.model_file.value
-        if v is None or str(v) in ("", "."):
-            return None
-        return str(v)
+        """The shipped model's name or the custom checkpoint path; None when nothing usable is
+        chosen (the widget never falls back to an untrained head)."""
+        return self.model.model_name() or self.model.file("checkpoint")
 
     def _target_choices(self, *_):
         return [PREDICTED] + self._class_names()
 
-    def _class_names(self) -> list[str]:
-        key = self._model_arg() if hasattr(self, "model_file") else None
-        if self._names_cache[0] != key or key is None:
+    def _class_names(self) -> list:
+        key = self._model_arg() if hasattr(self, "model") else None
+        if key is None:
+            return []
+        if self._names_cache[0] != key:
             self._names_cache = (key, self._read_class_names(key))
         return list(self._names_cache[1])
 
-    def _read_class_names(self, path) -> list[str]:
-        from ..models.bm import DEFAULT_CLASS_NAMES, default_model_path
+    def _read_class_names(self, ref) -> list:
+        from ..models import zoo
         from ..models.checkpoint import load_checkpoint
 
-        if path is None:
-            p = default_model_path()
-            if not p.is_file():
-                return list(DEFAULT_CLASS_NAMES)
-            path = p
         try:
+            path = zoo.resolve(ref, "wbc", "classifier")
             return list(load_checkpoint(path, kind="bm")["config"].get("class_names", []))
         except Exception as exc:
             self.status.value = f"Error: {exc}"
@@ -83,6 +134,26 @@ class ClassifyBMWidget(TaskWidget):
         self.target.reset_choices()
         self.target.value = PREDICTED
         self.top_k.max = max(1, len(names) or 50)
+        self.top_k.value = min(self.top_k.value, self.top_k.max)
+        if names:
+            shown = ", ".join(names[:8]) + ("…" if len(names) > 8 else "")
+            note = f"Classes ({len(names)}): {shown}."
+            if not self.model.is_custom:
+                note += " " + MATEK_HINT
+            self.matek_note.value = note
+        else:
+            self.matek_note.value = ""
+        self.update_run_state()
+
+    def problem(self) -> str:
+        if self.image.value is None:
+            return "Choose an Image layer with the cell(s)."
+        why = self.model.problem()
+        if why:
+            return why
+        if self._model_arg() is None:
+            return "Choose a white-cell model."
+        return ""
 
     # -- inputs ----------------------------------------------------------------------
     def collect_cells(self):
@@ -121,22 +192,25 @@ class ClassifyBMWidget(TaskWidget):
 
     # -- run -------------------------------------------------------------------------
     def run(self, *_):
-        from ..analysis.bm import explain
-
+        why = self.problem()
+        if why:
+            self.status.value = why
+            return None
         try:
             cells, placement, boxes, source = self.collect_cells()
         except ValueError as exc:
             self._on_error(exc)
             return None
         target = None if self.target.value == PREDICTED else self.target.value
-        kwargs = dict(images=cells, model=self._model_arg(), method=self.method.value, target=target,
-                      top_k=int(self.top_k.value), batch_size=int(self.batch_size.value),
-                      device=self.device.value)
+        ref = self._model_arg()
+        kwargs = dict(images=cells, model_key=(ref, self.device.value), model_ref=ref,
+                      model_cache=self._model_cache, method=self.method.value, target=target,
+                      top_k=int(self.top_k.value), batch_size=int(self.batch_size.value), device=self.device.value)
 
         def done(result):
             self.show_result(result, source, placement, boxes)
 
-        return self.start(explain, kwargs, done)
+        return self.start(_run_explain, kwargs, done)
 
     def show_result(self, result, source, placement, boxes=None):
         from ..layers import upsert_layer
@@ -150,14 +224,21 @@ class ClassifyBMWidget(TaskWidget):
         for ldt in bm_result_layers(result, source, placement=placement, boxes=boxes):
             upsert_layer(self._viewer, ldt)
         summ = result.summary()
-        import pandas as pd
-
-        self.table.value = pd.DataFrame({
-            "cell": summ["cell"].astype(int), "top-k": summ["top_k"], "target": summ["target"],
-            "faithfulness": [f"{v:+.3f}" for v in summ["faithfulness"]] if "faithfulness" in summ else "",
-        })
+        cols = {
+            "cell": [str(int(c) + 1) for c in summ["cell"]],
+            "prediction": [f"{p} ({fmt(q, 2)})" for p, q in zip(summ["prediction"], summ["probability"])],
+            "top-k": list(summ["top_k"]),
+        }
+        if (summ["target"] != summ["prediction"]).any():
+            cols["explained"] = list(summ["target"])
+        if "faithfulness" in summ:
+            cols["faithful."] = [signed(v) for v in summ["faithfulness"]]
+        show_table(self.table, cols)
         if result.faithfulness is not None:
             f = result.faithfulness
-            self.faithfulness.value = (f"{result.faithfulness_metric}: mean {np.mean(f):+.3f} "
-                                       f"(min {np.min(f):+.3f}, max {np.max(f):+.3f}) over {result.n} heatmap(s)")
-        self.status.value = f"Classified {result.n} cell(s) with {result.model_arch}."
+            self.faithfulness.value = (
+                f"{result.faithfulness_metric} change when only the heatmap is kept: mean {signed(np.mean(f))} "
+                f"(min {signed(np.min(f))}, max {signed(np.max(f))}) over {result.n} heatmap(s); "
+                "near 0 or positive: the heatmap holds the evidence.")
+        name = self.model.model_name() or "your checkpoint"
+        self.status.value = f"Classified {result.n} cell(s) with {name} ({result.model_arch})."

@@ -1,18 +1,43 @@
 """Dock widget "Compare segmentations": watershed vs U-Net vs connected components.
 
 A thin front end over :func:`napari_sickle.analysis.segmentation.compare_segmentations`;
-layers are made in :mod:`napari_sickle.layers.segmentation`.
+layers are made in :mod:`napari_sickle.layers.segmentation`. The U-Net is a shipped model
+(ticked by default when one is shipped) or a checkpoint from Train models.
 """
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Optional
 
+import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, SpinBox, Table, create_widget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    SpinBox,
+    Table,
+    create_widget,
+)
 
 from ..constants import DEVICES
-from ._base import TaskWidget
+from ._base import LIVE_WIDGETS, TaskWidget
+from ._display import fmt, show_table, wrap
+from ._models import ModelPicker
+
+#: metrics table rows: (column of ComparisonResult.metrics_table(), row header)
+METRIC_ROWS = (
+    ("dice", "Dice (foreground)"),
+    ("iou", "IoU (foreground)"),
+    ("f1_50", "F1 at IoU 0.5 (cells)"),
+    ("count", "objects found"),
+    ("count_true", "true cells"),
+    ("count_error", "count error"),
+    ("merges", "merged (2+ cells)"),
+    ("splits", "split cells"),
+    ("seconds", "seconds"),
+)
+METHOD_HEADERS = {"watershed": "watershed", "unet": "U-Net", "connected_components": "conn. comp."}
 
 TOOLTIPS = {
     "image": "Bright-field smear to segment (gray, RGB or RGBA; 8/16-bit or float).",
@@ -21,7 +46,6 @@ TOOLTIPS = {
     "threshold": "Global threshold used by watershed and connected components (cells darker than background).",
     "min_distance": "Watershed: minimum distance between cell centres in px (0 = auto from cell size).",
     "min_size": "Smallest object kept, px (0 = auto from cell size).",
-    "unet_model": "U-Net checkpoint (best.pt from `python -m napari_sickle.train unet`).",
     "tile": "U-Net tile size in px at the model's working scale; overlapping tiles are blended.",
     "overlap": "Overlap of neighbouring U-Net tiles in px.",
 }
@@ -39,24 +63,26 @@ def _run_comparison(image, ground_truth, methods, unet_model, watershed_params, 
 class CompareSegmentationWidget(TaskWidget):
     """Run several segmentation methods on one image and compare them with a ground truth."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+    display_name = "Compare segmentations"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, labels=True)
-        self.image = create_widget(annotation="napari.layers.Image", label="image")
-        self.ground_truth = create_widget(annotation=Optional["napari.layers.Labels"], label="ground truth")
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.ground_truth = create_widget(annotation=Optional[napari.layers.Labels], label="ground truth")
         self.gt_file = FileEdit(mode="r", label="or mask file", value="", filter="*.png *.tif *.tiff *.bmp *.jpg")
         self.use_watershed = CheckBox(value=True, text="watershed")
-        self.use_unet = CheckBox(value=False, text="U-Net")
+        self.unet = ModelPicker("unet", {"unet": "U-Net file"}, label="U-Net model")
+        self.use_unet = CheckBox(value=bool(self.unet.shipped()), text="U-Net")
         self.use_cc = CheckBox(value=True, text="connected components")
         self.threshold = ComboBox(choices=["otsu", "li", "yen", "triangle", "mean", "isodata"], value="otsu", label="threshold")
         self.min_distance = SpinBox(value=0, min=0, max=500, label="min distance (0=auto)")
         self.min_size = SpinBox(value=0, min=0, max=100000, label="min size (0=auto)")
-        self.unet_model = FileEdit(mode="r", label="U-Net model", value="", filter="*.pt")
         self.tile = SpinBox(value=512, min=64, max=4096, step=64, label="tile")
         self.overlap = SpinBox(value=64, min=0, max=512, label="overlap")
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
         self.table = Table(label="metrics")
         self.table.read_only = True
-        self.chart_label = Label(value="")
+        self.chart_label = wrap(Label(value=""))
         for name, tip in TOOLTIPS.items():
             w = getattr(self, name, None)
             if w is not None:
@@ -64,7 +90,7 @@ class CompareSegmentationWidget(TaskWidget):
         methods = Container(widgets=[self.use_watershed, self.use_unet, self.use_cc], layout="horizontal", labels=False)
         self.extend([
             self.image, self.ground_truth, self.gt_file, methods, self.threshold, self.min_distance,
-            self.min_size, self.unet_model, self.tile, self.overlap, self.device,
+            self.min_size, self.unet, self.tile, self.overlap, self.device,
         ])
         self._add_run_controls()
         self.extend([self.table, self.chart_label])
@@ -77,10 +103,42 @@ class CompareSegmentationWidget(TaskWidget):
         if viewer is not None:
             viewer.layers.events.inserted.connect(self._refresh_choices)
             viewer.layers.events.removed.connect(self._refresh_choices)
+        for w in (self.image, self.use_watershed, self.use_unet, self.use_cc, self.unet.choice,
+                  self.unet.files["unet"]):
+            w.changed.connect(self.update_run_state)
+        LIVE_WIDGETS.add(self)
+        self.update_run_state()
 
     def _refresh_choices(self, *_):
         self.image.reset_choices()
         self.ground_truth.reset_choices()
+        self.update_run_state()
+
+    @property
+    def unet_model(self):
+        """The custom U-Net checkpoint field."""
+        return self.unet.files["unet"]
+
+    def set_checkpoint(self, kind: str, path) -> bool:
+        """Use a trained U-Net checkpoint (kind 'unet') and tick the U-Net; False for other kinds."""
+        if kind != "unet":
+            return False
+        self.unet.set_checkpoint("unet", path)
+        self.use_unet.value = True
+        self.update_run_state()
+        return True
+
+    def problem(self) -> str:
+        layer = self.image.value
+        if layer is None:
+            return "Choose an image layer first."
+        if not self.selected_methods():
+            return "Tick at least one method."
+        if self.use_unet.value:
+            why = self.unet.problem()
+            if why:
+                return "U-Net: " + why
+        return ""
 
     # -- chart -----------------------------------------------------------------------
     def _make_chart(self):
@@ -108,7 +166,7 @@ class CompareSegmentationWidget(TaskWidget):
             wdt = 0.8 / len(cols)
             for k, c in enumerate(cols):
                 ax.bar(x + (k - (len(cols) - 1) / 2) * wdt, df[c].astype(float), wdt, label=c)
-            ax.set_xticks(x, [m.replace("connected_components", "conn. comp.") for m in df["method"]])
+            ax.set_xticks(x, [METHOD_HEADERS.get(m, m) for m in df["method"]])
             ax.set_ylim(0, 1.05)
             ax.legend(fontsize=7, loc="lower right")
         ax.tick_params(labelsize=7)
@@ -137,21 +195,21 @@ class CompareSegmentationWidget(TaskWidget):
         return None
 
     def run(self, *_):
+        why = self.problem()
+        if why:
+            self.status.value = why
+            return None
         layer = self.image.value
-        if layer is None:
-            self.status.value = "Choose an image layer first."
-            return None
         methods = self.selected_methods()
-        if not methods:
-            self.status.value = "Tick at least one method."
-            return None
         unet_model = None
         if "unet" in methods:
-            p = self.unet_model.value
-            if not p or str(p) in ("", ".") or not Path(p).is_file():
-                self.status.value = "The U-Net needs a model file (best.pt from `train unet`)."
+            from ..models import zoo
+
+            try:
+                unet_model = str(zoo.resolve(self.unet.model_name() or self.unet.file("unet"), "unet", "unet"))
+            except zoo.ModelFileError as exc:
+                self._on_error(exc)
                 return None
-            unet_model = str(p)
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         data = np.asarray(data)
         if data.ndim > (3 if layer.rgb else 2):
@@ -179,9 +237,13 @@ class CompareSegmentationWidget(TaskWidget):
             show_comparison(self._viewer, result, source, name)
             self.last_result = result
             df = result.metrics_table()
-            self.table.value = df.map(_fmt)
+            self._show_table(df)
             self._draw_chart(df)
-            self.status.value = "Done: " + ", ".join(f"{m} {int(lab.max())} objects" for m, lab in result.labels.items())
+            counts = ", ".join(f"{METHOD_HEADERS.get(m, m)} {int(lab.max())}" for m, lab in result.labels.items())
+            self.status.value = f"Done. Objects found (a merged clump counts as one): {counts}."
+            if result.metrics:
+                self.chart_label.value = ("Circles on the image mark objects that swallow two or more true cells "
+                                          "(orange watershed, blue U-Net, green connected components).")
 
         kwargs = dict(
             image=data, ground_truth=gt, methods=methods, unet_model=unet_model, watershed_params=ws,
@@ -190,9 +252,14 @@ class CompareSegmentationWidget(TaskWidget):
         return self.start(_run_comparison, kwargs, done)
 
 
-def _fmt(v):
-    if isinstance(v, (float, np.floating)):
-        return round(float(v), 3)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
+    def _show_table(self, df):
+        """Methods as columns and metrics as rows: fits a narrow dock."""
+        rows = [(col, head) for col, head in METRIC_ROWS if col in df.columns]
+        cols = {}
+        for _, r in df.iterrows():
+            vals = []
+            for col, _h in rows:
+                v = r[col]
+                vals.append(fmt(round(float(v), 2), 2) if col == "seconds" else fmt(v, 3))
+            cols[METHOD_HEADERS.get(r["method"], r["method"])] = vals
+        show_table(self.table, cols, row_headers=[h for _c, h in rows])

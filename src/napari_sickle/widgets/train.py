@@ -12,21 +12,27 @@ import time
 from pathlib import Path
 
 import napari
-from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 from qtpy.QtCore import QProcess, QProcessEnvironment, QTimer
 
 from ..constants import DEVICES
-from ._base import TaskWidget
+from ._base import LIVE_WIDGETS, TaskWidget, notify, same_viewer
+from ._display import fmt
 
 KINDS = ("multilabel", "detector", "bm", "unet")
 SOURCES = ("folder or CSV", "simulated", "viewer layers")
 
-#: analysis widget class -> model kinds it can take, and which of its FileEdits to fill
-TARGETS = {
-    "AnalyzeRBCWidget": {"detector": ("detector",), "multilabel": ("classifier", "multilabel")},
-    "ClassifyBMWidget": {"bm": ("checkpoint", "model", "bm")},
-    "CompareSegmentationWidget": {"unet": ("unet_model", "unet", "checkpoint")},
-}
+
+def _measured(v) -> bool:
+    """A real metric value (trainers report None, or -1 before the first validation)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v != -1
 
 
 def _parse_options(text: str) -> list[str]:
@@ -42,6 +48,8 @@ def _parse_options(text: str) -> list[str]:
 
 class TrainWidget(TaskWidget):
     """Train detector / multilabel / bm / unet models from the viewer."""
+
+    display_name = "Train models"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer, labels=True)
@@ -80,12 +88,27 @@ class TrainWidget(TaskWidget):
         self._make_plot()
 
         self.source.changed.connect(self._update_visibility)
+        for w in (self.source, self.data_path, self.image_layer, self.annotation_layer):
+            w.changed.connect(self.update_run_state)
         self.run_button.changed.connect(lambda *_: self.train())
         self.resume_button.changed.connect(lambda *_: self.train(resume=True))
         self.load_button.changed.connect(lambda *_: self.load_into_analysis())
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            ev.connect(lambda *_: self.reset_choices())
+            ev.connect(lambda *_: (self.reset_choices(), self.update_run_state()))
         self._update_visibility()
+        self.update_run_state()
+
+    @property
+    def busy(self) -> bool:
+        return self.running
+
+    def problem(self) -> str:
+        if self.source.value == "folder or CSV" and str(self.data_path.value or "") in ("", "."):
+            return "Choose a data folder or CSV table (or data: simulated / viewer layers)."
+        if self.source.value == "viewer layers" and (self.image_layer.value is None
+                                                     or self.annotation_layer.value is None):
+            return "Choose an image layer and a Labels or Shapes layer of annotations."
+        return ""
 
     # -- controls --------------------------------------------------------------------
     def _image_layers(self, *_):
@@ -124,7 +147,7 @@ class TrainWidget(TaskWidget):
         self.ax_loss.set_ylabel("loss")
         if self.ax_loss.lines:
             self.ax_loss.legend(fontsize=7)
-        pts = [(x, e["metric"]) for x, e in zip(ep, h) if isinstance(e.get("metric"), (int, float))]
+        pts = [(x, e["metric"]) for x, e in zip(ep, h) if _measured(e.get("metric"))]
         name = next((e.get("metric_name") for e in reversed(h) if e.get("metric_name")), "metric")
         if pts:
             self.ax_metric.plot(*zip(*pts), "-o", ms=3, color="tab:green")
@@ -157,13 +180,15 @@ class TrainWidget(TaskWidget):
         return str(export_dataset(self.kind.value, image.data, tmp, name=image.name.replace(" ", "_"), **kw))
 
     def _out_dir(self) -> Path:
+        """The chosen output folder, or a new one in the cache (the field is left as it is:
+        the status line names the folder once training starts)."""
         value = str(self.out_dir.value or "")
         if value in ("", "."):
+            if self.run_dir is not None and self.run_dir.name.startswith(f"{self.kind.value}-"):
+                return self.run_dir  # Resume continues the run it stopped
             from .._paths import cache_dir
 
-            out = cache_dir() / "runs" / f"{self.kind.value}-{time.strftime('%Y%m%d-%H%M%S')}"
-            self.out_dir.value = out
-            return out
+            return cache_dir() / "runs" / f"{self.kind.value}-{time.strftime('%Y%m%d-%H%M%S')}"
         return Path(value)
 
     def command(self, resume: bool = False) -> list[str]:
@@ -188,6 +213,13 @@ class TrainWidget(TaskWidget):
         if self.running:
             self.status.value = "Already training; press Stop first."
             return
+        why = self.problem()
+        if why:
+            self.status.value = why
+            self.run_button.enabled = False
+            return
+        if not resume and str(self.out_dir.value or "") in ("", "."):
+            self.run_dir = None  # a new run gets a new folder
         try:
             args = self.command(resume=resume)
         except Exception as exc:
@@ -210,8 +242,8 @@ class TrainWidget(TaskWidget):
         self._proc = proc
         self.run_button.enabled = self.resume_button.enabled = self.load_button.enabled = False
         self.cancel_button.enabled = True
-        self.progress_bar.value = 0
-        self.status.value = ("Resuming…" if resume else "Starting…")
+        self._reset_progress()
+        self.status.value = ("Resuming" if resume else "Starting") + f"; checkpoints go to {self.run_dir}"
         proc.start(sys.executable, args)
 
     def cancel(self, *_):
@@ -257,14 +289,19 @@ class TrainWidget(TaskWidget):
         elif kind == "epoch":
             self.history.append(event)
             self._redraw()
-            msg = f"epoch {event.get('epoch')}/{event.get('epochs')}"
-            if isinstance(event.get("metric"), (int, float)):
-                msg += f"  {event.get('metric_name', 'metric')} {event['metric']:.3f}"
+            msg = f"epoch {fmt(event.get('epoch'))}/{fmt(event.get('epochs'))}"
+            if _measured(event.get("loss")):
+                msg += f", loss {fmt(event['loss'])}"
+            if _measured(event.get("metric")):
+                msg += f", {event.get('metric_name', 'metric')} {fmt(event['metric'])}"
+            else:
+                msg += " (not validated this epoch)"
             self.status.value = msg
         elif kind == "checkpoint":
             self.resume_button.enabled = False
         elif kind == "warning":
             self.status.value = f"Warning: {event.get('message')}"
+            notify(f"Train models: {event.get('message')}", "warning")
         elif kind == "done":
             self.result = event
             self.checkpoint = event.get("checkpoint")
@@ -275,7 +312,8 @@ class TrainWidget(TaskWidget):
     def _proc_finished(self, code=None, *_):
         self._read_stdout()
         self.returncode = self._proc.exitCode() if code is None else int(code)
-        self.run_button.enabled = True
+        self._close_nprogress()
+        self.run_button.enabled = not self.problem()
         self.cancel_button.enabled = False
         best = self.run_dir / "best.pt" if self.run_dir else None
         if best is not None and best.is_file() and self.checkpoint is None:
@@ -284,8 +322,8 @@ class TrainWidget(TaskWidget):
         self.resume_button.enabled = bool(self.run_dir and (self.run_dir / "last.pt").is_file()) and self.result is None
         if self.result is not None:
             m = self.result.get("metrics") or {}
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, (int, float)))
-            self.status.value = f"Done in {self.result.get('seconds', 0):.0f} s. {shown}".strip()
+            shown = ", ".join(f"{k} {fmt(v)}" for k, v in m.items() if _measured(v))
+            self.status.value = f"Done in {fmt(round(self.result.get('seconds', 0)))} s. {shown}".strip()
             self._offer_load()
         elif self._stopping:
             self.status.value = "Stopped; the last checkpoint is kept" + (" (Resume continues)." if self.resume_button.enabled else ".")
@@ -307,20 +345,12 @@ class TrainWidget(TaskWidget):
 
     # -- hand-over to the analysis widgets -------------------------------------------
     def analysis_widgets(self) -> list:
-        """The open analysis dock widgets (magicgui objects) of this viewer."""
-        from qtpy.QtWidgets import QWidget
+        """The open analysis widgets of this viewer (each has ``set_checkpoint(kind, path)``)."""
+        return [w for w in list(LIVE_WIDGETS) if same_viewer(getattr(w, "_viewer", None), self._viewer)
+                and hasattr(w, "set_checkpoint")]
 
-        found = []
-        docks = getattr(getattr(self._viewer, "window", None), "_dock_widgets", {}) or {}
-        for dock in list(docks.values()):
-            for qw in [dock.widget(), *dock.findChildren(QWidget)]:
-                mg = getattr(qw, "_magic_widget", None)
-                if mg is not None and type(mg).__name__ in TARGETS and mg not in found:
-                    found.append(mg)
-        return found
-
-    def load_into_analysis(self, checkpoint=None) -> list[str]:
-        """Set the checkpoint path on every open analysis widget that takes this model kind."""
+    def load_into_analysis(self, checkpoint=None) -> list:
+        """Hand the trained checkpoint to every open analysis widget that takes its kind."""
         ckpt = checkpoint or self.checkpoint
         if not ckpt:
             self.status.value = "No trained model yet."
@@ -332,26 +362,7 @@ class TrainWidget(TaskWidget):
         except Exception as exc:
             self._on_error(exc)
             return []
-        loaded = []
-        for mg in self.analysis_widgets():
-            keys = TARGETS[type(mg).__name__].get(kind)
-            if not keys:
-                continue
-            edits = [(name, w) for name, w in vars(mg).items() if isinstance(w, FileEdit)]
-            edits += [(w.name or "", w) for w in _walk(mg) if isinstance(w, FileEdit)]
-            edit = next((w for key in keys for name, w in edits
-                         if key in name.lower() or key in str(w.label).lower()), None)
-            if edit is None:
-                continue
-            edit.value = ckpt
-            loaded.append(f"{type(mg).__name__} ({edit.label})")
+        loaded = [w.display_name for w in self.analysis_widgets() if w.set_checkpoint(kind, ckpt)]
         self.status.value = ("Loaded into " + ", ".join(loaded)) if loaded else (
-            f"No open analysis widget takes a {kind!r} model; open one from Plugins > napari-sickle.")
+            f"No open analysis widget takes a {kind!r} model; open one from Plugins › napari-sickle.")
         return loaded
-
-
-def _walk(container):
-    for w in container:
-        yield w
-        if isinstance(w, Container):
-            yield from _walk(w)

@@ -2,7 +2,7 @@
 
 Layers, lowest first (docs/index.md, "Code layout"):
 
-0. base modules: constants, paths, device choice, allocator tuning, progress, instance
+0. base modules: constants, paths, device choice, allocator tuning, progress, atomic writes, instance
    label images, the model registry (``models/zoo.py``);
 1. ``models/``, ``layers/``;
 2. ``data/``, ``io/``;
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "napari_sickle"
 PKG = "napari_sickle"
 
-BASE = {"napari_sickle", "constants", "_paths", "_device", "_malloc", "_progress", "instances", "models.zoo"}
+BASE = {"napari_sickle", "constants", "_paths", "_device", "_malloc", "_progress", "_atomic", "instances",
+        "models.zoo"}
 PACKAGE_RANK = {
     "models": 1,
     "layers": 1,

@@ -1,5 +1,9 @@
 """The plugin's npe2 writers. Neither ever overwrites an existing file.
 
+Each file is written to a temporary file in the target folder and moved into place in one
+step (:func:`napari_sickle._atomic.atomic_write`): a failed write (full disk, bad data)
+leaves nothing behind, so the retry is not refused, and files get the usual permissions.
+
 npe2 single-layer writer convention: ``writer(path, data, attributes) -> [path]``.
 """
 from __future__ import annotations
@@ -62,8 +66,12 @@ def write_regions_csv(path: str, data, attributes: dict) -> list[str]:
     p = Path(path)
     if p.suffix.lower() != ".csv":
         p = p.with_suffix(p.suffix + ".csv") if p.suffix else p.with_suffix(".csv")
+    from .._atomic import atomic_write
+    from .formats import validate_regions
+
     _refuse_existing(p)
-    _write(shapes_to_regions(data, attributes), p, overwrite=False)
+    df = validate_regions(shapes_to_regions(data, attributes), source=f"table for {p}")
+    atomic_write(p, lambda tmp: _write(df, tmp, overwrite=True), overwrite=False)
     return [str(p)]
 
 
@@ -84,7 +92,8 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
     if lo < 0:
         raise ValueError(f"{p}: labels hold negative id {lo}; only ids >= 0 can be saved")
     _refuse_existing(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    from .._atomic import atomic_write
+
     if ext == ".png":
         if arr.ndim != 2:
             raise ValueError(f"{p}: PNG holds one 2-D label image, this layer is {arr.ndim}-D {arr.shape}; save as .tif")
@@ -93,12 +102,10 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
         from PIL import Image
 
         out = arr.astype(np.uint16)
-        with open(p, "xb") as fh:
-            Image.fromarray(out).save(fh, format="PNG")
+        atomic_write(p, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"), overwrite=False)
     else:
         import tifffile
 
         dtype = np.uint8 if hi < 2**8 else np.uint16 if hi < 2**16 else np.uint32 if hi < 2**32 else np.uint64
-        with open(p, "xb") as fh:
-            tifffile.imwrite(fh, arr.astype(dtype), compression="zlib")
+        atomic_write(p, lambda tmp: tifffile.imwrite(tmp, arr.astype(dtype), compression="zlib"), overwrite=False)
     return [str(p)]

@@ -494,8 +494,9 @@ class RBCClassifier:
     @classmethod
     def from_checkpoint(cls, ckpt, device="cpu") -> "RBCClassifier":
         """Load from a path or a checkpoint dict (kind must be 'multilabel')."""
-        from .checkpoint import CheckpointError, as_checkpoint, sklearn_from_bytes
+        from .checkpoint import CheckpointError, as_checkpoint, load_state, sklearn_from_bytes
 
+        source = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
         ckpt = as_checkpoint(ckpt, "multilabel")
         cfg = dict(ckpt["config"])
         if (cfg.get("pool", "avg") not in POOLS or cfg.get("crop", "stretch") not in CROPS
@@ -507,12 +508,9 @@ class RBCClassifier:
         net = make_net(cfg["backbone"], pretrained=False, pool=cfg.get("pool", "avg"),
                        standardize=bool(cfg.get("standardize", False)),
                        splitter=cfg.get("splitter") if cfg.get("split") == "unet" else None)
-        try:
-            net.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"Multi-label checkpoint does not fit backbone {cfg['backbone']!r}: {exc}") from exc
+        load_state(net, ckpt["state_dict"], source, f"a multi-label classifier with backbone {cfg['backbone']!r}")
         blob = ckpt.get("extra", {}).get("abnormal_model_skops")
-        abn = sklearn_from_bytes(blob) if blob is not None else None
+        abn = sklearn_from_bytes(blob, source) if blob is not None else None
         import torch
 
         dev = torch.device(device) if isinstance(device, str) else device

@@ -303,8 +303,8 @@ def test_analyze_cli(tmp_path, models):
                  "--detector", models.detector_path, "--classifier", models.classifier_path]) == 0
     from napari_sickle.io.formats import read_regions_csv
 
-    df = read_regions_csv(out / "smear_regions.csv")
+    df = read_regions_csv(out / "smear.png_regions.csv")
     assert len(df) > 0 and all(t in df.columns for t in RBC_TYPES)
-    assert (out / "smear_overlay.png").is_file() and (out / "gray_overlay.png").is_file()
+    assert (out / "smear.png_overlay.png").is_file() and (out / "gray.tif_overlay.png").is_file()
     summ = pd.read_csv(out / "summary.csv")
     assert len(summ) == 2 and {"n_regions", "abnormal_fraction", "scd_call"} <= set(summ.columns)

@@ -92,13 +92,13 @@ def test_streaming_matches_widget_code_path(tiny_models, smear_folder, tmp_path)
     for f in files:
         res = _run_analysis(read_image(f), None, None, "cpu", 0.5, 0.5, 64, f.stem, cache)
         want = validate_regions(res.to_dataframe(f.name))
-        got = read_regions_csv(tmp_path / f"{f.stem}_regions.csv")
+        got = read_regions_csv(tmp_path / f"{f.name}_regions.csv")
         assert len(got) == len(want) > 0
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True),
                                       check_dtype=False, check_exact=False, rtol=1e-5, atol=1e-6)
     summ = pd.read_csv(tmp_path / "summary.csv")
     assert list(summ["image"]) == [str(f) for f in files]
-    assert list(summ["regions_csv"]) == [f"{f.stem}_regions.csv" for f in files]
+    assert list(summ["regions_csv"]) == [f"{f.name}_regions.csv" for f in files]
 
 
 @pytest.fixture(scope="module")
@@ -119,24 +119,19 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, uninterrupted, tmp_
                             env=_env())
     state = out / ".sickle-batch"
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 300 and proc.poll() is None and len(list(state.glob("*.json"))) < 4:
+    while time.monotonic() - t0 < 300 and proc.poll() is None and len(list(state.glob("*.png.json"))) < 4:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = sorted(p.stem for p in state.glob("*.json"))
+    done_before = sorted(p.stem for p in state.glob("*.png.json"))  # image names (error markers: *.error.json)
     time.sleep(3)  # the analysing processes died with their parent: nothing more is written
-    assert sorted(p.stem for p in state.glob("*.json")) == done_before
+    assert sorted(p.stem for p in state.glob("*.png.json")) == done_before
     assert 4 <= len(done_before) < N_IMAGES and not (out / "summary.csv").exists()
     for name in done_before:  # every image marked done has its complete outputs
         assert (out / f"{name}_regions.csv").read_bytes() == (full / f"{name}_regions.csv").read_bytes()
-    # groups of 2 consecutive inputs (smear04 shares its group with the unreadable smear04b, which
-    # is never done); the processes take turns, so done groups need not be the first ones
-    names = sorted(p.stem for p in smear_folder.glob("*.png"))
-    groups = [names[i:i + 2] for i in range(0, len(names), 2)]
-    full_groups = [g for g in groups if set(g) <= set(done_before)]
-    assert full_groups, done_before
-    kept = {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for g in full_groups for n in g}
+    # every image already done is skipped on its own (also one whose group was cut short)
+    kept = {n: (out / f"{n}_regions.csv").stat().st_mtime_ns for n in done_before}
 
     again = _run(smear_folder, out)
     assert again["skipped_done"] == len(kept) and again["analyzed"] == N_IMAGES - again["skipped_done"]
@@ -146,9 +141,8 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, uninterrupted, tmp_
     assert len(summ) == N_IMAGES + 1 and summ["error"].notna().sum() == 1
     assert summ.loc[summ["error"].notna(), "image"].iloc[0].endswith("smear04b.png")
 
-    third = _run_here(smear_folder, out, capsys)  # all done: only smear04, grouped with the unreadable file, is redone
-    assert third["analyzed"] == 1 and third["skipped_done"] == N_IMAGES - 1 and third["unreadable"] == 1
-    assert third["processes"] == 1  # one group left: analysed in the main process, same bytes
+    third = _run_here(smear_folder, out, capsys)  # all done; the unchanged unreadable file is not retried
+    assert third["analyzed"] == 0 and third["skipped_done"] == N_IMAGES and third["unreadable"] == 1
     assert _csvs(out) == _csvs(full)
 
 

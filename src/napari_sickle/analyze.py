@@ -1,18 +1,26 @@
 """Batch RBC analysis: ``python -m napari_sickle.analyze INPUTS... --out DIR``.
 
-For each input image writes ``<stem>_regions.csv`` (regions CSV schema) and
-``<stem>_overlay.png`` (boxes: red = abnormal, green = normal), plus one ``summary.csv``
-for the run. INPUTS may be image files, folders (their images) or ``simulated`` / ``simulated:SEED``
-(a simulated smear). Without ``--detector``/``--classifier`` the cached default models are
-used (trained on simulated smears on first use).
+For each input image writes ``<name>_regions.csv`` (regions CSV schema) and
+``<name>_overlay.png`` (boxes: red = abnormal, green = normal), where ``<name>`` is the image's
+file name with its extension (``smear01.png_regions.csv``), plus one ``summary.csv`` for the
+run. INPUTS may be image files, folders (their images) or ``simulated`` / ``simulated:SEED``
+(a simulated smear). ``--model NAME`` picks a shipped model (docs/models.md); without it the
+shipped default is used. ``--detector``/``--classifier`` take checkpoints of your own.
 
 ``--processes`` analysing processes (default: one per CPU core) share the images; in each,
 images stream through a DataLoader (``--workers`` reader processes), the regions of
 ``--images-per-batch`` images are classified together in batches of ``--batch-size``, and each
 image's files are written atomically as soon as it is done. Running the same command again
-skips the images already done (a crashed or stopped run continues; ``--overwrite`` redoes
+skips each image already done, and unreadable files that have not changed, without loading
+the models when nothing is left (a crashed or stopped run continues; ``--overwrite`` redoes
 everything); ``summary.csv`` is rebuilt at the end of every run. See
-``napari_sickle.analysis.batch``.
+``napari_sickle.analysis.batch``. Images above ``--max-pixels`` (default 50 megapixels) are
+refused unread; inputs inside the output folder are never read.
+
+Bad input or environment problems (a missing input, an unwritable or full output folder, a bad
+checkpoint) end with one line on stderr and exit code 2 (``--debug``: the traceback too), as
+does a run in which no input could be analysed; Ctrl-C or SIGTERM ends with one line and exit
+code 130, and the same command continues. docs/reliability.md lists every case.
 
 Beyond one machine, launch it with ``torchrun`` (e.g. ``torchrun --nnodes 4 --nproc-per-node 1
 --rdzv-backend c10d --rdzv-endpoint HOST:29400 -m napari_sickle.analyze /shared/smears --out
@@ -23,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 
 from .analysis.batch import IMAGE_SUFFIXES, list_inputs, load_image, overlay_png  # noqa: F401 (public names)
@@ -43,8 +53,11 @@ def main(argv=None) -> int:
     ap.add_argument("inputs", nargs="+", help="image files, folders, or 'simulated[:SEED]'")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--device", default="auto", choices=DEVICES)
-    ap.add_argument("--detector", default=None, help="detector checkpoint (default: cached default model)")
-    ap.add_argument("--classifier", default=None, help="classifier checkpoint (default: cached default model)")
+    ap.add_argument("--model", default=None,
+                    help="shipped RBC model name (default: the shipped default; see docs/models.md)")
+    ap.add_argument("--detector", default=None, help="detector checkpoint or shipped model name (overrides --model)")
+    ap.add_argument("--classifier", default=None,
+                    help="classifier checkpoint or shipped model name (overrides --model)")
     ap.add_argument("--score-threshold", type=float, default=0.5)
     ap.add_argument("--nms-iou", type=float, default=0.5)
     ap.add_argument("--type-threshold", type=float, default=0.5)
@@ -59,10 +72,86 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of each analysing process (default: cores / processes)")
     ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNGs")
-    ap.add_argument("--no-train", action="store_true", help="fail instead of training default models")
     ap.add_argument("--overwrite", action="store_true", help="redo every image (default: skip images already done)")
+    ap.add_argument("--max-pixels", type=float, default=None,
+                    help="largest image analysed, in pixels (default: NAPARI_SICKLE_MAX_PIXELS or 50e6); "
+                         "larger ones are refused unread")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = ap.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("NAPARI_SICKLE_DEBUG"))
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not in the main thread
+        pass
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        _close_bars()
+        print(f"error: stopped; run the same command again to continue with the images not done yet "
+              f"(results so far are in {args.out})", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure ends with one line
+        from .analysis.batch import InputError
+        from .models.checkpoint import CheckpointError
 
+        _close_bars()
+        user = isinstance(exc, (OSError, CheckpointError, InputError))
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+            text = f"{exc.filename}: {text}"
+        print(f"error: {text if user else type(exc).__name__ + ': ' + text}", file=sys.stderr, flush=True)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        return 2 if user else 1
+
+
+def _close_bars() -> None:
+    """Close open progress bars, so that the error line starts a line of its own."""
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess
+    raise KeyboardInterrupt
+
+
+def _check_out(out, inputs_args) -> str | None:
+    """Why ``out`` cannot be the output folder (None if it can): an existing file, one of the
+    input folders (unless it is already an output folder), or a folder that cannot be created
+    or written."""
+    from pathlib import Path
+
+    from ._atomic import atomic_write
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is an existing file, not a folder"
+    from .analysis.batch import STATE_DIR
+
+    for it in inputs_args:
+        p = Path(it)
+        # an output folder of an earlier run given as an input (``analyze in/* --out in/out``)
+        # is left out of the inputs; a folder of smears is refused as the output folder
+        if p.is_dir() and p.resolve() == out.resolve() and not (out / STATE_DIR).is_dir():
+            return (f"--out {out} is the input folder {it}; the results would mix with the smears, "
+                    "choose another output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = atomic_write(out / f".sickle-write-test-{os.getpid()}", lambda p: p.write_bytes(b"ok"))
+        probe.unlink(missing_ok=True)
+    except OSError as exc:
+        return f"cannot write to the output folder {out} ({exc.strerror or exc})"
+    return None
+
+
+def _main(args) -> int:
     from pathlib import Path
 
     if args.threads:
@@ -79,7 +168,19 @@ def main(argv=None) -> int:
     if args.workers is not None and args.workers < 0:
         print("error: --workers must be 0 or more", file=sys.stderr)
         return 2
-    inputs = list_inputs(args.inputs)
+    from .analysis.batch import max_pixels
+
+    args.max_pixels = max_pixels(None if args.max_pixels is None else int(args.max_pixels))
+    missing_arg = next((it for it in args.inputs if not (it == "simulated" or it.startswith("simulated:"))
+                        and not Path(it).exists()), None)
+    if missing_arg is not None:
+        print(f"error: no such file or folder: {missing_arg}", file=sys.stderr)
+        return 2
+    why = _check_out(args.out, args.inputs)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    inputs = list_inputs(args.inputs, exclude=args.out)
     missing = [str(src) for _, src in inputs if not isinstance(src, tuple) and not Path(src).exists()]
     if missing:
         print(f"error: no such file or folder: {missing[0]}", file=sys.stderr)
@@ -108,9 +209,10 @@ def _analyze(args, inputs, dist) -> int:
 
     from tqdm import tqdm
 
-    from .analysis.batch import analyze_batch, default_processes, write_summary
+    from .analysis.batch import analyze_batch, default_processes, pending
     from .models.checkpoint import CheckpointError
     from .models.registry import load_models
+    from .models.zoo import ModelFileError
 
     main_rank, world = dist.is_main(), dist.world_size()
     bar_state = {}
@@ -122,19 +224,24 @@ def _analyze(args, inputs, dist) -> int:
         bar.n = done
         bar.refresh()
 
-    def load(allow_train):
+    def load():
         try:
             return load_models(args.detector, args.classifier, device=args.device, progress=train_progress,
-                               allow_train=allow_train), None
-        except (FileNotFoundError, CheckpointError) as exc:
-            return None, str(exc)
+                               model=args.model), None
+        except (FileNotFoundError, CheckpointError, ModelFileError) as exc:
+            return None, " ".join(str(exc).split())
 
-    models, err = load(not args.no_train) if main_rank else (None, None)
-    err = dist.broadcast(err)  # the other ranks load once rank 0 has (possibly trained and) checked them
+    if world == 1 and not pending(inputs, Path(args.out), images_per_batch=args.images_per_batch,
+                                  overwrite=args.overwrite):
+        return _report(args, inputs, dist, analyze_batch(inputs, Path(args.out), None, max_pixels=args.max_pixels,
+                                                         device=args.device), world)  # nothing left: no model
+    models, err = load() if main_rank else (None, None)
+    err = dist.broadcast(err)  # the other ranks load once rank 0 has checked the models
     if err is None and not main_rank:
-        models, err = load(False)
+        models, err = load()
     err = next((e for e in dist.gather(err) if e), None)  # every rank stops if one cannot load
     if err is not None:
+        _close_bars()
         print(f"error: {err}", file=sys.stderr)
         dist.cleanup(success=False)
         return 2
@@ -154,29 +261,44 @@ def _analyze(args, inputs, dist) -> int:
                         type_threshold=args.type_threshold, batch_size=args.batch_size,
                         images_per_batch=args.images_per_batch, num_workers=args.workers, processes=processes,
                         threads=args.threads, device=args.device, overlay=not args.no_overlay,
-                        overwrite=args.overwrite, shard=(dist.rank(), dist.world_size()),
+                        overwrite=args.overwrite, shard=(dist.rank(), dist.world_size()), max_pixels=args.max_pixels,
                         summary=dist.world_size() == 1, progress=progress)
     bar.close()
+    return _report(args, inputs, dist, rep, world)
+
+
+def _report(args, inputs, dist, rep, world) -> int:
+    """Print the skipped files and the JSON report (rank 0; the totals of every rank under
+    ``torchrun``); exit code 2 when no input could be analysed."""
+    from pathlib import Path
+
+    from .analysis.batch import write_summary
+
     for i, err in rep.errors.items():
         print(f"skipped unreadable {inputs[i][1]}: {err}", file=sys.stderr)
-    if dist.world_size() > 1:  # totals over the ranks; rank 0 writes the summary of all images
+    if world > 1:  # totals over the ranks; rank 0 writes the summary of all images
         errors = {}
         for part in dist.gather(rep.errors):
             errors.update(part)
         sums = dist.reduce_sums({k: getattr(rep, k) for k in ("total", "analyzed", "skipped_done", "unreadable",
                                                               "regions", "processes")})
         seconds = max(dist.gather(rep.seconds))
-        if main_rank:
+        if dist.is_main():
             for k, v in sums.items():
                 setattr(rep, k, int(v))
             rep.seconds, rep.errors = seconds, errors
             rep.summary = str(write_summary(Path(args.out), inputs, errors))
         dist.cleanup(success=True)
-        if not main_rank:
+        if not dist.is_main():
             return 0
     print(json.dumps({"summary": rep.summary, "images": len(inputs), **rep.as_dict(),
                       "ranks": world}))
+    if rep.analyzed + rep.skipped_done == 0:
+        print(f"error: none of the {len(inputs)} input image(s) could be analysed (see {rep.summary})",
+              file=sys.stderr)
+        return 2
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,8 +13,9 @@ Dispatches to ``evaluate_<kind>`` in ``napari_sickle.training.<kind>`` (segmenta
 * bm: ``macro_f1``, ``macro_precision``, ``macro_recall``, ``accuracy``, ``per_class``, ``n``
 * segmentation: per method (``watershed``, ``unet``, ...) ``dice``, ``iou``, ``instance_f1_50``, ``count_error``
 
-Bad input (missing model file, wrong model kind, unreadable data) ends with exit code 2
-and a one-line message on stderr.
+Bad input or environment problems (missing model file, wrong model kind, unreadable data,
+full disk) end with exit code 2 and a one-line message on stderr (``--debug``: the traceback
+too); Ctrl-C ends with one line and exit code 130.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         result.setdefault("seconds", round(time.perf_counter() - t0, 3))
         print(to_json(result), flush=True)
         return 0
+    except KeyboardInterrupt:
+        print("error: stopped by the user", file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:  # noqa: BLE001
         user = isinstance(exc, _user_error_types()) or isinstance(exc, (ValueError, KeyError))
         msg = _one_line(exc) if user else f"{type(exc).__name__}: {_one_line(exc)}"

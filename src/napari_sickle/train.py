@@ -127,6 +127,9 @@ def check_data(data: str, kind: str) -> None:
         counts = {d.name: sum(1 for p in d.rglob("*") if _is_image(p)) for d in subdirs}
         if sum(counts.values()) == 0:
             raise UsageError(f"--data {data}: none of the class folders ({', '.join(counts)}) holds an image.")
+        if len(counts) == 1:
+            raise UsageError(f"--data {data}: only one class folder ('{subdirs[0].name}'); a classifier needs at "
+                             "least two classes (its AUCs would be undefined).")
         for name, n in counts.items():
             if n == 0:
                 raise UsageError(f"--data {data}: class folder '{name}' is empty.")
@@ -138,6 +141,23 @@ def check_data(data: str, kind: str) -> None:
         return
     if not subdirs and not any(_is_image(p) for p in entries) and not any(p.suffix == ".csv" for p in entries):
         raise UsageError(f"--data {data}: the folder holds no images, class folders or dataset layout.")
+
+
+def check_readable_classes(data: str, kind: str, bad: list[str]) -> None:
+    """UsageError when, once the unreadable images ``bad`` are skipped, a class folder keeps
+    fewer than two images (one to train on, one to validate)."""
+    path = Path(data).expanduser()
+    if data == "simulated" or kind not in ("multilabel", "bm", PROTOCOL) or not path.is_dir():
+        return
+    names = {p.name for p in path.iterdir()}
+    if {"images", "masks"} <= names or {"JPEGImages", "Annotations"} <= names:
+        return
+    skipped = {str(Path(b).resolve()) for b in bad}
+    for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        n = sum(1 for p in d.rglob("*") if _is_image(p) and str(p.resolve()) not in skipped)
+        if n < 2:
+            raise UsageError(f"--data {data}: class folder '{d.name}' has {n} readable image(s) once the "
+                             "unreadable ones are skipped; every class needs at least two.")
 
 
 def count_unreadable(data: str, limit: int = 5000) -> tuple[int, list[str]]:
@@ -380,7 +400,8 @@ def build_kwargs(args: argparse.Namespace, progress, log) -> dict:
 
 
 def _user_error_types() -> tuple[type, ...]:
-    types: list[type] = [UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError]
+    # OSError: environment problems (full disk, no permission) are reported like bad input
+    types: list[type] = [UsageError, OSError]
     for mod, name in (("napari_sickle.io.datasets", "DatasetError"), ("napari_sickle.io.images", "ImageReadError"),
                       ("napari_sickle.models.checkpoint", "CheckpointError")):
         try:
@@ -432,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind != PROTOCOL:  # rank 0's resume decision for all (a node may not see OUT yet)
             args.resume = ddp_glue.broadcast(args.resume)
         n_bad, bad = count_unreadable(args.data) if ddp_glue.is_main() else (0, [])
+        if n_bad:
+            check_readable_classes(args.data, args.kind, bad)
         rep.emit("start", kind=args.kind, data=str(args.data), out=str(out), epochs=args.epochs,
                  device=args.device, backbone=args.backbone, seed=args.seed, resume=getattr(args, "resume", None),
                  pid=os.getpid(), world_size=ctx.world_size, backend=ctx.backend, restart=ctx.restart)

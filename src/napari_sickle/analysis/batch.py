@@ -7,28 +7,33 @@
 * Regions are detected per image (the same :func:`analysis.smear.detect_regions` as the
   widget) and classified for up to ``images_per_batch`` images at a time: the crops of all of
   them go through the classifier backbone in batches of ``batch_size`` regions.
-* Every image's results are written as soon as its batch is classified, each file atomically
-  (temporary file + ``os.replace``): ``<stem>_regions.csv``, ``<stem>_overlay.png`` and last the
-  marker ``.sickle-batch/<stem>.json`` holding its summary row. An image counts as done when
-  its marker exists. The inputs form fixed groups of ``images_per_batch`` consecutive images,
-  classified together; a restarted run skips every group whose images are all done and redoes
-  the others whole, so it batches exactly as an uninterrupted run does (byte-identical files)
-  and a crash loses at most the group in flight (``images_per_batch=1``: the current image).
-* ``summary.csv`` is rebuilt from the markers, in input order, at the end of each run (also of a
-  restarted one); unreadable images are counted, listed there with their error, and skipped.
+* Every image's results are written as soon as it is classified, each file atomically
+  (temporary file + rename, :func:`napari_sickle._atomic.atomic_write`):
+  ``<name>_regions.csv``, ``<name>_overlay.png`` and last the marker
+  ``.sickle-batch/<name>.json`` holding its summary row, where ``<name>`` is the input's file
+  name with its extension (``x.png`` and ``x.jpg`` in one folder get separate results). An image
+  counts as done when its marker exists; a restarted run skips every done image and does the
+  others. The regions of each image are classified on their own (never batched with another
+  image's), so an image's numbers do not depend on which images were done before a restart.
+* An unreadable image gets an error marker ``.sickle-batch/<name>.error.json`` with the file's
+  size and modification time: a rerun does not retry it (and loads no model for it) until the
+  file changes. ``summary.csv`` is rebuilt from the markers, in input order, at the end of each
+  run; unreadable images are counted, listed there with their error, and skipped.
+* Images above :func:`max_pixels` (default :data:`MAX_PIXELS`, ``NAPARI_SICKLE_MAX_PIXELS``) are
+  refused before they are decoded, as unreadable; see docs/reliability.md.
 * Memory does not grow with the number of images: only the images in flight are held, plus a
   small summary row per image.
 * On a CPU the groups are shared among several analysing processes (by default one per core,
   :func:`default_processes`), each with its own models and one torch thread: on a 2-core machine
   two single-threaded processes analyse more images per minute than one process using both
-  cores for each image (intra-op threading of the detector scales poorly). A group's result does
-  not depend on which process did it, so restarts stay byte-identical for the same settings.
+  cores for each image (intra-op threading of the detector scales poorly). The inputs form
+  fixed groups of ``images_per_batch`` consecutive images, the unit that processes and
+  ``torchrun`` ranks take turns on.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,34 +45,131 @@ from ..constants import IMAGE_EXTENSIONS
 
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 STATE_DIR = ".sickle-batch"
+#: Largest image (width x height) analysed by default; larger ones are refused before decoding.
+MAX_PIXELS = 50_000_000
+
+
+class InputError(ValueError):
+    """The inputs cannot be analysed as given (e.g. two files would write the same results)."""
+
+
+def max_pixels(value: int | None = None) -> int:
+    """The pixel limit: ``value``, else ``NAPARI_SICKLE_MAX_PIXELS``, else :data:`MAX_PIXELS`."""
+    if value is None:
+        env = os.environ.get("NAPARI_SICKLE_MAX_PIXELS", "").strip()
+        try:
+            value = int(float(env)) if env else MAX_PIXELS
+        except ValueError:
+            raise InputError(f"NAPARI_SICKLE_MAX_PIXELS={env!r} is not a number of pixels") from None
+    if int(value) < 1:
+        raise InputError(f"the pixel limit must be at least 1, got {value}")
+    return int(value)
+
+
+_pixel_limit = max_pixels  # for functions whose ``max_pixels`` argument hides the name
+
+
+def image_pixels(path) -> int | None:
+    """Width x height from the file's header (nothing is decoded); None if it cannot be told."""
+    import warnings
+
+    from ..io.images import sniff_format
+
+    try:
+        fmt = sniff_format(path)
+        if fmt == "TIFF":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                shape = tf.series[0].shape if tf.series else tf.pages[0].shape
+            dims = [d for d in shape if d > 4] or list(shape)
+            return int(np.prod(dims[-2:])) if len(dims) >= 2 else None
+        if fmt is None:
+            return None
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: the limit here is ours
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        return int(w) * int(h)
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the decoder
+        return None
+
+
+def check_pixels(path, limit: int | None = None) -> None:
+    """ImageReadError naming the file when its header says it exceeds the pixel limit."""
+    from ..io.images import ImageReadError
+
+    limit = max_pixels(limit)
+    n = image_pixels(path)
+    if n is not None and n > limit:
+        raise ImageReadError(f"{path}: {n / 1e6:.1f} megapixels exceeds the limit of {limit / 1e6:g} megapixels "
+                             "(memory grows with the image; raise it with --max-pixels or "
+                             "NAPARI_SICKLE_MAX_PIXELS, see docs/reliability.md)")
 
 
 # ------------------------------------------------------------------------------ inputs
-def list_inputs(items: Iterable[str]) -> list[tuple[str, object]]:
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        Path(path).resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def list_inputs(items: Iterable[str], exclude=None) -> list[tuple[str, object]]:
     """(name, source) per input: image files, the images of folders (sorted), and
-    ``simulated`` / ``simulated:SEED`` (source ``("simulated", seed)``)."""
+    ``simulated`` / ``simulated:SEED`` (source ``("simulated", seed)``).
+
+    ``name`` is the file name with its extension, so ``x.png`` and ``x.jpg`` get separate
+    results. Files and folders inside ``exclude`` (the output folder) are left out: a run never
+    reads its own overlays. The same file given twice counts once; two different files with
+    the same name (from two folders) raise :class:`InputError`."""
     out = []
+    excl = Path(exclude).resolve() if exclude is not None else None
     for it in items:
         if it == "simulated" or it.startswith("simulated:"):
             seed = int(it.split(":", 1)[1]) if ":" in it else 0
             out.append((f"simulated_seed{seed}", ("simulated", seed)))
             continue
         p = Path(it)
+        if _inside(p, excl):
+            continue
         if p.is_dir():
-            out += [(f.stem, f) for f in sorted(p.iterdir())
-                    if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
+            out += [(f.name, f) for f in sorted(p.iterdir())
+                    if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and not _inside(f, excl)]
         else:
-            out.append((p.stem, p))
-    return out
+            out.append((p.name, p))
+    seen: dict[str, object] = {}
+    unique = []
+    for name, src in out:
+        if name in seen:
+            if isinstance(src, tuple) or Path(src).resolve() == Path(seen[name]).resolve():
+                continue  # the same input twice
+            raise InputError(f"{seen[name]} and {src} have the same file name and would write the same "
+                             "results; analyse them into separate --out folders")
+        seen[name] = src
+        unique.append((name, src))
+    return unique
 
 
-def load_image(src) -> np.ndarray:
+def load_image(src, limit: int | None = None) -> np.ndarray:
+    """The image of an input; files above the pixel limit (:func:`max_pixels`) are refused
+    with ImageReadError before they are decoded."""
     if isinstance(src, tuple):
         from ..data.simulate import simulate_smear
 
         return simulate_smear(seed=src[1]).image
     from ..io.images import read_image
 
+    check_pixels(src, limit)
     return np.asarray(read_image(src))
 
 
@@ -84,8 +186,9 @@ class SmearImages:
     """``torch.utils.data.Dataset`` of smears: item ``i`` -> dict(index, rgb (H,W,3) uint8,
     fg (H,W) bool cell-pixel mask) or dict(index, error) when the file cannot be read."""
 
-    def __init__(self, inputs: list[tuple[str, object]]):
+    def __init__(self, inputs: list[tuple[str, object]], limit: int | None = None):
         self.inputs = list(inputs)
+        self.limit = max_pixels(limit)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -96,7 +199,7 @@ class SmearImages:
 
         _, src = self.inputs[i]
         try:
-            img = load_image(src)
+            img = load_image(src, self.limit)
             rgb = prepare_image(img)
         except (ValueError, OSError) as exc:
             return {"index": i, "error": " ".join(str(exc).split()) or type(exc).__name__}
@@ -113,20 +216,47 @@ def _worker_init(_):
 
 # ------------------------------------------------------------------------------ outputs
 def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then ``os.replace`` onto ``path`` (same folder: atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``write(tmp_path)`` then rename onto ``path`` (same folder: atomic; umask permissions)."""
+    from .._atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def marker_path(out: Path, name: str) -> Path:
     return Path(out) / STATE_DIR / f"{name}.json"
+
+
+def error_marker_path(out: Path, name: str) -> Path:
+    return Path(out) / STATE_DIR / f"{name}.error.json"
+
+
+def _file_stamp(src) -> list | None:
+    try:
+        st = Path(src).stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def record_error(out: Path, name: str, src, message: str) -> None:
+    """Remember that ``src`` could not be read (with its size and mtime; see :func:`known_error`)."""
+    if isinstance(src, tuple):
+        return
+    _atomic_write(error_marker_path(out, name),
+                  lambda p: p.write_text(json.dumps({"error": message, "stamp": _file_stamp(src)})))
+
+
+def known_error(out: Path, name: str, src) -> str | None:
+    """The recorded error of an unreadable input if the file has not changed since, else None."""
+    m = error_marker_path(out, name)
+    if isinstance(src, tuple) or not m.is_file():
+        return None
+    try:
+        rec = json.loads(m.read_text())
+    except (OSError, ValueError):
+        return None
+    stamp = _file_stamp(src)
+    return rec.get("error") if stamp is not None and rec.get("stamp") == stamp else None
 
 
 def is_done(out: Path, name: str) -> bool:
@@ -186,8 +316,9 @@ def write_summary(out: Path, inputs, errors: dict[int, str], path: Path | None =
     rows = []
     for i, (name, src) in enumerate(inputs):
         m = marker_path(out, name)
-        if i in errors:
-            rows.append({"image": summary_image(name, src), "error": errors[i]})
+        err = errors.get(i) or (None if m.is_file() else known_error(out, name, src))
+        if err:
+            rows.append({"image": summary_image(name, src), "error": err})
         elif m.is_file():
             rows.append(json.loads(m.read_text()))
     path = path or Path(out) / "summary.csv"
@@ -234,6 +365,13 @@ def _cores() -> int:
 
 #: resident memory of one analysing process with its models, with a margin over the measured (docs/performance.md)
 PROCESS_MEMORY_GB = 1.6
+#: extra resident memory per pixel of the largest image being analysed (docs/reliability.md)
+PIXEL_MEMORY_BYTES = 90
+
+
+def process_memory_gb(pixels: int | None = None) -> float:
+    """Expected peak memory of one analysing process when its largest image has ``pixels`` pixels."""
+    return PROCESS_MEMORY_GB + (int(pixels) * PIXEL_MEMORY_BYTES / 2**30 if pixels else 0.0)
 
 
 def _available_memory_gb() -> float | None:
@@ -246,10 +384,11 @@ def _available_memory_gb() -> float | None:
     return None
 
 
-def default_processes(device="auto", n_groups: int | None = None) -> int:
+def default_processes(device="auto", n_groups: int | None = None, pixels: int | None = None) -> int:
     """Analysing processes for ``processes=None``: on CPU one per core (at most 8, as many as
-    the free memory holds at :data:`PROCESS_MEMORY_GB` each, no more than there are groups of
-    images to do); on a GPU one (the GPU is the engine, several processes would only queue on it)."""
+    the free memory holds at :func:`process_memory_gb` each for the largest image of ``pixels``
+    pixels, no more than there are groups of images to do); on a GPU one (the GPU is the engine,
+    several processes would only queue on it)."""
     from .._device import resolve_device
 
     if resolve_device(device).type != "cpu":
@@ -257,18 +396,36 @@ def default_processes(device="auto", n_groups: int | None = None) -> int:
     n = min(8, _cores())
     mem = _available_memory_gb()
     if mem is not None:
-        n = min(n, int(mem // PROCESS_MEMORY_GB))
+        n = min(n, int(mem // process_memory_gb(pixels)))
     if n_groups is not None:
         n = min(n, n_groups)
     return max(1, n)
+
+
+def pending(inputs, out, *, images_per_batch: int = 4, shard: tuple[int, int] = (0, 1),
+            overwrite: bool = False) -> list[int]:
+    """Indices of this shard's inputs that a run would analyse: not done, and not unreadable
+    unchanged since the last run (everything of the shard with ``overwrite``)."""
+    out = Path(out)
+    rank, world = shard
+    ipb = max(1, int(images_per_batch))
+    mine = [i for i in range(len(inputs)) if (i // ipb) % world == rank]
+    if overwrite:
+        return mine
+    return [i for i in mine if not is_done(out, inputs[i][0]) and known_error(out, *inputs[i]) is None]
 
 
 def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
                   type_threshold: float = 0.5, batch_size: int = 64, images_per_batch: int = 4,
                   num_workers: int | None = None, processes: int | None = None, threads: int | None = None,
                   device="auto", overlay: bool = True, overwrite: bool = False, shard: tuple[int, int] = (0, 1),
-                  summary: bool = True, progress=None, on_image_done=None) -> BatchReport:
+                  summary: bool = True, progress=None, on_image_done=None, max_pixels: int | None = None,
+                  ) -> BatchReport:
     """Analyse ``inputs`` (from :func:`list_inputs`) into ``out``; see the module docstring.
+
+    ``models`` may be a callable returning the models: it is called only if some image is
+    left to analyse (a rerun with everything done loads nothing). ``max_pixels``: the pixel
+    limit (:func:`max_pixels`).
 
     ``shard=(rank, world)``: only the groups ``g`` with ``g % world == rank`` (one rank of a
     ``torchrun`` launch, see ``python -m napari_sickle.analyze``); ``summary=False`` leaves
@@ -289,24 +446,27 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)
     inputs = list(inputs)
+    limit = _pixel_limit(max_pixels)
     rep = BatchReport(total=len(inputs))
     rank, world = shard
     ipb = max(1, int(images_per_batch))
-    if overwrite:
-        for i, (name, _) in enumerate(inputs):
-            if (i // ipb) % world == rank:
-                marker_path(out, name).unlink(missing_ok=True)
-    # fixed groups of images_per_batch consecutive inputs are classified together; a group is
-    # redone whole unless all its images are done, so a restarted run batches exactly like an
-    # uninterrupted one and writes byte-identical files
-    done_flags = [is_done(out, name) for name, _ in inputs]
     mine = [i for i in range(len(inputs)) if (i // ipb) % world == rank]
-    groups_todo = sorted({i // ipb for i in mine if not done_flags[i]})
-    todo_set = set(groups_todo)
-    todo = [i for i in mine if i // ipb in todo_set]
+    if overwrite:
+        for i in mine:
+            marker_path(out, inputs[i][0]).unlink(missing_ok=True)
+            error_marker_path(out, inputs[i][0]).unlink(missing_ok=True)
+    # every image is skipped on its own once done; unreadable files unchanged since the last
+    # run are reported again from their error marker without being read
+    todo = pending(inputs, out, images_per_batch=ipb, shard=shard)
+    todo_set = set(todo)
+    groups_todo = sorted({i // ipb for i in todo})
     rep.total = len(mine)
-    rep.skipped_done = len(mine) - len(todo)
-    done_count = rep.skipped_done
+    for i in mine:
+        if i not in todo_set and not is_done(out, inputs[i][0]):
+            rep.errors[i] = known_error(out, *inputs[i]) or "unreadable"
+            rep.unreadable += 1
+    rep.skipped_done = len(mine) - len(todo) - rep.unreadable
+    done_count = len(mine) - len(todo)
 
     def advance():
         nonlocal done_count
@@ -324,12 +484,27 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     def unreadable(index, message):
         rep.unreadable += 1
         rep.errors[index] = message
+        record_error(out, *inputs[index], message)
         advance()
 
     opts = {"score_threshold": score_threshold, "nms_iou": nms_iou, "type_threshold": type_threshold,
-            "batch_size": batch_size, "images_per_batch": ipb, "overlay": overlay}
-    n_proc = default_processes(device, len(groups_todo)) if processes is None else int(processes)
-    n_proc = max(1, min(n_proc, len(groups_todo)))
+            "batch_size": batch_size, "images_per_batch": ipb, "overlay": overlay, "max_pixels": limit}
+    # the torch threads of each analysing process follow the processes planned for all of this
+    # shard's groups, not just those left: a restarted run computes with the same thread count
+    # as an uninterrupted one (results differ in the last float bits between thread counts)
+    n_groups = len({i // ipb for i in mine})
+    if processes is None and todo:
+        sizes = [image_pixels(inputs[i][1]) for i in mine if not isinstance(inputs[i][1], tuple)]
+        largest = min(max([n for n in sizes if n] or [0]), limit)
+        plan = default_processes(device, n_groups, pixels=largest)
+    else:
+        plan = 1 if processes is None else int(processes)
+    plan = max(1, min(plan, n_groups))
+    n_proc = max(1, min(plan, len(groups_todo)))
+    if threads is None and plan > 1:
+        threads = max(1, _cores() // plan)
+    if todo and callable(models):
+        models = models()
     paths = (getattr(models, "detector_path", ""), getattr(models, "classifier_path", ""))
     if n_proc > 1 and not all(paths and Path(p).is_file() for p in paths):
         n_proc = 1  # models not loaded from files: cannot be reloaded in other processes
@@ -338,12 +513,20 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
         parts = [[i for i in todo if turn[i // ipb] == k] for k in range(n_proc)]
         _run_processes(parts, inputs, out, paths, device, threads, num_workers, opts, image_done, unreadable)
     elif todo:
+        import torch
+
         from .smear import place_models
 
         place_models(models, device)
         workers = default_num_workers() if num_workers is None else int(num_workers)
-        _analyze_indices(inputs, todo, out, models, num_workers=workers, on_done=image_done,
-                         on_error=unreadable, **opts)
+        saved_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        try:
+            _analyze_indices(inputs, todo, out, models, num_workers=workers, on_done=image_done,
+                             on_error=unreadable, **opts)
+        finally:
+            torch.set_num_threads(saved_threads)
     rep.processes = n_proc
     if summary:
         rep.summary = str(write_summary(out, inputs, rep.errors))
@@ -352,18 +535,17 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
 
 
 def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, type_threshold, batch_size,
-                     images_per_batch, overlay, num_workers, on_done, on_error) -> None:
-    """Analyse ``inputs[i] for i in todo`` (whole groups of ``images_per_batch``) with ``models``
-    already on their device: read through a DataLoader, detect per image, classify per group,
+                     images_per_batch, overlay, num_workers, on_done, on_error, max_pixels=None) -> None:
+    """Analyse ``inputs[i] for i in todo`` with ``models`` already on their device: read
+    through a DataLoader, detect and classify per image (an image's regions are never batched
+    with another image's, so its numbers do not depend on which images are analysed with it),
     write each image's files; ``on_done(index, name, n_regions)`` / ``on_error(index, message)``."""
-    import torch
     from torch.utils.data import DataLoader
 
     from .smear import _empty, detect_regions, finish_result
 
     clf = models.classifier
-    ipb = images_per_batch
-    ds = SmearImages([inputs[i] for i in todo])
+    ds = SmearImages([inputs[i] for i in todo], max_pixels)
     loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
                         worker_init_fn=_worker_init if num_workers else None,
                         prefetch_factor=2 if num_workers else None, persistent_workers=False)
@@ -372,22 +554,14 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
     def flush():
         if not pending:
             return
-        with_boxes = [p for p in pending if len(p["boxes"])]
-        probs_all = np.zeros((0, len(clf.types)), np.float32)
-        if with_boxes:
-            parts = [clf.region_crops(p["rgb"], p["boxes"]) for p in with_boxes]
-            offsets = np.cumsum([0] + [len(p["boxes"]) for p in with_boxes])
-            crops = torch.cat([c for c, _ in parts])
-            owner = np.concatenate([o + off for (_, o), off in zip(parts, offsets)])
-            probs_all = clf.region_probs(clf.features(crops, batch_size=batch_size), owner, int(offsets[-1]))
-        k = 0
         for p in pending:
             name, src = inputs[p["index"]]
             n = len(p["boxes"])
             if n:
-                res = finish_result(p["rgb"].shape, p["boxes"], p["scores"], probs_all[k:k + n], clf,
+                crops, owner = clf.region_crops(p["rgb"], p["boxes"])
+                probs = clf.region_probs(clf.features(crops, batch_size=batch_size), owner, n)
+                res = finish_result(p["rgb"].shape, p["boxes"], p["scores"], probs, clf,
                                     type_threshold=type_threshold, image_name=name)
-                k += n
             else:
                 res = _empty(p["rgb"].shape, name, type_threshold)
             write_image_results(out, name, src, p["rgb"], res, overlay=overlay)
@@ -397,8 +571,6 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
 
     for item in loader:
         idx = todo[int(item["index"])]
-        if pending and pending[0]["index"] // ipb != idx // ipb:
-            flush()
         if "error" in item:
             on_error(idx, item["error"])
             continue
@@ -410,7 +582,7 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
             boxes, scores, _ = detect_regions(rgb, models.detector, score_threshold=score_threshold,
                                               nms_iou=nms_iou, fg=fg)
             pending.append({"index": idx, "rgb": rgb, "boxes": boxes, "scores": scores})
-    flush()
+        flush()
 
 
 # ------------------------------------------------------------------------------ several processes
@@ -455,7 +627,7 @@ def _process_main(k, parts, inputs, out, paths, device, threads, num_workers, op
     from ..models.registry import load_models
     from .smear import place_models
 
-    models = load_models(*paths, device=device, allow_train=False)
+    models = load_models(*paths, device=device)
     place_models(models, device)
     _analyze_indices(inputs, parts[k], Path(out), models, num_workers=num_workers,
                      on_done=lambda i, name, n: queue.put(("done", i, name, n)),

@@ -56,12 +56,24 @@ def _reader_for(p: Path) -> ReaderFunction | None:
     if suffix == ".csv":
         from .formats import looks_like_regions_csv
 
-        return _wrap(read_regions_file) if looks_like_regions_csv(p) else None
+        return _wrap(read_regions_file) if looks_like_regions_csv(p) or _partly_regions_csv(p) else None
     if suffix == ".txt":
         from .formats import looks_like_points
 
         return _wrap(read_points_file) if looks_like_points(p) else None
     return None
+
+
+def _partly_regions_csv(p: Path) -> bool:
+    """A CSV whose header has a box column and another regions column: a regions CSV with a
+    column missing, claimed so that reading it names the missing column."""
+    from .formats import BOX_COLUMNS, REGIONS_REQUIRED
+
+    try:
+        header = set(pd.read_csv(p, nrows=0).columns)
+    except Exception:  # noqa: BLE001
+        return False
+    return bool(header & set(BOX_COLUMNS)) and len(header & set(REGIONS_REQUIRED)) >= 2
 
 
 def _dir_reader(d: Path) -> ReaderFunction | None:

@@ -7,9 +7,9 @@ run. INPUTS may be image files, folders (their images) or ``simulated`` / ``simu
 (a simulated smear). ``--model NAME`` picks a shipped model (docs/models.md); without it the
 shipped default is used. ``--detector``/``--classifier`` take checkpoints of your own.
 
-``--processes`` analysing processes (default: one per CPU core) share the images; in each,
-images stream through a DataLoader (``--workers`` reader processes), the regions of
-``--images-per-batch`` images are classified together in batches of ``--batch-size``, and each
+``--processes`` analysing processes (default: one per CPU core) take turns on groups of
+``--images-per-batch`` images; in each, images stream through a DataLoader (``--workers``
+reader processes), each image's regions are classified in batches of ``--batch-size``, and each
 image's files are written atomically as soon as it is done. Running the same command again
 skips each image already done, and unreadable files that have not changed, without loading
 the models when nothing is left (a crashed or stopped run continues; ``--overwrite`` redoes
@@ -63,12 +63,13 @@ def main(argv=None) -> int:
     ap.add_argument("--type-threshold", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=64, help="regions per classifier batch (default 64)")
     ap.add_argument("--images-per-batch", type=int, default=4,
-                    help="images whose regions are classified together; also the most a crash can lose (default 4)")
+                    help="consecutive images that form one unit of work for a process or rank (default 4)")
     ap.add_argument("--workers", type=int, default=None,
                     help="DataLoader reader processes (default: CPU cores - 1, at most 4; 0 = read in this process)")
     ap.add_argument("--processes", type=int, default=None,
                     help="analysing processes, each with its own models (default: one per CPU core, at most 8 "
-                         "and as many as the free memory holds at ~1.6 GB each; 1 on a GPU)")
+                         "and as many as the free memory holds at ~1.6 GB each plus ~90 bytes per pixel of the "
+                         "largest image; 1 on a GPU)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of each analysing process (default: cores / processes)")
     ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNGs")

@@ -15,7 +15,8 @@ Data (``data``):
   (by image) validates. Every image carries its estimated cell diameter, and with
   ``cell_diameter`` (the training diameter, e.g. 30) each is resized so its cells have that
   diameter; the diameter is stored in the checkpoint and ``RegionDetector.detect`` resizes
-  every input the same way. Sources are sampled equally often (``source_balance``); the
+  every input the same way. Sources are sampled equally often (``source_balance``; or a dict
+  of relative shares per source, e.g. ``{"bccd": 2, "bbbc041seg": 1, "chula-rbc12": 1}``); the
   per-epoch metric is the mean of BCCD AP50, BBBC041 AP50 and the share of Chula points inside
   a box scoring >= 0.5;
 * a Pascal VOC folder (``JPEGImages/`` + ``Annotations/``): its boxes and class names
@@ -448,7 +449,7 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
                    min_visible: float = 0.7, rpn_batch_size_per_image: int | None = None,
                    rpn_positive_fraction: float | None = None, box_batch_size_per_image: int | None = None,
                    box_positive_fraction: float | None = None, cell_diameter: float | None = None,
-                   color_aug: bool = False, source_balance: bool = True, val_limit: int | None = None,
+                   color_aug: bool = False, source_balance: bool | dict = True, val_limit: int | None = None,
                    **options) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
@@ -527,7 +528,9 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     if by_source and source_balance:  # each source equally often, whatever its number of images
         srcs = [it["source"] for it in tr_items]
         cnt = {k: srcs.count(k) for k in set(srcs)}
-        weights = np.array([1.0 / (len(cnt) * cnt[k]) for k in srcs])
+        share = ({k: float(source_balance.get(k, 0.0)) for k in cnt} if isinstance(source_balance, dict)
+                 else {k: 1.0 for k in cnt})
+        weights = np.array([share[k] / cnt[k] for k in srcs])
         weights /= weights.sum()
     n_boxes = int(sum(len(p[1]) for p in prepared))
     emit({"event": "data", "n_train": len(tr_items), "n_val": len(va_items), "n_boxes": n_boxes,
@@ -569,7 +572,9 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         + (", transpose" if rot90 else "") + ", colour/brightness/contrast jitter",
         "ema": float(ema), "scale_jitter": list(jitter) if jitter else None, "min_visible": min_visible,
         "samplers": samplers, "seed": seed, "data": str(data), "cell_diameter": train_diameter,
-        "color_aug": bool(color_aug), "source_balance": bool(by_source and source_balance),
+        "color_aug": bool(color_aug),
+        "source_balance": (dict(source_balance) if isinstance(source_balance, dict) else True)
+        if by_source and source_balance else False,
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
         "pretrained_backbone": bool(pretrained), "compose_options": compose_options,
         "validation": (f"{val_fraction:.0%} of the train split (val split unused)" if splits and validate_on == "train"

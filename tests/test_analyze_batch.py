@@ -88,9 +88,9 @@ def test_streaming_matches_widget_code_path(tiny_models, smear_folder, tmp_path)
     rep = analyze_batch(list_inputs([str(f) for f in files]), tmp_path, tiny_models, device="cpu",
                         num_workers=0, images_per_batch=3, batch_size=7)  # 7: batches straddle images
     assert rep.analyzed == 3 and rep.unreadable == 0 and rep.regions > 0
-    cache = {}
+    cache = {(None, None, None, "cpu"): tiny_models}  # the widget's model cache, holding the same models
     for f in files:
-        res = _run_analysis(read_image(f), None, None, "cpu", 0.5, 0.5, 64, f.stem, cache)
+        res = _run_analysis(read_image(f), None, None, None, "cpu", 0.5, 0.5, 64, f.name, cache)
         want = validate_regions(res.to_dataframe(f.name))
         got = read_regions_csv(tmp_path / f"{f.name}_regions.csv")
         assert len(got) == len(want) > 0

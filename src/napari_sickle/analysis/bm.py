@@ -191,11 +191,11 @@ def nucleus_mask(f: np.ndarray) -> np.ndarray:
     return score > t
 
 
-def cell_box(f: np.ndarray) -> tuple[float, float, float] | None:
+def cell_box(f: np.ndarray, factor: float = CELL_CROP_FACTOR) -> tuple[float, float, float] | None:
     """(centre row, centre column, side) of a square window framing the white cell whose
     nucleus lies nearest the image centre, or None when no nucleus is found.
 
-    The side is ``CELL_CROP_FACTOR`` x sqrt(nucleus area), so a cell gets the same size in
+    The side is ``factor`` x sqrt(nucleus area), so a cell gets the same size in
     pixels whatever the magnification or crop size of the image it comes from."""
     from scipy import ndimage as ndi
 
@@ -218,7 +218,7 @@ def cell_box(f: np.ndarray) -> tuple[float, float, float] | None:
         return None
     y = float((cy[keep] * area[keep]).sum() / tot)
     x = float((cx[keep] * area[keep]).sum() / tot)
-    return y, x, CELL_CROP_FACTOR * np.sqrt(tot)
+    return y, x, float(factor) * np.sqrt(tot)
 
 
 def cell_view(cell, model) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
@@ -231,7 +231,7 @@ def cell_view(cell, model) -> tuple[np.ndarray, tuple[float, float, float, float
         f = white_balance(f)
     if getattr(model, "crop", "none") != "nucleus":
         return f, None
-    box = cell_box(f)
+    box = cell_box(f, float(getattr(model, "crop_factor", CELL_CROP_FACTOR)))
     if box is None:
         return f, None
     y, x, side = box

@@ -244,6 +244,8 @@ class BMClassifier:
     normalise: str = "none"
     #: "nucleus": each image is framed on the cell, scaled by its nucleus area (analysis.bm.cell_view)
     crop: str = "none"
+    #: window side / sqrt(nucleus area) for crop="nucleus"
+    crop_factor: float = 2.75
 
     @property
     def n_classes(self) -> int:
@@ -270,6 +272,7 @@ class BMClassifier:
             "std": [float(x) for x in self.std],
             "normalise": self.normalise,
             "crop": self.crop,
+            "crop_factor": float(self.crop_factor),
             "output_stride": int(self.output_stride),
         }
         return cfg
@@ -360,6 +363,7 @@ def model_from_checkpoint(ckpt: dict, source: str = "") -> BMClassifier:
     set_output_stride(model, int(cfg.get("output_stride", 32)))
     model.normalise = str(cfg.get("normalise", "none"))
     model.crop = str(cfg.get("crop", "none"))
+    model.crop_factor = float(cfg.get("crop_factor", 2.75))
     model.recipe = dict(ckpt.get("recipe") or {})
     model.metrics = dict(ckpt.get("metrics") or {})
     model.source = source

@@ -489,7 +489,7 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     dev = resolve_device(device)
     size = int(opts["input_size"])
     model = build_bm_model(arch, class_names, pretrained=opts["pretrained"], input_size=size)
-    model.normalise, model.crop = opts["normalise"], opts["crop"]
+    model.normalise, model.crop, model.crop_factor = opts["normalise"], opts["crop"], float(opts["crop_factor"])
     from ..models.bm import set_output_stride
 
     set_output_stride(model, int(opts["output_stride"]))
@@ -711,7 +711,7 @@ def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, 
         "sampler": "WeightedRandomSampler", "augment": bool(opts["augment"]), "colour": bool(opts["colour"]),
         "scale_jitter": list(opts["scale_jitter"] or []), "rotation": [0, 180], "flips": ["h", "v"],
         "normalise": model.normalise, "crop": model.crop, "output_stride": int(model.output_stride),
-        "bg_erase": float(opts["bg_erase"]), "n_masks": int(opts.get("_n_masks", 0)),
+        "crop_factor": float(model.crop_factor), "bg_erase": float(opts["bg_erase"]), "n_masks": int(opts.get("_n_masks", 0)),
         "epochs": int(epochs), "batch_size": int(opts["batch_size"]), "input_size": int(model.input_size),
         "seed": int(seed), "split_seed": int(opts["split_seed"]), "pretrained": bool(opts["pretrained"]),
         "data": data_desc, "n_train": n_train, "n_val": n_val, "val_paths": list(opts.get("_val_paths") or []),
@@ -805,6 +805,7 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("scale_jitter", None if legacy else (0.8, 1.25))
     opts.setdefault("output_stride", 32)
     opts.setdefault("bg_erase", 0.0)
+    opts.setdefault("crop_factor", 2.75)
     for key in ("colour",):
         if isinstance(opts[key], str):
             opts[key] = opts[key].lower() not in ("0", "false", "no", "off")

@@ -89,7 +89,10 @@ def test_analyze_from_menu_keeps_ground_truth(sample, qtbot):
     n_layers = len(viewer.layers)
     w.run_button.changed.emit(True)
     assert w.progress_bar.value == 0
+    assert w._nprogress is not None  # a bar in napari's activity dock while it runs
     qtbot.waitUntil(lambda: not w.busy, timeout=300_000)
+    assert w._nprogress is None
+    assert w.progress_bar.value == w.progress_bar.max
     assert len(viewer.layers) == n_layers
 
 

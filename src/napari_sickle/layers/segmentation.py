@@ -58,11 +58,13 @@ def merged_points(result, image_name: str, sp: dict) -> tuple:
         if not ids:
             continue
         centres = ndi.center_of_mass(np.ones_like(lab, dtype=np.uint8), lab, ids)
-        areas = ndi.sum_labels(np.ones_like(lab, dtype=np.uint8), lab, ids)
-        for i, c, a in zip(ids, centres, areas):
+        slices = ndi.find_objects(lab)
+        for i, c in zip(ids, centres):
+            sl = slices[i - 1]
+            extent = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
             pts.append(c)
             methods.append(method)
-            sizes.append(2.6 * np.sqrt(a / np.pi))  # 1.3x the object's diameter: outside it
+            sizes.append(1.15 * extent)  # a circle just outside the object
             if gt is not None:
                 inside = np.unique(gt[lab == i])
                 n_cells.append(int((inside > 0).sum()))
@@ -84,7 +86,8 @@ def merged_points(result, image_name: str, sp: dict) -> tuple:
         "symbol": "disc",
         "face_color": "transparent",
         "border_color": [METHOD_COLORS.get(m, "#d62728") for m in methods] if methods else "red",
-        "border_width": 0.05,
+        "border_width": 2,  # data pixels: a thin line
+        "border_width_is_relative": False,
         "opacity": 1.0,
         "metadata": {"what": "predictions covering two or more true cells"},
         **sp,

@@ -37,7 +37,7 @@ def show_table(table, columns: dict, row_headers=None) -> None:
     it fits the dock: no pandas row numbers (``row_headers`` instead, or none), columns
     stretched to the dock's width, no horizontal scroll bar."""
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QHeaderView
+    from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
     n = len(next(iter(columns.values()), []))
     value = {"data": [[columns[c][i] for c in columns] for i in range(n)], "columns": list(columns)}
@@ -45,6 +45,10 @@ def show_table(table, columns: dict, row_headers=None) -> None:
         value["index"] = list(row_headers)
     table.value = value
     q = table.native
+    if not getattr(q, "_plain_text_cells", False):
+        # magicgui's delegate re-formats number-like text ('0.06' -> '6.000e-02'); show ours as is
+        q.setItemDelegate(QStyledItemDelegate(q))
+        q._plain_text_cells = True
     q.verticalHeader().setVisible(row_headers is not None)
     header = q.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)

@@ -1,39 +1,41 @@
-"""Train and evaluate the bone-marrow / white-cell classifier (Glüge et al. 2024 recipe).
+"""Train and evaluate the bone-marrow / white-cell classifier.
 
-Recipe: class-balanced ``WeightedRandomSampler``; ``RandomResizedCrop`` (scale 1 by default,
-i.e. the whole crop; the paper's 0.08-1 with ``crop_scale=0.08``; ratio 0.75-1.33), random rotation
-0-180 degrees, horizontal and vertical flips;
-SGD with momentum 0.9 whose learning rate comes from a short learning-rate range test
-(exponential sweep; a tenth of the lr at the lowest smoothed loss);
-``ReduceLROnPlateau`` (factor 0.1, patience 3) on the validation loss; normalisation
-mean/std computed from the training images; stratified k-fold with ``folds``.
+Recipe (``schedule="cosine"``, the default; docs/bm.md says why): every cell goes once through
+the cell view of ``analysis.bm`` (white balance to the background, a window framed on the
+stained nucleus and scaled by its area: ``normalise``, ``crop``, ``crop_factor``); SGD with
+momentum 0.9 at a fixed lr (0.02 unless given), one epoch of linear warm-up and cosine decay to
+zero; an exponential moving average of the weights (``ema``), whose value after the last epoch
+is the model (nothing is chosen on validation cells); class-balanced ``WeightedRandomSampler``;
+stain and colour augmentation (``colour``: :class:`StainJitter`), rotation with a random zoom
+(``scale_jitter``) and flips; background erasing from cell masks stored beside the images
+(``bg_erase``); efficientnet-lite0 at output stride 16 (``output_stride``).
+``schedule="plateau"`` is the earlier recipe (Glüge et al. 2024): lr range test,
+``ReduceLROnPlateau`` on the validation loss, ``best.pt`` = the best validation epoch,
+``RandomResizedCrop`` (``crop_scale``), optional head warm-up (``warmup_epochs``).
 
 ``data`` layouts:
 
-* class folders of single-cell crops (class = sub-folder name);
+* class folders of single-cell crops (class = sub-folder name; grey label masks beside their
+  images are not taken for cells);
 * a CSV table (or a folder holding ``labels.csv``) with an image column (``image`` or
   ``path``) and a class column (``class_name``, ``label`` or ``class``); relative paths
   are resolved against the CSV's folder (the ``wbc-zheng2018`` layout);
+* the Zheng 2018 folder as published (``Class Labels of Dataset N.csv`` + ``Dataset N/``);
 * ``"simulated"``: :func:`napari_sickle.data.bm_sim.simulate_bm_cells`.
 
-Options (``**options``): ``input_size`` (default: the median crop side rounded down to a
-multiple of 32, at most the arch's default: 96 for the 120 px WBC crops; 64 for simulated
-data), ``batch_size`` (32), ``lr`` (None: range test), ``augment`` (True), ``crop_scale``
-((1.0, 1.0); a number x means (x, 1)), ``val_fraction`` (0.2, without ``folds``),
-``n_per_class`` (simulated, 64),
-``pretrained`` (True), ``weight_decay`` (1e-4), ``patience`` (3), ``class_names``,
-``warmup_epochs`` (0: the first N of the ``epochs`` train only the new last layer, the
-pretrained backbone frozen; then everything is fine-tuned), ``lr_test_steps`` (30),
-``cache_size`` (None: images are kept in memory at their own size; an int pre-resizes
-every image once so that its longer side is at most that many pixels, which makes the
-per-step augmentations cheap), ``tta`` (``"flips"``: validation and ``evaluate_bm`` average
-the softmax of each cell and its left-right, up-down and double flips; ``"none"``).
-``epochs`` defaults to 30. Validation cells go through ``analysis.bm.preprocess``, the code
-``classify_cells`` uses, so the logged held-out figures equal ``evaluate bm``'s.
+Other options (``**options``): ``input_size`` (default: the median crop side rounded down to
+a multiple of 32, at most the arch's default), ``batch_size`` (32), ``lr``, ``augment``
+(True), ``val_fraction`` (0.2; 0 trains on everything, cosine schedule only), ``split_seed``
+(0: the held-out split does not change with ``seed``), ``n_per_class`` (simulated, 64),
+``pretrained`` (True), ``weight_decay`` (1e-4), ``label_smoothing`` (0), ``class_names``,
+``cache_size``, ``tta`` (``"flips"``: validation and ``evaluate_bm`` average the softmax of
+each cell and its flips; ``"none"``; ``"d4"``). ``epochs`` defaults to 30. Validation cells go
+through ``analysis.bm.preprocess``, the code ``classify_cells`` uses, so the logged held-out
+figures equal ``evaluate bm``'s.
 
 With ``folds=k`` one model per fold is trained in ``out/fold<i>/``; metrics are computed
 on the pooled out-of-fold predictions, and ``out/best.pt`` is the fold model with the
-best validation macro-F1. ``resume`` continues a single-split run from its ``last.pt``.
+best held-out macro-F1. ``resume`` continues a single-split run from its ``last.pt``.
 """
 from __future__ import annotations
 
@@ -803,8 +805,8 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("normalise", "none" if legacy else "background")
     opts.setdefault("crop", "none" if legacy else "nucleus")
     opts.setdefault("scale_jitter", None if legacy else (0.8, 1.25))
-    opts.setdefault("output_stride", 32)
-    opts.setdefault("bg_erase", 0.0)
+    opts.setdefault("output_stride", 16 if canonical_arch(arch) == "efficientnet_lite0" and not legacy else 32)
+    opts.setdefault("bg_erase", 0.0 if legacy else 0.5)
     opts.setdefault("crop_factor", 2.75)
     for key in ("colour",):
         if isinstance(opts[key], str):

@@ -234,9 +234,10 @@ def _trainable(clf):
 
 def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: float = 1e-3,
           regions_per_epoch: int = 7000, batch_regions: int = 96, total_epochs: int | None = None,
-          threads: int = 2, log=print) -> dict:
+          threads: int = 2, init=None, log=print) -> dict:
     """Fine-tune for ``epochs`` epochs (continuing ``cache/state.pt`` with ``resume``); the
-    learning rate follows a cosine over ``total_epochs`` (default: ``epochs``)."""
+    learning rate follows a cosine over ``total_epochs`` (default: ``epochs``). ``init``: start
+    from the network of another ``state.pt`` (a new schedule, e.g. a second cosine cycle)."""
     import torch
 
     from ..models.multilabel import segment_max
@@ -250,11 +251,16 @@ def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: fl
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     start, hist = 0, []
     total = int(total_epochs or epochs)
+    if init is not None and not resume:
+        st = torch.load(init, map_location="cpu", weights_only=False)
+        clf.net.load_state_dict(st["net"])
+        hist = [dict(h, cycle=1) for h in st["history"]]
     if resume:
         st = torch.load(cache / "state.pt", map_location="cpu", weights_only=False)
         clf.net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         start, hist, total = int(st["epoch"]), st["history"], int(st["total_epochs"])
+        init = st.get("init")
     X = torch.as_tensor(tr["X"])
     Y = torch.as_tensor(tr["Y"])
     n = len(Y)
@@ -291,7 +297,7 @@ def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: fl
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(reg)
+            tot += loss.item() * len(reg)
         vp = region_probs(clf, va)
         vm = {}
         for s in ("xu", "chula"):
@@ -299,11 +305,12 @@ def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: fl
                 m = (va["source"] == s) & (va["kind"] == k)
                 if m.any():
                     vm[f"{s}/{k}"] = round(exact_match(vp[m], va["Y"][m]), 4)
-        hist.append({"epoch": epoch + 1, "loss": tot / len(pick), "val_exact": vm, "seconds": round(time.time() - t0, 1)})
+        hist.append({"epoch": epoch + 1, "lr": lr, "loss": tot / len(pick), "val_exact": vm, "seconds": round(time.time() - t0, 1)})
         log(json.dumps(hist[-1]))
         torch.save({"net": clf.net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": hist,
                     "total_epochs": total, "seed": seed, "lr": lr, "regions_per_epoch": regions_per_epoch,
-                    "batch_regions": batch_regions}, cache / "state.pt")
+                    "batch_regions": batch_regions, "init": None if init is None else str(init),
+                    "cycles": 1 + (init is not None)}, cache / "state.pt")
     return {"history": hist}
 
 
@@ -331,7 +338,7 @@ def finish(cache, out, *, tta: str = "none", seed: int = 0, threads: int = 2, lo
     clf.recipe = {"trainer": "napari_sickle.training.real_classifier", "backbone": BACKBONE, "input_size": INPUT_SIZE,
                   "min_side": MIN_SIDE, "freeze_blocks": FREEZE_BLOCKS, "epochs": st["epoch"], "lr": st["lr"],
                   "regions_per_epoch": st["regions_per_epoch"], "batch_regions": st["batch_regions"],
-                  "seed": st["seed"], "data": {k: prep[k] for k in ("train", "val")}, "tta": tta}
+                  "seed": st["seed"], "cosine_cycles": st.get("cycles", 1), "data": {k: prep[k] for k in ("train", "val")}, "tta": tta}
     clf.metrics = {"train_exact": exact_match(tp, tr["Y"]), "val_exact": exact_match(vp, va["Y"]),
                    "history": st["history"]}
     save_checkpoint(clf.to_checkpoint(), out)
@@ -353,6 +360,7 @@ def main(argv=None):
     ap.add_argument("--regions-per-epoch", type=int, default=7000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tta", default="none")
+    ap.add_argument("--init", default=None, help="start from the network of this state.pt (new schedule)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -366,7 +374,7 @@ def main(argv=None):
         prepare(Path(a.data) / "sickle-rbc", Path(a.data) / "chula-rbc12", a.cache, seed=a.seed)
     elif a.step == "train":
         train(a.cache, epochs=a.epochs, resume=a.resume, seed=a.seed, lr=a.lr, regions_per_epoch=a.regions_per_epoch,
-              total_epochs=a.total_epochs, threads=a.threads)
+              total_epochs=a.total_epochs, threads=a.threads, init=a.init)
     else:
         finish(a.cache, a.out or str(Path(a.cache) / "classifier.pt"), tta=a.tta, seed=a.seed, threads=a.threads)
 

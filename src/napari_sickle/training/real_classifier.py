@@ -314,9 +314,10 @@ def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: fl
     return {"history": hist}
 
 
-def finish(cache, out, *, tta: str = "none", seed: int = 0, threads: int = 2, log=print) -> dict:
-    """Fit the abnormal model on the training regions' outputs and write the classifier
-    checkpoint ``out`` (views ``tta`` at prediction)."""
+def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 0, threads: int = 2,
+           log=print) -> dict:
+    """Fit the abnormal model on the training regions' outputs (views ``fit_tta``) and write the
+    classifier checkpoint ``out`` (views ``tta`` at prediction)."""
     import torch
 
     from ..models.checkpoint import save_checkpoint
@@ -327,19 +328,20 @@ def finish(cache, out, *, tta: str = "none", seed: int = 0, threads: int = 2, lo
     st = torch.load(cache / "state.pt", map_location="cpu", weights_only=False)
     clf = _new_clf(pretrained=False)
     clf.net.load_state_dict(st["net"])
-    clf.config["tta"] = tta
+    clf.config["tta"] = fit_tta
     clf.config["pretrained"] = True
     tr = _load(cache, "train")
     tp = region_probs(clf, tr)
     clf.abnormal_model = fit_abnormal_model(tp, tr["Y"], seed=seed)
+    clf.config["tta"] = tta
     va = _load(cache, "val")
     vp = region_probs(clf, va)
     prep = json.loads((cache / "prepare.json").read_text())
     clf.recipe = {"trainer": "napari_sickle.training.real_classifier", "backbone": BACKBONE, "input_size": INPUT_SIZE,
                   "min_side": MIN_SIDE, "freeze_blocks": FREEZE_BLOCKS, "epochs": st["epoch"], "lr": st["lr"],
                   "regions_per_epoch": st["regions_per_epoch"], "batch_regions": st["batch_regions"],
-                  "seed": st["seed"], "cosine_cycles": st.get("cycles", 1), "data": {k: prep[k] for k in ("train", "val")}, "tta": tta}
-    clf.metrics = {"train_exact": exact_match(tp, tr["Y"]), "val_exact": exact_match(vp, va["Y"]),
+                  "seed": st["seed"], "abnormal_fit_tta": fit_tta, "cosine_cycles": st.get("cycles", 1), "data": {k: prep[k] for k in ("train", "val")}, "tta": tta}
+    clf.metrics = {"train_exact_fit_views": exact_match(tp, tr["Y"]), "val_exact": exact_match(vp, va["Y"]),
                    "history": st["history"]}
     save_checkpoint(clf.to_checkpoint(), out)
     log(json.dumps({k: v for k, v in clf.metrics.items() if k != "history"}))
@@ -359,7 +361,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--regions-per-epoch", type=int, default=7000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tta", default="none")
+    ap.add_argument("--tta", default="hflip", help="views at prediction (stored in the checkpoint)")
+    ap.add_argument("--fit-tta", default="none", help="views of the training outputs the abnormal model is fitted on")
     ap.add_argument("--init", default=None, help="start from the network of this state.pt (new schedule)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -376,7 +379,7 @@ def main(argv=None):
         train(a.cache, epochs=a.epochs, resume=a.resume, seed=a.seed, lr=a.lr, regions_per_epoch=a.regions_per_epoch,
               total_epochs=a.total_epochs, threads=a.threads, init=a.init)
     else:
-        finish(a.cache, a.out or str(Path(a.cache) / "classifier.pt"), tta=a.tta, seed=a.seed, threads=a.threads)
+        finish(a.cache, a.out or str(Path(a.cache) / "classifier.pt"), tta=a.tta, fit_tta=a.fit_tta, seed=a.seed, threads=a.threads)
 
 
 if __name__ == "__main__":

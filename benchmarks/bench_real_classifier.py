@@ -163,7 +163,8 @@ def chula_scores(clf, root):
         Y = np.stack([chula_type_row(c) for c in cls[mapped]])
         res = {
             "exact_type_match": round(float(np.mean(np.all((P[mapped] >= 0.5) == (Y >= 0.5), axis=1))), 4),
-            "n_mapped": int(mapped.sum()),
+            "n_mapped": int(mapped.sum()), "n_normal": int((cls == 0).sum()),
+            "n_abnormal_mapped": int(np.isin(cls, [5, 8, 12]).sum()),
             "normal_called_normal": round(float(np.mean(~abn[cls == 0])), 4),
             "ovalocyte_called_normal": round(float(np.mean(~abn[cls == 6])), 4),
             "abnormal_called_abnormal": round(float(np.mean(abn[np.isin(cls, [5, 8, 12])])), 4),

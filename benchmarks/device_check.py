@@ -355,7 +355,7 @@ def print_table(r: dict) -> None:
     t = r.get("throughput")
     if t:
         print(f"\nthroughput: {t['smears_done']}/{t['smears']} smears in {t['wall_s']:.1f} s = "
-              f"{t['smears_per_min']:.0f} smears/min (python -m {t['command']}; rc {t['returncode']})")
+              f"{t['smears_per_min']:.0f} smears/min (python {t['command']}; rc {t['returncode']})")
         if "nvidia_smi_peak_mib" in t:
             print(f"peak GPU memory used during it (nvidia-smi): {t['nvidia_smi_peak_mib']:.0f} MiB "
                   f"(before: {t['nvidia_smi_base_mib']:.0f} MiB)")

@@ -275,6 +275,7 @@ def _report(args, inputs, dist, rep, world) -> int:
 
     from .analysis.batch import write_summary
 
+    main_rank = dist.is_main()  # asked before cleanup: afterwards every process looks like rank 0
     for i, err in rep.errors.items():
         print(f"skipped unreadable {inputs[i][1]}: {err}", file=sys.stderr)
     if world > 1:  # totals over the ranks; rank 0 writes the summary of all images
@@ -284,13 +285,13 @@ def _report(args, inputs, dist, rep, world) -> int:
         sums = dist.reduce_sums({k: getattr(rep, k) for k in ("total", "analyzed", "skipped_done", "unreadable",
                                                               "regions", "processes")})
         seconds = max(dist.gather(rep.seconds))
-        if dist.is_main():
+        if main_rank:
             for k, v in sums.items():
                 setattr(rep, k, int(v))
             rep.seconds, rep.errors = seconds, errors
             rep.summary = str(write_summary(Path(args.out), inputs, errors))
         dist.cleanup(success=True)
-        if not dist.is_main():
+        if not main_rank:
             return 0
     print(json.dumps({"summary": rep.summary, "images": len(inputs), **rep.as_dict(),
                       "ranks": world}))

@@ -1,4 +1,4 @@
-"""Small display helpers shared by the dock widgets: numbers for people, tables that fit the
+"""Display functions shared by the dock widgets: numbers for people, tables that fit the
 dock, labels that wrap."""
 import math
 

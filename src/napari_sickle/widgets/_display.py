@@ -40,9 +40,9 @@ def show_table(table, columns: dict, row_headers=None) -> None:
     from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
     n = len(next(iter(columns.values()), []))
-    value = {"data": [[columns[c][i] for c in columns] for i in range(n)], "columns": list(columns)}
-    if row_headers is not None:
-        value["index"] = list(row_headers)
+    # all three keys: magicgui reads a dict without "index" as a dict of columns
+    value = {"data": [[columns[c][i] for c in columns] for i in range(n)], "columns": list(columns),
+             "index": list(row_headers) if row_headers is not None else [str(i + 1) for i in range(n)]}
     table.value = value
     q = table.native
     if not getattr(q, "_plain_text_cells", False):

@@ -18,7 +18,7 @@ from ._models import ModelPicker, path_or_none
 
 
 def _run_analysis(image, model, detector_path, classifier_path, device, score_threshold, nms_iou, batch_size,
-                  image_name, model_cache, progress=None):
+                  image_name, model_cache, cell_diameter=None, progress=None):
     """Worker body (no Qt): load (or reuse) the models, then analyze."""
     from ..analysis.smear import analyze_smear
     from ..models.registry import load_models
@@ -32,7 +32,7 @@ def _run_analysis(image, model, detector_path, classifier_path, device, score_th
         model_cache.clear()
         model_cache[key] = models
     return analyze_smear(image, models, score_threshold=score_threshold, nms_iou=nms_iou, batch_size=batch_size,
-                         device=device, progress=progress, image_name=image_name)
+                         device=device, progress=progress, image_name=image_name, cell_diameter=cell_diameter)
 
 
 class AnalyzeRBCWidget(TaskWidget):
@@ -54,6 +54,9 @@ class AnalyzeRBCWidget(TaskWidget):
                                             tooltip="Detections scoring below this are dropped; lower it when cells are missed.")
         self.nms_iou = FloatSpinBox(value=0.5, min=0.05, max=0.95, step=0.05, label="NMS IoU")
         self.batch_size = SpinBox(value=64, min=1, max=1024, label="batch size")
+        self.cell_diameter = SpinBox(value=0, min=0, max=1000, label="cell diameter (px)",
+                                     tooltip="Typical red cell diameter in pixels; 0 = estimate it from the image. "
+                                             "A detector trained at one cell size sees the image rescaled to it.")
         self.color_by = ComboBox(choices=["abnormal", "type"], value="abnormal", label="colour by")
         self.legend = wrap(Label(value=""))
         self.summary = Table(value={"item": [], "value": []}, label="summary")
@@ -61,7 +64,7 @@ class AnalyzeRBCWidget(TaskWidget):
         self.export_path = FileEdit(mode="w", filter="*.csv", label="export CSV", value="")
         self.export_button = PushButton(text="Export regions CSV", enabled=False)
         self.extend([self.image, self.model, self.device, self.score_threshold, self.nms_iou,
-                     self.batch_size, self.color_by])
+                     self.cell_diameter, self.batch_size, self.color_by])
         self._add_run_controls()
         self.extend([self.legend, self.summary, self.export_path, self.export_button])
         self._model_cache: dict = {}
@@ -130,6 +133,7 @@ class AnalyzeRBCWidget(TaskWidget):
             batch_size=int(self.batch_size.value),
             image_name=layer.name,
             model_cache=self._model_cache,
+            cell_diameter=float(self.cell_diameter.value) or None,
         )
         return self.start(_run_analysis, kwargs, lambda res: self._show(res, source))
 
@@ -151,7 +155,7 @@ class AnalyzeRBCWidget(TaskWidget):
             about = self.model.describe()
             self.status.value = (
                 "No regions found. The detector may not know images like this one "
-                f"({about.rstrip('.')}). Try a lower score threshold or another model.")
+                f"({about.rstrip('.')}). Try a lower score threshold, the cell diameter, or another model.")
         else:
             self.status.value = (
                 f"{s['n_regions']} regions boxed (a region is one cell or a group of touching cells); "

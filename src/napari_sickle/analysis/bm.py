@@ -162,8 +162,9 @@ def as_cell_list(images) -> list[np.ndarray]:
 
 
 # --------------------------------------------------------------------------- cell view
-#: crop side = CELL_CROP_FACTOR x sqrt(area of the stained nucleus): the 120 px Zheng crops,
-#: whose nuclei cover about 1600 px, map to about 110 px windows, i.e. their own framing
+#: default crop side / sqrt(area of the stained nucleus) when a model records none: about the
+#: 120 px frame of the Zheng crops. Models trained with the current recipe record their own
+#: ``crop_factor`` (2.0: a window about the size of the cell; docs/bm.md)
 CELL_CROP_FACTOR = 2.75
 
 

@@ -807,7 +807,7 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("scale_jitter", None if legacy else (0.8, 1.25))
     opts.setdefault("output_stride", 16 if canonical_arch(arch) == "efficientnet_lite0" and not legacy else 32)
     opts.setdefault("bg_erase", 0.0 if legacy else 0.5)
-    opts.setdefault("crop_factor", 2.75)
+    opts.setdefault("crop_factor", 2.0)
     for key in ("colour",):
         if isinstance(opts[key], str):
             opts[key] = opts[key].lower() not in ("0", "false", "no", "off")

@@ -165,3 +165,23 @@ def test_train_detector_on_real_spec(tmp_path):
     assert "points_inside" in ep["per_source"]["chula-rbc12"]
     data = [d for d in logs if d["event"] == "data"][0]
     assert data["n_train"] == 5 and data["n_val"] == 3
+
+
+def test_detect_regions_passes_the_cell_diameter_override():
+    from napari_sickle.analysis.smear import detect_regions
+
+    seen = {}
+
+    class Stub:
+        class_names = ["cell region"]
+        config = {}
+
+        def detect(self, rgb, **kw):
+            seen.update(kw)
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+
+    img, _ = _discs()
+    detect_regions(img, Stub())
+    assert "cell_diameter" not in seen  # default: the detector estimates it
+    detect_regions(img, Stub(), cell_diameter=55)
+    assert seen["cell_diameter"] == 55.0

@@ -505,10 +505,15 @@ class RBCClassifier:
                                   f"{cfg.get('crop')!r}, tta {cfg.get('tta')!r} or split {cfg.get('split')!r}; "
                                   f"this napari-sickle knows pools {POOLS}, crops {CROPS}, tta {TTAS} and "
                                   f"splits {SPLITS}")
-        net = make_net(cfg["backbone"], pretrained=False, pool=cfg.get("pool", "avg"),
+        # shipped models leave out the frozen ImageNet backbone tensors: they come from the installed package
+        packaged = cfg.get("backbone_weights") == "package"
+        net = make_net(cfg["backbone"], pretrained=packaged, pool=cfg.get("pool", "avg"),
                        standardize=bool(cfg.get("standardize", False)),
                        splitter=cfg.get("splitter") if cfg.get("split") == "unet" else None)
-        load_state(net, ckpt["state_dict"], source, f"a multi-label classifier with backbone {cfg['backbone']!r}")
+        state = ckpt["state_dict"]
+        if packaged:
+            state = {**{f"backbone.{k}": v for k, v in net.backbone.state_dict().items()}, **state}
+        load_state(net, state, source, f"a multi-label classifier with backbone {cfg['backbone']!r}")
         blob = ckpt.get("extra", {}).get("abnormal_model_skops")
         abn = sklearn_from_bytes(blob, source) if blob is not None else None
         import torch

@@ -164,13 +164,13 @@ def main(argv=None):
     one_out = Path(str(out) + "_one_by_one")
     shutil.rmtree(one_out, ignore_errors=True)
     one_out.mkdir(parents=True)
-    cache = {(None, None, args.device): models}
+    cache = {(args.model, args.detector, args.classifier, args.device): models}
     torch.set_num_threads(widget_threads)
     t1 = time.perf_counter()
     cpu1 = time.process_time()
     for f in files[:k1]:
         img = read_image(f)
-        res = _run_analysis(img, None, None, args.device, 0.5, 0.5, 64, f.stem, cache)
+        res = _run_analysis(img, args.model, args.detector, args.classifier, args.device, 0.5, 0.5, 64, f.stem, cache)
         write_regions_csv(res.to_dataframe(f.name), one_out / f"{f.stem}_regions.csv")
     one_s = time.perf_counter() - t1
     one_cpu = time.process_time() - cpu1

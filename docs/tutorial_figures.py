@@ -4,7 +4,7 @@
     SICKLE_DATA=../shared/data xvfb-run -a -s "-screen 0 1600x1000x24" \\
         .venv/bin/python docs/tutorial_figures.py [STEP ...]
 
-STEP is any of: analyze, export, explain, compare, train (default: all). Every widget is
+STEP is any of: analyze (with export), sample, explain, compare, train (default: all). Every widget is
 opened from the Plugins menu (``add_plugin_dock_widget``), as a user opens it. Writes
 docs/images/tutorial_<step>.png (palette PNGs, kept under 300 KB).
 """
@@ -61,9 +61,12 @@ def save(viewer, name: str) -> Path:
     for _ in range(10):
         QApplication.instance().processEvents()
         time.sleep(0.03)
-    img = viewer.screenshot(canvas_only=False, flash=False)
+    img = Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)[..., :3])
     path = OUT / f"tutorial_{name}.png"
-    Image.fromarray(img[..., :3]).quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    for colors in (192, 128, 96, 64):
+        img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        if path.stat().st_size < 290_000:
+            break
     print(f"{path}: {path.stat().st_size / 1e3:.0f} KB")
     return path
 
@@ -80,7 +83,8 @@ def zoom_100(viewer, layer, centre=None):
 
 
 def analyze(fx: Path, export: bool = False):
-    smear = fx / "bccd" / "JPEGImages" / "BloodImage_00000.jpg"
+    """A Chula RBC-12 smear (640x480, Wright stain, about 45 px per cell) at 100 % zoom."""
+    smear = fx / "chula-rbc12" / "Dataset" / "100.jpg"
     v = new_viewer()
     v.open(str(smear), plugin="napari-sickle")
     image = v.layers[0]
@@ -98,6 +102,25 @@ def analyze(fx: Path, export: bool = False):
         print(w.status.value)
         v.layers.selection.active = v.layers[f"{image.name} · RBC types"]
         save(v, "export")
+    v.close()
+
+
+def analyze_sample():
+    """The simulated sample smear (File > Open Sample), analysed with the shipped default; its
+    ground-truth layers hidden, 100 % zoom on the top-left corner."""
+    v = new_viewer()
+    v.open_sample("napari-sickle", "smear")
+    image = v.layers[0]
+    for layer in list(v.layers)[1:]:
+        layer.visible = False
+    w = open_widget(v, "Analyze RBC smear")
+    w.device.value = "cpu"
+    w.image.value = image
+    w.run()
+    wait(w)
+    print(w.status.value)
+    zoom_100(v, image, (300, 420))
+    save(v, "analyze_sample")
     v.close()
 
 
@@ -187,17 +210,20 @@ def train(fx: Path):
     w.load_into_analysis()
     print(w.status.value, "U-Net ticked:", seg.use_unet.value, seg.unet.file("unet"))
     v.window.remove_dock_widget(seg_dock)  # the picture shows the training widget alone
+    v.window._qt_window.resize(*SIZE)
     save(v, "train")
     v.close()
 
 
 def main(argv=None):
-    steps = list(argv if argv is not None else sys.argv[1:]) or ["analyze", "explain", "compare", "train"]
+    steps = list(argv if argv is not None else sys.argv[1:]) or ["analyze", "sample", "explain", "compare", "train"]
     fx = data_dir()
     OUT.mkdir(exist_ok=True)
     for step in steps:
         if step in ("analyze", "export"):
             analyze(fx, export=True)
+        elif step == "sample":
+            analyze_sample()
         elif step == "explain":
             explain(fx)
         elif step == "compare":

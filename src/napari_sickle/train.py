@@ -123,6 +123,9 @@ def check_data(data: str, kind: str) -> None:
                 raise UsageError(f"--data {data}: {sub}/ holds no images.")
         return
     subdirs = sorted(p for p in entries if p.is_dir())
+    if kind == "bm" and ("labels.csv" in names or any(n.startswith("Class Labels of ") and n.endswith(".csv")
+                                                      for n in names)):
+        return  # a table names the classes (wbc-zheng2018 layout, or the Zheng folder as published)
     if subdirs and kind in ("multilabel", "bm", PROTOCOL):
         counts = {d.name: sum(1 for p in d.rglob("*") if _is_image(p)) for d in subdirs}
         if sum(counts.values()) == 0:

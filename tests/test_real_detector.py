@@ -23,7 +23,7 @@ def _discs(shape=(240, 320), d=30, spacing=48, offset=(30, 30), bg=220, fg=120):
 
 @pytest.mark.parametrize("d", [20, 40])
 def test_estimate_cell_diameter_follows_the_cells(d):
-    from napari_sickle.analysis.scale import estimate_cell_diameter
+    from napari_sickle.models.scale import estimate_cell_diameter
 
     img, _ = _discs(d=d, spacing=int(d * 1.6), offset=(d, d))
     est = estimate_cell_diameter(img)
@@ -34,14 +34,14 @@ def test_estimate_cell_diameter_follows_the_cells(d):
 
 
 def test_estimate_cell_diameter_none_without_cells():
-    from napari_sickle.analysis.scale import estimate_cell_diameter
+    from napari_sickle.models.scale import estimate_cell_diameter
 
     assert estimate_cell_diameter(np.full((100, 100, 3), 200, np.uint8)) is None
     assert estimate_cell_diameter(np.zeros((4, 4))) is None
 
 
 def test_rescale_helpers():
-    from napari_sickle.analysis.scale import boxes_to_original, rescale_factor, rescale_image
+    from napari_sickle.models.scale import boxes_to_original, rescale_factor, rescale_image
 
     assert rescale_factor(60.0, 30.0) == pytest.approx(0.5)
     assert rescale_factor(None, 30.0) == 1.0 and rescale_factor(0.0, 30.0) == 1.0

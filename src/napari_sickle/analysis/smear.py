@@ -242,7 +242,7 @@ def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, n
     :func:`foreground_mask` of ``rgb`` (the batch command computes it in its reader workers).
     ``cell_diameter``: the smear's red cell diameter in pixels, for a detector trained at a cell
     diameter (``config["cell_diameter"]``): the image is resized so its cells have the training
-    diameter before detection (None: estimated from the image, ``analysis.scale``)."""
+    diameter before detection (None: estimated from the image, ``models.scale``)."""
     extra = {} if cell_diameter is None else {"cell_diameter": float(cell_diameter)}
     boxes, scores, cls = detector.detect(rgb, score_threshold=score_threshold, nms_iou=nms_iou, progress=progress,
                                          region_merge=None if merge_regions else False, **extra)

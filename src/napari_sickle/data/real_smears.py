@@ -13,7 +13,7 @@
   (marker-controlled watershed of the cell foreground with the points as markers). Split: image
   number divisible by 5 is validation.
 
-Every item carries ``source`` and ``diameter`` (``analysis.scale.estimate_cell_diameter`` of its
+Every item carries ``source`` and ``diameter`` (``models.scale.estimate_cell_diameter`` of its
 image); Chula items also carry their ``points`` (for the points-inside-a-box score).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def read_points(path) -> np.ndarray:
 def boxes_from_points(image, points, diameter: float | None = None):
     """Cell boxes of a smear with one point per cell -> (boxes (m, 4) float32, from_point (m,) bool).
 
-    Cell foreground: ``analysis.scale.cell_foreground`` (darker than Otsu's threshold, holes
+    Cell foreground: ``models.scale.cell_foreground`` (darker than Otsu's threshold, holes
     filled). Markers: the points, plus the regional maxima of the foreground's distance
     transform that are at least 0.3 cell diameters deep and 0.6 diameters from every point (the
     cells the annotators left unlabelled - often, but not only, cells cut by the border).
@@ -71,7 +71,7 @@ def boxes_from_points(image, points, diameter: float | None = None):
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
-    from ..analysis.scale import cell_foreground, estimate_cell_diameter
+    from ..models.scale import cell_foreground, estimate_cell_diameter
 
     img = np.asarray(image)
     h, w = img.shape[:2]
@@ -131,7 +131,7 @@ def boxes_from_points(image, points, diameter: float | None = None):
 
 
 def _item(image, boxes, source, name, split, **extra):
-    from ..analysis.scale import estimate_cell_diameter
+    from ..models.scale import estimate_cell_diameter
 
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     return {"image": image, "boxes": b, "labels": np.ones(len(b), np.int64), "name": f"{source}/{name}",

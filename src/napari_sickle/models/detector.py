@@ -27,7 +27,7 @@ go through :meth:`RegionDetector.detect`, so they apply the same setting. Models
 per-cell boxes (BCCD) keep it off.
 
 Cell diameter (a per-model setting, ``config["cell_diameter"]``; None for models trained at
-one fixed ``scale``): the median cell diameter, as ``analysis.scale.estimate_cell_diameter``
+one fixed ``scale``): the median cell diameter, as ``models.scale.estimate_cell_diameter``
 measures it, that the model was trained at. Each image is then resized by
 ``cell_diameter / its own diameter`` (estimated from the image, or given by the caller's
 ``cell_diameter`` argument) instead of the fixed ``scale``, so smears of any magnification reach
@@ -243,7 +243,7 @@ class RegionDetector:
         target = self.config.get("cell_diameter")
         if not target:
             return float(self.config.get("scale", 1.0))
-        from ..analysis.scale import estimate_cell_diameter, rescale_factor
+        from .scale import estimate_cell_diameter, rescale_factor
 
         d = cell_diameter if cell_diameter else estimate_cell_diameter(np.asarray(image))
         if d is None:

@@ -281,7 +281,7 @@ def _item_scale(item, scale, cell_diameter=None) -> float:
     """Resize factor of a training image: training ``cell_diameter`` / the image's estimated
     diameter (``item["diameter"]``) when both are known, else ``scale``."""
     if cell_diameter and item.get("diameter"):
-        from ..analysis.scale import rescale_factor
+        from ..models.scale import rescale_factor
 
         return rescale_factor(float(item["diameter"]), float(cell_diameter))
     return float(scale)

@@ -25,7 +25,8 @@ CPU-vs-device agreement, in one run (no napari needed; the script fails if napar
    launches, and the time inside torch operators against the wall time (the rest is Python,
    NumPy and scikit-image outside PyTorch).
 
-Prints a table and writes ``OUT/device_check.json``. Exit status 1 when the agreement check
+Prints a table and writes ``OUT/device_check.json`` (``--out``; also ``$OUT/device_check.json``
+when the variable is set). Exit status 1 when the agreement check
 fails or napari was imported.
 """
 from __future__ import annotations
@@ -256,7 +257,8 @@ def main(argv=None) -> int:
                     help="regions classified with the accurate recipe (0: skip; default 200)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
     ap.add_argument("--prob-tol", type=float, default=1e-2)
-    ap.add_argument("--out", default=os.environ.get("OUT") or "runs/device_check")
+    ap.add_argument("--out", default="runs/device_check",
+                    help="work folder (smears, analyze output, JSON); the JSON is also copied to $OUT when set")
     ap.add_argument("--analyze-args", default="", help="extra arguments for the analyze command, one string")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--profile", action="store_true", help="torch.profiler table of one analyze_smear call")
@@ -325,6 +327,9 @@ def main(argv=None) -> int:
     report["napari_imported"] = "napari" in sys.modules
     report["total_s"] = time.perf_counter() - t0
     (out / "device_check.json").write_text(json.dumps(report, indent=1, default=float))
+    if os.environ.get("OUT"):  # only the small report, not the smears, goes to $OUT
+        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["OUT"]) / "device_check.json").write_text(json.dumps(report, indent=1, default=float))
     print_table(report)
     ok = report["agreement"]["ok"] and not report["napari_imported"]
     if "throughput" in report and report["throughput"]["returncode"] != 0:

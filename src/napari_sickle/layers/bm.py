@@ -34,7 +34,8 @@ def _text(result) -> dict:
     s = "{prediction} {probability:.2f}"
     if result.faithfulness is not None:
         s += " | faith {faithfulness:+.2f}"
-    return {"string": s, "color": "white", "size": 10, "anchor": "upper_left"}
+    # dark text: smears are bright-field (light background), and so is a heatmap's bright end
+    return {"string": s, "color": "#101010", "size": 11, "anchor": "upper_left"}
 
 
 def heatmap_name(prefix: str, i: int | None = None) -> str:

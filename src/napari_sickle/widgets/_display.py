@@ -56,6 +56,9 @@ def show_table(table, columns: dict, row_headers=None) -> None:
     header.setMinimumSectionSize(30)
     q.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     q.setWordWrap(True)
+    q.setTextElideMode(Qt.TextElideMode.ElideNone)
+    if len(columns) > 1:  # the last column takes the rest of the width; the others fit their text
+        header.setSectionResizeMode(len(columns) - 1, QHeaderView.ResizeMode.Stretch)
     q.resizeRowsToContents()
     rows_h = sum(q.rowHeight(i) for i in range(n)) + header.height() + 4
     q.setMinimumHeight(min(rows_h, 320))

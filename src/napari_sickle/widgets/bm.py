@@ -227,12 +227,12 @@ class ClassifyBMWidget(TaskWidget):
         cols = {
             "cell": [str(int(c) + 1) for c in summ["cell"]],
             "prediction": [f"{p} ({fmt(q, 2)})" for p, q in zip(summ["prediction"], summ["probability"])],
-            "top-k": list(summ["top_k"]),
         }
         if (summ["target"] != summ["prediction"]).any():
             cols["explained"] = list(summ["target"])
         if "faithfulness" in summ:
             cols["faithful."] = [signed(v) for v in summ["faithfulness"]]
+        cols["top-k"] = list(summ["top_k"])  # last: it takes the rest of the width and wraps
         show_table(self.table, cols)
         if result.faithfulness is not None:
             f = result.faithfulness

@@ -10,7 +10,7 @@ one-region-at-a-time classification of the same regions in the same run, peak re
 of the process, region recall/precision at IoU 0.5, and agreement of the predicted types with
 the truth (exact match, per-type accuracy, mean AUC) next to a chance baseline.
 
-``--crop-path`` picks how the classifier's inputs are made (analysis/crops.py: batched on the
+``--crop-path`` picks how the classifier's inputs are made (models/crops.py: batched on the
 device, or the per-region host path); the JSON also has both paths timed on the same regions.
 ``--recipe accurate`` swaps in a classifier of the accurate recipe (cell split, 8 views, 160
 px, avgmax-s4) with untrained heads (times only; its type figures mean nothing) and compares

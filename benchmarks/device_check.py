@@ -10,7 +10,7 @@ CPU-vs-device agreement, in one run (no napari needed; the script fails if napar
    the preparation short), reused when present.
 2. Per-stage table: ``analyze_smear`` on the first smear with the shipped default (``--model``),
    median of ``--repeats`` after a warm-up, the device synchronised around each call; the same
-   regions classified with the batched device crop path (analysis/crops.py) and the per-region
+   regions classified with the batched device crop path (models/crops.py) and the per-region
    host path, and with the accurate recipe (cell split, 8 views, 160 px, avgmax-s4;
    ``models.multilabel.new_classifier`` with untrained heads, for time only) on at most
    ``--accurate-regions`` regions.

@@ -1,4 +1,4 @@
-"""Batched device crops (analysis/crops.py) against the per-region host path.
+"""Batched device crops (models/crops.py) against the per-region host path.
 
 Tolerances: classifier inputs (ImageNet-normalised) within 1e-4, i.e. a few 1e-6 of the
 0-1 pixel range (float rounding of the matrix-product resize); six-type probabilities within
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sickle.analysis import crops as C
+from napari_sickle.models import crops as C
 
 INPUT_ATOL = 1e-4
 PROB_ATOL = 1e-4

@@ -336,7 +336,7 @@ class RBCClassifier:
     metrics: dict = field(default_factory=dict)
     device: Any = None
     #: how :meth:`region_crops` makes the inputs: ``"batched"`` (all canvases of the boxes at once
-    #: on the device, :mod:`napari_sickle.analysis.crops`) or ``"per-region"`` (one at a time on the
+    #: on the device, :mod:`napari_sickle.models.crops`) or ``"per-region"`` (one at a time on the
     #: host, :meth:`region_crops_per_region`); both give the same inputs (tests/test_crops.py)
     crop_path: str = "batched"
 
@@ -370,7 +370,7 @@ class RBCClassifier:
         """Network inputs for region boxes: ``(crops (M, 3, s, s), owner (M,))``, one input per
         box (``split="none"``, ``owner = arange``) or per cell of a box (``split="cells"`` or
         ``"unet"``), made by the :attr:`crop_path` path."""
-        from ..analysis.crops import region_crops
+        from .crops import region_crops
 
         return region_crops(self, image, boxes, self.crop_path)
 

@@ -116,7 +116,7 @@ def test_two_ranks_train_and_match_one_process(single, tmp_path):
     _assert_same_weights(a["state_dict"], b["state_dict"])
     ref_loss = [h["loss"] for h in a["extra"]["history"]]
     assert abs(ref_loss[-1] - ref_loss[0]) > 1e-2  # the weights moved: equality is not trivial
-    np.testing.assert_allclose([h["loss"] for h in b["extra"]["history"]], ref_loss, rtol=1e-5)  # reduced loss
+    np.testing.assert_allclose([h["loss"] for h in b["extra"]["history"]], ref_loss, rtol=5e-5)  # reduced loss (float32 sum order)
     np.testing.assert_allclose([h["val_loss"] for h in b["extra"]["history"]],
                                [h["val_loss"] for h in a["extra"]["history"]], rtol=1e-5)
 

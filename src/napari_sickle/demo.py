@@ -124,6 +124,9 @@ def main(argv=None) -> int:
         for path in (img_path, mask_path, gt_csv, pred_csv):
             viewer.open(str(path), plugin="napari-sickle")
         viewer.layers[-2].visible = False  # the ground-truth boxes: show the predictions
+        for layer in viewer.layers:
+            if type(layer).__name__ == "Labels":
+                layer.contour = 2  # the mask as outlines, so the cells stay visible
         viewer.layers[-1].text.size = 7
         saved = out / "layers"
         saved.mkdir()

@@ -117,8 +117,23 @@ def test_two_ranks_train_and_match_one_process(single, tmp_path):
     ref_loss = [h["loss"] for h in a["extra"]["history"]]
     assert abs(ref_loss[-1] - ref_loss[0]) > 1e-2  # the weights moved: equality is not trivial
     np.testing.assert_allclose([h["loss"] for h in b["extra"]["history"]], ref_loss, rtol=5e-5)  # reduced loss (float32 sum order)
-    np.testing.assert_allclose([h["val_loss"] for h in b["extra"]["history"]],
-                               [h["val_loss"] for h in a["extra"]["history"]], rtol=1e-5)
+
+
+def test_two_ranks_sharded_validation_matches_one_process(tmp_path):
+    """The plateau schedule validates every epoch: the sharded validation loss of two ranks
+    equals the single process's (the default fixed schedule does not validate)."""
+    plateau = ["-o", "schedule=plateau"]
+    ref = tmp_path / "single"
+    _run([sys.executable, "-m", "napari_sickle.train", *ARGS, *plateau, "--out", str(ref), "--epochs", "2",
+          "--batch-size", str(2 * PER_RANK_BATCH)], _env())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_sickle.train", *ARGS, *plateau, "--out", str(tmp_path / "ddp"), "--epochs", "2",
+           "--batch-size", str(PER_RANK_BATCH)]
+    _run(cmd, _env())
+    a, b = _state(ref / "last.pt"), _state(tmp_path / "ddp" / "last.pt")
+    va = [h["val_loss"] for h in a["extra"]["history"]]
+    assert len(va) == 2
+    np.testing.assert_allclose([h["val_loss"] for h in b["extra"]["history"]], va, rtol=1e-5)
 
 
 def test_worker_death_restart_resumes_from_last(single, tmp_path):

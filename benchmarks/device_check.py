@@ -103,16 +103,13 @@ def _timed(dev, fn):
 
 
 def iou_matrix(a, b):
-    a = np.asarray(a, float).reshape(-1, 4)
-    b = np.asarray(b, float).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    aa = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    bb = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(aa[:, None] + bb[None, :] - inter, 1e-9)
+    """Pairwise IoU of (N, 4) and (M, 4) x_min, y_min, x_max, y_max boxes (torchvision's box_iou)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    a = torch.as_tensor(np.asarray(a, float).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(b, float).reshape(-1, 4))
+    return box_iou(a, b).numpy()
 
 
 class GpuMemoryPoll:

@@ -17,6 +17,7 @@ px, avgmax-s4) with untrained heads (times only; its type figures mean nothing) 
 the paths on the first ``--compare-regions`` regions. ``--tune-malloc`` applies
 ``napari_sickle._malloc.tune_malloc`` first. The load average is recorded before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,12 @@ def main(argv=None):
     ap.add_argument("--interop-threads", type=int, default=None, help="torch.set_num_interop_threads")
     ap.add_argument("--crop-path", default="batched", choices=("batched", "per-region"))
     ap.add_argument("--recipe", default="model", choices=("model", "accurate"))
-    ap.add_argument("--compare-regions", type=int, default=0,
-                    help="regions for the one-at-a-time and crop-path comparisons (0: all)")
+    ap.add_argument(
+        "--compare-regions",
+        type=int,
+        default=0,
+        help="regions for the one-at-a-time and crop-path comparisons (0: all)",
+    )
     ap.add_argument("--tune-malloc", action="store_true")
     args = ap.parse_args(argv)
     import os
@@ -80,13 +85,23 @@ def main(argv=None):
         models.classifier = new_classifier(pretrained=True, device=args.device)
     models.classifier.crop_path = args.crop_path
     load_s = time.perf_counter() - t
-    out = {"threads": args.threads, "interop_threads": torch.get_num_interop_threads(), "device": args.device,
-           "crop_path": args.crop_path, "recipe": args.recipe, "tune_malloc": args.tune_malloc,
-           "load_average_before": [round(x, 2) for x in load_before], "model_load_seconds": round(load_s, 2),
-           "detector": models.detector_path, "classifier": models.classifier_path,
-           "detector_arch": models.detector.config["arch"], "detector_scale": models.detector.config["scale"],
-           "classifier_backbone": models.classifier.config["backbone"],
-           "classifier_input_size": models.classifier.input_size, "smears": []}
+    out = {
+        "threads": args.threads,
+        "interop_threads": torch.get_num_interop_threads(),
+        "device": args.device,
+        "crop_path": args.crop_path,
+        "recipe": args.recipe,
+        "tune_malloc": args.tune_malloc,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "model_load_seconds": round(load_s, 2),
+        "detector": models.detector_path,
+        "classifier": models.classifier_path,
+        "detector_arch": models.detector.config["arch"],
+        "detector_scale": models.detector.config["scale"],
+        "classifier_backbone": models.classifier.config["backbone"],
+        "classifier_input_size": models.classifier.input_size,
+        "smears": [],
+    }
     all_true, all_prob, all_pred = [], [], []
     n_gt_tot = n_found_tot = n_det_tot = n_tp_tot = 0
     for seed in args.seeds:
@@ -100,13 +115,14 @@ def main(argv=None):
             times.append(time.perf_counter() - t)
         # batched vs one region at a time, same regions, same run
         clf = models.classifier
-        cmp_boxes = res.boxes[:args.compare_regions] if args.compare_regions else res.boxes
+        cmp_boxes = res.boxes[: args.compare_regions] if args.compare_regions else res.boxes
         t = time.perf_counter()
         p_batched = clf.predict_boxes(img, cmp_boxes, batch_size=64)
         batched_s = time.perf_counter() - t
         t = time.perf_counter()
-        p_single = np.concatenate([clf.predict_boxes(img, cmp_boxes[i:i + 1], batch_size=1)
-                                   for i in range(len(cmp_boxes))])
+        p_single = np.concatenate(
+            [clf.predict_boxes(img, cmp_boxes[i : i + 1], batch_size=1) for i in range(len(cmp_boxes))]
+        )
         single_s = time.perf_counter() - t
         paths = {}
         for path in ("batched", "per-region"):  # the two crop paths, same regions, batched classification
@@ -116,8 +132,11 @@ def main(argv=None):
             crops_s = time.perf_counter() - t
             t = time.perf_counter()
             paths[path] = clf.predict_boxes(img, cmp_boxes, batch_size=64)
-            paths[path + "_seconds"] = {"crops": round(crops_s, 3), "classify": round(time.perf_counter() - t, 3),
-                                        "inputs": int(len(crops))}
+            paths[path + "_seconds"] = {
+                "crops": round(crops_s, 3),
+                "classify": round(time.perf_counter() - t, 3),
+                "inputs": int(len(crops)),
+            }
         clf.crop_path = args.crop_path
         gt = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
         ytrue = sm.regions[list(RBC_TYPES)].to_numpy(int)
@@ -134,29 +153,44 @@ def main(argv=None):
         n_found_tot += int(found.sum())
         n_det_tot += len(res)
         n_tp_tot += int(tp.sum())
-        out["smears"].append({
-            "seed": seed, "n_cells": int(sm.n_cells), "n_regions_truth": int(len(gt)), "n_regions_found": int(len(res)),
-            "recall_iou50": float(found.mean()), "precision_iou50": float(tp.mean()) if len(tp) else None,
-            "end_to_end_seconds_median": round(statistics.median(times), 3),
-            "end_to_end_seconds_all": [round(x, 3) for x in times],
-            "stage_seconds": {k: round(v, 3) for k, v in res.timings.items()},
-            "classify_batched_seconds": round(batched_s, 3), "classify_one_at_a_time_seconds": round(single_s, 3),
-            "batched_speedup": round(single_s / max(batched_s, 1e-9), 1),
-            "batched_equals_single": bool(np.allclose(p_batched, p_single, atol=1e-4)),
-            "compared_regions": int(len(cmp_boxes)),
-            "crop_paths": {"batched": paths["batched_seconds"], "per_region": paths["per-region_seconds"],
-                           "max_abs_prob_diff": float(np.abs(paths["batched"] - paths["per-region"]).max())
-                           if len(cmp_boxes) else 0.0},
-        })
+        out["smears"].append(
+            {
+                "seed": seed,
+                "n_cells": int(sm.n_cells),
+                "n_regions_truth": int(len(gt)),
+                "n_regions_found": int(len(res)),
+                "recall_iou50": float(found.mean()),
+                "precision_iou50": float(tp.mean()) if len(tp) else None,
+                "end_to_end_seconds_median": round(statistics.median(times), 3),
+                "end_to_end_seconds_all": [round(x, 3) for x in times],
+                "stage_seconds": {k: round(v, 3) for k, v in res.timings.items()},
+                "classify_batched_seconds": round(batched_s, 3),
+                "classify_one_at_a_time_seconds": round(single_s, 3),
+                "batched_speedup": round(single_s / max(batched_s, 1e-9), 1),
+                "batched_equals_single": bool(np.allclose(p_batched, p_single, atol=1e-4)),
+                "compared_regions": int(len(cmp_boxes)),
+                "crop_paths": {
+                    "batched": paths["batched_seconds"],
+                    "per_region": paths["per-region_seconds"],
+                    "max_abs_prob_diff": float(np.abs(paths["batched"] - paths["per-region"]).max())
+                    if len(cmp_boxes)
+                    else 0.0,
+                },
+            }
+        )
     yt, yp, yl = np.concatenate(all_true), np.concatenate(all_prob), np.concatenate(all_pred)
     prev = yt.mean(axis=0)
     aucs = [roc_auc_score(yt[:, j], yp[:, j]) for j in range(6) if 0 < yt[:, j].sum() < len(yt)]
-    out["detection"] = {"recall_iou50": n_found_tot / max(n_gt_tot, 1), "precision_iou50": n_tp_tot / max(n_det_tot, 1),
-                        "n_truth": n_gt_tot, "n_found": n_det_tot}
+    out["detection"] = {
+        "recall_iou50": n_found_tot / max(n_gt_tot, 1),
+        "precision_iou50": n_tp_tot / max(n_det_tot, 1),
+        "n_truth": n_gt_tot,
+        "n_found": n_det_tot,
+    }
     out["types"] = {
         "n_matched_regions": int(len(yt)),
         "exact_match": float(np.mean(np.all(yl == yt, axis=1))),
-        "chance_exact_match": float(np.prod(prev ** 2 + (1 - prev) ** 2)),
+        "chance_exact_match": float(np.prod(prev**2 + (1 - prev) ** 2)),
         "per_type_accuracy": {t: float(np.mean(yl[:, j] == yt[:, j])) for j, t in enumerate(RBC_TYPES)},
         "per_type_majority_baseline": {t: float(max(prev[j], 1 - prev[j])) for j, t in enumerate(RBC_TYPES)},
         "mean_auc": float(np.mean(aucs)) if aucs else None,

@@ -19,6 +19,7 @@
 Prints one JSON object: images/min of both paths, the speed-up (on the same first images and
 over the whole run), peak memory at 20 and ``--n`` images, and the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,11 +95,19 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--folder", default="runs/bench_smears")
     ap.add_argument("--out", default="runs/bench_batch_out")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads of each analysing process (default: analyze's default, cores / processes)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of each analysing process (default: analyze's default, cores / processes)",
+    )
     ap.add_argument("--processes", type=int, default=None, help="analysing processes (default: analyze's default)")
-    ap.add_argument("--one-by-one-threads", type=int, default=None,
-                    help="torch threads of the one-by-one path (default: torch's default, as in the widget)")
+    ap.add_argument(
+        "--one-by-one-threads",
+        type=int,
+        default=None,
+        help="torch threads of the one-by-one path (default: torch's default, as in the widget)",
+    )
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--images-per-batch", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -139,11 +148,14 @@ def main(argv=None):
         k = len(marks) + 1
         child_peaks.update({pid: max(kb, child_peaks.get(pid, 0)) for pid, kb in _children_kb("VmHWM").items()})
         if k in (20, args.n) or k % 50 == 0:  # peaks so far (a process that has ended keeps its last peak)
-            marks[k] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": _status_kb() / 1024,
-                        "rss_mb": _status_kb(key="VmRSS") / 1024,
-                        "children_rss_mb": round(sum(_children_kb().values()) / 1024, 1),
-                        "children_peak_rss_mb_sum": round(sum(child_peaks.values()) / 1024, 1),
-                        "children_peak_rss_mb_max": round(max(child_peaks.values(), default=0) / 1024, 1)}
+            marks[k] = {
+                "seconds": time.perf_counter() - t0,
+                "peak_rss_mb": _status_kb() / 1024,
+                "rss_mb": _status_kb(key="VmRSS") / 1024,
+                "children_rss_mb": round(sum(_children_kb().values()) / 1024, 1),
+                "children_peak_rss_mb_sum": round(sum(child_peaks.values()) / 1024, 1),
+                "children_peak_rss_mb_max": round(max(child_peaks.values(), default=0) / 1024, 1),
+            }
         else:
             marks[k] = None
 
@@ -152,9 +164,19 @@ def main(argv=None):
     workers = args.workers if args.workers is not None else (default_num_workers() if procs == 1 else 0)
     if procs == 1 and args.threads:
         torch.set_num_threads(args.threads)
-    rep = analyze_batch(list_inputs([str(f) for f in files]), out, models, device=args.device,
-                        batch_size=args.batch_size, images_per_batch=args.images_per_batch, num_workers=workers,
-                        processes=procs, threads=args.threads, overlay=args.overlay, on_image_done=on_done)
+    rep = analyze_batch(
+        list_inputs([str(f) for f in files]),
+        out,
+        models,
+        device=args.device,
+        batch_size=args.batch_size,
+        images_per_batch=args.images_per_batch,
+        num_workers=workers,
+        processes=procs,
+        threads=args.threads,
+        overlay=args.overlay,
+        on_image_done=on_done,
+    )
     stream_s = time.perf_counter() - t0
     stream_cpu = time.process_time() - cpu0
     m = {k: v for k, v in marks.items() if v}
@@ -177,17 +199,32 @@ def main(argv=None):
 
     first = m.get(20, {}).get("seconds")
     result = {
-        "n_images": args.n, "processes": rep.processes, "threads_per_process": args.threads,
-        "one_by_one_threads": widget_threads, "workers": workers, "images_per_batch": args.images_per_batch,
-        "batch_size": args.batch_size, "overlay": args.overlay, "device": args.device,
-        "detector": models.detector_path, "classifier": models.classifier_path,
+        "n_images": args.n,
+        "processes": rep.processes,
+        "threads_per_process": args.threads,
+        "one_by_one_threads": widget_threads,
+        "workers": workers,
+        "images_per_batch": args.images_per_batch,
+        "batch_size": args.batch_size,
+        "overlay": args.overlay,
+        "device": args.device,
+        "detector": models.detector_path,
+        "classifier": models.classifier_path,
         "simulate_seconds": round(sim_s, 1),
-        "stream": {"seconds": round(stream_s, 1), "main_cpu_seconds": round(stream_cpu, 1),
-                   "images_per_min": round(60 * rep.analyzed / stream_s, 2), "regions": rep.regions,
-                   "unreadable": rep.unreadable},
+        "stream": {
+            "seconds": round(stream_s, 1),
+            "main_cpu_seconds": round(stream_cpu, 1),
+            "images_per_min": round(60 * rep.analyzed / stream_s, 2),
+            "regions": rep.regions,
+            "unreadable": rep.unreadable,
+        },
         "memory": {str(k): {kk: round(vv, 1) for kk, vv in v.items()} for k, v in sorted(m.items())},
-        "one_by_one": {"images": k1, "seconds": round(one_s, 1), "main_cpu_seconds": round(one_cpu, 1),
-                       "images_per_min": round(60 * k1 / one_s, 2)},
+        "one_by_one": {
+            "images": k1,
+            "seconds": round(one_s, 1),
+            "main_cpu_seconds": round(one_cpu, 1),
+            "images_per_min": round(60 * k1 / one_s, 2),
+        },
         "speedup_same_first_images": round(one_s / first, 2) if first and k1 == 20 else None,
         "speedup_throughput": round((rep.analyzed / stream_s) / (k1 / one_s), 2),
         "loadavg_end": os.getloadavg(),

@@ -6,6 +6,7 @@ Prints, per (size, memory format), the wall time of each step of a batch of 32 r
 cells and the process CPU time of those steps. Random inputs: the cost does not depend on
 the pixels. ImageNet efficientnet-lite0 (offline weights), 4-class head.
 """
+
 import argparse
 import json
 import time
@@ -42,9 +43,19 @@ def main():
                 torch.nn.functional.cross_entropy(net(x), y).backward()
                 opt.step()
                 walls.append(round(time.perf_counter() - t, 3))
-            print(json.dumps({"size": size, "format": fmt, "batch": a.batch_size, "threads": a.threads,
-                              "step_wall_s": walls, "cpu_s_per_step": round((time.process_time() - c0) / a.repeats, 3)}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "size": size,
+                        "format": fmt,
+                        "batch": a.batch_size,
+                        "threads": a.threads,
+                        "step_wall_s": walls,
+                        "cpu_s_per_step": round((time.process_time() - c0) / a.repeats, 3),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

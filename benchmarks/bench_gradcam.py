@@ -6,6 +6,7 @@ one by one, measured in the same run.
 Weights do not matter for timing: ResNet-50 is randomly initialised unless torchvision's
 cache holds its ImageNet file. Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse

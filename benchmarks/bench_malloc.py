@@ -8,6 +8,7 @@ page faults during the timed passes.
 
     .venv/bin/python benchmarks/bench_malloc.py [--threads 2] [--images 1024] [--size 160]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,17 @@ def child(batch: int, size: int, images: int, threads: int, tuned: bool) -> dict
             pooled_features(bb, x, "avgmax-s4")
         wall = time.perf_counter() - t0
         u1, s1, f1 = usage()
-    return {"malloc": "tuned" if tuned else "glibc default", "batch_images": batch, "size": size,
-            "threads": threads, "images_per_s": round(n * batch / wall, 1), "wall_s": round(wall, 2),
-            "user_s": round(u1 - u0, 2), "sys_s": round(s1 - s0, 2), "minor_faults": int(f1 - f0)}
+    return {
+        "malloc": "tuned" if tuned else "glibc default",
+        "batch_images": batch,
+        "size": size,
+        "threads": threads,
+        "images_per_s": round(n * batch / wall, 1),
+        "wall_s": round(wall, 2),
+        "user_s": round(u1 - u0, 2),
+        "sys_s": round(s1 - s0, 2),
+        "minor_faults": int(f1 - f0),
+    }
 
 
 def main() -> None:
@@ -65,8 +74,19 @@ def main() -> None:
     env = dict(os.environ, NAPARI_SICKLE_MALLOC="")
     for batch in [int(b) for b in args.batches.split(",")]:
         for tuned in ("0", "1"):
-            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--images", str(args.images),
-                   "--size", str(args.size), "--child", str(batch), tuned]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--threads",
+                str(args.threads),
+                "--images",
+                str(args.images),
+                "--size",
+                str(args.size),
+                "--child",
+                str(batch),
+                tuned,
+            ]
             print(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip(), flush=True)
 
 

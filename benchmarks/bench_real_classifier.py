@@ -23,6 +23,7 @@ JSON object:
 * ``speed``: classification of the truth regions of a 1920x1080 simulated smear (seed 2026,
   as ``bench_analyze.py``), batched vs one region at a time, with the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,16 +80,16 @@ def independent_patches(crops, n, seed, min_visible, max_cells=4):
                 ok = False
                 break
             trial = owner.copy()
-            trial[top:top + h, left:left + w][m] = j + 1
-            area = np.array([cm.sum() for _, cm, _, _ in cells[:j + 1]], float)
-            vis = np.bincount(trial.ravel(), minlength=j + 2)[1:j + 2]
+            trial[top : top + h, left : left + w][m] = j + 1
+            area = np.array([cm.sum() for _, cm, _, _ in cells[: j + 1]], float)
+            vis = np.bincount(trial.ravel(), minlength=j + 2)[1 : j + 2]
             if (vis < min_visible * area).any() or ndi.label(trial > 0)[1] != 1:
                 ok = False
                 break
             owner = trial
             a_ = ndi.gaussian_filter(m.astype(np.float32), 0.6)[..., None]
-            sub = canvas[top:top + h, left:left + w]
-            canvas[top:top + h, left:left + w] = sub * (1 - a_) + img * a_
+            sub = canvas[top : top + h, left : left + w]
+            canvas[top : top + h, left : left + w] = sub * (1 - a_) + img * a_
         if not ok:
             continue
         ys, xs = np.nonzero(owner)
@@ -163,15 +164,21 @@ def chula_scores(clf, root):
         Y = np.stack([chula_type_row(c) for c in cls[mapped]])
         res = {
             "exact_type_match": round(float(np.mean(np.all((P[mapped] >= 0.5) == (Y >= 0.5), axis=1))), 4),
-            "n_mapped": int(mapped.sum()), "n_normal": int((cls == 0).sum()),
+            "n_mapped": int(mapped.sum()),
+            "n_normal": int((cls == 0).sum()),
             "n_abnormal_mapped": int(np.isin(cls, [5, 8, 12]).sum()),
             "normal_called_normal": round(float(np.mean(~abn[cls == 0])), 4),
             "ovalocyte_called_normal": round(float(np.mean(~abn[cls == 6])), 4),
             "abnormal_called_abnormal": round(float(np.mean(abn[np.isin(cls, [5, 8, 12])])), 4),
-            "per_class_exact": {CHULA_CLASSES[c]: round(float(np.mean(np.all(
-                (P[cls == c] >= 0.5) == (chula_type_row(c) >= 0.5), axis=1))), 4) for c in (0, 6, 5, 8, 12)},
-            "unmapped_called_abnormal": {CHULA_CLASSES[c]: round(float(np.mean(abn[cls == c])), 3)
-                                         for c in sorted(set(cls[~mapped].tolist()))},
+            "per_class_exact": {
+                CHULA_CLASSES[c]: round(
+                    float(np.mean(np.all((P[cls == c] >= 0.5) == (chula_type_row(c) >= 0.5), axis=1))), 4
+                )
+                for c in (0, 6, 5, 8, 12)
+            },
+            "unmapped_called_abnormal": {
+                CHULA_CLASSES[c]: round(float(np.mean(abn[cls == c])), 3) for c in sorted(set(cls[~mapped].tolist()))
+            },
         }
         out[mode] = res
     return out
@@ -191,11 +198,17 @@ def speed(clf, threads):
         clf.abnormal_proba(pb)
         ts.append(time.perf_counter() - t)
     t = time.perf_counter()
-    ps = np.concatenate([clf.predict_boxes(img, boxes[i:i + 1], batch_size=1) for i in range(len(boxes))])
+    ps = np.concatenate([clf.predict_boxes(img, boxes[i : i + 1], batch_size=1) for i in range(len(boxes))])
     single = time.perf_counter() - t
-    return {"n_regions": int(len(boxes)), "image": list(img.shape[:2]), "threads": threads,
-            "batched_seconds_median": round(float(np.median(ts)), 3), "one_at_a_time_seconds": round(single, 3),
-            "batched_equals_single": bool(np.allclose(pb, ps, atol=1e-4)), "loadavg": os.getloadavg()}
+    return {
+        "n_regions": int(len(boxes)),
+        "image": list(img.shape[:2]),
+        "threads": threads,
+        "batched_seconds_median": round(float(np.median(ts)), 3),
+        "one_at_a_time_seconds": round(single, 3),
+        "batched_equals_single": bool(np.allclose(pb, ps, atol=1e-4)),
+        "loadavg": os.getloadavg(),
+    }
 
 
 def main(argv=None):
@@ -223,8 +236,12 @@ def main(argv=None):
         clf.config["tta"] = a.tta
     data = Path(a.data)
     t0 = time.time()
-    out = {"classifier": a.classifier, "tta": clf.tta, "input_size": clf.input_size,
-           "xu_val_patients": list(XU_VAL_PATIENTS)}
+    out = {
+        "classifier": a.classifier,
+        "tta": clf.tta,
+        "input_size": clf.input_size,
+        "xu_val_patients": list(XU_VAL_PATIENTS),
+    }
     if not a.no_speed:
         out["speed"] = speed(clf, a.threads)
     xs = xu_cells(data / "sickle-rbc", split="val")

@@ -12,6 +12,7 @@ Pascal VOC all-point AP). AP uses every detection (score >= 0.05); recall, preci
 points use the boxes ``analyze_smear`` keeps (score >= 0.5). Also: the estimated cell diameter
 against the annotated median box size, and the detection seconds per image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,17 +59,32 @@ def main(argv=None):
     for src, r in res.items():
         its = [it for it in items if it["source"] == src]
         est = np.array([it["diameter"] or np.nan for it in its], float)
-        ann = np.array([np.median(np.sqrt((it["boxes"][:, 2] - it["boxes"][:, 0]) * (it["boxes"][:, 3] - it["boxes"][:, 1])))
-                        if len(it["boxes"]) else np.nan for it in its])
+        ann = np.array(
+            [
+                np.median(np.sqrt((it["boxes"][:, 2] - it["boxes"][:, 0]) * (it["boxes"][:, 3] - it["boxes"][:, 1])))
+                if len(it["boxes"])
+                else np.nan
+                for it in its
+            ]
+        )
         r["diameter_estimate_median"] = float(np.nanmedian(est))
         r["estimate_over_box_size"] = [float(np.nanpercentile(est / ann, q)) for q in (5, 50, 95)]
-    out = {"detector": str(args.detector), "cell_diameter": det.config.get("cell_diameter"),
-           "tta": det.config.get("tta"), "threads": args.threads, "score_threshold": args.score,
-           "seconds_load": round(load_s, 1), "seconds_detect": round(det_s, 1),
-           "seconds_per_image": round(det_s / max(len(items), 1), 3), "load_average": os.getloadavg(),
-           "sources": res}
-    print(f"{'source':<13} {'images':>6} {'boxes':>6} {'AP50':>6} {'recall':>6} {'points in':>9} "
-          f"{'est/box d (5/50/95%)':>22}")
+    out = {
+        "detector": str(args.detector),
+        "cell_diameter": det.config.get("cell_diameter"),
+        "tta": det.config.get("tta"),
+        "threads": args.threads,
+        "score_threshold": args.score,
+        "seconds_load": round(load_s, 1),
+        "seconds_detect": round(det_s, 1),
+        "seconds_per_image": round(det_s / max(len(items), 1), 3),
+        "load_average": os.getloadavg(),
+        "sources": res,
+    }
+    print(
+        f"{'source':<13} {'images':>6} {'boxes':>6} {'AP50':>6} {'recall':>6} {'points in':>9} "
+        f"{'est/box d (5/50/95%)':>22}"
+    )
     for src, r in res.items():
         pin = f"{r['points_inside']:.4f}" if "points_inside" in r else "-"
         apv = f"{r['ap50']:.4f}" if r["ap50"] is not None else "-"

@@ -9,6 +9,7 @@ machine the wall time includes waiting for a core.
 Without --model the U-Net timing uses randomly initialised weights of the default
 architecture (time does not depend on the weights). Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ def _child(method: str, model: str | None, threads: int, repeats: int, image: st
 
     torch.set_num_threads(threads)
     from napari_sickle.analysis.segmentation import segment_connected_components, segment_unet, segment_watershed
+
     img = np.load(image)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if method == "unet":
@@ -42,11 +44,14 @@ def _child(method: str, model: str | None, threads: int, repeats: int, image: st
         def fn():
             return segment_unet(img, net, device="cpu", tta=tta)
     elif method == "watershed":
+
         def fn():
             return segment_watershed(img)
     else:
+
         def fn():
             return segment_connected_components(img)
+
     fn()  # warm-up
     times, cpu = [], []
     for _ in range(repeats):
@@ -70,7 +75,9 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tta", default=None, help="U-Net test-time augmentation (none, flips, d4; default: the checkpoint's)")
+    ap.add_argument(
+        "--tta", default=None, help="U-Net test-time augmentation (none, flips, d4; default: the checkpoint's)"
+    )
     ap.add_argument("--methods", default="watershed,unet,connected_components")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--image", default=None, help=argparse.SUPPRESS)
@@ -94,7 +101,18 @@ def main(argv=None):
     if a.tta:
         out["unet_tta"] = a.tta
     for m in a.methods.split(","):
-        cmd = [sys.executable, __file__, "--child", m, "--threads", str(a.threads), "--repeats", str(a.repeats), "--image", image]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            m,
+            "--threads",
+            str(a.threads),
+            "--repeats",
+            str(a.repeats),
+            "--image",
+            image,
+        ]
         if a.model:
             cmd += ["--model", a.model]
         if a.tta:

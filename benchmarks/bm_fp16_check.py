@@ -5,6 +5,7 @@
 Classifies every Zheng crop and the PBC fixture crops with both (test-time flips, as
 ``evaluate bm``) and prints the number of differing labels and the largest softmax difference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,19 @@ def main(argv=None) -> int:
         views = list(zip(*(tta_views(c, "flips") for c in cells)))
         probs.append(np.mean([classify_cells(list(v), m, device="cpu").probabilities for v in views], axis=0))
     shipped = resolve(a.model, "wbc", "classifier")
-    print(json.dumps({"cells": len(cells), "labels_differing": int((probs[0].argmax(1) != probs[1].argmax(1)).sum()),
-                      "max_abs_softmax_difference": float(np.abs(probs[0] - probs[1]).max()),
-                      "shipped_file": shipped.name, "bytes": shipped.stat().st_size, "sha256": sha256_of(shipped),
-                      "checkpoint_bytes": Path(a.checkpoint).stat().st_size}))
+    print(
+        json.dumps(
+            {
+                "cells": len(cells),
+                "labels_differing": int((probs[0].argmax(1) != probs[1].argmax(1)).sum()),
+                "max_abs_softmax_difference": float(np.abs(probs[0] - probs[1]).max()),
+                "shipped_file": shipped.name,
+                "bytes": shipped.stat().st_size,
+                "sha256": sha256_of(shipped),
+                "checkpoint_bytes": Path(a.checkpoint).stat().st_size,
+            }
+        )
+    )
     return 0
 
 

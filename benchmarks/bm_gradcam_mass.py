@@ -14,6 +14,7 @@ crops the checkpoint's training run held out (its recipe's ``val_paths``); the s
 trained on every crop, so it has none and is measured with ``--split all``.
 Prints one JSON line per class and an ``all`` line; ``--figure`` saves crops with heatmaps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,19 +76,44 @@ def main(argv=None) -> int:
     rows = []
     for i, (h, m) in enumerate(zip(res.heatmaps, masks)):
         cell, nuc = mass_fractions(h, m)
-        rows.append({"class": df["class_name"].iloc[i], "cell": cell, "nucleus": nuc,
-                     "cell_area": float((m > 0).mean()), "nucleus_area": float((m == 255).mean()),
-                     "correct": res.class_names[res.predicted[i]] == df["class_name"].iloc[i]})
+        rows.append(
+            {
+                "class": df["class_name"].iloc[i],
+                "cell": cell,
+                "nucleus": nuc,
+                "cell_area": float((m > 0).mean()),
+                "nucleus_area": float((m == 255).mean()),
+                "correct": res.class_names[res.predicted[i]] == df["class_name"].iloc[i],
+            }
+        )
     t = pd.DataFrame(rows)
     for name, g in list(t.groupby("class")) + [("all", t)]:
-        print(json.dumps({"class": name, "n": len(g), "mass_on_cell": round(g["cell"].mean(), 4),
-                          "mass_on_cell_min": round(g["cell"].min(), 4), "mass_on_nucleus": round(g["nucleus"].mean(), 4),
-                          "cell_area_share": round(g["cell_area"].mean(), 4),
-                          "nucleus_area_share": round(g["nucleus_area"].mean(), 4),
-                          "share_with_cell_mass_ge_0.8": round(float((g["cell"] >= 0.8).mean()), 4),
-                          "accuracy": round(float(g["correct"].mean()), 4)}))
-    print(json.dumps({"model": model.source, "split": a.split, "crops": len(t), "explain_seconds": round(secs, 1),
-                      "load": os.getloadavg()[0]}))
+        print(
+            json.dumps(
+                {
+                    "class": name,
+                    "n": len(g),
+                    "mass_on_cell": round(g["cell"].mean(), 4),
+                    "mass_on_cell_min": round(g["cell"].min(), 4),
+                    "mass_on_nucleus": round(g["nucleus"].mean(), 4),
+                    "cell_area_share": round(g["cell_area"].mean(), 4),
+                    "nucleus_area_share": round(g["nucleus_area"].mean(), 4),
+                    "share_with_cell_mass_ge_0.8": round(float((g["cell"] >= 0.8).mean()), 4),
+                    "accuracy": round(float(g["correct"].mean()), 4),
+                }
+            )
+        )
+    print(
+        json.dumps(
+            {
+                "model": model.source,
+                "split": a.split,
+                "crops": len(t),
+                "explain_seconds": round(secs, 1),
+                "load": os.getloadavg()[0],
+            }
+        )
+    )
     if a.figure:
         import matplotlib
 

@@ -15,6 +15,7 @@ per-fold figures show its spread on 48-crop test sets.
 Prints one JSON line per fold (macro-F1, accuracy, wall time of the training command, best
 epoch) and a final ``pooled`` line; writes ``summary.json`` into ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,21 @@ from pathlib import Path
 
 
 def run_fold(i, fold_dir: Path, options, threads: int, seed: int):
-    cmd = [sys.executable, "-m", "napari_sickle.train", "bm", "--data", str(fold_dir / "train.csv"),
-           "--out", str(fold_dir), "--threads", str(threads), "--seed", str(seed), "--json-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_sickle.train",
+        "bm",
+        "--data",
+        str(fold_dir / "train.csv"),
+        "--out",
+        str(fold_dir),
+        "--threads",
+        str(threads),
+        "--seed",
+        str(seed),
+        "--json-progress",
+    ]
     for o in options:
         cmd += ["-o", o]
     t0 = time.perf_counter()
@@ -77,9 +91,15 @@ def main() -> None:
         done = [json.loads(line) for line in open(d / "train.log") if line.startswith("{")]
         epochs = [r for r in done if r.get("event") == "epoch"]
         best = max(epochs, key=lambda r: r.get("metric", -1)) if epochs else {}
-        row = {"fold": i + 1, "n": m["n"], "macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4),
-               "per_class_f1": {c: round(v["f1"], 3) for c, v in m["per_class"].items()},
-               "best_epoch": best.get("epoch"), "train_wall_s": round(walls[i], 1)}
+        row = {
+            "fold": i + 1,
+            "n": m["n"],
+            "macro_f1": round(m["macro_f1"], 4),
+            "accuracy": round(m["accuracy"], 4),
+            "per_class_f1": {c: round(v["f1"], 3) for c, v in m["per_class"].items()},
+            "best_epoch": best.get("epoch"),
+            "train_wall_s": round(walls[i], 1),
+        }
         print(json.dumps(row), flush=True)
         folds.append(row)
         preds += m["predictions"]
@@ -88,12 +108,22 @@ def main() -> None:
     yhat = [names.index(p["predicted"]) if p["predicted"] in names else -1 for p in preds]
     pooled = _metrics(y, yhat, names)
     f1s = [f["macro_f1"] for f in folds]
-    summary = {"pooled": {"macro_f1": round(pooled["macro_f1"], 4), "macro_precision": round(pooled["macro_precision"], 4),
-                          "macro_recall": round(pooled["macro_recall"], 4), "accuracy": round(pooled["accuracy"], 4),
-                          "n": pooled["n"], "per_class_f1": {c: round(v["f1"], 3) for c, v in pooled["per_class"].items()}},
-               "fold_macro_f1": f1s, "fold_mean": round(sum(f1s) / len(f1s), 4),
-               "fold_min": min(f1s), "options": args.option, "wall_s_all_folds": round(total, 1),
-               "errors": [p for p in preds if p["label"] != p["predicted"]]}
+    summary = {
+        "pooled": {
+            "macro_f1": round(pooled["macro_f1"], 4),
+            "macro_precision": round(pooled["macro_precision"], 4),
+            "macro_recall": round(pooled["macro_recall"], 4),
+            "accuracy": round(pooled["accuracy"], 4),
+            "n": pooled["n"],
+            "per_class_f1": {c: round(v["f1"], 3) for c, v in pooled["per_class"].items()},
+        },
+        "fold_macro_f1": f1s,
+        "fold_mean": round(sum(f1s) / len(f1s), 4),
+        "fold_min": min(f1s),
+        "options": args.option,
+        "wall_s_all_folds": round(total, 1),
+        "errors": [p for p in preds if p["label"] != p["predicted"]],
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}), flush=True)
 

@@ -19,6 +19,7 @@ scores ``best.pt`` on
 Prints one JSON line per seed and a ``summary`` line (mean, spread = max - min); writes
 ``summary.json`` into ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,15 +43,20 @@ def pbc_table(pbc_dir: Path, out: Path) -> Path:
 
     df = pd.read_csv(pbc_dir / "labels.csv")
     df = df[df["pbc_class"].isin(list(PBC_TO_ZHENG))]
-    rows = pd.DataFrame({"image": [str((pbc_dir / p).resolve()) for p in df["image"]],
-                         "class_name": [PBC_TO_ZHENG[c] for c in df["pbc_class"]]})
+    rows = pd.DataFrame(
+        {
+            "image": [str((pbc_dir / p).resolve()) for p in df["image"]],
+            "class_name": [PBC_TO_ZHENG[c] for c in df["pbc_class"]],
+        }
+    )
     p = out / "pbc_zheng_classes.csv"
     rows.to_csv(p, index=False)
     return p
 
 
-def shifted_heldout(checkpoint: Path, out: Path, zoom: float = 0.6, side: int = 200,
-                    background=(0.96, 0.87, 0.82)) -> Path:
+def shifted_heldout(
+    checkpoint: Path, out: Path, zoom: float = 0.6, side: int = 200, background=(0.96, 0.87, 0.82)
+) -> Path:
     """A synthetic change of scanner for the held-out crops (a labels.csv of new images):
     each crop shrunk to ``zoom`` of its size (a lower magnification) and placed on a
     ``side``-px canvas of its own background colour, then the background re-tinted to a
@@ -79,7 +85,7 @@ def shifted_heldout(checkpoint: Path, out: Path, zoom: float = 0.6, side: int = 
         canvas = np.empty((side, side, 3), np.float32)
         canvas[:] = bg
         y0, x0 = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
-        canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+        canvas[y0 : y0 + small.shape[0], x0 : x0 + small.shape[1]] = small
         canvas = np.clip(canvas / bg * np.asarray(background, np.float32), 0, 1)
         name = d / (Path(p).stem + ".png")
         from skimage.io import imsave
@@ -112,8 +118,21 @@ def main(argv=None) -> int:
     rows = []
     for seed in a.seeds:
         d = out / f"seed{seed}"
-        cmd = [sys.executable, "-m", "napari_sickle.train", "bm", "--data", a.data, "--out", str(d),
-               "--seed", str(seed), "--threads", str(a.threads), "--json-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "napari_sickle.train",
+            "bm",
+            "--data",
+            a.data,
+            "--out",
+            str(d),
+            "--seed",
+            str(seed),
+            "--threads",
+            str(a.threads),
+            "--json-progress",
+        ]
         if a.epochs:
             cmd += ["--epochs", str(a.epochs)]
         for o in a.options:
@@ -127,19 +146,34 @@ def main(argv=None) -> int:
         held = evaluate_bm(d / "best.pt", a.data, device="cpu", split="heldout")
         pbc = evaluate_bm(d / "best.pt", str(pbc_csv), device="cpu", predictions=True)
         shifted = evaluate_bm(d / "best.pt", str(shifted_heldout(d / "best.pt", d)), device="cpu")
-        row = {"seed": seed, "heldout_macro_f1": held["macro_f1"], "heldout_accuracy": held["accuracy"],
-               "heldout_n": held["n"], "heldout_f1_per_class": {k: v["f1"] for k, v in held["per_class"].items()},
-               "shifted_macro_f1": shifted["macro_f1"],
-               "pbc_correct": sum(p["label"] == p["predicted"] for p in pbc["predictions"]), "pbc_n": pbc["n"],
-               "pbc_predictions": {Path(p["path"]).name: p["predicted"] for p in pbc["predictions"]},
-               "train_wall_s": round(wall, 1), "load_after": os.getloadavg()[0]}
+        row = {
+            "seed": seed,
+            "heldout_macro_f1": held["macro_f1"],
+            "heldout_accuracy": held["accuracy"],
+            "heldout_n": held["n"],
+            "heldout_f1_per_class": {k: v["f1"] for k, v in held["per_class"].items()},
+            "shifted_macro_f1": shifted["macro_f1"],
+            "pbc_correct": sum(p["label"] == p["predicted"] for p in pbc["predictions"]),
+            "pbc_n": pbc["n"],
+            "pbc_predictions": {Path(p["path"]).name: p["predicted"] for p in pbc["predictions"]},
+            "train_wall_s": round(wall, 1),
+            "load_after": os.getloadavg()[0],
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     f1 = np.array([r["heldout_macro_f1"] for r in rows])
-    summary = {"summary": True, "options": a.options, "seeds": a.seeds, "heldout_macro_f1": f1.round(4).tolist(),
-               "mean": float(f1.mean()), "spread": float(f1.max() - f1.min()), "min": float(f1.min()),
-               "shifted_macro_f1": [round(r["shifted_macro_f1"], 4) for r in rows],
-               "pbc_correct": [r["pbc_correct"] for r in rows], "pbc_n": rows[0]["pbc_n"] if rows else 0}
+    summary = {
+        "summary": True,
+        "options": a.options,
+        "seeds": a.seeds,
+        "heldout_macro_f1": f1.round(4).tolist(),
+        "mean": float(f1.mean()),
+        "spread": float(f1.max() - f1.min()),
+        "min": float(f1.min()),
+        "shifted_macro_f1": [round(r["shifted_macro_f1"], 4) for r in rows],
+        "pbc_correct": [r["pbc_correct"] for r in rows],
+        "pbc_n": rows[0]["pbc_n"] if rows else 0,
+    }
     print(json.dumps(summary), flush=True)
     (out / "summary.json").write_text(json.dumps({"runs": rows, **summary}, indent=2) + "\n")
     return 0

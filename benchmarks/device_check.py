@@ -29,6 +29,7 @@ Prints a table and writes ``OUT/device_check.json`` (``--out``; also ``$OUT/devi
 when the variable is set). Exit status 1 when the agreement check
 fails or napari was imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,8 +123,12 @@ class GpuMemoryPoll:
 
     def _read(self):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             return float(out.stdout.split()[0])
         except (OSError, ValueError, IndexError, subprocess.SubprocessError):
             return None
@@ -158,8 +163,12 @@ def stage_table(models, image, dev, repeats: int) -> dict:
         res, dt = _timed(dev, lambda: analyze_smear(image, models))
         runs.append({**res.timings, "wall": dt})
     keys = list(runs[0])
-    return {"n_regions": len(res), "median_s": {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys},
-            "runs": runs, "result": res}
+    return {
+        "n_regions": len(res),
+        "median_s": {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys},
+        "runs": runs,
+        "result": res,
+    }
 
 
 def classify_paths(clf, image, boxes, dev, repeats: int) -> dict:
@@ -181,18 +190,38 @@ def classify_paths(clf, image, boxes, dev, repeats: int) -> dict:
 
 
 def throughput(folder: Path, out: Path, device: str, n: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "napari_sickle.analyze", str(folder), "--out", str(out), "--device", device,
-           "--overwrite", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_sickle.analyze",
+        str(folder),
+        "--out",
+        str(out),
+        "--device",
+        device,
+        "--overwrite",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     with GpuMemoryPoll() as poll:
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t
     done = len(list(out.glob("*_regions.csv")))
-    res = {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "smears": n, "smears_done": done,
-           "wall_s": wall, "smears_per_min": 60.0 * done / wall if wall > 0 else None,
-           "stderr_tail": proc.stderr[-800:]}
+    res = {
+        "command": " ".join(cmd[1:]),
+        "returncode": proc.returncode,
+        "smears": n,
+        "smears_done": done,
+        "wall_s": wall,
+        "smears_per_min": 60.0 * done / wall if wall > 0 else None,
+        "stderr_tail": proc.stderr[-800:],
+    }
     if poll.peak is not None:
         res["nvidia_smi_peak_mib"] = poll.peak
         res["nvidia_smi_base_mib"] = poll.base
@@ -211,8 +240,14 @@ def agreement(model, device_models, image, tol: float) -> dict:
     j = iou.argmax(axis=1) if len(b) else np.zeros(len(a), int)
     diff = float(np.abs(a.probs[matched] - b.probs[j[matched]]).max()) if matched.any() else 0.0
     ok = len(a) == len(b) and bool(matched.all()) and diff <= tol
-    return {"cpu_regions": len(a), "device_regions": len(b), "matched_iou90": int(matched.sum()),
-            "max_abs_prob_diff": diff, "tolerance": tol, "ok": ok}
+    return {
+        "cpu_regions": len(a),
+        "device_regions": len(b),
+        "matched_iou90": int(matched.sum()),
+        "max_abs_prob_diff": diff,
+        "tolerance": tol,
+        "ok": ok,
+    }
 
 
 def profile(models, image, dev, top: int = 15) -> dict:
@@ -229,8 +264,9 @@ def profile(models, image, dev, top: int = 15) -> dict:
     cuda = dev.type == "cuda"
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     rows = sorted(ev, key=lambda e: getattr(e, key, 0) or 0, reverse=True)[:top]
-    kernels = [e for e in prof.events() if getattr(e, "device_type", None) is not None
-               and str(e.device_type).endswith("CUDA")]
+    kernels = [
+        e for e in prof.events() if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")
+    ]
     top_level = [e for e in prof.events() if e.cpu_parent is None and str(e.device_type).endswith("CPU")]
     return {
         "wall_s": wall,
@@ -239,8 +275,15 @@ def profile(models, image, dev, top: int = 15) -> dict:
         "operator_calls": int(sum(e.count for e in ev)),
         "cuda_kernel_launches": len(kernels) if cuda else None,
         "table": prof.key_averages().table(sort_by=key, row_limit=top),
-        "top": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                 "self_gpu_ms": (e.self_device_time_total / 1e3) if cuda else None} for e in rows],
+        "top": [
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                "self_gpu_ms": (e.self_device_time_total / 1e3) if cuda else None,
+            }
+            for e in rows
+        ],
     }
 
 
@@ -250,12 +293,19 @@ def main(argv=None) -> int:
     ap.add_argument("--smears", type=int, default=200, help="PNG smears for the throughput run (default 200)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default=None, help="shipped RBC model (default: the shipped default)")
-    ap.add_argument("--accurate-regions", type=int, default=200,
-                    help="regions classified with the accurate recipe (0: skip; default 200)")
+    ap.add_argument(
+        "--accurate-regions",
+        type=int,
+        default=200,
+        help="regions classified with the accurate recipe (0: skip; default 200)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
     ap.add_argument("--prob-tol", type=float, default=1e-2)
-    ap.add_argument("--out", default="runs/device_check",
-                    help="work folder (smears, analyze output, JSON); the JSON is also copied to $OUT when set")
+    ap.add_argument(
+        "--out",
+        default="runs/device_check",
+        help="work folder (smears, analyze output, JSON); the JSON is also copied to $OUT when set",
+    )
     ap.add_argument("--analyze-args", default="", help="extra arguments for the analyze command, one string")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--profile", action="store_true", help="torch.profiler table of one analyze_smear call")
@@ -275,8 +325,12 @@ def main(argv=None) -> int:
     dev = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+    report = {
+        "device": str(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+    }
     t0 = time.perf_counter()
 
     t = time.perf_counter()
@@ -289,9 +343,13 @@ def main(argv=None) -> int:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     models, report["model_load_s"] = _timed(dev, lambda: load_models(None, None, device=str(dev), model=args.model))
-    report["model"] = {"detector": str(models.detector_path), "classifier": str(models.classifier_path),
-                       "classifier_config": {k: models.classifier.config.get(k) for k in
-                                             ("input_size", "crop", "tta", "split", "pool")}}
+    report["model"] = {
+        "detector": str(models.detector_path),
+        "classifier": str(models.classifier_path),
+        "classifier_config": {
+            k: models.classifier.config.get(k) for k in ("input_size", "crop", "tta", "split", "pool")
+        },
+    }
     st = stage_table(models, image, dev, args.repeats)
     res = st.pop("result")
     report["stages"] = st
@@ -304,8 +362,10 @@ def main(argv=None) -> int:
         except Exception:  # noqa: BLE001 - ImageNet weights not installed: time matters here, not accuracy
             acc = new_classifier(pretrained=False, device=dev)
         boxes = res.boxes[: args.accurate_regions]
-        report["classify_paths_accurate"] = {"regions": int(len(boxes)),
-                                             **classify_paths(acc, image, boxes, dev, max(1, min(3, args.repeats)))}
+        report["classify_paths_accurate"] = {
+            "regions": int(len(boxes)),
+            **classify_paths(acc, image, boxes, dev, max(1, min(3, args.repeats))),
+        }
         del acc
     if dev.type == "cuda":
         report["peak_gpu_memory_mib_stages"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -319,8 +379,13 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
 
     if not args.skip_throughput:
-        report["throughput"] = throughput(out / "smears", out / "analyze", args.device if args.device != "auto"
-                                          else dev.type, len(paths), args.analyze_args.split())
+        report["throughput"] = throughput(
+            out / "smears",
+            out / "analyze",
+            args.device if args.device != "auto" else dev.type,
+            len(paths),
+            args.analyze_args.split(),
+        )
     report["napari_imported"] = "napari" in sys.modules
     report["total_s"] = time.perf_counter() - t0
     (out / "device_check.json").write_text(json.dumps(report, indent=1, default=float))
@@ -336,8 +401,10 @@ def main(argv=None) -> int:
 
 
 def print_table(r: dict) -> None:
-    print(f"device {r['device']} ({r.get('gpu') or 'CPU'}), torch {r['torch']}, {r['threads']} CPU threads; "
-          f"smears prepared in {r['prepare_s']:.1f} s, models loaded in {r['model_load_s']:.2f} s")
+    print(
+        f"device {r['device']} ({r.get('gpu') or 'CPU'}), torch {r['torch']}, {r['threads']} CPU threads; "
+        f"smears prepared in {r['prepare_s']:.1f} s, models loaded in {r['model_load_s']:.2f} s"
+    )
     s = r["stages"]
     print(f"\nper-stage seconds, one 1920x1080 smear, {s['n_regions']} regions, median of {len(s['runs'])}:")
     print("| stage | seconds |\n|---|---|")
@@ -356,23 +423,34 @@ def print_table(r: dict) -> None:
         print(f"\npeak GPU memory (torch.cuda.max_memory_allocated, stages): {r['peak_gpu_memory_mib_stages']:.0f} MiB")
     t = r.get("throughput")
     if t:
-        print(f"\nthroughput: {t['smears_done']}/{t['smears']} smears in {t['wall_s']:.1f} s = "
-              f"{t['smears_per_min']:.0f} smears/min (python {t['command']}; rc {t['returncode']})")
+        print(
+            f"\nthroughput: {t['smears_done']}/{t['smears']} smears in {t['wall_s']:.1f} s = "
+            f"{t['smears_per_min']:.0f} smears/min (python {t['command']}; rc {t['returncode']})"
+        )
         if "nvidia_smi_peak_mib" in t:
-            print(f"peak GPU memory used during it (nvidia-smi): {t['nvidia_smi_peak_mib']:.0f} MiB "
-                  f"(before: {t['nvidia_smi_base_mib']:.0f} MiB)")
+            print(
+                f"peak GPU memory used during it (nvidia-smi): {t['nvidia_smi_peak_mib']:.0f} MiB "
+                f"(before: {t['nvidia_smi_base_mib']:.0f} MiB)"
+            )
         if t["returncode"] != 0:
             print(t["stderr_tail"])
     a = r["agreement"]
     p = r.get("profile")
     if p:
-        print(f"\ntorch.profiler, one analyze_smear: wall {p['wall_s']:.3f} s, top-level torch operators "
-              f"{p['torch_ops_cpu_s']:.3f} s of host time, {p['operator_calls']} operator calls"
-              + (f", GPU kernels {p['gpu_kernel_s']:.4f} s in {p['cuda_kernel_launches']} launches"
-                 if p["gpu_kernel_s"] is not None else ""))
+        print(
+            f"\ntorch.profiler, one analyze_smear: wall {p['wall_s']:.3f} s, top-level torch operators "
+            f"{p['torch_ops_cpu_s']:.3f} s of host time, {p['operator_calls']} operator calls"
+            + (
+                f", GPU kernels {p['gpu_kernel_s']:.4f} s in {p['cuda_kernel_launches']} launches"
+                if p["gpu_kernel_s"] is not None
+                else ""
+            )
+        )
         print(p["table"])
-    print(f"\nCPU vs {r['device']}: regions {a['cpu_regions']} vs {a['device_regions']}, matched {a['matched_iou90']}, "
-          f"max |dp| {a['max_abs_prob_diff']:.2e} (tolerance {a['tolerance']}): {'OK' if a['ok'] else 'MISMATCH'}")
+    print(
+        f"\nCPU vs {r['device']}: regions {a['cpu_regions']} vs {a['device_regions']}, matched {a['matched_iou90']}, "
+        f"max |dp| {a['max_abs_prob_diff']:.2e} (tolerance {a['tolerance']}): {'OK' if a['ok'] else 'MISMATCH'}"
+    )
     print(f"napari imported: {'YES' if r['napari_imported'] else 'no'}; total {r['total_s']:.1f} s")
 
 

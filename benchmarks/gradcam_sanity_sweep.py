@@ -11,6 +11,7 @@
 One torch thread. Prints one line per run: held-out accuracy, fraction of peaks within
 radius + 6.4 px of the class granule, on the distractor, inside the granule.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,11 @@ def families(args):
             t0, c0 = time.time(), time.process_time()
             model = G.train_tiny(arch, train, seed=seed)
             res = G.check(model, test)
-            print(f"{arch} seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} distractor {res[2]:.2f} "
-                  f"inside {res[3]:.2f} ({time.time() - t0:.1f} s wall, {time.process_time() - c0:.1f} s cpu)",
-                  flush=True)
+            print(
+                f"{arch} seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} distractor {res[2]:.2f} "
+                f"inside {res[3]:.2f} ({time.time() - t0:.1f} s wall, {time.process_time() - c0:.1f} s cpu)",
+                flush=True,
+            )
             if arch == "tiny_vit":
                 right = model.reshape_transform()
                 for name, make in G.WRONG_GRIDS.items():
@@ -46,8 +49,11 @@ def families(args):
     if args.with_layernorm:
         for seed in args.seeds:
             res = G.check(G.train_tiny("tiny_vit", train, seed=seed, vit=None), test)  # the product's tiny_vit
-            print(f"tiny_vit WITH LayerNorm seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} "
-                  f"distractor {res[2]:.2f} inside {res[3]:.2f}", flush=True)
+            print(
+                f"tiny_vit WITH LayerNorm seed {seed}: acc {res[0]:.2f} near {res[1]:.2f} "
+                f"distractor {res[2]:.2f} inside {res[3]:.2f}",
+                flush=True,
+            )
 
 
 def vit(args):
@@ -75,10 +81,24 @@ def vit(args):
 
     for seed in args.seeds:
         torch.manual_seed(seed)
-        net = VisionTransformer(image_size=G.SIZE, patch_size=G.GRID, num_layers=args.layers, num_heads=args.heads,
-                                hidden_dim=args.hidden, mlp_dim=2 * args.hidden, num_classes=4, norm_layer=norm)
-        model = build_bm_model("tiny_vit", train.class_names, pretrained=False, input_size=G.SIZE,
-                               mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+        net = VisionTransformer(
+            image_size=G.SIZE,
+            patch_size=G.GRID,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            hidden_dim=args.hidden,
+            mlp_dim=2 * args.hidden,
+            num_classes=4,
+            norm_layer=norm,
+        )
+        model = build_bm_model(
+            "tiny_vit",
+            train.class_names,
+            pretrained=False,
+            input_size=G.SIZE,
+            mean=tuple(mean.tolist()),
+            std=tuple(std.tolist()),
+        )
         model.module = net
         steps = G.fit(net, xn, y, args.steps, args.lr, early_stop=not args.no_early_stop)
         xt = preprocess(list(test.images), model)
@@ -111,8 +131,12 @@ def main(argv=None):
     v.add_argument("--steps", type=int, default=300)
     v.add_argument("--no-early-stop", action="store_true")
     v.add_argument("--no-layernorm", action="store_true")
-    v.add_argument("--targets", nargs="+", default=["encoder.layers[-1].ln_1"],
-                   help="attribute paths on the network, e.g. encoder.layers[-2].ln_1 conv_proj")
+    v.add_argument(
+        "--targets",
+        nargs="+",
+        default=["encoder.layers[-1].ln_1"],
+        help="attribute paths on the network, e.g. encoder.layers[-2].ln_1 conv_proj",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     (families if args.mode == "families" else vit)(args)

@@ -8,6 +8,7 @@ Keyword arguments of ``models.multilabel.new_classifier`` are given as JSON:
     python benchmarks/multilabel_fold_screen.py --data $SICKLE_DATA/sickle-rbc \\
         '{"cell_split": {"min_peak": 6}}'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,11 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-test", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--save", help="also write the fold's cached features, owners, labels and test probabilities "
-                                   "to this .npz file (to study heads and decision rules without the backbone)")
+    ap.add_argument(
+        "--save",
+        help="also write the fold's cached features, owners, labels and test probabilities "
+        "to this .npz file (to study heads and decision rules without the backbone)",
+    )
     ap.add_argument("--splitter-options", default="{}", help="train_splitter options (JSON) for split='unet'")
     ap.add_argument("classifier", nargs="?", default="{}", help="new_classifier keyword arguments (JSON)")
     a = ap.parse_args(argv)
@@ -64,17 +68,19 @@ def main(argv=None):
     saved = {}
     for name, (X, y) in {"single": (Xs.take(te), ys[te]), "multi": (Xtep, ytep)}.items():
         pr = _probs(heads, X)
-        saved.update({f"{name}_X": X.X.astype(np.float16), f"{name}_owner": X.owner, f"{name}_y": y,
-                      f"{name}_probs": pr})
+        saved.update(
+            {f"{name}_X": X.X.astype(np.float16), f"{name}_owner": X.owner, f"{name}_y": y, f"{name}_probs": pr}
+        )
         m = multilabel_metrics(y, pr, gb.predict(pr))
         out[name] = {key: m[key] for key in ("exact_match_accuracy", "mean_auc", "abnormal_accuracy", "n")}
         if name == "multi":
             found = np.bincount(X.owner, minlength=X.n)
             cells = np.array([p[2] for p in tep])
             ok = np.all((pr >= 0.5) == (y > 0), axis=1)
-            out["multi_by_split"] = {lab: {"n": int(sel.sum()), "exact": float(ok[sel].mean()) if sel.any() else None}
-                                     for lab, sel in (("split = cells", found == cells), ("merged", found < cells),
-                                                      ("cut", found > cells))}
+            out["multi_by_split"] = {
+                lab: {"n": int(sel.sum()), "exact": float(ok[sel].mean()) if sel.any() else None}
+                for lab, sel in (("split = cells", found == cells), ("merged", found < cells), ("cut", found > cells))
+            }
     out["seconds"] = round(time.time() - t0, 1)
     if a.save:
         np.savez(a.save, train_X=Xtra.X.astype(np.float16), train_owner=Xtra.owner, train_y=ytra, **saved)

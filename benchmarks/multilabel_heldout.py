@@ -15,6 +15,7 @@ stratified by type, ``--seed``), so none of these crops was in a training patch,
 
     python benchmarks/multilabel_heldout.py --data $SICKLE_DATA/sickle-rbc --out runs/heldout
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,14 +64,15 @@ def main(argv=None):
 
     sm = out / "smears"
     if not (sm / "patches.csv").is_file():
-        write_dataset(sm, layout="patches", n_images=4 * a.n_smear_patches, seed=a.patch_seed,
-                      crops_root=out / "crops")
+        write_dataset(sm, layout="patches", n_images=4 * a.n_smear_patches, seed=a.patch_seed, crops_root=out / "crops")
     df = pd.read_csv(sm / "patches.csv")
     multi = df[df["n_cells"] > 1].head(a.n_smear_patches).copy()
     multi["path"] = [str((sm / p).resolve()) for p in multi["path"]]
     multi.to_csv(out / "smear_patches.csv", index=False)
-    print(f"{len(multi)} multi-cell smear regions in {out / 'smear_patches.csv'} "
-          f"(cells per region: {multi['n_cells'].describe()[['min', '50%', 'max']].to_dict()})")
+    print(
+        f"{len(multi)} multi-cell smear regions in {out / 'smear_patches.csv'} "
+        f"(cells per region: {multi['n_cells'].describe()[['min', '50%', 'max']].to_dict()})"
+    )
 
 
 if __name__ == "__main__":

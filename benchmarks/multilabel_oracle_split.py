@@ -10,6 +10,7 @@ printed beside that of the screen's own (split) test features:
 Arguments: the saved .npz, the screen's tta, the fold (0-based). Reads $SICKLE_DATA
 (default ../shared/data).
 """
+
 import json
 import os
 import sys
@@ -47,5 +48,13 @@ assert (ytep == d["multi_y"]).all()
 tra = Bags(d["train_X"].astype(np.float32), d["train_owner"], int(d["train_owner"].max()) + 1)
 heads = _fit(tra.dim, tra, d["train_y"], epochs=40, lr=1e-3, batch_size=256, seed=k)
 pr = _probs(heads, Xte)
-print(json.dumps({"oracle_multi": multilabel_metrics(ytep, pr)["exact_match_accuracy"],
-                  "screen_multi_refit": multilabel_metrics(d["multi_y"], _probs(heads, Bags(d["multi_X"].astype(np.float32), d["multi_owner"], len(tep))))["exact_match_accuracy"]}))
+print(
+    json.dumps(
+        {
+            "oracle_multi": multilabel_metrics(ytep, pr)["exact_match_accuracy"],
+            "screen_multi_refit": multilabel_metrics(
+                d["multi_y"], _probs(heads, Bags(d["multi_X"].astype(np.float32), d["multi_owner"], len(tep)))
+            )["exact_match_accuracy"],
+        }
+    )
+)

@@ -32,6 +32,7 @@
 
     .venv/bin/python benchmarks/seg_diagnostics.py [--model runs/unet_bbbc041/best.pt [--sweep | --compare]] [--border-stats] [--watershed-check]
 """
+
 import argparse
 
 import numpy as np
@@ -79,11 +80,14 @@ def model_breakdown(model):
         edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
         mi = segmentation_metrics(clear_border(lab), clear_border(gt))
         rows.append((m.dice, m.instance_f1_50, mi.dice, mi.instance_f1_50))
-        print(f"{ip.stem[:8]}: U-Net Dice {m.dice:.3f} F1 {m.instance_f1_50:.3f} | false fg {fp.sum() / n:.3f} of GT area "
-              f"(outline band {(fp & band).sum() / n:.3f}, unannotated objects {orphan.sum() / n:.3f}, "
-              f"at edge {(orphan & np.isin(lab, edge)).sum() / n:.3f}) | missed {fn.sum() / n:.3f} "
-              f"(outline band {(fn & band).sum() / n:.3f}) | border objects left out: Dice {mi.dice:.3f} "
-              f"F1 {mi.instance_f1_50:.3f}", flush=True)
+        print(
+            f"{ip.stem[:8]}: U-Net Dice {m.dice:.3f} F1 {m.instance_f1_50:.3f} | false fg {fp.sum() / n:.3f} of GT area "
+            f"(outline band {(fp & band).sum() / n:.3f}, unannotated objects {orphan.sum() / n:.3f}, "
+            f"at edge {(orphan & np.isin(lab, edge)).sum() / n:.3f}) | missed {fn.sum() / n:.3f} "
+            f"(outline band {(fn & band).sum() / n:.3f}) | border objects left out: Dice {mi.dice:.3f} "
+            f"F1 {mi.instance_f1_50:.3f}",
+            flush=True,
+        )
     a = np.mean(rows, axis=0)
     print(f"mean: Dice {a[0]:.3f} F1 {a[1]:.3f} | border objects left out: Dice {a[2]:.3f} F1 {a[3]:.3f}")
 
@@ -99,7 +103,10 @@ def border_stats():
     y = np.array([b for _, b in recs])
     for lo, hi in [(0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0), (1.0, 99)]:
         s = (a >= lo) & (a < hi)
-        print(f"border objects with area {lo}-{hi} x typical cell: n {s.sum():3d}, annotated {y[s].mean():.2f}", flush=True)
+        print(
+            f"border objects with area {lo}-{hi} x typical cell: n {s.sum():3d}, annotated {y[s].mean():.2f}",
+            flush=True,
+        )
 
 
 def watershed_check():
@@ -123,8 +130,11 @@ def watershed_check():
             m = segmentation_metrics(lab, gt)
             r.append((m.dice, m.instance_f1_50, c))
         a = np.array(r)
-        print(f"work_factor={k}: simulated Dice {a[:3, 0].mean():.3f} F1 {a[:3, 1].mean():.3f} CPU {a[:3, 2].mean():.2f} s"
-              f" | BBBC041 (24) Dice {a[3:, 0].mean():.3f} F1 {a[3:, 1].mean():.3f} CPU {a[3:, 2].mean():.2f} s", flush=True)
+        print(
+            f"work_factor={k}: simulated Dice {a[:3, 0].mean():.3f} F1 {a[:3, 1].mean():.3f} CPU {a[:3, 2].mean():.2f} s"
+            f" | BBBC041 (24) Dice {a[3:, 0].mean():.3f} F1 {a[3:, 1].mean():.3f} CPU {a[3:, 2].mean():.2f} s",
+            flush=True,
+        )
 
 
 def sweep(model):
@@ -192,11 +202,14 @@ def compare(model):
         p0 = predict_unet_probabilities(img, net, device="cpu", tta="none")
         p8 = predict_unet_probabilities(img, net, device="cpu", tta="d4")
         raw0 = unet_probabilities_to_instances(p0, min_size=min_size)
-        labs = [unet_probabilities_to_instances(p0, min_size=min_size, border_min_fraction=frac),
-                rule(raw0) if clf else unet_probabilities_to_instances(p0, min_size=min_size, border_min_fraction=frac),
-                rule(unet_probabilities_to_instances(p8, min_size=min_size)) if clf else
-                unet_probabilities_to_instances(p8, min_size=min_size, border_min_fraction=frac),
-                oracle(raw0, gt)]
+        labs = [
+            unet_probabilities_to_instances(p0, min_size=min_size, border_min_fraction=frac),
+            rule(raw0) if clf else unet_probabilities_to_instances(p0, min_size=min_size, border_min_fraction=frac),
+            rule(unet_probabilities_to_instances(p8, min_size=min_size))
+            if clf
+            else unet_probabilities_to_instances(p8, min_size=min_size, border_min_fraction=frac),
+            oracle(raw0, gt),
+        ]
         ms = [segmentation_metrics(lab, gt) for lab in labs]
         best = ms[3]
         for t in (0.2, 0.3, 0.4, 0.6, 0.7, 0.8):
@@ -207,7 +220,10 @@ def compare(model):
         ms.append(best)
         v = [(m.dice, m.instance_f1_50) for m in ms]
         res.setdefault(which, []).append(v)
-        print(f"{which[:5]} {ip.stem[:8]}: " + " | ".join(f"{c} {d:.3f} / {f:.3f}" for c, (d, f) in zip(cols, v)), flush=True)
+        print(
+            f"{which[:5]} {ip.stem[:8]}: " + " | ".join(f"{c} {d:.3f} / {f:.3f}" for c, (d, f) in zip(cols, v)),
+            flush=True,
+        )
     for which, v in res.items():
         a = np.mean(v, axis=0)
         print(f"mean {which} (n={len(v)}): " + " | ".join(f"{c} {d:.4f} / {f:.4f}" for c, (d, f) in zip(cols, a)))
@@ -252,8 +268,11 @@ def main(argv=None):
         nb = len(np.unique(gt)) - len(np.unique(clear_border(gt)))
         ws = segment_watershed(img)
         m0, m1 = segmentation_metrics(ws, gt), segmentation_metrics(clear_border(ws), gt)
-        print(f"{name}: GT cells touching border {nb:2d}; watershed Dice {m0.dice:.3f} F1 {m0.instance_f1_50:.3f}"
-              f" | border-cleared Dice {m1.dice:.3f} F1 {m1.instance_f1_50:.3f}", flush=True)
+        print(
+            f"{name}: GT cells touching border {nb:2d}; watershed Dice {m0.dice:.3f} F1 {m0.instance_f1_50:.3f}"
+            f" | border-cleared Dice {m1.dice:.3f} F1 {m1.instance_f1_50:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

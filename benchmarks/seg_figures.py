@@ -7,6 +7,7 @@ docs/images/seg_bbbc041.png (a held-out BBBC041 image of the model's recipe), an
 the metrics of each panel as JSON. Outlines: green = ground truth cells, red = predicted
 objects; yellow rings = predictions that merge two or more true cells.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,15 @@ def figure(img, gt, res, path, crop):
         met = res.metrics[m]
         lab = res.labels[m][sl]
         ids = [i for i in met.merged_ids if (lab == i).any()]
-        panel(ax, img[sl], lab, gt[sl], f"{m.replace('connected_components', 'conn. components')}\n"
-              f"Dice {met.dice:.3f}  F1@0.5 {met.instance_f1_50:.3f}  merges {met.merges}", ids)
+        panel(
+            ax,
+            img[sl],
+            lab,
+            gt[sl],
+            f"{m.replace('connected_components', 'conn. components')}\n"
+            f"Dice {met.dice:.3f}  F1@0.5 {met.instance_f1_50:.3f}  merges {met.merges}",
+            ids,
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -9,6 +9,7 @@ fraction of the fold's single test crops it cuts; the rule-based split is scored
     python benchmarks/splitter_count_screen.py --data $SICKLE_DATA/sickle-rbc --net runs/split1000.pt \\
         '{"steps": 1000}' '[{}, {"seeds": "components", "seed_threshold": 0.5}]'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,18 @@ def main(argv=None):
     tep = compose_patches([crops[i] for i in te], 150, seed=2 * k + 1, max_cells=4, min_cells=2)
     cells = np.array([p[2] for p in tep])
     found = np.array([max(1, int(split_cells(p[0]).max())) for p in tep])
-    print(json.dumps({"rule-based split": {"exact": float(np.mean(found == cells)),
-                                           "merged": float(np.mean(found < cells)),
-                                           "cut": float(np.mean(found > cells))},
-                      "single crops cut": float(np.mean([split_cells(crops[i].image).max() > 1 for i in te]))}))
+    print(
+        json.dumps(
+            {
+                "rule-based split": {
+                    "exact": float(np.mean(found == cells)),
+                    "merged": float(np.mean(found < cells)),
+                    "cut": float(np.mean(found > cells)),
+                },
+                "single crops cut": float(np.mean([split_cells(crops[i].image).max() > 1 for i in te])),
+            }
+        )
+    )
     for cfg in json.loads(a.settings):
         cut = float(np.mean([split_cells_learned(net, crops[i].image, cfg).max() > 1 for i in te]))
         print(json.dumps({"settings": cfg, **split_count_accuracy(net, tep, cfg), "single crops cut": cut}), flush=True)

@@ -8,6 +8,7 @@ those held-back images with the same code as ``python -m napari_sickle.evaluate 
 
 SICKLE_DATA defaults to ../shared/data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,12 @@ def main(argv=None):
     if not args.skip_training:
         t0 = time.perf_counter()
         res = train_unet(
-            str(data), args.out, epochs=args.epochs, device="cpu", seed=0, holdout=args.holdout,
+            str(data),
+            args.out,
+            epochs=args.epochs,
+            device="cpu",
+            seed=0,
+            holdout=args.holdout,
             log=lambda d: print(json.dumps(d), flush=True),
         )
         report["training_seconds"] = round(time.perf_counter() - t0, 1)
@@ -48,8 +54,13 @@ def main(argv=None):
     ckpt = load_checkpoint(best, kind="unet")
     test = ckpt["recipe"]["test_images"]
     t0 = time.perf_counter()
-    ev = evaluate_segmentation(str(data), unet_model=str(best), device="cpu", images=test,
-                               methods=["watershed", "connected_components", "unet"])
+    ev = evaluate_segmentation(
+        str(data),
+        unet_model=str(best),
+        device="cpu",
+        images=test,
+        methods=["watershed", "connected_components", "unet"],
+    )
     report["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
     report["held_out"] = ev
     print(json.dumps(report, indent=1))

@@ -6,6 +6,7 @@ Writes docs/images/simulated_smear.png (the seed-0 sample smear, downscaled 2x, 
 region boxes) and docs/images/simulated_types.png (a full-resolution crop of the same smear
 that holds all six types, with each cell's type written next to it).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +51,16 @@ def main():
     ax = fig.add_axes([0, 0, 1, 1])
     ax.imshow(sm.image, interpolation="lanczos")
     for r, ab in zip(sm.regions.itertuples(index=False), abnormal):
-        ax.add_patch(Rectangle((r.x_min - 0.5, r.y_min - 0.5), r.x_max - r.x_min, r.y_max - r.y_min,
-                               fill=False, lw=0.6, ec="#d50000" if ab else "#00a040"))
+        ax.add_patch(
+            Rectangle(
+                (r.x_min - 0.5, r.y_min - 0.5),
+                r.x_max - r.x_min,
+                r.y_max - r.y_min,
+                fill=False,
+                lw=0.6,
+                ec="#d50000" if ab else "#00a040",
+            )
+        )
     ax.set_axis_off()
     fig.savefig(OUT / "simulated_smear.png", dpi=100)
     plt.close(fig)
@@ -64,8 +73,16 @@ def main():
     for c in sm.cells.itertuples(index=False):
         cyy, cxx = (c.y_min + c.y_max) / 2 - y, (c.x_min + c.x_max) / 2 - x
         if 10 < cyy < h - 10 and 10 < cxx < w - 10:
-            ax.text(cxx, c.y_min - y - 2, RBC_TYPE_LABELS[c.type], ha="center", va="bottom", fontsize=6.5,
-                    color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
+            ax.text(
+                cxx,
+                c.y_min - y - 2,
+                RBC_TYPE_LABELS[c.type],
+                ha="center",
+                va="bottom",
+                fontsize=6.5,
+                color="black",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7),
+            )
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()

@@ -8,6 +8,7 @@ STEP is any of: analyze (with export), sample, explain, compare, train (default:
 opened from the Plugins menu (``add_plugin_dock_widget``), as a user opens it. Writes
 docs/images/tutorial_<step>.png (palette PNGs, kept under 300 KB).
 """
+
 import sys
 import tempfile
 import time
@@ -142,8 +143,14 @@ def explain(fx: Path):
         v.layers.remove(layer)
     x0, y0, x1, y1 = (float(wbc[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
     pad = 8
-    shapes = v.add_shapes([np.array([[y0 - pad, x0 - pad], [y1 + pad, x1 + pad]])], shape_type="rectangle",
-                          name="white cell", edge_color="yellow", face_color="transparent", edge_width=2)
+    shapes = v.add_shapes(
+        [np.array([[y0 - pad, x0 - pad], [y1 + pad, x1 + pad]])],
+        shape_type="rectangle",
+        name="white cell",
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=2,
+    )
     w = open_widget(v, "Classify BM cells")
     w.device.value = "cpu"
     w.image.value = image
@@ -165,8 +172,9 @@ def compare(fx: Path):
     v = new_viewer()
     v.open(str(img), plugin="napari-sickle")
     image = v.layers[0]
-    gt = v.add_labels(read_mask(fx / "bbbc041seg" / "002f20ad_mask.png").astype(np.int32), name="ground truth",
-                      opacity=0.6)
+    gt = v.add_labels(
+        read_mask(fx / "bbbc041seg" / "002f20ad_mask.png").astype(np.int32), name="ground truth", opacity=0.6
+    )
     gt.contour = 1
     gt.visible = False
     w = open_widget(v, "Compare segmentations")

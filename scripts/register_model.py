@@ -36,8 +36,14 @@ def drop_packaged_backbone(ckpt: dict) -> int:
 
     ref = build_feature_extractor(ckpt["config"]["backbone"], pretrained=True).state_dict()
     sd = ckpt["state_dict"]
-    same = [k for k, v in sd.items() if k.startswith("backbone.") and k[9:] in ref
-            and ref[k[9:]].shape == v.shape and torch.equal(ref[k[9:]].to(v.dtype), v)]
+    same = [
+        k
+        for k, v in sd.items()
+        if k.startswith("backbone.")
+        and k[9:] in ref
+        and ref[k[9:]].shape == v.shape
+        and torch.equal(ref[k[9:]].to(v.dtype), v)
+    ]
     for k in same:
         del sd[k]
     if same:

@@ -39,8 +39,9 @@ def fixtures_dir(sickle_data) -> Path:
 
 # ------------------------------------------------------------------ tiny RBC models for tests
 TINY_RBC = {
-    "detector": dict(epochs=1, iters_per_epoch=6, batch_size=2, crop_size=192, n_smears=2,
-                     smear_shape=(320, 480), lr=3e-4),
+    "detector": dict(
+        epochs=1, iters_per_epoch=6, batch_size=2, crop_size=192, n_smears=2, smear_shape=(320, 480), lr=3e-4
+    ),
     "classifier": dict(epochs=2, n_smears=2, smear_shape=(320, 480)),
 }
 
@@ -91,8 +92,13 @@ def tiny_zoo(monkeypatch, tmp_path):
     shutil.copyfile(det, wdir / "rbc-tiny-test-detector.pt")
     shutil.copyfile(clf, wdir / "rbc-tiny-test-classifier.pt")
     monkeypatch.setattr(zoo, "weights_dir", lambda: wdir)
-    zoo.register("rbc-tiny-test", "rbc", "tiny test models (simulated smears)",
-                 {"detector": "rbc-tiny-test-detector.pt", "classifier": "rbc-tiny-test-classifier.pt"}, default=True)
+    zoo.register(
+        "rbc-tiny-test",
+        "rbc",
+        "tiny test models (simulated smears)",
+        {"detector": "rbc-tiny-test-detector.pt", "classifier": "rbc-tiny-test-classifier.pt"},
+        default=True,
+    )
     return wdir
 
 
@@ -112,8 +118,18 @@ def _tiny_unet() -> str:
 
     out = Path(tempfile.mkdtemp(prefix="sickle-unet-"))
     res = train_unet(
-        "simulated", out, epochs=1, device="cpu", n_simulated=2, simulated_shape=(160, 160),
-        steps_per_epoch=2, batch_size=2, crop=64, scale=0.5, base_channels=8, depth=2,
+        "simulated",
+        out,
+        epochs=1,
+        device="cpu",
+        n_simulated=2,
+        simulated_shape=(160, 160),
+        steps_per_epoch=2,
+        batch_size=2,
+        crop=64,
+        scale=0.5,
+        base_channels=8,
+        depth=2,
     )
     return res["checkpoint"]
 

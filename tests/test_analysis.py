@@ -1,4 +1,5 @@
 """RBC engine: AP50, crops, training entry points, analyze_smear and its bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ def test_ap50_hand_computed_case():
     ap, n_gt = average_precision(dets, gts)
     assert n_gt == 3
     assert ap == pytest.approx(0.5)
-    res = ap50([(d[0], d[1], np.ones(len(d[1]), int)) for d in dets], [(g, np.ones(len(g), int)) for g in gts],
-               ["cell region"])
+    res = ap50(
+        [(d[0], d[1], np.ones(len(d[1]), int)) for d in dets], [(g, np.ones(len(g), int)) for g in gts], ["cell region"]
+    )
     assert res["ap50"] == pytest.approx(0.5) and res["n_images"] == 2
     # more than 100 detections per image all count (no pycocotools-style cap)
     many = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(150)], float)
@@ -64,8 +66,7 @@ def test_train_and_evaluate_multilabel_simulated(tmp_path):
     from napari_sickle.training.multilabel import evaluate_multilabel, train_multilabel
 
     logs = []
-    r = train_multilabel("simulated", tmp_path, epochs=2, n_smears=2, smear_shape=(240, 360), log=logs.append,
-                         folds=2)
+    r = train_multilabel("simulated", tmp_path, epochs=2, n_smears=2, smear_shape=(240, 360), log=logs.append, folds=2)
     assert Path(r["checkpoint"]).is_file() and (tmp_path / "last.pt").is_file()
     assert [h["epoch"] for h in r["history"]] == [1, 2]
     assert all(json.dumps(d) for d in logs)
@@ -76,8 +77,9 @@ def test_train_and_evaluate_multilabel_simulated(tmp_path):
     assert set(m) >= {"auc", "mean_auc", "exact_match_accuracy", "abnormal_accuracy", "n"}
     assert m["n"] > 10 and 0.5 < m["mean_auc"] <= 1.0  # held-out smear: better than chance
     # resume continues from last.pt
-    r2 = train_multilabel("simulated", tmp_path / "resumed", epochs=3, n_smears=2, smear_shape=(240, 360),
-                          resume=tmp_path / "last.pt")
+    r2 = train_multilabel(
+        "simulated", tmp_path / "resumed", epochs=3, n_smears=2, smear_shape=(240, 360), resume=tmp_path / "last.pt"
+    )
     assert [h["epoch"] for h in r2["history"]] == [1, 2, 3]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train_multilabel("simulated", tmp_path / "x", resume=tmp_path / "missing.pt")
@@ -297,10 +299,27 @@ def test_analyze_cli(tmp_path, models):
     img.parent.mkdir()
     iio.imwrite(img, simulate_smear(seed=9, shape=(240, 320)).image)
     (tmp_path / "folder").mkdir()
-    iio.imwrite(tmp_path / "folder" / "gray.tif", simulate_smear(seed=4, shape=(200, 300)).image.mean(axis=2).astype(np.uint8))
+    iio.imwrite(
+        tmp_path / "folder" / "gray.tif", simulate_smear(seed=4, shape=(200, 300)).image.mean(axis=2).astype(np.uint8)
+    )
     out = tmp_path / "out"
-    assert main([str(img), str(tmp_path / "folder"), "--out", str(out), "--device", "cpu",
-                 "--detector", models.detector_path, "--classifier", models.classifier_path]) == 0
+    assert (
+        main(
+            [
+                str(img),
+                str(tmp_path / "folder"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--detector",
+                models.detector_path,
+                "--classifier",
+                models.classifier_path,
+            ]
+        )
+        == 0
+    )
     from napari_sickle.io.formats import read_regions_csv
 
     df = read_regions_csv(out / "smear.png_regions.csv")

@@ -1,5 +1,6 @@
 """Streaming batch analysis (``python -m napari_sickle.analyze``): same numbers as the widget's
 code path, crash-safe incremental outputs, restart skips done images, bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,26 @@ def _models_args() -> list[str]:
 
 
 def _cmd(src, out, *extra):
-    return [sys.executable, "-m", "napari_sickle.analyze", str(src), "--out", str(out), "--device", "cpu",
-            *_models_args(), "--threads", "1", "--workers", "1", "--images-per-batch", "2", "--processes", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "napari_sickle.analyze",
+        str(src),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *_models_args(),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--images-per-batch",
+        "2",
+        "--processes",
+        "2",
+        *extra,
+    ]
 
 
 def _env():
@@ -85,8 +104,15 @@ def test_streaming_matches_widget_code_path(tiny_models, smear_folder, tmp_path)
     from napari_sickle.widgets.analyze import _run_analysis
 
     files = [smear_folder / f"smear{k:02d}.png" for k in range(3)]
-    rep = analyze_batch(list_inputs([str(f) for f in files]), tmp_path, tiny_models, device="cpu",
-                        num_workers=0, images_per_batch=3, batch_size=7)  # 7: batches straddle images
+    rep = analyze_batch(
+        list_inputs([str(f) for f in files]),
+        tmp_path,
+        tiny_models,
+        device="cpu",
+        num_workers=0,
+        images_per_batch=3,
+        batch_size=7,
+    )  # 7: batches straddle images
     assert rep.analyzed == 3 and rep.unreadable == 0 and rep.regions > 0
     cache = {(None, None, None, "cpu"): tiny_models}  # the widget's model cache, holding the same models
     for f in files:
@@ -94,8 +120,14 @@ def test_streaming_matches_widget_code_path(tiny_models, smear_folder, tmp_path)
         want = validate_regions(res.to_dataframe(f.name))
         got = read_regions_csv(tmp_path / f"{f.name}_regions.csv")
         assert len(got) == len(want) > 0
-        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True),
-                                      check_dtype=False, check_exact=False, rtol=1e-5, atol=1e-6)
+        pd.testing.assert_frame_equal(
+            got.reset_index(drop=True),
+            want.reset_index(drop=True),
+            check_dtype=False,
+            check_exact=False,
+            rtol=1e-5,
+            atol=1e-6,
+        )
     summ = pd.read_csv(tmp_path / "summary.csv")
     assert list(summ["image"]) == [str(f) for f in files]
     assert list(summ["regions_csv"]) == [f"{f.name}_regions.csv" for f in files]
@@ -115,8 +147,7 @@ def test_killed_run_restarts_to_identical_csvs(smear_folder, uninterrupted, tmp_
     full = uninterrupted
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(smear_folder, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env())
+    proc = subprocess.Popen(_cmd(smear_folder, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     state = out / ".sickle-batch"
     t0 = time.monotonic()
     while time.monotonic() - t0 < 300 and proc.poll() is None and len(list(state.glob("*.png.json"))) < 4:
@@ -150,8 +181,17 @@ def test_torchrun_two_ranks_share_the_images(smear_folder, uninterrupted, tmp_pa
     """Two gloo ranks under torchrun, one analysing process each: every image is done once, by
     either rank, into one folder; rank 0 writes the summary; same bytes as one machine."""
     out = tmp_path / "ranks"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           *_cmd(smear_folder, out)[2:-2], "--processes", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        *_cmd(smear_folder, out)[2:-2],
+        "--processes",
+        "1",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]

@@ -1,4 +1,5 @@
 """BM classifier core: models, checkpoints, bad input, training loop and evaluation."""
+
 import json
 
 import numpy as np
@@ -72,16 +73,19 @@ def test_torchvision_arch_without_cached_weights_warns(monkeypatch, tmp_path):
     assert m.module.fc.out_features == 2
 
 
-@pytest.mark.parametrize("cell", [
-    np.zeros((17, 33), np.uint8),                                   # grey, odd size
-    np.random.default_rng(0).random((200, 90)),                     # float64 grey, large
-    (np.random.default_rng(1).random((40, 41, 1)) * 4000).astype(np.uint16),  # 1 channel uint16
-    np.random.default_rng(2).integers(0, 255, (25, 60, 3), dtype=np.uint8),   # RGB
-    np.random.default_rng(3).integers(0, 255, (30, 30, 4), dtype=np.uint8),   # RGBA
-    np.random.default_rng(4).random((3, 20, 28)).astype(np.float32) * 9 - 3,  # channels-first float
-    np.random.default_rng(5).random((12, 12)) > 0.5,                # bool
-    np.full((8, 9, 3), -5, np.int32),                               # constant signed ints
-])
+@pytest.mark.parametrize(
+    "cell",
+    [
+        np.zeros((17, 33), np.uint8),  # grey, odd size
+        np.random.default_rng(0).random((200, 90)),  # float64 grey, large
+        (np.random.default_rng(1).random((40, 41, 1)) * 4000).astype(np.uint16),  # 1 channel uint16
+        np.random.default_rng(2).integers(0, 255, (25, 60, 3), dtype=np.uint8),  # RGB
+        np.random.default_rng(3).integers(0, 255, (30, 30, 4), dtype=np.uint8),  # RGBA
+        np.random.default_rng(4).random((3, 20, 28)).astype(np.float32) * 9 - 3,  # channels-first float
+        np.random.default_rng(5).random((12, 12)) > 0.5,  # bool
+        np.full((8, 9, 3), -5, np.int32),  # constant signed ints
+    ],
+)
 def test_any_size_dtype_and_channels(tiny, cell):
     from napari_sickle.analysis.bm import explain
 
@@ -149,8 +153,11 @@ def test_checkpoint_roundtrip_and_head_mismatch(tmp_path, tiny):
     back = load_bm_model(p)
     assert back.class_names == ("a", "b", "c") and back.input_size == 32
     x = np.random.default_rng(0).integers(0, 255, (2, 20, 20), dtype=np.uint8)
-    assert np.allclose(classify_cells(x, tiny, device="cpu").probabilities,
-                       classify_cells(x, back, device="cpu").probabilities, atol=1e-6)
+    assert np.allclose(
+        classify_cells(x, tiny, device="cpu").probabilities,
+        classify_cells(x, back, device="cpu").probabilities,
+        atol=1e-6,
+    )
     ck = torch.load(p, weights_only=True)
     ck["config"]["class_names"] = ["a", "b"]
     torch.save(ck, tmp_path / "bad.pt")
@@ -167,16 +174,36 @@ def test_train_resume_and_evaluate_csv_layout(tmp_path):
     d = _write_labels_csv_layout(tmp_path / "data", sim, "png", broken=True)
     logs = []
     with pytest.warns(UserWarning, match="skipped unreadable"):
-        res = train_bm(str(d), tmp_path / "out", epochs=1, backbone="tiny_vgg", device="cpu", input_size=32,
-                       batch_size=8, log=logs.append, lr_test_steps=8, warmup_epochs=1, schedule="plateau")
+        res = train_bm(
+            str(d),
+            tmp_path / "out",
+            epochs=1,
+            backbone="tiny_vgg",
+            device="cpu",
+            input_size=32,
+            batch_size=8,
+            log=logs.append,
+            lr_test_steps=8,
+            warmup_epochs=1,
+            schedule="plateau",
+        )
     assert res["metrics"]["skipped"] == 1
     assert (tmp_path / "out" / "best.pt").is_file() and (tmp_path / "out" / "last.pt").is_file()
     ep = [r for r in logs if r["event"] == "epoch"]
     assert len(ep) == 1 and ep[0]["metric_name"] == "macro_f1" and json.dumps(logs)
     assert ep[0]["phase"] == "head"  # warm-up epoch: only the new last layer trains
     assert [r for r in logs if r["event"] == "lr_range_test"][0]["lr"] > 0
-    res2 = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_vgg", device="cpu", input_size=32,
-                    batch_size=8, resume=tmp_path / "out" / "last.pt", schedule="plateau")
+    res2 = train_bm(
+        str(d),
+        tmp_path / "out",
+        epochs=2,
+        backbone="tiny_vgg",
+        device="cpu",
+        input_size=32,
+        batch_size=8,
+        resume=tmp_path / "out" / "last.pt",
+        schedule="plateau",
+    )
     assert [h["epoch"] for h in res2["history"]] == [1, 2]
     with pytest.warns(UserWarning):
         ev = evaluate_bm(res2["checkpoint"], str(d / "labels.csv"), device="cpu")
@@ -193,8 +220,18 @@ def test_train_folds_simulated(tmp_path):
     from napari_sickle.models.bm import load_bm_model
     from napari_sickle.training.bm import train_bm
 
-    res = train_bm("simulated", tmp_path, epochs=1, folds=2, backbone="tiny_regnet", device="cpu",
-                   n_per_class=6, input_size=32, lr=0.01, augment=True)
+    res = train_bm(
+        "simulated",
+        tmp_path,
+        epochs=1,
+        folds=2,
+        backbone="tiny_regnet",
+        device="cpu",
+        n_per_class=6,
+        input_size=32,
+        lr=0.01,
+        augment=True,
+    )
     assert res["metrics"]["folds"] == 2 and len(res["metrics"]["fold_macro_f1"]) == 2
     assert res["metrics"]["n"] == 24  # pooled out-of-fold predictions
     m = load_bm_model(res["checkpoint"])
@@ -228,16 +265,19 @@ def test_training_validation_equals_evaluate_on_the_same_cells(tmp_path):
 
     sim = simulate_bm_cells(n_per_class=8, size=30, seed=3)
     d = _write_labels_csv_layout(tmp_path / "data", sim, "bmp")
-    res = train_bm(str(d), tmp_path / "out", epochs=2, backbone="tiny_regnet", device="cpu", input_size=36,
-                   batch_size=8, lr=0.05)
+    res = train_bm(
+        str(d), tmp_path / "out", epochs=2, backbone="tiny_regnet", device="cpu", input_size=36, batch_size=8, lr=0.05
+    )
     model = load_bm_model(res["checkpoint"])
     assert model.input_size == 36 and model.recipe["val_paths"] == res["val_paths"]
     images, _, _, _, paths = load_bm_data(str(d), return_paths=True)
     held = [images[paths.index(p)] for p in res["val_paths"]]
     assert model.recipe["tta"] == "flips"  # default: mean softmax of the cell and its 3 flips
     flips = [lambda a: a, lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]]
-    probs = np.mean([classify_cells([np.ascontiguousarray(f(a)) for a in held], model, device="cpu").probabilities
-                     for f in flips], axis=0)
+    probs = np.mean(
+        [classify_cells([np.ascontiguousarray(f(a)) for a in held], model, device="cpu").probabilities for f in flips],
+        axis=0,
+    )
     assert np.allclose(probs, res["val_proba"], atol=1e-5)
     plain = evaluate_bm(res["checkpoint"], str(d), device="cpu", split="heldout", tta="none")
     assert plain["tta"] == "none" and plain["n"] == len(held)
@@ -253,8 +293,20 @@ def test_plateau_scheduler_starts_afresh_after_the_head_warmup(tmp_path):
     from napari_sickle.training.bm import train_bm
 
     logs = []
-    train_bm("simulated", tmp_path, epochs=3, backbone="tiny_vgg", device="cpu", n_per_class=5, input_size=32,
-             batch_size=8, lr=0.01, warmup_epochs=2, log=logs.append, schedule="plateau")
+    train_bm(
+        "simulated",
+        tmp_path,
+        epochs=3,
+        backbone="tiny_vgg",
+        device="cpu",
+        n_per_class=5,
+        input_size=32,
+        batch_size=8,
+        lr=0.01,
+        warmup_epochs=2,
+        log=logs.append,
+        schedule="plateau",
+    )
     assert [r["phase"] for r in logs if r["event"] == "epoch"] == ["head", "head", "all"]
     sched = torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["scheduler"]
     assert sched["last_epoch"] == 1  # only the one fine-tuning epoch was seen by this scheduler
@@ -337,7 +389,7 @@ def test_cell_view_white_balances_and_frames_the_nucleus():
     assert np.allclose(np.median(wb[:10, :10], axis=(0, 1)), 1.0, atol=0.03)  # the yellow background becomes white
     f, (top, left, hgt, wid) = cell_view(img, SimpleNamespace(normalise="background", crop="nucleus"))
     assert abs(top + hgt / 2 - 50) < 1.5 and abs(left + wid / 2 - 70) < 1.5  # centred on the nucleus
-    assert abs(hgt - CELL_CROP_FACTOR * np.sqrt(np.pi * 12 ** 2)) < 3  # scaled by the nucleus area
+    assert abs(hgt - CELL_CROP_FACTOR * np.sqrt(np.pi * 12**2)) < 3  # scaled by the nucleus area
     assert f.shape[:2] == (round(hgt), round(wid))
     plain, box = cell_view(img, SimpleNamespace(normalise="none", crop="none"))
     assert box is None and plain.shape == (90, 120, 3)
@@ -356,7 +408,7 @@ def test_explain_heatmap_of_a_framed_cell_lies_in_its_window(tiny):
     h = res.heatmaps[0]
     assert h.shape == (90, 120)
     inside = np.zeros(h.shape, bool)
-    inside[max(0, round(top)):round(top + side), max(0, round(left)):round(left + side)] = True
+    inside[max(0, round(top)) : round(top + side), max(0, round(left)) : round(left + side)] = True
     assert h[~inside].max() == 0
 
 

@@ -1,4 +1,5 @@
 """Cell split of a region and the multiple-instance ("any cell of this type") classifier."""
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_cell_canvases_put_each_cell_alone_on_the_background():
         assert c.shape[0] == c.shape[1] >= 80
         dark = c[..., 0] < 150
         # one disc of area ~pi*25^2 on the canvas, not two
-        assert 0.7 * np.pi * 25 ** 2 < dark.sum() < 1.3 * np.pi * 25 ** 2
+        assert 0.7 * np.pi * 25**2 < dark.sum() < 1.3 * np.pi * 25**2
     # nothing found: the region as it is
     flat = cell_canvases(np.full((40, 30, 3), 200, np.uint8), [0, 0, 30, 40], min_side=50)
     assert len(flat) == 1 and flat[0].shape == (50, 50, 3)

@@ -1,4 +1,5 @@
 """Composer: multi-cell patches and smears from class folders of single-cell crops."""
+
 from __future__ import annotations
 
 import warnings

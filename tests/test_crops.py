@@ -3,6 +3,7 @@
 Tolerances: classifier inputs (ImageNet-normalised) within 1e-4, i.e. a few 1e-6 of the
 0-1 pixel range (float rounding of the matrix-product resize); six-type probabilities within
 1e-4."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,10 +25,14 @@ def smear():
     boxes = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
     rng = np.random.default_rng(0)
     boxes = boxes + rng.uniform(-0.4, 0.4, boxes.shape)  # fractional coordinates
-    extra = np.array([[-5.0, -3.0, 30.2, 41.0],  # clipped at the image's corner
-                      [300.0, 200.0, 330.0, 250.0],  # past the right/bottom edge
-                      [10.0, 20.0, 230.0, 90.0],  # wider than the canvas minimum: shrunk, antialiased
-                      [50.0, 60.0, 51.0, 61.0]])  # one pixel
+    extra = np.array(
+        [
+            [-5.0, -3.0, 30.2, 41.0],  # clipped at the image's corner
+            [300.0, 200.0, 330.0, 250.0],  # past the right/bottom edge
+            [10.0, 20.0, 230.0, 90.0],  # wider than the canvas minimum: shrunk, antialiased
+            [50.0, 60.0, 51.0, 61.0],
+        ]
+    )  # one pixel
     return sm.image, np.concatenate([boxes, extra])
 
 
@@ -78,8 +83,13 @@ def test_cell_crops_equal_per_region(smear):
     assert float((got - ref).abs().max()) < INPUT_ATOL
 
 
-@pytest.mark.parametrize("kw", [dict(split="cells", tta="d4", pool="avgmax-s4"),
-                                dict(split="none", crop="pad", tta="hflip", input_size=96, min_side=80)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(split="cells", tta="d4", pool="avgmax-s4"),
+        dict(split="none", crop="pad", tta="hflip", input_size=96, min_side=80),
+    ],
+)
 def test_probabilities_batched_equal_per_region(smear, kw):
     """The classifier's default (batched) path gives the per-region path's probabilities."""
     image, boxes = smear

@@ -1,4 +1,5 @@
 """Detector training options: scale jitter of the crops, min_visible, proposal/RoI samplers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,9 @@ def test_scale_jitter_keeps_boxes_on_their_cells():
     boxes, labels = torch.tensor([[50.0, 60.0, 90.0, 100.0]]), torch.tensor([1])
     widths, n = set(), 0
     for seed in range(40):
-        crop, t = _random_crop(img, boxes, labels, 128, np.random.default_rng(seed), min_visible=0.99,
-                               scale_jitter=(0.7, 1.4))
+        crop, t = _random_crop(
+            img, boxes, labels, 128, np.random.default_rng(seed), min_visible=0.99, scale_jitter=(0.7, 1.4)
+        )
         assert abs(crop.shape[-1] - 128) <= 1 and abs(crop.shape[-2] - 128) <= 1  # about size pixels a side
         if len(t["boxes"]):
             n += 1
@@ -65,11 +67,26 @@ def test_sampler_options_are_applied_and_recorded(tmp_path):
     from napari_sickle.models.checkpoint import load_checkpoint
     from napari_sickle.training.detector import train_detector
 
-    r = train_detector("simulated", tmp_path, epochs=1, iters_per_epoch=1, batch_size=1, crop_size=96, n_smears=2,
-                       smear_shape=(128, 160), scale_jitter=0.2, min_visible=0.5, rpn_batch_size_per_image=128,
-                       box_positive_fraction=0.5)
+    r = train_detector(
+        "simulated",
+        tmp_path,
+        epochs=1,
+        iters_per_epoch=1,
+        batch_size=1,
+        crop_size=96,
+        n_smears=2,
+        smear_shape=(128, 160),
+        scale_jitter=0.2,
+        min_visible=0.5,
+        rpn_batch_size_per_image=128,
+        box_positive_fraction=0.5,
+    )
     rec = load_checkpoint(r["checkpoint"], kind="detector")["recipe"]
-    assert rec["samplers"] == {"rpn_batch_size_per_image": 128, "rpn_positive_fraction": 0.5,
-                               "box_batch_size_per_image": 128, "box_positive_fraction": 0.5}
+    assert rec["samplers"] == {
+        "rpn_batch_size_per_image": 128,
+        "rpn_positive_fraction": 0.5,
+        "box_batch_size_per_image": 128,
+        "box_positive_fraction": 0.5,
+    }
     assert rec["scale_jitter"] == pytest.approx([1 / 1.2, 1.2]) and rec["min_visible"] == 0.5
     assert "scale jitter" in rec["augment"]

@@ -1,4 +1,5 @@
 """Detector test-time augmentation: view/unview mapping, box fusion, the checkpoint setting."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -41,14 +42,15 @@ def test_view_boxes_map_back_to_the_image(view):
 
 def test_fuse_tta_weighted_mean_and_view_average():
     e = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
-    views = [(np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), np.array([0.8, 0.8]), np.array([1, 1])),
-             (np.array([[1, 1, 11, 11]]), np.array([0.4]), np.array([1])),
-             e,
-             (np.array([[0, 0, 10, 10]]), np.array([0.9]), np.array([2]))]  # other class: own cluster
+    views = [
+        (np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), np.array([0.8, 0.8]), np.array([1, 1])),
+        (np.array([[1, 1, 11, 11]]), np.array([0.4]), np.array([1])),
+        e,
+        (np.array([[0, 0, 10, 10]]), np.array([0.9]), np.array([2])),
+    ]  # other class: own cluster
     b, s, lab = fuse_tta(views)
     np.testing.assert_allclose(s, [1.2 / 4, 0.9 / 4, 0.8 / 4], rtol=1e-6)
-    np.testing.assert_allclose(b[0], (0.8 * np.array([0, 0, 10, 10]) + 0.4 * np.array([1, 1, 11, 11])) / 1.2,
-                               rtol=1e-6)
+    np.testing.assert_allclose(b[0], (0.8 * np.array([0, 0, 10, 10]) + 0.4 * np.array([1, 1, 11, 11])) / 1.2, rtol=1e-6)
     np.testing.assert_allclose(b[1], [0, 0, 10, 10])
     np.testing.assert_allclose(b[2], [50, 50, 60, 60])
     assert lab.tolist() == [1, 2, 1]
@@ -74,9 +76,13 @@ class _LeftHalfModel:
         for img in images:
             b = _bright_box(img)
             found = (b[0, 0] + b[0, 2]) / 2 < img.shape[-1] / 2
-            out.append({"boxes": torch.as_tensor(b if found else np.zeros((0, 4), np.float32)),
-                        "scores": torch.tensor([0.8] if found else []),
-                        "labels": torch.ones(int(found), dtype=torch.int64)})
+            out.append(
+                {
+                    "boxes": torch.as_tensor(b if found else np.zeros((0, 4), np.float32)),
+                    "scores": torch.tensor([0.8] if found else []),
+                    "labels": torch.ones(int(found), dtype=torch.int64),
+                }
+            )
         return out
 
 
@@ -128,8 +134,7 @@ def test_ema_weights_are_saved_and_resume(tmp_path):
     from napari_sickle.models.checkpoint import load_checkpoint
     from napari_sickle.training.detector import train_detector
 
-    kw = dict(iters_per_epoch=2, batch_size=1, crop_size=96, n_smears=2, smear_shape=(128, 160), lr=1e-3,
-              rot90=True)
+    kw = dict(iters_per_epoch=2, batch_size=1, crop_size=96, n_smears=2, smear_shape=(128, 160), lr=1e-3, rot90=True)
     train_detector("simulated", tmp_path / "a", epochs=1, ema=0.5, **kw)
     last = load_checkpoint(tmp_path / "a" / "last.pt", kind="detector")
     raw, avg = last["extra"]["raw_state_dict"], last["state_dict"]

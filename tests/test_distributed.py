@@ -5,6 +5,7 @@ statistics would differ from one process's; gloo has no SyncBatchNorm), no augme
 and a given lr, so two ranks with batch B must give the checkpoint one process gives with
 batch 2B: the same global batches (distributed weighted sampler) and averaged gradients.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,26 @@ import pytest
 torch = pytest.importorskip("torch")
 
 # 4 classes x 10 simulated cells: 32 training cells (even, so both ranks get 16), 8 held out
-ARGS = ["bm", "--data", "simulated", "--backbone", "tiny_vit", "--threads", "1", "--lr", "0.05", "--seed", "0",
-        "-o", "augment=False", "-o", "n_per_class=10", "-o", "pretrained=False", "--json-progress"]
+ARGS = [
+    "bm",
+    "--data",
+    "simulated",
+    "--backbone",
+    "tiny_vit",
+    "--threads",
+    "1",
+    "--lr",
+    "0.05",
+    "--seed",
+    "0",
+    "-o",
+    "augment=False",
+    "-o",
+    "n_per_class=10",
+    "-o",
+    "pretrained=False",
+    "--json-progress",
+]
 PER_RANK_BATCH = 4
 EPOCHS = 3
 #: ``python -m napari_sickle.train`` whose rank ``FAIL_AT=RANK:EPOCH`` crashes on the first attempt
@@ -41,8 +60,9 @@ def _events(stdout: str) -> list[dict]:
 
 def _run(cmd, env, timeout=600):
     # own process group: on a timeout the workers go too, not only torchrun
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -54,9 +74,22 @@ def _run(cmd, env, timeout=600):
 
 
 def _torchrun(out: Path, *extra_torchrun, env=None, epochs=EPOCHS, program=("-m", "napari_sickle.train")):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra_torchrun,
-           *program, *ARGS, "--out", str(out), "--epochs", str(epochs),
-           "--batch-size", str(PER_RANK_BATCH)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *extra_torchrun,
+        *program,
+        *ARGS,
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(PER_RANK_BATCH),
+    ]
     return _run(cmd, env or _env())
 
 
@@ -74,8 +107,21 @@ def _assert_same_weights(a: dict, b: dict, atol=1e-5):
 def single(tmp_path_factory):
     """One process, global batch 2 x PER_RANK_BATCH: the reference."""
     out = tmp_path_factory.mktemp("single")
-    ev = _run([sys.executable, "-m", "napari_sickle.train", *ARGS, "--out", str(out), "--epochs", str(EPOCHS),
-               "--batch-size", str(2 * PER_RANK_BATCH)], _env())
+    ev = _run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sickle.train",
+            *ARGS,
+            "--out",
+            str(out),
+            "--epochs",
+            str(EPOCHS),
+            "--batch-size",
+            str(2 * PER_RANK_BATCH),
+        ],
+        _env(),
+    )
     return out, ev
 
 
@@ -116,7 +162,9 @@ def test_two_ranks_train_and_match_one_process(single, tmp_path):
     _assert_same_weights(a["state_dict"], b["state_dict"])
     ref_loss = [h["loss"] for h in a["extra"]["history"]]
     assert abs(ref_loss[-1] - ref_loss[0]) > 1e-2  # the weights moved: equality is not trivial
-    np.testing.assert_allclose([h["loss"] for h in b["extra"]["history"]], ref_loss, rtol=5e-5)  # reduced loss (float32 sum order)
+    np.testing.assert_allclose(
+        [h["loss"] for h in b["extra"]["history"]], ref_loss, rtol=5e-5
+    )  # reduced loss (float32 sum order)
 
 
 def test_two_ranks_sharded_validation_matches_one_process(tmp_path):
@@ -124,11 +172,39 @@ def test_two_ranks_sharded_validation_matches_one_process(tmp_path):
     equals the single process's (the default fixed schedule does not validate)."""
     plateau = ["-o", "schedule=plateau"]
     ref = tmp_path / "single"
-    _run([sys.executable, "-m", "napari_sickle.train", *ARGS, *plateau, "--out", str(ref), "--epochs", "2",
-          "--batch-size", str(2 * PER_RANK_BATCH)], _env())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "napari_sickle.train", *ARGS, *plateau, "--out", str(tmp_path / "ddp"), "--epochs", "2",
-           "--batch-size", str(PER_RANK_BATCH)]
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sickle.train",
+            *ARGS,
+            *plateau,
+            "--out",
+            str(ref),
+            "--epochs",
+            "2",
+            "--batch-size",
+            str(2 * PER_RANK_BATCH),
+        ],
+        _env(),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "napari_sickle.train",
+        *ARGS,
+        *plateau,
+        "--out",
+        str(tmp_path / "ddp"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        str(PER_RANK_BATCH),
+    ]
     _run(cmd, _env())
     a, b = _state(ref / "last.pt"), _state(tmp_path / "ddp" / "last.pt")
     va = [h["val_loss"] for h in a["extra"]["history"]]
@@ -146,7 +222,7 @@ def test_worker_death_restart_resumes_from_last(single, tmp_path):
     assert [s["restart"] for s in starts] == [0, 1]
     assert starts[0]["resume"] is None and starts[1]["resume"] == str(out / "last.pt")
     epochs_seen = [e["epoch"] for e in ev if e["event"] == "epoch"]
-    second = epochs_seen[epochs_seen.index(2) + 1:]  # after the crash the count continues, no restart at 1
+    second = epochs_seen[epochs_seen.index(2) + 1 :]  # after the crash the count continues, no restart at 1
     assert second and second[-1] == EPOCHS and second[0] in (2, 3)
     assert [e for e in ev if e["event"] == "done"]
     ck = _state(out / "last.pt")

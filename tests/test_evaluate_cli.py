@@ -1,5 +1,6 @@
 """`python -m napari_sickle.evaluate`: one JSON object per call, the contract's keys, clear
 errors for a missing or wrong model."""
+
 import json
 import subprocess
 import sys
@@ -34,8 +35,10 @@ def tiny_multilabel(tmp_path_factory):
         for i in range(5):
             img = np.full((24, 24), 200, np.uint8)
             img[(xx / a) ** 2 + (yy / b) ** 2 <= 1] = 80
-            _write_png(root / "crops" / folder / f"P{i}_{i}.png", np.clip(img + rng.integers(-8, 8, img.shape), 0, 255)
-                       .astype(np.uint8))
+            _write_png(
+                root / "crops" / folder / f"P{i}_{i}.png",
+                np.clip(img + rng.integers(-8, 8, img.shape), 0, 255).astype(np.uint8),
+            )
     (root / "crops" / "Elongated" / "empty.png").write_bytes(b"")
     clf = new_classifier("efficientnet-lite0", input_size=32, pretrained=False)
     ps = load_patches(str(root / "crops"))
@@ -75,12 +78,25 @@ def test_missing_model_file(tmp_path, capsys):
 def test_segmentation_without_model_in_a_real_process(tmp_path):
     """Watershed vs connected components on an images/+masks/ folder of two touching discs."""
     yy, xx = np.mgrid[:64, :96]
-    mask = ((yy - 32) ** 2 + (xx - 30) ** 2 < 15 ** 2) | ((yy - 32) ** 2 + (xx - 58) ** 2 < 15 ** 2)
+    mask = ((yy - 32) ** 2 + (xx - 30) ** 2 < 15**2) | ((yy - 32) ** 2 + (xx - 58) ** 2 < 15**2)
     img = np.where(mask, 90, 210).astype(np.uint8)
     _write_png(tmp_path / "data" / "images" / "a.png", np.stack([img] * 3, -1))
     _write_png(tmp_path / "data" / "masks" / "a.png", (mask * 255).astype(np.uint8))
-    proc = subprocess.run([sys.executable, "-m", "napari_sickle.evaluate", "segmentation", "--data",
-                           str(tmp_path / "data"), "-o", "gt_min_size=5"], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sickle.evaluate",
+            "segmentation",
+            "--data",
+            str(tmp_path / "data"),
+            "-o",
+            "gt_min_size=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1

@@ -29,6 +29,7 @@ it is meant to test: the target-layer choice, token order, class-token drop and 
 the reshape. The negative controls below show that the same trained ViT with a wrong grid
 (transposed, or the class token kept instead of dropped) fails these criteria.
 """
+
 import pytest
 
 from napari_sickle.analysis.gradcam_check import FAMILIES, WRONG_GRIDS, check, simulated_cells, train_tiny
@@ -87,4 +88,5 @@ def test_vit_wrong_reshape_fails(mistake, cells, trained):
     finally:
         del model.reshape_transform
     assert min(hits, on_granule) < 0.5, (
-        f"ViT with a {mistake} grid still passed: peak near the granule {hits:.0%}, inside it {on_granule:.0%}")
+        f"ViT with a {mistake} grid still passed: peak near the granule {hits:.0%}, inside it {on_granule:.0%}"
+    )

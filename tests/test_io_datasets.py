@@ -1,4 +1,5 @@
 """Training-folder scanners find pairs, classes and splits and fail clearly."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,7 +45,16 @@ def test_scan_class_folders_real(sickle_data):
         pytest.skip(f"{root} missing")
     df = scan_class_folders(root)
     assert len(df) + df.attrs["skipped"] == 821
-    assert set(df["label"]) == {"Discocytes", "Oval", "Elongated", "Sickle-ISC", "Reticulocytes", "Granular", "Echinocytes", "Stomatocyte"}
+    assert set(df["label"]) == {
+        "Discocytes",
+        "Oval",
+        "Elongated",
+        "Sickle-ISC",
+        "Reticulocytes",
+        "Granular",
+        "Echinocytes",
+        "Stomatocyte",
+    }
 
 
 def test_scan_pairs_layouts(tmp_path, fixtures_dir):

@@ -1,4 +1,5 @@
 """Masks -> regions, regions CSV schema, Pascal VOC and point files."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,16 +20,16 @@ from napari_sickle.io.masks import mask_to_regions, read_mask
 
 def test_mask_to_regions_boxes_and_touching():
     m = np.zeros((10, 12), bool)
-    m[1:4, 1:3] = True       # region A: 3x2
-    m[1:4, 3:5] = True       # touches A -> same region
-    m[6:9, 8:11] = True      # region B
-    m[5, 7] = True           # diagonal to B only: separate under 4-connectivity
+    m[1:4, 1:3] = True  # region A: 3x2
+    m[1:4, 3:5] = True  # touches A -> same region
+    m[6:9, 8:11] = True  # region B
+    m[5, 7] = True  # diagonal to B only: separate under 4-connectivity
     labels, df = mask_to_regions(m)
     assert labels.dtype == np.int32 and labels.max() == 3
     a = df.iloc[0]
     assert (a.x_min, a.y_min, a.x_max, a.y_max, a.area) == (1, 1, 5, 4, 12)
     for r in df.itertuples():
-        sub = labels[r.y_min:r.y_max, r.x_min:r.x_max]
+        sub = labels[r.y_min : r.y_max, r.x_min : r.x_max]
         assert (sub == r.region_id).sum() == r.area == (labels == r.region_id).sum()
     _, df8 = mask_to_regions(m, connectivity=2)
     assert len(df8) == 2
@@ -51,9 +52,16 @@ def test_real_bbbc041_mask(fixtures_dir):
 
 def _regions_df(n=3):
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"image": "s.png", "region_id": np.arange(1, n + 1),
-                       "x_min": [1, 10, 20][:n], "y_min": [2, 12, 22][:n],
-                       "x_max": [5, 18, 30][:n], "y_max": [6, 19, 33][:n]})
+    df = pd.DataFrame(
+        {
+            "image": "s.png",
+            "region_id": np.arange(1, n + 1),
+            "x_min": [1, 10, 20][:n],
+            "y_min": [2, 12, 22][:n],
+            "x_max": [5, 18, 30][:n],
+            "y_max": [6, 19, 33][:n],
+        }
+    )
     for t in RBC_TYPES:
         df[t] = rng.integers(0, 2, n)
     df["score"] = [0.9, 0.5, 0.7][:n]

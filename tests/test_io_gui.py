@@ -1,4 +1,5 @@
 """Open files through a real napari viewer with the plugin, save layers back with its writers."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,8 +48,16 @@ def test_open_and_save_through_viewer(make_napari_viewer, fixtures_dir, tmp_path
     with pytest.raises(Exception, match="already exists"):
         viewer.layers.save(str(out_png), selected=True, plugin="napari-sickle")
 
-    df = pd.DataFrame({"image": "s.png", "region_id": [1, 2], "x_min": [5, 40], "y_min": [6, 50],
-                       "x_max": [25, 70], "y_max": [30, 90]})
+    df = pd.DataFrame(
+        {
+            "image": "s.png",
+            "region_id": [1, 2],
+            "x_min": [5, 40],
+            "y_min": [6, 50],
+            "x_max": [25, 70],
+            "y_max": [30, 90],
+        }
+    )
     for i, t in enumerate(RBC_TYPES):
         df[t] = [1 if i == 0 else 0, 1 if i == 1 else 0]
     src = tmp_path / "regions.csv"
@@ -62,7 +71,10 @@ def test_open_and_save_through_viewer(make_napari_viewer, fixtures_dir, tmp_path
     viewer.layers.save(str(out_csv), selected=True, plugin="napari-sickle")
     back = pd.read_csv(out_csv)
     assert len(back) == 3
-    assert back.iloc[:2][["x_min", "y_min", "x_max", "y_max"]].values.tolist() == df[["x_min", "y_min", "x_max", "y_max"]].values.tolist()
+    assert (
+        back.iloc[:2][["x_min", "y_min", "x_max", "y_max"]].values.tolist()
+        == df[["x_min", "y_min", "x_max", "y_max"]].values.tolist()
+    )
     assert back.iloc[2][["x_min", "y_min", "x_max", "y_max"]].tolist() == [100, 100, 130, 120]
     [again] = viewer.open(str(out_csv), plugin="napari-sickle")
     assert len(again.data) == 3

@@ -1,4 +1,5 @@
 """read_image sniffs content, keeps dtype, and names the file in every error."""
+
 import numpy as np
 import pytest
 import tifffile
@@ -23,7 +24,7 @@ def test_rgb_roundtrip_formats(tmp_path, ext):
 
 
 def test_gray16_and_rgba(tmp_path):
-    g = (np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)
+    g = np.arange(600, dtype=np.uint16).reshape(20, 30) * 100
     Image.fromarray(g).save(tmp_path / "g.png")
     out = read_image(tmp_path / "g.png")
     assert out.dtype == np.uint16 and out.shape == (20, 30)

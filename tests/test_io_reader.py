@@ -1,5 +1,6 @@
 """The npe2 reader claims the documented conventions, returns the right layers, and
 fails with a message naming the file; the writers never overwrite and round-trip."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +21,7 @@ def _read(path):
 def _synthetic_mask(shape=(40, 50)):
     m = np.zeros(shape, np.uint8)
     m[2:10, 3:12] = 255
-    m[8:14, 12:20] = 255   # touches the first -> one region
+    m[8:14, 12:20] = 255  # touches the first -> one region
     m[25:35, 30:45] = 255
     return m
 
@@ -113,10 +114,12 @@ def test_voc_real_and_zero_box(tmp_path, fixtures_dir):
     assert kw["features"]["class"].isin(["RBC", "WBC", "Platelets"]).all()
     wbc = kw["features"].index[kw["features"]["class"] == "WBC"][0]
     np.testing.assert_array_equal(data[wbc].min(0), [177, 260])  # (row, col) of xmin=260, ymin=177
-    xml = ("<annotation><filename>q.jpg</filename>"
-           "<object><name>RBC</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>9</xmax><ymax>5</ymax></bndbox></object>"
-           "<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
-           "</annotation>")
+    xml = (
+        "<annotation><filename>q.jpg</filename>"
+        "<object><name>RBC</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>9</xmax><ymax>5</ymax></bndbox></object>"
+        "<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+        "</annotation>"
+    )
     (tmp_path / "q.xml").write_text(xml)
     with pytest.warns(UserWarning, match="degenerate"):
         [(data, kw, _)] = _read(tmp_path / "q.xml")
@@ -127,8 +130,14 @@ def test_voc_real_and_zero_box(tmp_path, fixtures_dir):
 
 def _regions(n=4):
     rng = np.random.default_rng(3)
-    df = pd.DataFrame({"image": "smear.png", "region_id": np.arange(1, n + 1),
-                       "x_min": rng.integers(0, 50, n), "y_min": rng.integers(0, 50, n)})
+    df = pd.DataFrame(
+        {
+            "image": "smear.png",
+            "region_id": np.arange(1, n + 1),
+            "x_min": rng.integers(0, 50, n),
+            "y_min": rng.integers(0, 50, n),
+        }
+    )
     df["x_max"] = df.x_min + rng.integers(5, 20, n)
     df["y_max"] = df.y_min + rng.integers(5, 20, n)
     for t in RBC_TYPES:
@@ -191,7 +200,7 @@ def test_class_folder_crops_padded(tmp_path):
     assert meta["files"] == ["Oval/120.png", "Oval/90.png", "Sickle/50.png"]
     i = meta["files"].index("Oval/90.png")
     (r0, c0), (h, w) = meta["offsets"][i], meta["shapes"][i]
-    assert (stack[i, r0:r0 + h, c0:c0 + w] == 90).all() and (stack[i] != 0).sum() == h * w
+    assert (stack[i, r0 : r0 + h, c0 : c0 + w] == 90).all() and (stack[i] != 0).sum() == h * w
 
 
 # ------------------------------------------------------------------ bad inputs

@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "napari_sickle"
 PKG = "napari_sickle"
 
-BASE = {"napari_sickle", "constants", "_paths", "_device", "_malloc", "_progress", "_atomic", "instances",
-        "models.zoo"}
+BASE = {"napari_sickle", "constants", "_paths", "_device", "_malloc", "_progress", "_atomic", "instances", "models.zoo"}
 PACKAGE_RANK = {
     "models": 1,
     "layers": 1,

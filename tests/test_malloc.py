@@ -1,4 +1,5 @@
 """The glibc malloc tuning of the command-line entry points (napari_sickle._malloc)."""
+
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ def _run(env_value):
     env.pop("NAPARI_SICKLE_MALLOC", None)
     if env_value is not None:
         env["NAPARI_SICKLE_MALLOC"] = env_value
-    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(
+        [sys.executable, "-c", CODE], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt exists only on Linux")
@@ -36,5 +39,5 @@ def test_cpu_feature_batches_give_the_same_features_as_one_pass():
     f = clf.features(crops, batch_size=64, progress=lambda stage, done, total: calls.append(done))
     assert f.shape[:2] == (len(crops), 8)
     assert calls == [8, 16, 19]
-    one = torch.cat([clf.features(crops[i:i + 1]) for i in (0, 18)])
+    one = torch.cat([clf.features(crops[i : i + 1]) for i in (0, 18)])
     torch.testing.assert_close(f[[0, 18]], one, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
 """Multi-label RBC model pieces: padded (aspect- and scale-preserving) crops, pooling
 variants, flip views (training copies + test-time averaging), feature standardisation and
 loading checkpoints written before these options."""
+
 import numpy as np
 import pytest
 import torch
@@ -63,8 +64,9 @@ def test_checkpoint_round_trip_with_standardisation_and_old_format():
     assert np.allclose(again.predict_boxes(img, [[0, 0, 70, 50]]), p, atol=1e-6)
     assert torch.allclose(again.net.heads.feat_mean, feats.mean(0))
     # a checkpoint written before pool/crop/standardize existed loads with the old behaviour
-    old = new_classifier("efficientnet-lite0", input_size=32, pretrained=False, pool="avg", crop="stretch",
-                         standardize=False).to_checkpoint()
+    old = new_classifier(
+        "efficientnet-lite0", input_size=32, pretrained=False, pool="avg", crop="stretch", standardize=False
+    ).to_checkpoint()
     for key in ("pool", "crop", "min_side", "standardize", "tta", "split"):
         old["config"].pop(key)
     loaded = RBCClassifier.from_checkpoint(old)

@@ -1,5 +1,6 @@
 """Packaging: the manifest validates, napari/npe2 list our contributions, the wheel
 installs like a napari-hub install, and core modules stay free of Qt and napari."""
+
 import json
 import os
 import site
@@ -104,8 +105,10 @@ def test_wheel_contains_manifest_and_installs_for_npe2(tmp_path):
             shutil.copy(ROOT / name, srcdir / name)
     dist = tmp_path / "dist"
     # --no-isolation + -x: offline, with the setuptools of this venv (it needs no 'wheel')
-    res = _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-x", "--outdir", str(dist), str(srcdir)],
-               timeout=90)
+    res = _run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-x", "--outdir", str(dist), str(srcdir)],
+        timeout=90,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     [wheel] = list(dist.glob("napari_sickle-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
@@ -135,8 +138,21 @@ def test_wheel_contains_manifest_and_installs_for_npe2(tmp_path):
             (shadow / entry.name).symlink_to(entry)
     res = _run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     purelib = Path(res.stdout.strip())
-    res = _run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--no-index",
-                "--no-build-isolation", str(wheel)], timeout=90)
+    res = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(vpy),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            str(wheel),
+        ],
+        timeout=90,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     (purelib / "zz_dev_deps.pth").write_text(str(shadow) + "\n")
 

@@ -1,5 +1,6 @@
 """Every contributed widget opens the way a user opens it (Plugins menu -> npe2 -> napari's
 dependency injection) and runs once on the sample smear."""
+
 import numpy as np
 import pytest
 

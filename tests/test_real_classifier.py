@@ -1,5 +1,6 @@
 """Real-cell classifier data rules (Chula class mapping, unmapped classes, validation splits),
 the occluding composer, the training augmentation and a tiny fine-tuning run."""
+
 import numpy as np
 import pytest
 
@@ -73,7 +74,7 @@ def test_compose_occluded_keeps_cells_visible():
 
     def disc(r, dark):
         im = np.full((2 * r + 10, 2 * r + 10, 3), 210, np.uint8)
-        yy, xx = np.mgrid[:im.shape[0], :im.shape[1]]
+        yy, xx = np.mgrid[: im.shape[0], : im.shape[1]]
         im[(yy - r - 5) ** 2 + (xx - r - 5) ** 2 <= r * r] = dark
         return im
 
@@ -111,8 +112,14 @@ def test_tiny_training_run_writes_a_loadable_classifier(tmp_path):
         owner = np.concatenate([np.arange(n), [0, 1]])
         order = np.argsort(owner, kind="stable")
         Y = np.eye(6, dtype=np.float32)[np.arange(n) % 6]
-        np.savez(tmp_path / f"{split}.npz", X=X[order], owner=owner[order], Y=Y,
-                 source=np.array(["xu", "chula"] * (n // 2)), kind=np.array(["single"] * n))
+        np.savez(
+            tmp_path / f"{split}.npz",
+            X=X[order],
+            owner=owner[order],
+            Y=Y,
+            source=np.array(["xu", "chula"] * (n // 2)),
+            kind=np.array(["single"] * n),
+        )
     (tmp_path / "prepare.json").write_text('{"train": {}, "val": {}}')
     rc.train(tmp_path, epochs=1, regions_per_epoch=8, batch_regions=4, log=lambda *_: None)
     rc.train(tmp_path, epochs=1, resume=True, regions_per_epoch=8, batch_regions=4, log=lambda *_: None)
@@ -136,7 +143,7 @@ def test_training_canvases_match_the_inference_inputs():
     img = np.full((90, 130, 3), 205, np.uint8)
     yy, xx = np.mgrid[:90, :130]
     for cy, cx in ((45, 40), (45, 82)):  # two touching discs: split into two cells
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 22 ** 2] = (120, 80, 110)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 22**2] = (120, 80, 110)
     train = rc._normalise(torch.as_tensor(rc._canvases(clf, img)).float(), clf)
     crops, owner = clf.region_crops(img, np.array([[0, 0, 130, 90]], np.float32))
     assert train.shape == crops.shape and len(owner) == 2

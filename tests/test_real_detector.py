@@ -1,5 +1,6 @@
 """Real-smear detector pieces: cell diameter estimate and rescale, Chula point boxes, the
 ``real:`` data spec, diameter-aware detection, colour augmentation (tiny synthetic inputs)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,9 +80,12 @@ def _write_layout(root):
         imsave(root / "bccd" / "JPEGImages" / f"{stem}.jpg", img, check_contrast=False)
         objs = "".join(
             f"<object><name>RBC</name><bndbox><xmin>{x - 12:.0f}</xmin><ymin>{y - 12:.0f}</ymin>"
-            f"<xmax>{x + 12:.0f}</xmax><ymax>{y + 12:.0f}</ymax></bndbox></object>" for x, y in centres)
+            f"<xmax>{x + 12:.0f}</xmax><ymax>{y + 12:.0f}</ymax></bndbox></object>"
+            for x, y in centres
+        )
         (root / "bccd" / "Annotations" / f"{stem}.xml").write_text(
-            f"<annotation><filename>{stem}.jpg</filename>{objs}</annotation>")
+            f"<annotation><filename>{stem}.jpg</filename>{objs}</annotation>"
+        )
     (root / "bccd" / "train.txt").write_text("a\n")
     (root / "bccd" / "val.txt").write_text("b\n")
     (root / "bbbc041seg" / "images").mkdir(parents=True)
@@ -94,8 +98,7 @@ def _write_layout(root):
     (root / "chula-rbc12" / "Label").mkdir()
     for n in (1, 5):
         imsave(root / "chula-rbc12" / "Dataset" / f"{n}.jpg", img, check_contrast=False)
-        (root / "chula-rbc12" / "Label" / f"{n}.txt").write_text(
-            "\n".join(f"{x:.0f} {y:.0f} 0" for x, y in centres))
+        (root / "chula-rbc12" / "Label" / f"{n}.txt").write_text("\n".join(f"{x:.0f} {y:.0f} 0" for x, y in centres))
     return len(centres)
 
 
@@ -105,8 +108,13 @@ def test_load_real_smears_splits_by_documented_rules(tmp_path):
     n = _write_layout(tmp_path)
     tr = load_real_smears(tmp_path, "train")
     va = load_real_smears(tmp_path, "val")
-    assert sorted(it["name"] for it in tr) == ["bbbc041seg/m0.png", "bbbc041seg/m1.png", "bbbc041seg/m2.png",
-                                             "bccd/a.jpg", "chula-rbc12/1.jpg"]
+    assert sorted(it["name"] for it in tr) == [
+        "bbbc041seg/m0.png",
+        "bbbc041seg/m1.png",
+        "bbbc041seg/m2.png",
+        "bccd/a.jpg",
+        "chula-rbc12/1.jpg",
+    ]
     assert sorted(it["name"] for it in va) == ["bbbc041seg/m3.png", "bccd/b.jpg", "chula-rbc12/5.jpg"]
     for it in tr + va:
         assert it["diameter"] == pytest.approx(24, rel=0.25)
@@ -156,8 +164,18 @@ def test_train_detector_on_real_spec(tmp_path):
 
     _write_layout(tmp_path / "data")
     logs = []
-    r = train_detector(f"real:{tmp_path / 'data'}", tmp_path / "out", epochs=1, iters_per_epoch=2, crop_size=96,
-                       pretrained=False, cell_diameter=20, color_aug=True, scale_jitter=0.2, log=logs.append)
+    r = train_detector(
+        f"real:{tmp_path / 'data'}",
+        tmp_path / "out",
+        epochs=1,
+        iters_per_epoch=2,
+        crop_size=96,
+        pretrained=False,
+        cell_diameter=20,
+        color_aug=True,
+        scale_jitter=0.2,
+        log=logs.append,
+    )
     ck = load_checkpoint(r["checkpoint"], kind="detector")
     assert ck["config"]["cell_diameter"] == 20.0 and ck["recipe"]["source_balance"] is True
     ep = [d for d in logs if d["event"] == "epoch"][0]

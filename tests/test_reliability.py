@@ -1,5 +1,6 @@
 """Reliability and security of checkpoints, batch outputs, writers and the command lines
 (docs/reliability.md): one test per problem of the bad-input matrix."""
+
 from __future__ import annotations
 
 import errno
@@ -25,8 +26,20 @@ def _tiny_paths():
 
 def _models_args() -> list[str]:
     det, clf = _tiny_paths()
-    return ["--detector", str(det), "--classifier", str(clf), "--device", "cpu", "--workers", "0",
-            "--processes", "1", "--threads", "1"]
+    return [
+        "--detector",
+        str(det),
+        "--classifier",
+        str(clf),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--processes",
+        "1",
+        "--threads",
+        "1",
+    ]
 
 
 def _smear(path: Path, seed: int) -> Path:
@@ -84,12 +97,14 @@ def _evil_blob(marker_dir: Path) -> bytes:
     from sklearn.utils._testing import check_output
 
     x = np.random.default_rng(0).random((10, 6))
-    pipe = Pipeline([
-        ("a", FunctionTransformer(np.full_like, kw_args={"fill_value": "touch", "dtype": "<U5"})),
-        ("b", FunctionTransformer(np.ravel)),
-        ("c", FunctionTransformer(check_output, kw_args={"cwd": str(marker_dir)})),
-        ("clf", DummyClassifier().fit(x, np.arange(10) % 2)),
-    ])
+    pipe = Pipeline(
+        [
+            ("a", FunctionTransformer(np.full_like, kw_args={"fill_value": "touch", "dtype": "<U5"})),
+            ("b", FunctionTransformer(np.ravel)),
+            ("c", FunctionTransformer(check_output, kw_args={"cwd": str(marker_dir)})),
+            ("clf", DummyClassifier().fit(x, np.arange(10) % 2)),
+        ]
+    )
     blob = sio.dumps(pipe)
     src, buf = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
     with zipfile.ZipFile(buf, "w") as dst:
@@ -143,9 +158,11 @@ def test_project_classifiers_round_trip():
 
     x = np.random.default_rng(0).random((60, 6))
     y = (x[:, 0] > 0.5).astype(int)
-    for model in (GradientBoostingClassifier(n_estimators=5, max_depth=2, random_state=0).fit(x, y),
-                  GradientBoostingClassifier(n_estimators=3, subsample=0.5, random_state=1).fit(x, y),
-                  DummyClassifier(strategy="most_frequent").fit(x, np.zeros(60, int))):
+    for model in (
+        GradientBoostingClassifier(n_estimators=5, max_depth=2, random_state=0).fit(x, y),
+        GradientBoostingClassifier(n_estimators=3, subsample=0.5, random_state=1).fit(x, y),
+        DummyClassifier(strategy="most_frequent").fit(x, np.zeros(60, int)),
+    ):
         back = sklearn_from_bytes(sklearn_to_bytes(model))
         np.testing.assert_array_equal(back.predict_proba(x), model.predict_proba(x))
 
@@ -166,8 +183,9 @@ def test_same_stem_different_extension_get_separate_results(tmp_path, capsys):
     assert sorted(summ["image"]) == sorted([str(d / "x.jpg"), str(d / "x.png")])
 
     _smear(tmp_path / "other" / "x.png", 3)  # same file name in another folder: refused, not overwritten
-    rc, _, err = _analyze(capsys, d / "x.png", tmp_path / "other" / "x.png", "--out", tmp_path / "out2",
-                          *_models_args())
+    rc, _, err = _analyze(
+        capsys, d / "x.png", tmp_path / "other" / "x.png", "--out", tmp_path / "out2", *_models_args()
+    )
     assert rc == 2 and "same file name" in _one_line_error(err)
 
 
@@ -234,8 +252,9 @@ def test_npe2_writers_leave_nothing_behind_on_a_full_disk(tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------ 5. reruns
-def test_rerun_skips_each_done_image_and_loads_no_model_when_nothing_is_left(tmp_path, tiny_rbc_models,
-                                                                              monkeypatch, capsys):
+def test_rerun_skips_each_done_image_and_loads_no_model_when_nothing_is_left(
+    tmp_path, tiny_rbc_models, monkeypatch, capsys
+):
     from napari_sickle.analysis.batch import analyze_batch, list_inputs
 
     d = tmp_path / "in"
@@ -260,8 +279,9 @@ def test_rerun_skips_each_done_image_and_loads_no_model_when_nothing_is_left(tmp
     loaded = []
     third = analyze_batch(inputs, out, lambda: loaded.append(1) or tiny_rbc_models, **kw)
     assert (third.analyzed, third.skipped_done, third.unreadable) == (1, 2, 1) and loaded == [1]
-    assert {n: (out / n).stat().st_mtime_ns for n in stamps if n != "a2.png_regions.csv"} == \
-        {n: t for n, t in stamps.items() if n != "a2.png_regions.csv"}
+    assert {n: (out / n).stat().st_mtime_ns for n in stamps if n != "a2.png_regions.csv"} == {
+        n: t for n, t in stamps.items() if n != "a2.png_regions.csv"
+    }
 
     import napari_sickle.models.registry as registry
 

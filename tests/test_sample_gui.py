@@ -1,4 +1,5 @@
 """The sample smear opens in a real napari viewer, and what it draws is not blank."""
+
 import numpy as np
 
 from napari_sickle.constants import RBC_TYPES
@@ -23,7 +24,7 @@ def test_sample_opens_in_viewer_and_draws(make_napari_viewer):
     # every GT region box encloses cell pixels of the mask
     for verts in shapes.data[:20]:
         (r0, c0), (r1, c1) = verts.min(0).astype(int), verts.max(0).astype(int)
-        assert labels.data[r0:r1 + 1, c0:c1 + 1].any()
+        assert labels.data[r0 : r1 + 1, c0 : c1 + 1].any()
 
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert shot.ndim == 3 and shot.shape[2] in (3, 4)

@@ -1,4 +1,5 @@
 """Segmentation metrics on hand-built masks with a known merge and a known split."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Watershed / connected components / tiled U-Net segmentation, comparison and bad input."""
+
 import numpy as np
 import pytest
 

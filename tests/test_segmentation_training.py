@@ -1,4 +1,5 @@
 """train_unet: checkpoints, resume, bad input; evaluate on image/mask folders."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,15 @@ def _tiny(tmp, **kw):
     from napari_sickle.training.unet import train_unet
 
     opts = dict(
-        device="cpu", n_simulated=3, simulated_shape=(160, 160), steps_per_epoch=2, batch_size=2,
-        crop=64, scale=0.5, base_channels=8, depth=2,
+        device="cpu",
+        n_simulated=3,
+        simulated_shape=(160, 160),
+        steps_per_epoch=2,
+        batch_size=2,
+        crop=64,
+        scale=0.5,
+        base_channels=8,
+        depth=2,
     )
     opts.update(kw)
     return train_unet("simulated", tmp, **opts)
@@ -70,15 +78,26 @@ def test_train_on_image_mask_folder_and_evaluate(tmp_path):
         m = (sm.instances > 0).astype(np.uint8) * 255
         iio.imwrite(root / "masks" / f"s{k}.png", np.dstack([m, m, m]))
     res = train_unet(
-        str(root), tmp_path / "out", epochs=1, device="cpu", steps_per_epoch=1, batch_size=2, crop=64,
-        scale=0.5, base_channels=8, depth=2, holdout=1,
+        str(root),
+        tmp_path / "out",
+        epochs=1,
+        device="cpu",
+        steps_per_epoch=1,
+        batch_size=2,
+        crop=64,
+        scale=0.5,
+        base_channels=8,
+        depth=2,
+        holdout=1,
     )
     from napari_sickle.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(res["checkpoint"], kind="unet")
     assert len(ck["recipe"]["test_images"]) == 1
     assert not set(ck["recipe"]["test_images"]) & set(ck["recipe"]["train_images"] + ck["recipe"]["val_images"])
-    out = evaluate_segmentation(str(root), unet_model=res["checkpoint"], device="cpu", images=ck["recipe"]["test_images"])
+    out = evaluate_segmentation(
+        str(root), unet_model=res["checkpoint"], device="cpu", images=ck["recipe"]["test_images"]
+    )
     assert out["n_images"] == 1
     for m in ("watershed", "unet", "connected_components"):
         assert 0.0 <= out[m]["dice"] <= 1.0 and "instance_f1_50" in out[m] and "count_error" in out[m]

@@ -1,4 +1,5 @@
 """The procedural smear simulator: ground truth consistency, clusters, determinism, looks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -200,8 +201,9 @@ def test_regions_from_instances_small_case():
 
 # ---------------------------------------------------------------- per-type appearance
 def test_sizes_like_real_data(smear):
-    diam = np.array([rp.equivalent_diameter_area for rp in regionprops(smear.instances)
-                     if smear.cell_types[rp.label - 1] == 0])
+    diam = np.array(
+        [rp.equivalent_diameter_area for rp in regionprops(smear.instances) if smear.cell_types[rp.label - 1] == 0]
+    )
     assert 40 <= np.median(diam) <= 85
 
 
@@ -219,8 +221,7 @@ def test_echinocytes_have_spiky_rims(smear):
     single = set(smear.regions.loc[smear.regions.n_cells == 1, "region_id"])
 
     def sol(t):
-        vals = [rp.solidity for rp in by[t]
-                if smear.region_labels[tuple(map(int, rp.coords[0]))] in single]
+        vals = [rp.solidity for rp in by[t] if smear.region_labels[tuple(map(int, rp.coords[0]))] in single]
         return np.median(vals)
 
     assert sol("echinocyte") < 0.93

@@ -1,4 +1,5 @@
 """`python -m napari_sickle.simulate`: datasets in the layouts the readers and trainers use."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def test_pairs_layout_reads_back(tmp_path, capsys):
         regions = read_regions_csv(out / "regions" / f"{stem}.csv")
         # the 4-connected BFS of io.masks finds exactly the written regions and boxes
         _, found = mask_to_regions(mask)
-        np.testing.assert_array_equal(found[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
-                                      regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy())
+        np.testing.assert_array_equal(
+            found[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
+            regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
+        )
         inst = read_image(out / "instances" / f"{stem}.tif")
         np.testing.assert_array_equal(inst > 0, mask)
         mine = cells[cells.image == f"{stem}.png"]
@@ -69,8 +72,9 @@ def test_voc_layout_reads_back(tmp_path):
         assert boxes.attrs["size"] == (240, 320, 3)
         name = img.rsplit("/", 1)[-1]
         ref = regions[regions.image == name]
-        np.testing.assert_array_equal(boxes[["x_min", "y_min", "x_max", "y_max"]].to_numpy(),
-                                      ref[["x_min", "y_min", "x_max", "y_max"]].to_numpy())
+        np.testing.assert_array_equal(
+            boxes[["x_min", "y_min", "x_max", "y_max"]].to_numpy(), ref[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
+        )
 
 
 def test_crops_layout_uses_xu_folders(tmp_path):
@@ -127,9 +131,23 @@ def test_composed_from_crops_and_gray(tmp_path):
 
 
 def test_module_entry_point(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "napari_sickle.simulate", "--out", str(tmp_path / "m"),
-                        "--layout", "crops", "--n-images", "1", "--json-progress"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sickle.simulate",
+            "--out",
+            str(tmp_path / "m"),
+            "--layout",
+            "crops",
+            "--n-images",
+            "1",
+            "--json-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
     assert lines[0]["event"] == "progress" and lines[-1]["crops"] == 8

@@ -1,4 +1,5 @@
 """The napari sample-data contribution: layer tuples built from a simulated smear."""
+
 from __future__ import annotations
 
 import numpy as np

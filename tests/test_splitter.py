@@ -1,5 +1,6 @@
 """The learned cell splitter (split="unet"): training from single-cell crops, splitting,
 checkpoints and the multi-label classifier that uses it."""
+
 import numpy as np
 import pytest
 import torch
@@ -61,8 +62,7 @@ def test_unet_split_classifier_needs_a_trained_splitter_and_round_trips(crops, t
     p = clf.predict_boxes(img, box)
     again = RBCClassifier.from_checkpoint(clf.to_checkpoint())
     assert again.split == "unet"
-    assert all(torch.equal(a, b) for a, b in zip(again.net.splitter.state_dict().values(),
-                                                 net.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(again.net.splitter.state_dict().values(), net.state_dict().values()))
     assert np.allclose(again.predict_boxes(img, box), p, atol=1e-6)
     with pytest.raises(ValueError, match="unknown splitter setting"):
         new_classifier("efficientnet-lite0", input_size=32, pretrained=False, split="unet", splitter={"seedz": 1})

@@ -1,5 +1,6 @@
 """`python -m napari_sickle.train`: real trainers on tiny data, JSON progress, resume and
 clear one-line errors for bad input."""
+
 import json
 import subprocess
 import sys
@@ -56,8 +57,23 @@ def test_train_terminal_then_resume_with_json_progress(crops_root, tmp_path, cap
 
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_sickle.train", "multilabel", "--data", str(crops_root), "--out", str(out),
-         "--epochs", "1", *TINY_ML], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "napari_sickle.train",
+            "multilabel",
+            "--data",
+            str(crops_root),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            *TINY_ML,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(result["checkpoint"]) == out / "best.pt"
@@ -65,8 +81,21 @@ def test_train_terminal_then_resume_with_json_progress(crops_root, tmp_path, cap
     assert "epoch 1/1" in proc.stderr and "1 unreadable image" in proc.stderr
     assert load_checkpoint(out / "last.pt", kind="multilabel")["extra"]["epoch"] == 0
 
-    code, events = _run_json(["multilabel", "--data", str(crops_root), "--out", str(out), "--epochs", "2",
-                              "--resume", str(out / "last.pt"), *TINY_ML], capsys)
+    code, events = _run_json(
+        [
+            "multilabel",
+            "--data",
+            str(crops_root),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--resume",
+            str(out / "last.pt"),
+            *TINY_ML,
+        ],
+        capsys,
+    )
     assert code == 0, events[-1]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
@@ -118,8 +147,21 @@ def test_clear_errors(case, crops_root, tmp_path, capsys):
 
 def test_error_in_a_real_process_has_no_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "napari_sickle.train", "detector", "--data", str(tmp_path / "empty"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_sickle.train",
+            "detector",
+            "--data",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: --data {tmp_path / 'empty'}: the folder is empty."
 
@@ -128,15 +170,17 @@ def test_json_error_event(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, events = _run_json(["bm", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
     assert code == 2
-    assert events == [{"event": "error", "message": f"--data {tmp_path / 'empty'}: the folder is empty.",
-                       "type": "UsageError"}]
+    assert events == [
+        {"event": "error", "message": f"--data {tmp_path / 'empty'}: the folder is empty.", "type": "UsageError"}
+    ]
 
 
 def test_unknown_option_value_parsing():
     from napari_sickle.train import build_kwargs, build_parser
 
-    args = build_parser().parse_args(["unet", "--data", "simulated", "--out", "x", "-o", "base=8", "-o",
-                                      "augment=false", "--lr", "0.01"])
+    args = build_parser().parse_args(
+        ["unet", "--data", "simulated", "--out", "x", "-o", "base=8", "-o", "augment=false", "--lr", "0.01"]
+    )
     kw = build_kwargs(args, None, None)
     assert kw["base"] == 8 and kw["augment"] is False and kw["lr"] == 0.01 and kw["resume"] is None
 
@@ -158,8 +202,9 @@ def test_multilabel_default_composes_patches_from_training_crops_only(crops_root
     monkeypatch.setattr(compose, "compose_patches", spy)
     monkeypatch.setattr(ml, "DEFAULT_COMPOSE", 10)  # the default (1,500) with 10 patches for speed
     logs = []
-    r = ml.train_multilabel(str(crops_root), tmp_path / "run", epochs=2, input_size=32, batch_size=16,
-                            pretrained=False, log=logs.append)
+    r = ml.train_multilabel(
+        str(crops_root), tmp_path / "run", epochs=2, input_size=32, batch_size=16, pretrained=False, log=logs.append
+    )
     (train_paths, n_train, min_cells), (val_paths, n_val, _) = used
     assert (n_train, n_val, min_cells) == (10, 2, 2)
     assert train_paths and val_paths and not train_paths & val_paths
@@ -176,9 +221,28 @@ def test_multilabel_default_composes_patches_from_training_crops_only(crops_root
 def test_table1_protocol_on_tiny_crops(crops_root, tmp_path, capsys):
     """Models A, A* and B with 2-fold CV on composed patches; writes protocol.json + table1.md."""
     out = tmp_path / "protocol"
-    code, events = _run_json(["multilabel-protocol", "--data", str(crops_root), "--out", str(out), "--folds", "2",
-                              "--epochs", "3", "--threads", "1", "--input-size", "32", "-o", "n_train_patches=8",
-                              "-o", "n_test_patches=4"], capsys)
+    code, events = _run_json(
+        [
+            "multilabel-protocol",
+            "--data",
+            str(crops_root),
+            "--out",
+            str(out),
+            "--folds",
+            "2",
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+            "--input-size",
+            "32",
+            "-o",
+            "n_train_patches=8",
+            "-o",
+            "n_test_patches=4",
+        ],
+        capsys,
+    )
     assert code == 0, events[-1]
     assert [e["fold"] for e in events if e["event"] == "fold"] == [1, 2]
     rep = json.loads((out / "protocol.json").read_text())

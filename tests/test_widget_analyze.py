@@ -1,5 +1,6 @@
 """GUI test: the 'Analyze RBC smear' widget in a real viewer with tiny models registered as the
 default shipped RBC model (``tiny_zoo``)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """GUI tests of "Classify BM cells" in a real viewer."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,9 +101,14 @@ def test_classify_region_from_shapes(make_napari_viewer, qtbot, wbc_stack, tiny_
     img = viewer.add_image(smear, rgb=True, name="smear", scale=(0.25, 0.25), translate=(5, 7))
     # the Shapes layer has its own scale; the region is given in its data coordinates
     shapes = viewer.add_shapes(
-        [np.array([[50, 200], [170, 320]]) * 0.25 / 0.5 + np.array([5, 7]) / 0.5,
-         np.array([[150, 20], [270, 140]]) * 0.25 / 0.5 + np.array([5, 7]) / 0.5],
-        shape_type="rectangle", scale=(0.5, 0.5), name="regions")
+        [
+            np.array([[50, 200], [170, 320]]) * 0.25 / 0.5 + np.array([5, 7]) / 0.5,
+            np.array([[150, 20], [270, 140]]) * 0.25 / 0.5 + np.array([5, 7]) / 0.5,
+        ],
+        shape_type="rectangle",
+        scale=(0.5, 0.5),
+        name="regions",
+    )
     shapes.selected_data = {0}
     w.image.value = img
     w.regions.value = shapes

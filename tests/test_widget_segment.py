@@ -1,4 +1,5 @@
 """GUI: the Compare segmentations widget in a real viewer on a simulated smear with ground truth."""
+
 import numpy as np
 import pytest
 

@@ -1,6 +1,7 @@
 """The training dock widget drives a real training subprocess on tiny simulated data:
 it starts, the loss/metric plot updates, Stop keeps a loadable checkpoint, Resume
 continues, and the model loads into the open analysis widget."""
+
 import numpy as np
 import pytest
 
@@ -37,8 +38,7 @@ def test_train_stop_resume_and_load(widgets, qtbot, tmp_path):
 
     w.run_button.changed.emit(True)
     assert w.running and not w.run_button.enabled and w.cancel_button.enabled
-    qtbot.waitUntil(lambda: any(e["event"] == "checkpoint" and e["which"] == "last" for e in w.events),
-                    timeout=180_000)
+    qtbot.waitUntil(lambda: any(e["event"] == "checkpoint" and e["which"] == "last" for e in w.events), timeout=180_000)
     # the live plot shows the epoch's loss and metric
     assert len(w.ax_loss.lines) >= 1 and len(w.ax_loss.lines[0].get_xdata()) >= 1
     assert len(w.ax_metric.lines) == 1
@@ -100,8 +100,12 @@ def test_viewer_layers_export_to_dataset(widgets, tmp_path):
     from napari_sickle.io.datasets import read_multilabel_table
 
     feats = pd.DataFrame({t: [1, 0] for t in RBC_TYPES})
-    viewer.add_shapes([np.array([[2, 2], [2, 12], [12, 12], [12, 2]]), np.array([[20, 20], [20, 30], [30, 30], [30, 20]])],
-                      shape_type="rectangle", features=feats, name="boxes")
+    viewer.add_shapes(
+        [np.array([[2, 2], [2, 12], [12, 12], [12, 2]]), np.array([[20, 20], [20, 30], [30, 30], [30, 20]])],
+        shape_type="rectangle",
+        features=feats,
+        name="boxes",
+    )
     w.kind.value = "multilabel"
     w.annotation_layer.value = viewer.layers["boxes"]
     args = w.command()

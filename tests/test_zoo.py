@@ -79,8 +79,20 @@ def test_task_mismatch_and_fp16_registration(tiny_zoo, tmp_path):
     clf = tiny_zoo / "rbc-tiny-test-classifier.pt"
     shutil.copyfile(det, tmp_path / "d.pt")
     shutil.copyfile(clf, tmp_path / "c.pt")
-    assert register_model.main(["rbc-half", "--task", "rbc", "--description", "fp16 copy",
-                                f"detector={tmp_path / 'd.pt'}", f"classifier={tmp_path / 'c.pt'}"]) == 0
+    assert (
+        register_model.main(
+            [
+                "rbc-half",
+                "--task",
+                "rbc",
+                "--description",
+                "fp16 copy",
+                f"detector={tmp_path / 'd.pt'}",
+                f"classifier={tmp_path / 'c.pt'}",
+            ]
+        )
+        == 0
+    )
     sd = torch.load(tiny_zoo / "rbc-half-detector.pt", weights_only=True)["state_dict"]
     assert any(v.dtype == torch.float16 for v in sd.values())
     entry = next(m for m in json.loads((tiny_zoo / "manifest.json").read_text())["models"] if m["name"] == "rbc-half")

@@ -6,6 +6,7 @@ complete file: a full disk or a crash leaves nothing behind. The temporary file 
 with mode ``0o666`` minus the umask, like any file a program opens for writing (``mkstemp``
 would give ``0o600`` and make a shared results folder unreadable to others).
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,11 +68,13 @@ def _link_into_place(tmp: Path, path: Path) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise FileExistsError(
-            f"{path} already exists; napari-sickle never overwrites a file, choose a new name") from None
+            f"{path} already exists; napari-sickle never overwrites a file, choose a new name"
+        ) from None
     except OSError:  # no hard links on this file system: check, then rename
         if path.exists():
             raise FileExistsError(
-                f"{path} already exists; napari-sickle never overwrites a file, choose a new name") from None
+                f"{path} already exists; napari-sickle never overwrites a file, choose a new name"
+            ) from None
         os.replace(tmp, path)
         return
     tmp.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
 """Device choice (:data:`napari_sickle.constants.DEVICES`: auto / cuda / mps / cpu)."""
+
 from __future__ import annotations
 
 from .constants import DEVICES

@@ -15,6 +15,7 @@ to 2 GiB of freed memory in the process, so the viewer process (analysis widgets
 ``NAPARI_SICKLE_MALLOC=default`` to leave glibc's settings alone. On other C libraries
 (macOS, Windows, musl) it does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes

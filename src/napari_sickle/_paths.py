@@ -1,4 +1,5 @@
 """Where models are cached. Override with the NAPARI_SICKLE_CACHE environment variable."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Long functions take ``progress: ProgressCallback | None``. They call it as
 ``progress(stage, done, total)``; a callback may raise :class:`Cancelled` to stop
 the work cleanly (the widgets do this when the user presses Cancel).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional

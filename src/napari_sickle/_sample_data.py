@@ -1,4 +1,5 @@
 """napari sample data: a simulated sickle-cell smear with its ground truth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,9 +41,7 @@ def smear_layer_data(smear) -> list[tuple]:
     )
     regions = smear.regions
     feats = regions[["region_id", *RBC_TYPES, "n_cells"]].copy().reset_index(drop=True)
-    feats["label"] = [
-        "+".join(RBC_TYPE_LABELS[t] for t in RBC_TYPES if row[t]) for _, row in feats.iterrows()
-    ]
+    feats["label"] = ["+".join(RBC_TYPE_LABELS[t] for t in RBC_TYPES if row[t]) for _, row in feats.iterrows()]
     feats["abnormal"] = (feats[list(RBC_TYPES[1:])].sum(axis=1) > 0).astype(int)
     edge = [_ABNORMAL_EDGE if a else _NORMAL_EDGE for a in feats["abnormal"]]
     shapes = (

@@ -27,6 +27,7 @@ Beyond one machine, launch it with ``torchrun`` (e.g. ``torchrun --nnodes 4 --np
 /shared/results``): each rank analyses the groups ``g % WORLD_SIZE == RANK`` into the shared
 output folder (with its own analysing processes), and rank 0 writes ``summary.csv``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,35 +49,60 @@ def _load(src):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_sickle.analyze", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_sickle.analyze",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("inputs", nargs="+", help="image files, folders, or 'simulated[:SEED]'")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--device", default="auto", choices=DEVICES)
-    ap.add_argument("--model", default=None,
-                    help="shipped RBC model name (default: the shipped default; see docs/models.md)")
+    ap.add_argument(
+        "--model", default=None, help="shipped RBC model name (default: the shipped default; see docs/models.md)"
+    )
     ap.add_argument("--detector", default=None, help="detector checkpoint or shipped model name (overrides --model)")
-    ap.add_argument("--classifier", default=None,
-                    help="classifier checkpoint or shipped model name (overrides --model)")
+    ap.add_argument(
+        "--classifier", default=None, help="classifier checkpoint or shipped model name (overrides --model)"
+    )
     ap.add_argument("--score-threshold", type=float, default=0.5)
     ap.add_argument("--nms-iou", type=float, default=0.5)
     ap.add_argument("--type-threshold", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=64, help="regions per classifier batch (default 64)")
-    ap.add_argument("--images-per-batch", type=int, default=4,
-                    help="consecutive images that form one unit of work for a process or rank (default 4)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader reader processes (default: CPU cores - 1, at most 4; 0 = read in this process)")
-    ap.add_argument("--processes", type=int, default=None,
-                    help="analysing processes, each with its own models (default: one per CPU core, at most 8 "
-                         "and as many as the free memory holds at ~1.6 GB each plus ~90 bytes per pixel of the "
-                         "largest image; 1 on a GPU)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads of each analysing process (default: cores / processes)")
+    ap.add_argument(
+        "--images-per-batch",
+        type=int,
+        default=4,
+        help="consecutive images that form one unit of work for a process or rank (default 4)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader reader processes (default: CPU cores - 1, at most 4; 0 = read in this process)",
+    )
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="analysing processes, each with its own models (default: one per CPU core, at most 8 "
+        "and as many as the free memory holds at ~1.6 GB each plus ~90 bytes per pixel of the "
+        "largest image; 1 on a GPU)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of each analysing process (default: cores / processes)",
+    )
     ap.add_argument("--no-overlay", action="store_true", help="do not write the overlay PNGs")
     ap.add_argument("--overwrite", action="store_true", help="redo every image (default: skip images already done)")
-    ap.add_argument("--max-pixels", type=float, default=None,
-                    help="largest image analysed, in pixels (default: NAPARI_SICKLE_MAX_PIXELS or 50e6); "
-                         "larger ones are refused unread")
+    ap.add_argument(
+        "--max-pixels",
+        type=float,
+        default=None,
+        help="largest image analysed, in pixels (default: NAPARI_SICKLE_MAX_PIXELS or 50e6); "
+        "larger ones are refused unread",
+    )
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = ap.parse_args(argv)
     debug = args.debug or bool(os.environ.get("NAPARI_SICKLE_DEBUG"))
@@ -88,8 +114,12 @@ def main(argv=None) -> int:
         return _main(args)
     except KeyboardInterrupt:
         _close_bars()
-        print(f"error: stopped; run the same command again to continue with the images not done yet "
-              f"(results so far are in {args.out})", file=sys.stderr, flush=True)
+        print(
+            f"error: stopped; run the same command again to continue with the images not done yet "
+            f"(results so far are in {args.out})",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure ends with one line
         from .analysis.batch import InputError
@@ -141,8 +171,10 @@ def _check_out(out, inputs_args) -> str | None:
         # an output folder of an earlier run given as an input (``analyze in/* --out in/out``)
         # is left out of the inputs; a folder of smears is refused as the output folder
         if p.is_dir() and p.resolve() == out.resolve() and not (out / STATE_DIR).is_dir():
-            return (f"--out {out} is the input folder {it}; the results would mix with the smears, "
-                    "choose another output folder")
+            return (
+                f"--out {out} is the input folder {it}; the results would mix with the smears, "
+                "choose another output folder"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = atomic_write(out / f".sickle-write-test-{os.getpid()}", lambda p: p.write_bytes(b"ok"))
@@ -172,8 +204,10 @@ def _main(args) -> int:
     from .analysis.batch import max_pixels
 
     args.max_pixels = max_pixels(None if args.max_pixels is None else int(args.max_pixels))
-    missing_arg = next((it for it in args.inputs if not (it == "simulated" or it.startswith("simulated:"))
-                        and not Path(it).exists()), None)
+    missing_arg = next(
+        (it for it in args.inputs if not (it == "simulated" or it.startswith("simulated:")) and not Path(it).exists()),
+        None,
+    )
     if missing_arg is not None:
         print(f"error: no such file or folder: {missing_arg}", file=sys.stderr)
         return 2
@@ -227,15 +261,22 @@ def _analyze(args, inputs, dist) -> int:
 
     def load():
         try:
-            return load_models(args.detector, args.classifier, device=args.device, progress=train_progress,
-                               model=args.model), None
+            return load_models(
+                args.detector, args.classifier, device=args.device, progress=train_progress, model=args.model
+            ), None
         except (FileNotFoundError, CheckpointError, ModelFileError) as exc:
             return None, " ".join(str(exc).split())
 
-    if world == 1 and not pending(inputs, Path(args.out), images_per_batch=args.images_per_batch,
-                                  overwrite=args.overwrite):
-        return _report(args, inputs, dist, analyze_batch(inputs, Path(args.out), None, max_pixels=args.max_pixels,
-                                                         device=args.device), world)  # nothing left: no model
+    if world == 1 and not pending(
+        inputs, Path(args.out), images_per_batch=args.images_per_batch, overwrite=args.overwrite
+    ):
+        return _report(
+            args,
+            inputs,
+            dist,
+            analyze_batch(inputs, Path(args.out), None, max_pixels=args.max_pixels, device=args.device),
+            world,
+        )  # nothing left: no model
     models, err = load() if main_rank else (None, None)
     err = dist.broadcast(err)  # the other ranks load once rank 0 has checked the models
     if err is None and not main_rank:
@@ -258,12 +299,26 @@ def _analyze(args, inputs, dist) -> int:
         bar.n = done
         bar.refresh()
 
-    rep = analyze_batch(inputs, Path(args.out), models, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                        type_threshold=args.type_threshold, batch_size=args.batch_size,
-                        images_per_batch=args.images_per_batch, num_workers=args.workers, processes=processes,
-                        threads=args.threads, device=args.device, overlay=not args.no_overlay,
-                        overwrite=args.overwrite, shard=(dist.rank(), dist.world_size()), max_pixels=args.max_pixels,
-                        summary=dist.world_size() == 1, progress=progress)
+    rep = analyze_batch(
+        inputs,
+        Path(args.out),
+        models,
+        score_threshold=args.score_threshold,
+        nms_iou=args.nms_iou,
+        type_threshold=args.type_threshold,
+        batch_size=args.batch_size,
+        images_per_batch=args.images_per_batch,
+        num_workers=args.workers,
+        processes=processes,
+        threads=args.threads,
+        device=args.device,
+        overlay=not args.no_overlay,
+        overwrite=args.overwrite,
+        shard=(dist.rank(), dist.world_size()),
+        max_pixels=args.max_pixels,
+        summary=dist.world_size() == 1,
+        progress=progress,
+    )
     bar.close()
     return _report(args, inputs, dist, rep, world)
 
@@ -282,8 +337,9 @@ def _report(args, inputs, dist, rep, world) -> int:
         errors = {}
         for part in dist.gather(rep.errors):
             errors.update(part)
-        sums = dist.reduce_sums({k: getattr(rep, k) for k in ("total", "analyzed", "skipped_done", "unreadable",
-                                                              "regions", "processes")})
+        sums = dist.reduce_sums(
+            {k: getattr(rep, k) for k in ("total", "analyzed", "skipped_done", "unreadable", "regions", "processes")}
+        )
         seconds = max(dist.gather(rep.seconds))
         if main_rank:
             for k, v in sums.items():
@@ -293,11 +349,9 @@ def _report(args, inputs, dist, rep, world) -> int:
         dist.cleanup(success=True)
         if not main_rank:
             return 0
-    print(json.dumps({"summary": rep.summary, "images": len(inputs), **rep.as_dict(),
-                      "ranks": world}))
+    print(json.dumps({"summary": rep.summary, "images": len(inputs), **rep.as_dict(), "ranks": world}))
     if rep.analyzed + rep.skipped_done == 0:
-        print(f"error: none of the {len(inputs)} input image(s) could be analysed (see {rep.summary})",
-              file=sys.stderr)
+        print(f"error: none of the {len(inputs)} input image(s) could be analysed (see {rep.summary})", file=sys.stderr)
         return 2
     return 0
 

@@ -1,4 +1,5 @@
 """Names and fixed values shared by every part of the plugin (no imports beyond the standard library)."""
+
 from __future__ import annotations
 
 #: The six RBC types of Qiu et al., in the paper's order. Column names in CSVs.

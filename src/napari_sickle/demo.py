@@ -11,6 +11,7 @@
 
 Needs a display for the screenshot (``scripts/demo.sh`` runs it under ``xvfb-run``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def _show_real(viewer, image: Path, regions_csv: Path, shot: Path) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_sickle.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_sickle.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="out/demo", help="output folder (created; must be empty or new)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", choices=DEVICES)
@@ -143,14 +145,24 @@ def main(argv=None) -> int:
         print(f"[demo] wrote {len(written)} layers through the plugin's writers -> {saved}")
         print(f"[demo] screenshot {out / 'screenshot.png'} ({shot.shape[1]}x{shot.shape[0]})")
         if real is not None:
-            n_real = _show_real(viewer, real, _only(out / "analysis", f"{real.stem}*_regions.csv"),
-                                out / "screenshot_real.png")
+            n_real = _show_real(
+                viewer, real, _only(out / "analysis", f"{real.stem}*_regions.csv"), out / "screenshot_real.png"
+            )
             print(f"[demo] real smear {real.name}: {n_real} regions; screenshot {out / 'screenshot_real.png'}")
     finally:
         viewer.close()
-    print(json.dumps({"cells": int(smear.n_cells), "true_regions": int(len(smear.regions)),
-                      "detected_regions": int(len(pred)), "recall_iou50": round(recall, 3),
-                      "seconds": round(time.perf_counter() - t0, 1), "out": str(out)}))
+    print(
+        json.dumps(
+            {
+                "cells": int(smear.n_cells),
+                "true_regions": int(len(smear.regions)),
+                "detected_regions": int(len(pred)),
+                "recall_iou50": round(recall, 3),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "out": str(out),
+            }
+        )
+    )
     return 0
 
 

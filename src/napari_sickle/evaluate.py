@@ -17,6 +17,7 @@ Bad input or environment problems (missing model file, wrong model kind, unreada
 full disk) end with exit code 2 and a one-line message on stderr (``--debug``: the traceback
 too); Ctrl-C ends with one line and exit code 130.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,19 +50,30 @@ def get_evaluator(kind: str) -> Callable[..., dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m napari_sickle.evaluate",
-                                     description="Evaluate a napari-sickle model; prints one JSON object.")
+    parser = argparse.ArgumentParser(
+        prog="python -m napari_sickle.evaluate", description="Evaluate a napari-sickle model; prints one JSON object."
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     for kind in KINDS:
         p = sub.add_parser(kind)
-        p.add_argument("--model", required=(kind != "segmentation"),
-                       help="checkpoint (best.pt)" + ("; optional U-Net for segmentation" if kind == "segmentation" else ""))
-        p.add_argument("--data", required=True,
-                       help="evaluation data: folder, CSV table, or 'simulated'")
+        p.add_argument(
+            "--model",
+            required=(kind != "segmentation"),
+            help="checkpoint (best.pt)" + ("; optional U-Net for segmentation" if kind == "segmentation" else ""),
+        )
+        p.add_argument("--data", required=True, help="evaluation data: folder, CSV table, or 'simulated'")
         p.add_argument("--device", default="auto", choices=DEVICES)
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-        p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
-                       metavar="KEY=VALUE", help="extra evaluator option (repeatable)")
+        p.add_argument(
+            "-o",
+            "--option",
+            dest="options",
+            action="append",
+            type=_parse_option,
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra evaluator option (repeatable)",
+        )
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
 

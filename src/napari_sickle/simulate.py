@@ -22,6 +22,7 @@ With ``--crops DIR`` (a class-per-folder set of real single-cell crops) the ``pa
 instead of drawn procedurally. Nothing is ever overwritten: the command refuses to write
 into a non-empty folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,8 +137,9 @@ def write_dataset(
     fn = {"pairs": _write_pairs, "voc": _write_voc, "crops": _write_crops, "patches": _write_patches}[layout]
     from functools import partial
 
-    make = partial(_smear, seed=seed, shape=tuple(shape), rgb=rgb, crops=crops, n_cells=n_cells, edge_cells=edge_cells,
-                   style=style)
+    make = partial(
+        _smear, seed=seed, shape=tuple(shape), rgb=rgb, crops=crops, n_cells=n_cells, edge_cells=edge_cells, style=style
+    )
     summary = fn(out, n_images, seed, make, rgb, progress)
     summary.update({"layout": layout, "out": str(out), "seed": seed, "seconds": round(time.perf_counter() - t0, 2)})
     if crops is not None:
@@ -236,8 +238,15 @@ def _write_patches(out, n, seed, make, rgb, progress, margin: int = 4):
             x0, x1 = max(0, r.x_min - margin), min(W, r.x_max + margin)
             fname = f"patches/sim_{seed}_{i:04d}_r{int(r.region_id):04d}.png"
             _imwrite(out / fname, sm.image[y0:y1, x0:x1])
-            rows.append({"path": fname, **{t: int(getattr(r, t)) for t in RBC_TYPES},
-                         "n_cells": int(r.n_cells), "image": f"sim_{seed}_{i:04d}", "region_id": int(r.region_id)})
+            rows.append(
+                {
+                    "path": fname,
+                    **{t: int(getattr(r, t)) for t in RBC_TYPES},
+                    "n_cells": int(r.n_cells),
+                    "image": f"sim_{seed}_{i:04d}",
+                    "region_id": int(r.region_id),
+                }
+            )
             if progress:
                 progress("write patches", len(rows), n)
         i += 1
@@ -262,25 +271,37 @@ def main(argv=None) -> int:
         description="Write simulated blood-smear datasets in the folder layouts napari-sickle reads.",
     )
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    p.add_argument("--n-images", type=int, default=4,
-                   help="images (pairs/voc), crops per class folder (crops) or patches (patches)")
+    p.add_argument(
+        "--n-images",
+        type=int,
+        default=4,
+        help="images (pairs/voc), crops per class folder (crops) or patches (patches)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", choices=LAYOUTS, default="pairs")
     p.add_argument("--shape", type=_parse_shape, default=(1080, 1920), help="image size HxW (default 1080x1920)")
     p.add_argument("--n-cells", type=int, default=None, help="cells per smear (default ~200 per 1920x1080)")
     p.add_argument("--gray", action="store_true", help="grayscale images (like the Xu et al. crops)")
     p.add_argument("--crops", default=None, help="compose smears/patches from this class-per-folder crop set")
-    p.add_argument("--edge-cells", dest="edge_cells", action="store_true", default=None,
-                   help="let cells run off the image edge (default: off when drawn, on when composed)")
+    p.add_argument(
+        "--edge-cells",
+        dest="edge_cells",
+        action="store_true",
+        default=None,
+        help="let cells run off the image edge (default: off when drawn, on when composed)",
+    )
     p.add_argument("--no-edge-cells", dest="edge_cells", action="store_false")
-    p.add_argument("--style", default="pink",
-                   help="stain colours of simulated smears: pink, wright-grey, wright-teal, giemsa-lilac or auto "
-                        "(one per image)")
+    p.add_argument(
+        "--style",
+        default="pink",
+        help="stain colours of simulated smears: pink, wright-grey, wright-teal, giemsa-lilac or auto (one per image)",
+    )
     p.add_argument("--json-progress", action="store_true", help="one JSON object per line instead of a bar")
     a = p.parse_args(argv)
 
     bar = None
     if a.json_progress:
+
         def progress(stage, done, total):
             print(json.dumps({"event": "progress", "stage": stage, "done": done, "total": total}), flush=True)
     else:
@@ -297,9 +318,21 @@ def main(argv=None) -> int:
                 bar = tqdm(total=total, desc=stage, file=sys.stderr, disable=not sys.stderr.isatty())
             bar.n = done
             bar.refresh()
+
     try:
-        summary = write_dataset(a.out, a.layout, a.n_images, a.seed, a.shape, rgb=not a.gray,
-                                crops_root=a.crops, n_cells=a.n_cells, progress=progress, edge_cells=a.edge_cells, style=a.style)
+        summary = write_dataset(
+            a.out,
+            a.layout,
+            a.n_images,
+            a.seed,
+            a.shape,
+            rgb=not a.gray,
+            crops_root=a.crops,
+            n_cells=a.n_cells,
+            progress=progress,
+            edge_cells=a.edge_cells,
+            style=a.style,
+        )
     except (ValueError, FileExistsError, OSError) as exc:
         if bar is not None:
             bar.close()

@@ -18,6 +18,7 @@ object is printed per line on stdout, with ``event`` one of ``start``, ``step``,
 class folder with a single image, a CSV with a missing column, ``--resume`` on a missing
 file, ...) ends with exit code 2 and a one-line message, no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,9 @@ def get_trainer(kind: str) -> Callable[..., dict]:
         module = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
         if exc.name and mod_name.startswith(exc.name):
-            raise UsageError(f"Training for {kind!r} is not available in this installation ({mod_name} is missing).") from exc
+            raise UsageError(
+                f"Training for {kind!r} is not available in this installation ({mod_name} is missing)."
+            ) from exc
         raise
     try:
         return getattr(module, func_name)
@@ -123,16 +126,19 @@ def check_data(data: str, kind: str) -> None:
                 raise UsageError(f"--data {data}: {sub}/ holds no images.")
         return
     subdirs = sorted(p for p in entries if p.is_dir())
-    if kind == "bm" and ("labels.csv" in names or any(n.startswith("Class Labels of ") and n.endswith(".csv")
-                                                      for n in names)):
+    if kind == "bm" and (
+        "labels.csv" in names or any(n.startswith("Class Labels of ") and n.endswith(".csv") for n in names)
+    ):
         return  # a table names the classes (wbc-zheng2018 layout, or the Zheng folder as published)
     if subdirs and kind in ("multilabel", "bm", PROTOCOL):
         counts = {d.name: sum(1 for p in d.rglob("*") if _is_image(p)) for d in subdirs}
         if sum(counts.values()) == 0:
             raise UsageError(f"--data {data}: none of the class folders ({', '.join(counts)}) holds an image.")
         if len(counts) == 1:
-            raise UsageError(f"--data {data}: only one class folder ('{subdirs[0].name}'); a classifier needs at "
-                             "least two classes (its AUCs would be undefined).")
+            raise UsageError(
+                f"--data {data}: only one class folder ('{subdirs[0].name}'); a classifier needs at "
+                "least two classes (its AUCs would be undefined)."
+            )
         for name, n in counts.items():
             if n == 0:
                 raise UsageError(f"--data {data}: class folder '{name}' is empty.")
@@ -159,8 +165,10 @@ def check_readable_classes(data: str, kind: str, bad: list[str]) -> None:
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         n = sum(1 for p in d.rglob("*") if _is_image(p) and str(p.resolve()) not in skipped)
         if n < 2:
-            raise UsageError(f"--data {data}: class folder '{d.name}' has {n} readable image(s) once the "
-                             "unreadable ones are skipped; every class needs at least two.")
+            raise UsageError(
+                f"--data {data}: class folder '{d.name}' has {n} readable image(s) once the "
+                "unreadable ones are skipped; every class needs at least two."
+            )
 
 
 def count_unreadable(data: str, limit: int = 5000) -> tuple[int, list[str]]:
@@ -272,8 +280,15 @@ class Reporter:
         if stage_changed or self._bar is None:
             if self._bar is not None:
                 self._bar.close()
-            self._bar = tqdm(total=max(int(total), 1), desc=str(stage), unit="it", leave=False, disable=None,
-                             file=sys.stderr, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=max(int(total), 1),
+                desc=str(stage),
+                unit="it",
+                leave=False,
+                disable=None,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
             self._stage = stage
         if self._bar.total != max(int(total), 1):
             self._bar.total = max(int(total), 1)
@@ -344,8 +359,9 @@ def _parse_option(text: str) -> tuple[str, Any]:
 
 
 def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
-    p.add_argument("--data", required=True,
-                   help="folder (class folders, images/+masks/, VOC), multi-label CSV, or 'simulated'")
+    p.add_argument(
+        "--data", required=True, help="folder (class folders, images/+masks/, VOC), multi-label CSV, or 'simulated'"
+    )
     p.add_argument("--out", required=True, help="output folder for best.pt / last.pt")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (trainer default if omitted)")
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -353,17 +369,33 @@ def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=None, help="k for k-fold cross-validation where it applies")
     if not protocol:
-        p.add_argument("--resume", default=None,
-                       help="continue an interrupted run from its last.pt ('auto': OUT/last.pt if it exists; "
-                            "under torchrun that is the default)")
+        p.add_argument(
+            "--resume",
+            default=None,
+            help="continue an interrupted run from its last.pt ('auto': OUT/last.pt if it exists; "
+            "under torchrun that is the default)",
+        )
     p.add_argument("--json-progress", action="store_true", help="print one JSON object per line")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--input-size", dest="input_size", type=int, default=None,
-                   help="network input size in pixels (kind-specific default)")
-    p.add_argument("-o", "--option", dest="options", action="append", type=_parse_option, default=[],
-                   metavar="KEY=VALUE", help="extra trainer option (repeatable), e.g. -o n_composed=1000")
+    p.add_argument(
+        "--input-size",
+        dest="input_size",
+        type=int,
+        default=None,
+        help="network input size in pixels (kind-specific default)",
+    )
+    p.add_argument(
+        "-o",
+        "--option",
+        dest="options",
+        action="append",
+        type=_parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra trainer option (repeatable), e.g. -o n_composed=1000",
+    )
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
@@ -388,8 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_kwargs(args: argparse.Namespace, progress, log) -> dict:
     kwargs: dict[str, Any] = dict(
-        epochs=args.epochs, device=args.device, backbone=args.backbone, seed=args.seed,
-        folds=args.folds, progress=progress, log=log,
+        epochs=args.epochs,
+        device=args.device,
+        backbone=args.backbone,
+        seed=args.seed,
+        folds=args.folds,
+        progress=progress,
+        log=log,
     )
     if args.kind != PROTOCOL:
         kwargs["resume"] = args.resume
@@ -405,8 +442,11 @@ def build_kwargs(args: argparse.Namespace, progress, log) -> dict:
 def _user_error_types() -> tuple[type, ...]:
     # OSError: environment problems (full disk, no permission) are reported like bad input
     types: list[type] = [UsageError, OSError]
-    for mod, name in (("napari_sickle.io.datasets", "DatasetError"), ("napari_sickle.io.images", "ImageReadError"),
-                      ("napari_sickle.models.checkpoint", "CheckpointError")):
+    for mod, name in (
+        ("napari_sickle.io.datasets", "DatasetError"),
+        ("napari_sickle.io.images", "ImageReadError"),
+        ("napari_sickle.models.checkpoint", "CheckpointError"),
+    ):
         try:
             types.append(getattr(importlib.import_module(mod), name))
         except Exception:
@@ -432,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).expanduser()
     from .training import distributed as ddp_glue  # torchrun/DDP glue; no-op in a plain process
 
-    rep = Reporter(args.json_progress, out, quiet=ddp_glue.launched_by_torchrun() and os.environ.get("RANK", "0") != "0")
+    rep = Reporter(
+        args.json_progress, out, quiet=ddp_glue.launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
+    )
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
@@ -458,9 +500,21 @@ def main(argv: list[str] | None = None) -> int:
         n_bad, bad = count_unreadable(args.data) if ddp_glue.is_main() else (0, [])
         if n_bad:
             check_readable_classes(args.data, args.kind, bad)
-        rep.emit("start", kind=args.kind, data=str(args.data), out=str(out), epochs=args.epochs,
-                 device=args.device, backbone=args.backbone, seed=args.seed, resume=getattr(args, "resume", None),
-                 pid=os.getpid(), world_size=ctx.world_size, backend=ctx.backend, restart=ctx.restart)
+        rep.emit(
+            "start",
+            kind=args.kind,
+            data=str(args.data),
+            out=str(out),
+            epochs=args.epochs,
+            device=args.device,
+            backbone=args.backbone,
+            seed=args.seed,
+            resume=getattr(args, "resume", None),
+            pid=os.getpid(),
+            world_size=ctx.world_size,
+            backend=ctx.backend,
+            restart=ctx.restart,
+        )
         if n_bad:
             rep.emit("warning", message=f"{n_bad} unreadable image(s) will be skipped", skipped=n_bad, files=bad[:20])
             rep.message(f"warning: {n_bad} unreadable image(s) will be skipped (e.g. {bad[0]})")
@@ -480,8 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         result = dict(result or {})
         seconds = float(result.get("seconds", time.perf_counter() - t0))
         rep.close()
-        done = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics", {}),
-                "seconds": seconds, "skipped": n_bad}
+        done = {
+            "checkpoint": result.get("checkpoint"),
+            "metrics": result.get("metrics", {}),
+            "seconds": seconds,
+            "skipped": n_bad,
+        }
         if args.kind == PROTOCOL:
             done["report"] = result.get("report")
         if ranks is not None:

@@ -30,6 +30,7 @@
   fixed groups of ``images_per_batch`` consecutive images, the unit that processes and
   ``torchrun`` ranks take turns on.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,9 +109,11 @@ def check_pixels(path, limit: int | None = None) -> None:
     limit = max_pixels(limit)
     n = image_pixels(path)
     if n is not None and n > limit:
-        raise ImageReadError(f"{path}: {n / 1e6:.1f} megapixels exceeds the limit of {limit / 1e6:g} megapixels "
-                             "(memory grows with the image; raise it with --max-pixels or "
-                             "NAPARI_SICKLE_MAX_PIXELS, see docs/reliability.md)")
+        raise ImageReadError(
+            f"{path}: {n / 1e6:.1f} megapixels exceeds the limit of {limit / 1e6:g} megapixels "
+            "(memory grows with the image; raise it with --max-pixels or "
+            "NAPARI_SICKLE_MAX_PIXELS, see docs/reliability.md)"
+        )
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -143,8 +146,11 @@ def list_inputs(items: Iterable[str], exclude=None) -> list[tuple[str, object]]:
         if _inside(p, excl):
             continue
         if p.is_dir():
-            out += [(f.name, f) for f in sorted(p.iterdir())
-                    if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and not _inside(f, excl)]
+            out += [
+                (f.name, f)
+                for f in sorted(p.iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and not _inside(f, excl)
+            ]
         else:
             out.append((p.name, p))
     seen: dict[str, object] = {}
@@ -153,8 +159,10 @@ def list_inputs(items: Iterable[str], exclude=None) -> list[tuple[str, object]]:
         if name in seen:
             if isinstance(src, tuple) or Path(src).resolve() == Path(seen[name]).resolve():
                 continue  # the same input twice
-            raise InputError(f"{seen[name]} and {src} have the same file name and would write the same "
-                             "results; analyse them into separate --out folders")
+            raise InputError(
+                f"{seen[name]} and {src} have the same file name and would write the same "
+                "results; analyse them into separate --out folders"
+            )
         seen[name] = src
         unique.append((name, src))
     return unique
@@ -242,8 +250,9 @@ def record_error(out: Path, name: str, src, message: str) -> None:
     """Remember that ``src`` could not be read (with its size and mtime; see :func:`known_error`)."""
     if isinstance(src, tuple):
         return
-    _atomic_write(error_marker_path(out, name),
-                  lambda p: p.write_text(json.dumps({"error": message, "stamp": _file_stamp(src)})))
+    _atomic_write(
+        error_marker_path(out, name), lambda p: p.write_text(json.dumps({"error": message, "stamp": _file_stamp(src)}))
+    )
 
 
 def known_error(out: Path, name: str, src) -> str | None:
@@ -280,18 +289,25 @@ def overlay_png(rgb, result, path):
     for (x0, y0, x1, y1), abn in zip(result.boxes, result.abnormal):
         color = (255, 40, 40) if abn else (40, 230, 60)
         for d in range(2):
-            rr, cc = rectangle_perimeter((int(y0) + d, int(x0) + d), end=(int(y1) - 1 - d, int(x1) - 1 - d),
-                                         shape=(h, w), clip=True)
+            rr, cc = rectangle_perimeter(
+                (int(y0) + d, int(x0) + d), end=(int(y1) - 1 - d, int(x1) - 1 - d), shape=(h, w), clip=True
+            )
             img[rr, cc] = color
     iio.imwrite(path, np.ascontiguousarray(img), extension=".png")
 
 
 def summary_row(name, src, result, csv_path, png_path) -> dict:
     s = result.summary
-    return {"image": summary_image(name, src), "n_regions": s["n_regions"],
-            **{f"n_{t}": c for t, c in s["counts"].items()}, "n_abnormal": s["n_abnormal"],
-            "abnormal_fraction": s["abnormal_fraction"], "scd_call": s["scd_call"],
-            "regions_csv": Path(csv_path).name, "overlay_png": Path(png_path).name if png_path else ""}
+    return {
+        "image": summary_image(name, src),
+        "n_regions": s["n_regions"],
+        **{f"n_{t}": c for t, c in s["counts"].items()},
+        "n_abnormal": s["n_abnormal"],
+        "abnormal_fraction": s["abnormal_fraction"],
+        "scd_call": s["scd_call"],
+        "regions_csv": Path(csv_path).name,
+        "overlay_png": Path(png_path).name if png_path else "",
+    }
 
 
 def write_image_results(out: Path, name: str, src, rgb, result, *, overlay: bool = True) -> dict:
@@ -402,8 +418,9 @@ def default_processes(device="auto", n_groups: int | None = None, pixels: int | 
     return max(1, n)
 
 
-def pending(inputs, out, *, images_per_batch: int = 4, shard: tuple[int, int] = (0, 1),
-            overwrite: bool = False) -> list[int]:
+def pending(
+    inputs, out, *, images_per_batch: int = 4, shard: tuple[int, int] = (0, 1), overwrite: bool = False
+) -> list[int]:
     """Indices of this shard's inputs that a run would analyse: not done, and not unreadable
     unchanged since the last run (everything of the shard with ``overwrite``)."""
     out = Path(out)
@@ -415,12 +432,28 @@ def pending(inputs, out, *, images_per_batch: int = 4, shard: tuple[int, int] = 
     return [i for i in mine if not is_done(out, inputs[i][0]) and known_error(out, *inputs[i]) is None]
 
 
-def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
-                  type_threshold: float = 0.5, batch_size: int = 64, images_per_batch: int = 4,
-                  num_workers: int | None = None, processes: int | None = None, threads: int | None = None,
-                  device="auto", overlay: bool = True, overwrite: bool = False, shard: tuple[int, int] = (0, 1),
-                  summary: bool = True, progress=None, on_image_done=None, max_pixels: int | None = None,
-                  ) -> BatchReport:
+def analyze_batch(
+    inputs,
+    out,
+    models,
+    *,
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.5,
+    type_threshold: float = 0.5,
+    batch_size: int = 64,
+    images_per_batch: int = 4,
+    num_workers: int | None = None,
+    processes: int | None = None,
+    threads: int | None = None,
+    device="auto",
+    overlay: bool = True,
+    overwrite: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    summary: bool = True,
+    progress=None,
+    on_image_done=None,
+    max_pixels: int | None = None,
+) -> BatchReport:
     """Analyse ``inputs`` (from :func:`list_inputs`) into ``out``; see the module docstring.
 
     ``models`` may be a callable returning the models: it is called only if some image is
@@ -487,8 +520,15 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
         record_error(out, *inputs[index], message)
         advance()
 
-    opts = {"score_threshold": score_threshold, "nms_iou": nms_iou, "type_threshold": type_threshold,
-            "batch_size": batch_size, "images_per_batch": ipb, "overlay": overlay, "max_pixels": limit}
+    opts = {
+        "score_threshold": score_threshold,
+        "nms_iou": nms_iou,
+        "type_threshold": type_threshold,
+        "batch_size": batch_size,
+        "images_per_batch": ipb,
+        "overlay": overlay,
+        "max_pixels": limit,
+    }
     # the torch threads of each analysing process follow the processes planned for all of this
     # shard's groups, not just those left: a restarted run computes with the same thread count
     # as an uninterrupted one (results differ in the last float bits between thread counts)
@@ -523,8 +563,9 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
         if threads is not None:
             torch.set_num_threads(int(threads))
         try:
-            _analyze_indices(inputs, todo, out, models, num_workers=workers, on_done=image_done,
-                             on_error=unreadable, **opts)
+            _analyze_indices(
+                inputs, todo, out, models, num_workers=workers, on_done=image_done, on_error=unreadable, **opts
+            )
         finally:
             torch.set_num_threads(saved_threads)
     rep.processes = n_proc
@@ -534,8 +575,23 @@ def analyze_batch(inputs, out, models, *, score_threshold: float = 0.5, nms_iou:
     return rep
 
 
-def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, type_threshold, batch_size,
-                     images_per_batch, overlay, num_workers, on_done, on_error, max_pixels=None) -> None:
+def _analyze_indices(
+    inputs,
+    todo,
+    out,
+    models,
+    *,
+    score_threshold,
+    nms_iou,
+    type_threshold,
+    batch_size,
+    images_per_batch,
+    overlay,
+    num_workers,
+    on_done,
+    on_error,
+    max_pixels=None,
+) -> None:
     """Analyse ``inputs[i] for i in todo`` with ``models`` already on their device: read
     through a DataLoader, detect and classify per image (an image's regions are never batched
     with another image's, so its numbers do not depend on which images are analysed with it),
@@ -546,9 +602,15 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
 
     clf = models.classifier
     ds = SmearImages([inputs[i] for i in todo], max_pixels)
-    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
-                        worker_init_fn=_worker_init if num_workers else None,
-                        prefetch_factor=2 if num_workers else None, persistent_workers=False)
+    loader = DataLoader(
+        ds,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init if num_workers else None,
+        prefetch_factor=2 if num_workers else None,
+        persistent_workers=False,
+    )
     pending: list[dict] = []
 
     def flush():
@@ -560,8 +622,9 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
             if n:
                 crops, owner = clf.region_crops(p["rgb"], p["boxes"])
                 probs = clf.region_probs(clf.features(crops, batch_size=batch_size), owner, n)
-                res = finish_result(p["rgb"].shape, p["boxes"], p["scores"], probs, clf,
-                                    type_threshold=type_threshold, image_name=name)
+                res = finish_result(
+                    p["rgb"].shape, p["boxes"], p["scores"], probs, clf, type_threshold=type_threshold, image_name=name
+                )
             else:
                 res = _empty(p["rgb"].shape, name, type_threshold)
             write_image_results(out, name, src, p["rgb"], res, overlay=overlay)
@@ -575,12 +638,19 @@ def _analyze_indices(inputs, todo, out, models, *, score_threshold, nms_iou, typ
             on_error(idx, item["error"])
             continue
         if item.get("small"):
-            pending.append({"index": idx, "rgb": _np(item["rgb"]), "boxes": np.zeros((0, 4), np.float32),
-                            "scores": np.zeros(0, np.float32)})
+            pending.append(
+                {
+                    "index": idx,
+                    "rgb": _np(item["rgb"]),
+                    "boxes": np.zeros((0, 4), np.float32),
+                    "scores": np.zeros(0, np.float32),
+                }
+            )
         else:
             rgb, fg = _np(item["rgb"]), _np(item["fg"])
-            boxes, scores, _ = detect_regions(rgb, models.detector, score_threshold=score_threshold,
-                                              nms_iou=nms_iou, fg=fg)
+            boxes, scores, _ = detect_regions(
+                rgb, models.detector, score_threshold=score_threshold, nms_iou=nms_iou, fg=fg
+            )
             pending.append({"index": idx, "rgb": rgb, "boxes": boxes, "scores": scores})
         flush()
 
@@ -599,8 +669,13 @@ def _run_processes(parts, inputs, out, paths, device, threads, num_workers, opts
     n_threads = max(1, _cores() // n_proc) if threads is None else int(threads)
     workers = 0 if num_workers is None else int(num_workers)
     queue = multiprocessing.get_context("spawn").SimpleQueue()
-    ctx = tmp.start_processes(_process_main, nprocs=n_proc, join=False, start_method="spawn",
-                              args=(parts, inputs, str(out), paths, device, n_threads, workers, opts, queue))
+    ctx = tmp.start_processes(
+        _process_main,
+        nprocs=n_proc,
+        join=False,
+        start_method="spawn",
+        args=(parts, inputs, str(out), paths, device, n_threads, workers, opts, queue),
+    )
 
     def drain():
         while not queue.empty():
@@ -629,9 +704,16 @@ def _process_main(k, parts, inputs, out, paths, device, threads, num_workers, op
 
     models = load_models(*paths, device=device)
     place_models(models, device)
-    _analyze_indices(inputs, parts[k], Path(out), models, num_workers=num_workers,
-                     on_done=lambda i, name, n: queue.put(("done", i, name, n)),
-                     on_error=lambda i, msg: queue.put(("error", i, msg)), **opts)
+    _analyze_indices(
+        inputs,
+        parts[k],
+        Path(out),
+        models,
+        num_workers=num_workers,
+        on_done=lambda i, name, n: queue.put(("done", i, name, n)),
+        on_error=lambda i, msg: queue.put(("error", i, msg)),
+        **opts,
+    )
 
 
 def _die_with_parent() -> None:

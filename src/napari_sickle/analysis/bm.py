@@ -15,6 +15,7 @@ heatmap comes from ``pytorch_grad_cam.metrics``:
 * ``"road"``: :class:`ROADCombined` (mean over percentiles of
   least-relevant-first minus most-relevant-first removal; higher is better). Slower.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -70,10 +71,15 @@ class BMResult:
         rows = []
         for i in range(self.n):
             for r, c in enumerate(order[i]):
-                rows.append({
-                    "cell": i, "rank": r + 1, "class": self.class_names[c],
-                    "name": self.display_names[c], "probability": float(self.probabilities[i, c]),
-                })
+                rows.append(
+                    {
+                        "cell": i,
+                        "rank": r + 1,
+                        "class": self.class_names[c],
+                        "name": self.display_names[c],
+                        "probability": float(self.probabilities[i, c]),
+                    }
+                )
         return pd.DataFrame(rows, columns=["cell", "rank", "class", "name", "probability"])
 
     def summary(self):
@@ -83,14 +89,18 @@ class BMResult:
         k = min(self.top_k, len(self.class_names))
         order = np.argsort(-self.probabilities, axis=1)[:, :k]
         pred = self.predicted
-        df = pd.DataFrame({
-            "cell": np.arange(self.n),
-            "prediction": [self.class_names[c] for c in pred],
-            "probability": self.probabilities[np.arange(self.n), pred].astype(float),
-            "top_k": ["; ".join(f"{self.class_names[c]} {self.probabilities[i, c]:.2f}" for c in order[i])
-                      for i in range(self.n)],
-            "target": [self.class_names[c] for c in self.targets],
-        })
+        df = pd.DataFrame(
+            {
+                "cell": np.arange(self.n),
+                "prediction": [self.class_names[c] for c in pred],
+                "probability": self.probabilities[np.arange(self.n), pred].astype(float),
+                "top_k": [
+                    "; ".join(f"{self.class_names[c]} {self.probabilities[i, c]:.2f}" for c in order[i])
+                    for i in range(self.n)
+                ],
+                "target": [self.class_names[c] for c in self.targets],
+            }
+        )
         for r in range(k):
             df[f"top{r + 1}"] = [self.class_names[c] for c in order[:, r]]
             df[f"p_top{r + 1}"] = self.probabilities[np.arange(self.n), order[:, r]].astype(float)
@@ -238,8 +248,12 @@ def cell_view(cell, model) -> tuple[np.ndarray, tuple[float, float, float, float
     y, x, side = box
     side = max(side, 8.0)
     top, left = y - side / 2, x - side / 2
-    return crop_window(f, top, left, side, fill=1.0 if getattr(model, "normalise", "none") == "background"
-                       else None), (top, left, side, side)
+    return crop_window(f, top, left, side, fill=1.0 if getattr(model, "normalise", "none") == "background" else None), (
+        top,
+        left,
+        side,
+        side,
+    )
 
 
 def crop_window(f: np.ndarray, top: float, left: float, side: float, fill=None) -> np.ndarray:
@@ -252,7 +266,7 @@ def crop_window(f: np.ndarray, top: float, left: float, side: float, fill=None) 
     out[:] = bg
     y0, x0, y1, x1 = max(t, 0), max(lft, 0), min(t + s, h), min(lft + s, w)
     if y1 > y0 and x1 > x0:
-        out[y0 - t:y1 - t, x0 - lft:x1 - lft] = f[y0:y1, x0:x1]
+        out[y0 - t : y1 - t, x0 - lft : x1 - lft] = f[y0:y1, x0:x1]
     return out
 
 
@@ -302,14 +316,19 @@ def _result(model, probs, top_k, targets, shapes, **kw) -> BMResult:
     return BMResult(
         class_names=tuple(model.class_names),
         display_names=tuple(model.display_name(i) for i in range(model.n_classes)),
-        probabilities=probs, top_k=int(top_k), targets=np.asarray(targets, dtype=int), shapes=shapes,
-        model_arch=model.arch, **kw,
+        probabilities=probs,
+        top_k=int(top_k),
+        targets=np.asarray(targets, dtype=int),
+        shapes=shapes,
+        model_arch=model.arch,
+        **kw,
     )
 
 
 # --------------------------------------------------------------------------- public API
-def classify_cells(images, model=None, *, top_k: int = 5, batch_size: int = 32, device="auto",
-                   progress=None) -> BMResult:
+def classify_cells(
+    images, model=None, *, top_k: int = 5, batch_size: int = 32, device="auto", progress=None
+) -> BMResult:
     """Classify cells.
 
     ``images``: a list of arrays (each one cell, any size/dtype, 1/3/4 channels), or an
@@ -332,7 +351,7 @@ def classify_cells(images, model=None, *, top_k: int = 5, batch_size: int = 32, 
     probs = []
     report(progress, "classify", 0, n)
     for start in range(0, n, bs):
-        x = preprocess(cells[start:start + bs], model).to(dev)
+        x = preprocess(cells[start : start + bs], model).to(dev)
         with torch.inference_mode():
             probs.append(torch.softmax(net(x).float(), dim=1).cpu().numpy())
         report(progress, "classify", min(start + bs, n), n)
@@ -354,7 +373,7 @@ def _heatmap_on_cell(g, shape, window) -> np.ndarray:
     t, lft = round(top), round(left)
     y0, x0, y1, x1 = max(t, 0), max(lft, 0), min(t + s, shape[0]), min(lft + s, shape[1])
     if y1 > y0 and x1 > x0:
-        out[y0:y1, x0:x1] = h[y0 - t:y1 - t, x0 - lft:x1 - lft]
+        out[y0:y1, x0:x1] = h[y0 - t : y1 - t, x0 - lft : x1 - lft]
     return out
 
 
@@ -369,16 +388,31 @@ def _cam_class(method: str):
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 
     m = str(method).lower().replace("-", "").replace("_", "").replace(" ", "")
-    table = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcamplusplus": GradCAMPlusPlus,
-             "scorecam": ScoreCAM, "eigencam": EigenCAM, "layercam": LayerCAM}
+    table = {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "gradcamplusplus": GradCAMPlusPlus,
+        "scorecam": ScoreCAM,
+        "eigencam": EigenCAM,
+        "layercam": LayerCAM,
+    }
     if m not in table:
         raise ValueError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}.")
     return table[m], ("gradcam++" if m == "gradcamplusplus" else m)
 
 
-def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: int = 5,
-            batch_size: int = 16, device="auto", faithfulness: str | None = "confidence",
-            progress=None) -> BMResult:
+def explain(
+    images,
+    model=None,
+    *,
+    method: str = "gradcam",
+    target=None,
+    top_k: int = 5,
+    batch_size: int = 16,
+    device="auto",
+    faithfulness: str | None = "confidence",
+    progress=None,
+) -> BMResult:
     """Classify cells and compute one CAM heatmap per cell.
 
     ``target``: None (each cell's predicted class), a class index, or a class name/code
@@ -418,8 +452,7 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
         metric = ROADCombined(percentiles=[20, 40, 60, 80])
     report(progress, "explain", 0, n)
     with torch.enable_grad(), torch.inference_mode(False):
-        cam = cam_cls(model=net, target_layers=model.target_layers(),
-                      reshape_transform=model.reshape_transform())
+        cam = cam_cls(model=net, target_layers=model.target_layers(), reshape_transform=model.reshape_transform())
         quiet = None
         if method == "scorecam":
             cam.batch_size = bs
@@ -431,7 +464,7 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
             _sc.tqdm = types.SimpleNamespace(tqdm=lambda it, *a, **k: it)
         try:
             for start in range(0, n, bs):
-                batch = cells[start:start + bs]
+                batch = cells[start : start + bs]
                 windows: list = []
                 x = preprocess(batch, model, boxes=windows).to(dev)
                 # targets=None: pytorch-grad-cam explains each image's own top class
@@ -445,8 +478,8 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
                     soft = [ClassifierOutputSoftmaxTarget(int(t)) for t in tgt]
                     faith.append(np.asarray(metric(x, grayscale, soft, net), dtype=np.float32).reshape(-1))
                 g = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32))[:, None]
-                for j, shp in enumerate(shapes[start:start + bs]):
-                    heatmaps.append(_heatmap_on_cell(g[j:j + 1], shp, windows[j]))
+                for j, shp in enumerate(shapes[start : start + bs]):
+                    heatmaps.append(_heatmap_on_cell(g[j : j + 1], shp, windows[j]))
                 report(progress, "explain", min(start + bs, n), n)
         finally:
             cam.activations_and_grads.release()
@@ -454,7 +487,13 @@ def explain(images, model=None, *, method: str = "gradcam", target=None, top_k: 
                 quiet[0].tqdm = quiet[1]
     p = np.concatenate(probs)
     return _result(
-        model, p, top_k, np.concatenate(targets), shapes, heatmaps=heatmaps,
-        faithfulness=np.concatenate(faith) if faith else None, method=method,
+        model,
+        p,
+        top_k,
+        np.concatenate(targets),
+        shapes,
+        heatmaps=heatmaps,
+        faithfulness=np.concatenate(faith) if faith else None,
+        method=method,
         faithfulness_metric=faithfulness if faith else None,
     )

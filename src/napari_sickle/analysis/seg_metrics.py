@@ -15,6 +15,7 @@ is turned into instances by 4-connected components):
 - **split**: one true cell covered by two or more predictions, each of which lies at least
   half inside that cell and covers at least 10 % of it. ``splits`` counts such true cells.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

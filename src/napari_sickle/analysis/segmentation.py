@@ -15,6 +15,7 @@ Cells are assumed darker than the background (bright-field smears); pass
 - :func:`evaluate_segmentation` scores them on an image/mask folder or on simulated smears
   (what ``python -m napari_sickle.evaluate segmentation`` prints).
 """
+
 from __future__ import annotations
 
 import time
@@ -242,8 +243,11 @@ def _tta_softmax(net, x, mode: str):
 
     if mode == "none":
         return torch.softmax(net(x).float(), dim=1)
-    views = [(f, 0) for f in ((), (3,), (2,), (2, 3))] if mode == "flips" else [
-        (f, k) for f in ((), (3,)) for k in range(4)]
+    views = (
+        [(f, 0) for f in ((), (3,), (2,), (2, 3))]
+        if mode == "flips"
+        else [(f, k) for f in ((), (3,)) for k in range(4)]
+    )
     acc = None
     for f, k in views:
         v = x.flip(f) if f else x
@@ -357,16 +361,18 @@ def segment_unet(
 
     dev = resolve_device(device) if isinstance(device, str) else device
     net, cfg = _resolve_unet(model, dev)
-    probs = predict_unet_probabilities(image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress,
-                                       tta=tta)
+    probs = predict_unet_probabilities(
+        image, (net, cfg), tile=tile, overlap=overlap, device=dev, progress=progress, tta=tta
+    )
     if min_size is None:
         min_size = int(round(30 / max(float(cfg.get("scale", 1.0)), 1e-3) ** 2))
     classifier = None
     if border_min_fraction is None:
         border_min_fraction = float(cfg.get("border_min_fraction", 0.0) or 0.0)
         classifier = cfg.get("border_classifier") or None
-    return unet_probabilities_to_instances(probs, min_size=min_size, border_min_fraction=float(border_min_fraction),
-                                           border_classifier=classifier)
+    return unet_probabilities_to_instances(
+        probs, min_size=min_size, border_min_fraction=float(border_min_fraction), border_classifier=classifier
+    )
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -390,8 +396,13 @@ class ComparisonResult:
             if m in self.metrics:
                 d = self.metrics[m].as_dict()
                 row.update(
-                    dice=d["dice"], iou=d["iou"], f1_50=d["instance_f1_50"], count_true=d["count_true"],
-                    count_error=d["count_error"], merges=d["merges"], splits=d["splits"],
+                    dice=d["dice"],
+                    iou=d["iou"],
+                    f1_50=d["instance_f1_50"],
+                    count_true=d["count_true"],
+                    count_error=d["count_error"],
+                    merges=d["merges"],
+                    splits=d["splits"],
                 )
             rows.append(row)
         return pd.DataFrame(rows)
@@ -438,6 +449,7 @@ def compare_segmentations(
     n = len(methods)
 
     for i, m in enumerate(methods):
+
         def sub(stage, done, total, _i=i):
             report(progress, stage, _i * 100 + int(100 * done / max(total, 1)), n * 100)
 
@@ -529,8 +541,13 @@ def evaluate_segmentation(
             img, gt = _read_pair(item[0], item[1], gt_min_size)
             name = Path(item[0]).name
         res = compare_segmentations(
-            img, gt, methods=methods, unet_model=unet_model, watershed_params=watershed_params,
-            unet_params=unet_params, device=device,
+            img,
+            gt,
+            methods=methods,
+            unet_model=unet_model,
+            watershed_params=watershed_params,
+            unet_params=unet_params,
+            device=device,
         )
         for m in methods:
             per[m].append(res.metrics[m].as_dict())

@@ -11,6 +11,7 @@ SCD screening rule (``summary["scd_call"]``):
 
 This is a screening aid for the user's review of the flagged regions, not a diagnosis.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,14 +66,16 @@ class SmearResult:
         """One row per region in the regions CSV schema (io/formats.py)."""
         n = len(self)
         b = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
-        df = pd.DataFrame({
-            "image": [image if image is not None else self.image_name] * n,
-            "region_id": np.arange(1, n + 1, dtype=np.int64),
-            "x_min": np.floor(b[:, 0]).astype(np.int64),
-            "y_min": np.floor(b[:, 1]).astype(np.int64),
-            "x_max": np.ceil(b[:, 2]).astype(np.int64),
-            "y_max": np.ceil(b[:, 3]).astype(np.int64),
-        })
+        df = pd.DataFrame(
+            {
+                "image": [image if image is not None else self.image_name] * n,
+                "region_id": np.arange(1, n + 1, dtype=np.int64),
+                "x_min": np.floor(b[:, 0]).astype(np.int64),
+                "y_min": np.floor(b[:, 1]).astype(np.int64),
+                "x_max": np.ceil(b[:, 2]).astype(np.int64),
+                "y_max": np.ceil(b[:, 3]).astype(np.int64),
+            }
+        )
         for j, t in enumerate(RBC_TYPES):
             df[t] = np.asarray(self.labels, dtype=np.int64).reshape(-1, 6)[:, j] if n else np.zeros(0, np.int64)
         df["score"] = np.asarray(self.scores, dtype=np.float64)
@@ -164,8 +167,10 @@ def merge_by_connected_region(fg: np.ndarray, boxes: np.ndarray, scores: np.ndar
         k = int(ids[np.argmax(counts)])
         best[k] = max(best.get(k, 0.0), float(sc))
     ks = sorted(best, key=lambda k: -best[k])
-    out = np.array([[objs[k - 1][1].start, objs[k - 1][0].start, objs[k - 1][1].stop, objs[k - 1][0].stop] for k in ks],
-                   dtype=np.float32).reshape(-1, 4)
+    out = np.array(
+        [[objs[k - 1][1].start, objs[k - 1][0].start, objs[k - 1][1].stop, objs[k - 1][0].stop] for k in ks],
+        dtype=np.float32,
+    ).reshape(-1, 4)
     return out, np.array([best[k] for k in ks], dtype=np.float32)
 
 
@@ -192,9 +197,20 @@ def region_masks_from_boxes(fg: np.ndarray, boxes: np.ndarray, scores: np.ndarra
 def _empty(shape, name, thr, timings=None) -> SmearResult:
     h, w = (shape[0], shape[1]) if len(shape) >= 2 else (0, 0)
     z = np.zeros((0,), np.float32)
-    return SmearResult(np.zeros((0, 4), np.float32), z, np.zeros((0, 6), np.float32), np.zeros((0, 6), np.int64),
-                       z.copy(), np.zeros(0, bool), np.zeros((h, w), np.int32), summarize(np.zeros((0, 6)), []),
-                       (h, w), name, thr, timings or {})
+    return SmearResult(
+        np.zeros((0, 4), np.float32),
+        z,
+        np.zeros((0, 6), np.float32),
+        np.zeros((0, 6), np.int64),
+        z.copy(),
+        np.zeros(0, bool),
+        np.zeros((h, w), np.int32),
+        summarize(np.zeros((0, 6)), []),
+        (h, w),
+        name,
+        thr,
+        timings or {},
+    )
 
 
 def prepare_image(image) -> np.ndarray | None:
@@ -231,9 +247,17 @@ def place_models(models, device="auto") -> None:
         detector.to(detection_device(dev))
 
 
-def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, nms_iou: float = 0.5,
-                   merge_regions: bool = True, fg: np.ndarray | None = None, progress=None,
-                   cell_diameter: float | None = None):
+def detect_regions(
+    rgb: np.ndarray,
+    detector,
+    *,
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.5,
+    merge_regions: bool = True,
+    fg: np.ndarray | None = None,
+    progress=None,
+    cell_diameter: float | None = None,
+):
     """Region boxes of an RGB uint8 smear -> (boxes (N, 4) float32, scores (N,), foreground mask).
 
     Detections of a multi-class detector are limited to red cells; degenerate boxes and boxes
@@ -244,8 +268,14 @@ def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, n
     diameter (``config["cell_diameter"]``): the image is resized so its cells have the training
     diameter before detection (None: estimated from the image, ``models.scale``)."""
     extra = {} if cell_diameter is None else {"cell_diameter": float(cell_diameter)}
-    boxes, scores, cls = detector.detect(rgb, score_threshold=score_threshold, nms_iou=nms_iou, progress=progress,
-                                         region_merge=None if merge_regions else False, **extra)
+    boxes, scores, cls = detector.detect(
+        rgb,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        progress=progress,
+        region_merge=None if merge_regions else False,
+        **extra,
+    )
     names = detector.class_names
     if len(names) > 1:  # a multi-class (e.g. VOC RBC/WBC/Platelets) detector: keep the red cells
         keep_ids = [i + 1 for i, n in enumerate(names) if n.lower() in ("rbc", "cell region", "red blood cell")]
@@ -265,8 +295,18 @@ def detect_regions(rgb: np.ndarray, detector, *, score_threshold: float = 0.5, n
     return boxes, scores, fg
 
 
-def finish_result(rgb_shape, boxes, scores, probs, classifier, *, type_threshold: float = 0.5, masks=None,
-                  image_name: str = "", timings=None) -> SmearResult:
+def finish_result(
+    rgb_shape,
+    boxes,
+    scores,
+    probs,
+    classifier,
+    *,
+    type_threshold: float = 0.5,
+    masks=None,
+    image_name: str = "",
+    timings=None,
+) -> SmearResult:
     """SmearResult from region boxes and their six-type probabilities (labels at
     ``type_threshold``, abnormal probability from the classifier's abnormal model, summary)."""
     labels = (probs >= type_threshold).astype(np.int64)
@@ -274,16 +314,37 @@ def finish_result(rgb_shape, boxes, scores, probs, classifier, *, type_threshold
     abnormal = p_abn >= 0.5
     if masks is None:
         masks = np.zeros(tuple(rgb_shape[:2]), np.int32)
-    return SmearResult(np.asarray(boxes).astype(np.float32), np.asarray(scores).astype(np.float32),
-                       np.asarray(probs).astype(np.float32), labels, p_abn.astype(np.float32), abnormal, masks,
-                       summarize(labels, abnormal), tuple(rgb_shape[:2]), image_name, float(type_threshold),
-                       dict(timings or {}))
+    return SmearResult(
+        np.asarray(boxes).astype(np.float32),
+        np.asarray(scores).astype(np.float32),
+        np.asarray(probs).astype(np.float32),
+        labels,
+        p_abn.astype(np.float32),
+        abnormal,
+        masks,
+        summarize(labels, abnormal),
+        tuple(rgb_shape[:2]),
+        image_name,
+        float(type_threshold),
+        dict(timings or {}),
+    )
 
 
-def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float = 0.5, type_threshold: float = 0.5,
-                  batch_size: int = 64, device="auto", progress=None, image_name: str = "",
-                  region_masks: bool = True, merge_regions: bool = True,
-                  cell_diameter: float | None = None) -> SmearResult:
+def analyze_smear(
+    image,
+    models,
+    *,
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.5,
+    type_threshold: float = 0.5,
+    batch_size: int = 64,
+    device="auto",
+    progress=None,
+    image_name: str = "",
+    region_masks: bool = True,
+    merge_regions: bool = True,
+    cell_diameter: float | None = None,
+) -> SmearResult:
     """Detect, classify and call abnormal on one smear.
 
     image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, any dtype (16-bit and float are rescaled).
@@ -315,8 +376,15 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     classifier = models.classifier
     if progress is not None:
         progress("detect", 0, 1)
-    boxes, scores, fg = detect_regions(rgb, models.detector, score_threshold=score_threshold, nms_iou=nms_iou,
-                                       merge_regions=merge_regions, progress=progress, cell_diameter=cell_diameter)
+    boxes, scores, fg = detect_regions(
+        rgb,
+        models.detector,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        merge_regions=merge_regions,
+        progress=progress,
+        cell_diameter=cell_diameter,
+    )
     timings["detect"] = time.perf_counter() - t0
     if progress is not None:
         progress("detect", 1, 1)
@@ -331,8 +399,9 @@ def analyze_smear(image, models, *, score_threshold: float = 0.5, nms_iou: float
     if progress is not None:
         progress("abnormal", 0, 1)
     masks = region_masks_from_boxes(fg, boxes, scores) if region_masks else None
-    res = finish_result(rgb.shape, boxes, scores, probs, classifier, type_threshold=type_threshold, masks=masks,
-                        image_name=image_name)
+    res = finish_result(
+        rgb.shape, boxes, scores, probs, classifier, type_threshold=type_threshold, masks=masks, image_name=image_name
+    )
     timings["abnormal_and_masks"] = time.perf_counter() - t2
     if progress is not None:
         progress("abnormal", 1, 1)

@@ -6,6 +6,7 @@ at random places inside the cell: one *marker* whose colour sets the class, and 
 *distractor* of a neutral colour that every class has. The marker's centre and radius
 are returned, so a test can check that a heatmap's peak lands on the marker.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,11 +35,12 @@ class SimulatedCells:
 
 
 def _disk(rr, cc, centre, radius):
-    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius ** 2
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
 
 
-def simulate_bm_cells(n_per_class: int = 64, size: int = 64, seed: int = 0,
-                      marker_radius: float | None = None, grid: int | None = None) -> SimulatedCells:
+def simulate_bm_cells(
+    n_per_class: int = 64, size: int = 64, seed: int = 0, marker_radius: float | None = None, grid: int | None = None
+) -> SimulatedCells:
     """``n_per_class`` cells per class, ``size`` x ``size`` RGB, reproducible from ``seed``.
 
     ``grid``: snap the marker's centre to the centre of a ``grid`` x ``grid`` tile (e.g. the

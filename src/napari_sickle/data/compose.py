@@ -23,6 +23,7 @@ an illumination gradient. Only the class folder matters; file names are never us
 
 No Qt/napari imports here.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -341,8 +342,9 @@ def _augment(crop: Crop, rng: np.random.Generator, scale=(0.85, 1.15), rotate: b
     oc = np.array([(oh - 1) / 2, (ow - 1) / 2])
     offset = np.zeros(3)
     offset[:2] = ic - inv @ oc
-    res = ndi.affine_transform(np.ascontiguousarray(src), matrix, offset=offset, output_shape=(oh, ow, 4),
-                               order=1, mode="constant", cval=0.0)
+    res = ndi.affine_transform(
+        np.ascontiguousarray(src), matrix, offset=offset, output_shape=(oh, ow, 4), order=1, mode="constant", cval=0.0
+    )
     od, mask = res[..., :3], res[..., 3] > 0.5
     mask = _largest_component(ndi.binary_fill_holes(mask))
     ys, xs = np.nonzero(mask)
@@ -415,8 +417,7 @@ def compose_patches(
         # first cell in the middle, the others touching the cluster
         first = pieces[0]
         placed = [(0, (size - first.mask.shape[0]) // 2, (size - first.mask.shape[1]) // 2)]
-        rest = place_cells(pieces, shape, rng, cluster_fraction=1.0, max_overlap=max_overlap,
-                           preplaced=placed)
+        rest = place_cells(pieces, shape, rng, cluster_fraction=1.0, max_overlap=max_overlap, preplaced=placed)
         items = [(pieces[i], t, l) for i, t, l in rest]
         inst = paint_instances([(p.mask, t, l) for p, t, l in items], shape)
         regions = ndi.label(inst > 0)[1]
@@ -479,8 +480,9 @@ def compose_smear(
         n_cells = int(np.clip(n_cells, 1, 400 * (H * W) / (1080 * 1920) + 1))
     chosen = _pick(crops, rng, int(n_cells), type_mix)
     pieces = [_augment(c, rng, scale=scale) for c in chosen]
-    pos = place_cells(pieces, (H, W), rng, cluster_fraction, max_overlap, progress=progress,
-                      edge_fraction=0.45 if edge_cells else 0.0)
+    pos = place_cells(
+        pieces, (H, W), rng, cluster_fraction, max_overlap, progress=progress, edge_fraction=0.45 if edge_cells else 0.0
+    )
     items = [(pieces[i], t, l) for i, t, l in pos]
     instances = paint_instances([(p.mask, t, l) for p, t, l in items], (H, W))
     od = np.zeros((H, W, 3), np.float32)
@@ -504,9 +506,17 @@ def compose_smear(
     cells["x"] = np.array([r[2] for r in rows], float)
     cells["y"] = np.array([r[3] for r in rows], float)
     cells["diameter"] = np.array([r[4] for r in rows], float)  # equivalent diameter as placed
-    return SimulatedSmear(image=image, instances=instances, cell_types=cell_types,
-                          region_labels=region_labels, regions=regions, cells=cells, seed=seed, name=name,
-                          coverage=coverage)
+    return SimulatedSmear(
+        image=image,
+        instances=instances,
+        cell_types=cell_types,
+        region_labels=region_labels,
+        regions=regions,
+        cells=cells,
+        seed=seed,
+        name=name,
+        coverage=coverage,
+    )
 
 
 def compose_occluded(
@@ -558,16 +568,16 @@ def compose_occluded(
                 ok = False
                 break
             trial = owner.copy()
-            sub = trial[top:top + h, left:left + w]
+            sub = trial[top : top + h, left : left + w]
             sub[p.mask] = j + 1
-            areas = np.array([pp.mask.sum() for pp in pieces[:j + 1]], np.float64)
-            vis = np.bincount(trial.ravel(), minlength=j + 2)[1:j + 2]
+            areas = np.array([pp.mask.sum() for pp in pieces[: j + 1]], np.float64)
+            vis = np.bincount(trial.ravel(), minlength=j + 2)[1 : j + 2]
             if (vis < min_visible * areas).any() or (j and ndi.label(trial > 0)[1] != 1):
                 ok = False
                 break
             owner = trial
             soft = ndi.gaussian_filter(p.mask.astype(np.float32), 0.7)[..., None]
-            od[top:top + h, left:left + w] = od[top:top + h, left:left + w] * (1 - soft) + p.od * soft
+            od[top : top + h, left : left + w] = od[top : top + h, left : left + w] * (1 - soft) + p.od * soft
             centres.append((cy, cx))
         if not ok:
             continue
@@ -576,8 +586,9 @@ def compose_occluded(
         x0, x1 = max(0, xs.min() - margin), min(size, xs.max() + 1 + margin)
         od_c = od[y0:y1, x0:x1]
         tint = np.clip(bg_all / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
-        img = _finish(od_c, _background(rng, od_c.shape[:2], tint), rng, blur=0.0, noise=max(0.5, noise_all * 0.5),
-                      rgb=True)
+        img = _finish(
+            od_c, _background(rng, od_c.shape[:2], tint), rng, blur=0.0, noise=max(0.5, noise_all * 0.5), rgb=True
+        )
         types = np.zeros(len(RBC_TYPES), np.int64)
         types[[p.type_index for p in pieces]] = 1
         out.append((img, types, len(pieces)))

@@ -23,6 +23,7 @@ cell's box plus a margin, with the pixels of every other cell painted over with 
 background colour, i.e. a single-cell crop like the Xu ones.
 No Qt/napari imports here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,13 +36,28 @@ from ..constants import RBC_TYPES
 
 #: Chula RBC-12 class ids -> names (Naruenatthanaset et al. 2021)
 CHULA_CLASSES: dict[int, str] = {
-    0: "normal", 1: "macrocyte", 2: "microcyte", 3: "spherocyte", 4: "target cell", 5: "stomatocyte",
-    6: "ovalocyte", 7: "teardrop", 8: "burr cell", 9: "schistocyte", 10: "uncategorised", 11: "hypochromia",
+    0: "normal",
+    1: "macrocyte",
+    2: "microcyte",
+    3: "spherocyte",
+    4: "target cell",
+    5: "stomatocyte",
+    6: "ovalocyte",
+    7: "teardrop",
+    8: "burr cell",
+    9: "schistocyte",
+    10: "uncategorised",
+    11: "hypochromia",
     12: "elliptocyte",
 }
 #: Chula classes with a counterpart among the six types; the others are unmapped (None)
-CHULA_TO_TYPE: dict[int, str] = {0: "oval_disc", 6: "oval_disc", 12: "elongated_sickle", 5: "stomatocyte",
-                                 8: "echinocyte"}
+CHULA_TO_TYPE: dict[int, str] = {
+    0: "oval_disc",
+    6: "oval_disc",
+    12: "elongated_sickle",
+    5: "stomatocyte",
+    8: "echinocyte",
+}
 #: Xu et al. patients held out for validation (the rest train)
 XU_VAL_PATIENTS: tuple[str, ...] = ("JH1766915",)
 #: Chula image ``<n>`` is validation when ``n % CHULA_VAL_MOD == 0``
@@ -147,8 +163,16 @@ def cut_cell(rgb: np.ndarray, labels: np.ndarray, k: int, bg: np.ndarray, margin
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), m[y0:y1, x0:x1]
 
 
-def chula_cells(root, *, split: str | None = None, mapped_only: bool = False, min_area_fraction: float = 0.3,
-                max_area_fraction: float = 2.5, progress=None, images=None) -> list[RealCell]:
+def chula_cells(
+    root,
+    *,
+    split: str | None = None,
+    mapped_only: bool = False,
+    min_area_fraction: float = 0.3,
+    max_area_fraction: float = 2.5,
+    progress=None,
+    images=None,
+) -> list[RealCell]:
     """Single-cell crops of the labelled Chula cells (``split``: "train" / "val" / None for both).
 
     Cells whose territory is under ``min_area_fraction`` or over ``max_area_fraction`` of the
@@ -188,8 +212,18 @@ def chula_cells(root, *, split: str | None = None, mapped_only: bool = False, mi
             cut = cut_cell(rgb, labels, k, bg)
             if cut is None:
                 continue
-            out.append(RealCell(cut[0], cut[1], CHULA_CLASSES.get(int(c), str(c)), yrow, "chula", lf.stem, sp,
-                                f"chula:{lf.stem}:{k}"))
+            out.append(
+                RealCell(
+                    cut[0],
+                    cut[1],
+                    CHULA_CLASSES.get(int(c), str(c)),
+                    yrow,
+                    "chula",
+                    lf.stem,
+                    sp,
+                    f"chula:{lf.stem}:{k}",
+                )
+            )
         if progress is not None:
             progress("chula", i + 1, len(files))
     return out

@@ -16,6 +16,7 @@
 Every item carries ``source`` and ``diameter`` (``models.scale.estimate_cell_diameter`` of its
 image); Chula items also carry their ``points`` (for the points-inside-a-box score).
 """
+
 from __future__ import annotations
 
 import os
@@ -103,7 +104,7 @@ def boxes_from_points(image, points, diameter: float | None = None):
     lab = watershed(-dt, markers, mask=fg | (markers > 0))
     n_all = n + n_extra
     objs = ndi.find_objects(lab, max_label=n_all)
-    areas = np.bincount(lab.ravel(), minlength=n_all + 1)[1:n_all + 1]
+    areas = np.bincount(lab.ravel(), minlength=n_all + 1)[1 : n_all + 1]
     min_area = 0.1 * np.pi * (diameter / 2) ** 2
     r = diameter / 2
     boxes, from_point = [], []
@@ -134,8 +135,16 @@ def _item(image, boxes, source, name, split, **extra):
     from ..models.scale import estimate_cell_diameter
 
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return {"image": image, "boxes": b, "labels": np.ones(len(b), np.int64), "name": f"{source}/{name}",
-            "source": source, "split": split, "diameter": estimate_cell_diameter(image), **extra}
+    return {
+        "image": image,
+        "boxes": b,
+        "labels": np.ones(len(b), np.int64),
+        "name": f"{source}/{name}",
+        "source": source,
+        "split": split,
+        "diameter": estimate_cell_diameter(image),
+        **extra,
+    }
 
 
 def load_real_smears(root=None, split: str = "train", sources=SOURCES, limit: int | None = None, progress=None):
@@ -174,7 +183,7 @@ def load_real_smears(root=None, split: str = "train", sources=SOURCES, limit: in
                 if want("val" if chula_is_val(p.name) else "train") and lab.is_file():
                     jobs.append(("points", p, lab))
         if limit is not None:
-            jobs = jobs[:int(limit)]
+            jobs = jobs[: int(limit)]
         for k, (kind, img_path, ann) in enumerate(jobs):
             try:
                 img = to_rgb_uint8(read_image(img_path))
@@ -189,15 +198,17 @@ def load_real_smears(root=None, split: str = "train", sources=SOURCES, limit: in
                     warnings.simplefilter("ignore")
                     a = read_voc(ann)
                 a = a[a["class"].astype(str) == "RBC"]
-                items.append(_item(img, a[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32), source, name,
-                                   split))
+                items.append(
+                    _item(img, a[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32), source, name, split)
+                )
             elif kind == "mask":
                 from ..io.masks import mask_to_regions, read_mask
 
                 _, reg = mask_to_regions(read_mask(ann))
                 reg = reg[reg["area"] >= BBBC_MIN_AREA]
-                items.append(_item(img, reg[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32), source, name,
-                                   split))
+                items.append(
+                    _item(img, reg[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32), source, name, split)
+                )
             else:
                 pts = read_points(ann)
                 it = _item(img, np.zeros((0, 4)), source, name, split, points=pts[:, :2])
@@ -215,6 +226,10 @@ def points_inside(boxes, points) -> np.ndarray:
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if len(b) == 0 or len(p) == 0:
         return np.zeros(len(p), bool)
-    inside = ((p[:, None, 0] >= b[None, :, 0]) & (p[:, None, 0] <= b[None, :, 2])
-              & (p[:, None, 1] >= b[None, :, 1]) & (p[:, None, 1] <= b[None, :, 3]))
+    inside = (
+        (p[:, None, 0] >= b[None, :, 0])
+        & (p[:, None, 0] <= b[None, :, 2])
+        & (p[:, None, 1] >= b[None, :, 1])
+        & (p[:, None, 1] <= b[None, :, 3])
+    )
     return inside.any(axis=1)

@@ -19,6 +19,7 @@ image is ``illumination * exp(-OD)`` followed by focus blur and sensor noise.
 
 No Qt/napari imports here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -415,9 +416,9 @@ def regions_from_instances(
     for k, t in enumerate(RBC_TYPES):
         df[t] = types[ids, k] if len(ids) else np.zeros(0, np.int64)
     df["n_cells"] = n_cells[ids] if len(ids) else np.zeros(0, np.int64)
-    df["label"] = [
-        "+".join(RBC_TYPE_LABELS[t] for t in RBC_TYPES if row[t]) for _, row in df.iterrows()
-    ] if len(df) else []
+    df["label"] = (
+        ["+".join(RBC_TYPE_LABELS[t] for t in RBC_TYPES if row[t]) for _, row in df.iterrows()] if len(df) else []
+    )
     return region_labels, df
 
 
@@ -546,8 +547,9 @@ def simulate_smear(
     diam = np.clip(rng.normal((dmin + dmax) / 2, (dmax - dmin) / 5, size=n_cells), dmin, dmax)
 
     cells = [_make_cell(int(types[i]), float(diam[i]), rng) for i in range(n_cells)]
-    positions = place_cells(cells, (H, W), rng, cluster_fraction, max_overlap, progress=progress,
-                            edge_fraction=0.45 if edge_cells else 0.0)
+    positions = place_cells(
+        cells, (H, W), rng, cluster_fraction, max_overlap, progress=progress, edge_fraction=0.45 if edge_cells else 0.0
+    )
     placed = [(cells[i], top, left) for i, top, left in positions]
 
     # ---- render ------------------------------------------------------------------------
@@ -609,8 +611,18 @@ def paste_add(dst: np.ndarray, src: np.ndarray, top: int, left: int) -> None:
         dst[c[0]] += src[c[1]]
 
 
-def place_cells(cells, shape, rng, cluster_fraction=0.3, max_overlap=0.2, gap=2, tries=40, progress=None,
-                preplaced=(), edge_fraction: float = 0.0):
+def place_cells(
+    cells,
+    shape,
+    rng,
+    cluster_fraction=0.3,
+    max_overlap=0.2,
+    gap=2,
+    tries=40,
+    progress=None,
+    preplaced=(),
+    edge_fraction: float = 0.0,
+):
     """Place cell masks on an (H, W) image; returns ``[(index, top, left), ...]`` in order.
 
     Each item of ``cells`` needs ``mask`` (bool, local), ``cy``, ``cx`` (centre in the local
@@ -849,8 +861,12 @@ def _variant(cell: _Cell) -> str:
         return "Oval" if cell.params["q"] < 0.85 else "Discocytes"
     if t == "elongated_sickle":
         return "Sickle-ISC" if cell.params["sickle"] else "Elongated"
-    return {"reticulocyte": "Reticulocytes", "granular": "Granular", "echinocyte": "Echinocytes",
-            "stomatocyte": "Stomatocyte"}[t]
+    return {
+        "reticulocyte": "Reticulocytes",
+        "granular": "Granular",
+        "echinocyte": "Echinocytes",
+        "stomatocyte": "Stomatocyte",
+    }[t]
 
 
 def simulate_cell_details(

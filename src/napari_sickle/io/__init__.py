@@ -4,6 +4,7 @@ Sub-modules: ``images`` (read_image, to_rgb_uint8), ``masks`` (read_mask,
 mask_to_regions), ``formats`` (regions CSV, Pascal VOC, point files), ``datasets``
 (training-folder scanners). The names below are importable from here lazily.
 """
+
 from __future__ import annotations
 
 import importlib

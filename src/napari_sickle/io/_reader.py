@@ -4,6 +4,7 @@
 otherwise (see docs/formats.md for the conventions). A claimed file that cannot be read
 raises ValueError with a message naming the file and the problem.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -130,7 +131,9 @@ def read_mask_file(p: Path) -> list:
     from .masks import mask_to_regions, read_mask
 
     labels, regions = mask_to_regions(read_mask(p))
-    return [labels_layer(labels, regions, name=f"{p.stem} regions" if p.parent.name == "masks" else p.stem, path=str(p))]
+    return [
+        labels_layer(labels, regions, name=f"{p.stem} regions" if p.parent.name == "masks" else p.stem, path=str(p))
+    ]
 
 
 def read_voc_file(p: Path) -> list:

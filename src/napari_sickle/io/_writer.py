@@ -6,6 +6,7 @@ leaves nothing behind, so the retry is not refused, and files get the usual perm
 
 npe2 single-layer writer convention: ``writer(path, data, attributes) -> [path]``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -96,7 +97,9 @@ def write_labels(path: str, data, attributes: dict) -> list[str]:
 
     if ext == ".png":
         if arr.ndim != 2:
-            raise ValueError(f"{p}: PNG holds one 2-D label image, this layer is {arr.ndim}-D {arr.shape}; save as .tif")
+            raise ValueError(
+                f"{p}: PNG holds one 2-D label image, this layer is {arr.ndim}-D {arr.shape}; save as .tif"
+            )
         if hi > 65535:
             raise ValueError(f"{p}: label id {hi} does not fit a 16-bit PNG (max 65535); save as .tif")
         from PIL import Image

@@ -3,6 +3,7 @@
 All scanners return pandas DataFrames of absolute paths and raise :class:`DatasetError`
 (a ValueError) with a message naming the folder or file and the problem.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -155,9 +156,7 @@ def scan_image_mask_pairs(root) -> pd.DataFrame:
             UserWarning,
             stacklevel=2,
         )
-    return pd.DataFrame(
-        [(str(images[k].resolve()), str(masks[k].resolve())) for k in keys], columns=["image", "mask"]
-    )
+    return pd.DataFrame([(str(images[k].resolve()), str(masks[k].resolve())) for k in keys], columns=["image", "mask"])
 
 
 def scan_voc(root) -> pd.DataFrame:
@@ -179,7 +178,11 @@ def scan_voc(root) -> pd.DataFrame:
         raise DatasetError(f"{root}: no image in JPEGImages/ has an XML in Annotations/")
     missing = sorted(set(anns) - set(images))
     if missing:
-        warnings.warn(f"{root}: {len(missing)} annotation(s) without image left out, e.g. {missing[:3]}", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{root}: {len(missing)} annotation(s) without image left out, e.g. {missing[:3]}",
+            UserWarning,
+            stacklevel=2,
+        )
     df = pd.DataFrame(
         [(str(images[k].resolve()), str(anns[k].resolve())) for k in keys], columns=["image", "annotation"]
     )
@@ -218,7 +221,9 @@ def read_multilabel_table(csv) -> pd.DataFrame:
         raise DatasetError(f"{csv}: missing type column(s) {missing}; expected all of {list(RBC_TYPES)}")
     if len(df) == 0:
         raise DatasetError(f"{csv}: table has no rows")
-    out = pd.DataFrame({"path": [str((csv.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p) for p in df[col]]})
+    out = pd.DataFrame(
+        {"path": [str((csv.parent / str(p)).resolve()) if not Path(str(p)).is_absolute() else str(p) for p in df[col]]}
+    )
     for t in RBC_TYPES:
         vals = pd.to_numeric(df[t], errors="coerce")
         bad = ~vals.isin([0, 1])

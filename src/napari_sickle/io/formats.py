@@ -6,6 +6,7 @@ Regions CSV schema (see docs/formats.md): required columns
 ``p_<type>``, ``abnormal``, ``p_abnormal``, ``n_cells``, ``label``. Boxes are pixel
 coordinates, x = column, y = row, maxima exclusive. Other columns are kept as they are.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -215,9 +216,7 @@ def read_points(txt_path) -> pd.DataFrame:
                 continue
             rec = _parse_point_line(line)
             if rec is None:
-                raise FormatError(
-                    f"{txt_path}: line {lineno} is not 'x y class_id': {line.strip()[:60]!r}"
-                )
+                raise FormatError(f"{txt_path}: line {lineno} is not 'x y class_id': {line.strip()[:60]!r}")
             rows.append(rec)
     df = pd.DataFrame(rows, columns=list(POINTS_COLUMNS))
     df["x"] = _intify(df["x"].astype(float)) if len(df) else df["x"].astype(float)

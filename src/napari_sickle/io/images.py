@@ -4,6 +4,7 @@
 that holds PNG data opens. Every failure is an :class:`ImageReadError` whose message
 names the file and the problem.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,7 @@ def read_image(path) -> np.ndarray:
     fmt = sniff_format(path)
     if fmt is None:
         raise ImageReadError(
-            f"{path}: unsupported or unrecognised image format "
-            "(expected PNG, JPEG, TIFF or BMP content)"
+            f"{path}: unsupported or unrecognised image format (expected PNG, JPEG, TIFF or BMP content)"
         )
     try:
         if fmt == "TIFF":
@@ -78,8 +78,7 @@ def read_image(path) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
         raise ImageReadError(
-            f"{path}: cannot decode {fmt} data, the file may be truncated or corrupt "
-            f"({type(exc).__name__}: {exc})"
+            f"{path}: cannot decode {fmt} data, the file may be truncated or corrupt ({type(exc).__name__}: {exc})"
         ) from exc
     return _check_shape(np.asarray(arr), path)
 

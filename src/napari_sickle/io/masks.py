@@ -4,6 +4,7 @@ A region is a 4-connected set of cell pixels (the paper's breadth-first search o
 binary mask). Touching cells form one region; cells separated by a one-pixel background
 line, as in BBBC041Seg, stay apart.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

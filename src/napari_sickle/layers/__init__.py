@@ -4,6 +4,7 @@ Everything here returns napari ``LayerDataTuple``s ``(data, kwargs, layer_type)`
 updates a viewer in place; the analysis code never touches napari. Sub-modules
 (``rbc``, ``bm``, ``segmentation``) convert each kind of result.
 """
+
 from __future__ import annotations
 
 from typing import Any

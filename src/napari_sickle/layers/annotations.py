@@ -1,4 +1,5 @@
 """Reader outputs -> napari LayerDataTuples (no napari import needed to build them)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -115,7 +116,9 @@ def regions_shapes_layer(df: pd.DataFrame, name: str, path: str | None = None) -
     return (boxes_to_rectangles(df), kwargs, "shapes")
 
 
-def points_layer(df: pd.DataFrame, name: str, class_names: dict[int, str] | None = None, path: str | None = None) -> tuple:
+def points_layer(
+    df: pd.DataFrame, name: str, class_names: dict[int, str] | None = None, path: str | None = None
+) -> tuple:
     """Points (row, col) with ``class_id`` and ``class`` features (names if known)."""
     class_names = class_names or {}
     feats = pd.DataFrame(
@@ -124,7 +127,9 @@ def points_layer(df: pd.DataFrame, name: str, class_names: dict[int, str] | None
             "class": [class_names.get(int(c), str(int(c))) for c in df["class_id"]],
         }
     )
-    data = np.column_stack([df["y"].to_numpy(dtype=float), df["x"].to_numpy(dtype=float)]) if len(df) else np.zeros((0, 2))
+    data = (
+        np.column_stack([df["y"].to_numpy(dtype=float), df["x"].to_numpy(dtype=float)]) if len(df) else np.zeros((0, 2))
+    )
     kwargs = {
         "name": name,
         "features": feats,
@@ -135,7 +140,9 @@ def points_layer(df: pd.DataFrame, name: str, class_names: dict[int, str] | None
     return (data, kwargs, "points")
 
 
-def crop_stack_layer(crops: Sequence[np.ndarray], files: Sequence[str], classes: Sequence[str], name: str, path: str | None = None) -> tuple:
+def crop_stack_layer(
+    crops: Sequence[np.ndarray], files: Sequence[str], classes: Sequence[str], name: str, path: str | None = None
+) -> tuple:
     """One Image stack (N, H, W[, 3]) of crops padded with 0 to the largest size, centred.
 
     ``metadata`` holds per-slice lists ``files``, ``classes``, ``shapes`` (original H, W)

@@ -13,6 +13,7 @@ cell whose ``features`` are :meth:`BMResult.summary` (top-k classes and probabil
 target, faithfulness) and whose text shows the prediction and faithfulness next to each
 heatmap.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,14 +43,22 @@ def heatmap_name(prefix: str, i: int | None = None) -> str:
     return f"{prefix} heatmap" if i is None else f"{prefix} heatmap {i + 1}"
 
 
-def bm_result_layers(result, source_layer=None, *, placement: str = "cell",
-                     boxes: Sequence[Sequence[int]] | None = None, prefix: str = "BM") -> list[tuple]:
+def bm_result_layers(
+    result,
+    source_layer=None,
+    *,
+    placement: str = "cell",
+    boxes: Sequence[Sequence[int]] | None = None,
+    prefix: str = "BM",
+) -> list[tuple]:
     """LayerDataTuples for ``result``; see the module docstring for ``placement``."""
     features = result.summary()
     meta = {
         "bm_table": result.top_k_table().to_dict("list"),
-        "method": result.method, "faithfulness_metric": result.faithfulness_metric,
-        "class_names": list(result.class_names), "arch": result.model_arch,
+        "method": result.method,
+        "faithfulness_metric": result.faithfulness_metric,
+        "class_names": list(result.class_names),
+        "arch": result.model_arch,
     }
     out: list[tuple] = []
     if placement == "cell":
@@ -59,8 +68,13 @@ def bm_result_layers(result, source_layer=None, *, placement: str = "cell",
         h, w = result.shapes[0]
         if result.heatmaps is not None:
             meta1 = dict(meta, faithfulness=_f(result, 0))
-            out.append((result.heatmaps[0], dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale,
-                                                  translate=translate, metadata=meta1), "image"))
+            out.append(
+                (
+                    result.heatmaps[0],
+                    dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale, translate=translate, metadata=meta1),
+                    "image",
+                )
+            )
         rects = [np.array([[0, 0], [h, 0], [h, w], [0, w]], float) - 0.5]
         sh_scale, sh_translate = scale, translate
     elif placement == "stack":
@@ -71,12 +85,17 @@ def bm_result_layers(result, source_layer=None, *, placement: str = "cell",
         h, w = result.shapes[0]
         if result.heatmaps is not None:
             stack = np.stack(result.heatmaps).astype(np.float32)
-            meta1 = dict(meta, faithfulness=None if result.faithfulness is None else
-                         [float(x) for x in result.faithfulness])
-            out.append((stack, dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale, translate=translate,
-                                    metadata=meta1), "image"))
-        rects = [np.array([[i, 0, 0], [i, h, 0], [i, h, w], [i, 0, w]], float) - [0, 0.5, 0.5]
-                 for i in range(result.n)]
+            meta1 = dict(
+                meta, faithfulness=None if result.faithfulness is None else [float(x) for x in result.faithfulness]
+            )
+            out.append(
+                (
+                    stack,
+                    dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale, translate=translate, metadata=meta1),
+                    "image",
+                )
+            )
+        rects = [np.array([[i, 0, 0], [i, h, 0], [i, h, w], [i, 0, w]], float) - [0, 0.5, 0.5] for i in range(result.n)]
         sh_scale, sh_translate = scale, translate
     elif placement == "regions":
         if boxes is None or len(boxes) != result.n:
@@ -87,17 +106,35 @@ def bm_result_layers(result, source_layer=None, *, placement: str = "cell",
             off = (translate[0] + r0 * scale[0], translate[1] + c0 * scale[1])
             if result.heatmaps is not None:
                 meta1 = dict(meta, faithfulness=_f(result, i), box=[int(r0), int(c0), int(r1), int(c1)])
-                out.append((result.heatmaps[i], dict(HEATMAP_KWARGS, name=heatmap_name(prefix, i), scale=scale,
-                                                      translate=off, metadata=meta1), "image"))
+                out.append(
+                    (
+                        result.heatmaps[i],
+                        dict(HEATMAP_KWARGS, name=heatmap_name(prefix, i), scale=scale, translate=off, metadata=meta1),
+                        "image",
+                    )
+                )
             rects.append(np.array([[r0, c0], [r1, c0], [r1, c1], [r0, c1]], float) - 0.5)
         sh_scale, sh_translate = scale, translate
     else:
         raise ValueError(f"unknown placement {placement!r}")
-    out.append((rects, {
-        "name": f"{prefix} results", "shape_type": "rectangle", "features": features,
-        "text": _text(result), "edge_color": "cyan", "face_color": "transparent", "edge_width": 1,
-        "scale": sh_scale, "translate": sh_translate, "metadata": meta,
-    }, "shapes"))
+    out.append(
+        (
+            rects,
+            {
+                "name": f"{prefix} results",
+                "shape_type": "rectangle",
+                "features": features,
+                "text": _text(result),
+                "edge_color": "cyan",
+                "face_color": "transparent",
+                "edge_width": 1,
+                "scale": sh_scale,
+                "translate": sh_translate,
+                "metadata": meta,
+            },
+            "shapes",
+        )
+    )
     return out
 
 

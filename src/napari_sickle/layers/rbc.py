@@ -4,6 +4,7 @@ badges (white text on a dark square, one per region) that stays readable on ligh
 
 Output names carry a `` · RBC …`` suffix so they never equal an input's name (the sample's
 ground truth is ``<image> regions``)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,14 +64,23 @@ def legend(color_by: str = "abnormal") -> str:
     if color_by == "abnormal":
         colours = "Boxes: green = normal, red = abnormal."
     else:
-        colours = "Boxes coloured by most probable type: " + ", ".join(
-            f"{RBC_TYPE_LABELS[t]} {_colour_word(TYPE_COLORS[t])}" for t in RBC_TYPES) + "."
+        colours = (
+            "Boxes coloured by most probable type: "
+            + ", ".join(f"{RBC_TYPE_LABELS[t]} {_colour_word(TYPE_COLORS[t])}" for t in RBC_TYPES)
+            + "."
+        )
     return f"{colours} Codes: {codes}; ? none above threshold."
 
 
 def _colour_word(rgba) -> str:
-    words = {(0.1, 0.9, 0.2): "green", (1.0, 0.15, 0.15): "red", (0.2, 0.5, 1.0): "blue",
-             (1.0, 0.85, 0.1): "yellow", (1.0, 0.4, 1.0): "magenta", (0.1, 0.95, 0.95): "cyan"}
+    words = {
+        (0.1, 0.9, 0.2): "green",
+        (1.0, 0.15, 0.15): "red",
+        (0.2, 0.5, 1.0): "blue",
+        (1.0, 0.85, 0.1): "yellow",
+        (1.0, 0.4, 1.0): "magenta",
+        (0.1, 0.95, 0.95): "cyan",
+    }
     return words.get(tuple(rgba[:3]), "")
 
 
@@ -124,8 +134,12 @@ def result_to_layers(result, image_name: str, source_layer=None, color_by: str =
     ``<image> · RBC types`` (one type-code badge at each box's top-left corner)."""
     sp = spatial_kwargs(source_layer)
     feats = result_features(result)
-    meta = {"summary": result.summary, "source": image_name, "type_threshold": result.type_threshold,
-            "color_by": color_by}
+    meta = {
+        "summary": result.summary,
+        "source": image_name,
+        "type_threshold": result.type_threshold,
+        "color_by": color_by,
+    }
     shapes_kwargs = {
         "name": regions_name(image_name),
         "shape_type": "rectangle",
@@ -145,9 +159,14 @@ def result_to_layers(result, image_name: str, source_layer=None, color_by: str =
         "colormap": color,
         "opacity": 0.9,
         "contour": 2,
-        "features": pd.DataFrame({"index": ids, "abnormal": np.asarray(result.abnormal, dtype=bool),
-                                  "p_abnormal": np.asarray(result.p_abnormal, dtype=float),
-                                  "label": result.type_names}),
+        "features": pd.DataFrame(
+            {
+                "index": ids,
+                "abnormal": np.asarray(result.abnormal, dtype=bool),
+                "p_abnormal": np.asarray(result.p_abnormal, dtype=float),
+                "label": result.type_names,
+            }
+        ),
         "metadata": {"source": image_name},
         **sp,
     }

@@ -5,6 +5,7 @@ visible), updated in place on re-run, and a Points layer ``"<image> · merged ce
 circle, coloured by method, drawn just outside every prediction that swallows two or more
 true cells.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ Nothing here downloads unless the caller passes ``allow_download=True``.
 
 When weights are missing, :class:`WeightsNotFoundError` names the file and where to put it.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,7 +76,9 @@ def resolve_weights(name: str, weights_path: str | os.PathLike | None = None, al
     if name == "efficientnet-lite0":
         return efficientnet_lite0_weights_file()
     if name not in _TV_WEIGHTS:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(set(FEATURE_BACKBONES) | set(_TV_WEIGHTS))}.")
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of {sorted(set(FEATURE_BACKBONES) | set(_TV_WEIGHTS))}."
+        )
     w = torchvision_weights(name)
     fname = os.path.basename(w.url)
     target = torch_hub_checkpoints_dir() / fname
@@ -119,7 +122,9 @@ def efficientnet_lite0_state_dict(weights_path=None) -> dict:
     out = {}
     for (k_ref, v_ref), (k_src, v_src) in zip(ref.items(), src.items()):
         if tuple(v_ref.shape) != tuple(v_src.shape):
-            raise ValueError(f"efficientnet-lite0 weights: {k_src} {tuple(v_src.shape)} does not fit {k_ref} {tuple(v_ref.shape)}")
+            raise ValueError(
+                f"efficientnet-lite0 weights: {k_src} {tuple(v_src.shape)} does not fit {k_ref} {tuple(v_ref.shape)}"
+            )
         out[k_ref] = v_src
     return out
 
@@ -144,8 +149,9 @@ def efficientnet_lite0(pretrained: bool = True, weights_path=None, **timm_kwargs
     return model
 
 
-def build_feature_extractor(name: str = "efficientnet-lite0", pretrained: bool = True, weights_path=None,
-                            allow_download: bool = False):
+def build_feature_extractor(
+    name: str = "efficientnet-lite0", pretrained: bool = True, weights_path=None, allow_download: bool = False
+):
     """A module mapping normalised images (N,3,S,S) to pooled features (N, FEATURE_BACKBONES[name])."""
     import torch.nn as nn
 

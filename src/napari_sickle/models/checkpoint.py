@@ -16,6 +16,7 @@ Keys:
     state_dict      the model's state dict
     extra           dict: optional extra state (optimizer state for --resume, epoch, bytes blobs)
 """
+
 from __future__ import annotations
 
 import io
@@ -91,9 +92,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a napari-sickle checkpoint (no '{FORMAT}' header).")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer napari-sickle (format {ckpt['format_version']})."
-        )
+        raise CheckpointError(f"{path} was written by a newer napari-sickle (format {ckpt['format_version']}).")
     if kind is not None and ckpt.get("kind") != kind:
         raise CheckpointError(
             f"{path} holds a {ckpt.get('kind')!r} model ({ckpt.get('arch')}), but a {kind!r} model is needed here."
@@ -105,26 +104,54 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
 #: stores (gradient boosting on the six outputs, or a constant classifier when training saw
 #: one class) and the objects inside them. Exact ``module.Class`` names, no prefixes: skops
 #: would otherwise import and call whatever a crafted file names.
-SKLEARN_ALLOWED_TYPES: frozenset[str] = frozenset({
-    "sklearn.ensemble._gb.GradientBoostingClassifier",
-    "sklearn.dummy.DummyClassifier",
-    "sklearn.tree._classes.DecisionTreeRegressor",
-    "sklearn.tree._tree.Tree",
-    "sklearn._loss.loss.HalfBinomialLoss",
-    "sklearn._loss._loss.CyHalfBinomialLoss",
-    "sklearn._loss.link.LogitLink",
-    "sklearn._loss.link.Interval",
-    "numpy.ndarray",
-    "numpy.dtype",
-    "numpy.random.mtrand.RandomState",
-    "numpy.random._mt19937.MT19937",
-    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int", "builtins.float",
-    "builtins.bool", "builtins.NoneType", "builtins.bytes",
-})
+SKLEARN_ALLOWED_TYPES: frozenset[str] = frozenset(
+    {
+        "sklearn.ensemble._gb.GradientBoostingClassifier",
+        "sklearn.dummy.DummyClassifier",
+        "sklearn.tree._classes.DecisionTreeRegressor",
+        "sklearn.tree._tree.Tree",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.link.Interval",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.random.mtrand.RandomState",
+        "numpy.random._mt19937.MT19937",
+        "builtins.dict",
+        "builtins.list",
+        "builtins.tuple",
+        "builtins.str",
+        "builtins.int",
+        "builtins.float",
+        "builtins.bool",
+        "builtins.NoneType",
+        "builtins.bytes",
+    }
+)
 #: Types of the estimator itself (the top-level object).
 SKLEARN_ALLOWED_ROOTS = ("sklearn.ensemble._gb.GradientBoostingClassifier", "sklearn.dummy.DummyClassifier")
-_NUMPY_SCALARS = {"bool", "bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                  "float16", "float32", "float64", "longlong", "ulonglong", "intc", "uintc", "str_", "object_"}
+_NUMPY_SCALARS = {
+    "bool",
+    "bool_",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "longlong",
+    "ulonglong",
+    "intc",
+    "uintc",
+    "str_",
+    "object_",
+}
 
 
 def sklearn_to_bytes(model: Any) -> bytes:
@@ -167,11 +194,14 @@ def sklearn_types(blob: bytes, source: str = "checkpoint") -> list[str]:
     root = f"{schema.get('__module__')}.{schema.get('__class__')}" if isinstance(schema, dict) else "?"
     bad = sorted({name for name in names if not _allowed(name)})
     if bad:
-        raise CheckpointError(f"{source}: the embedded classifier holds type(s) {', '.join(bad)}, which "
-                              "napari-sickle never stores; refusing to load it (it could run code)")
+        raise CheckpointError(
+            f"{source}: the embedded classifier holds type(s) {', '.join(bad)}, which "
+            "napari-sickle never stores; refusing to load it (it could run code)"
+        )
     if root not in SKLEARN_ALLOWED_ROOTS:
-        raise CheckpointError(f"{source}: the embedded classifier is a {root}, not one napari-sickle stores; "
-                              "refusing to load it")
+        raise CheckpointError(
+            f"{source}: the embedded classifier is a {root}, not one napari-sickle stores; refusing to load it"
+        )
     return sorted(set(names))
 
 
@@ -190,13 +220,16 @@ def sklearn_from_bytes(blob: bytes, source: str = "checkpoint") -> Any:
         raise CheckpointError(f"{source}: the embedded classifier cannot be read ({type(exc).__name__})") from exc
     bad = sorted(t for t in untrusted if not _allowed(t))
     if bad:
-        raise CheckpointError(f"{source}: the embedded classifier holds type(s) {', '.join(bad)}, which "
-                              "napari-sickle never stores; refusing to load it (it could run code)")
+        raise CheckpointError(
+            f"{source}: the embedded classifier holds type(s) {', '.join(bad)}, which "
+            "napari-sickle never stores; refusing to load it (it could run code)"
+        )
     try:
         return sio.loads(blob, trusted=list(untrusted))
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{source}: the embedded classifier cannot be loaded "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise CheckpointError(
+            f"{source}: the embedded classifier cannot be loaded ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -215,10 +248,16 @@ def load_state(model, state_dict: dict, source: str, what: str) -> None:
         own = model.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        shape = [k for k in own if k in state_dict and hasattr(state_dict[k], "shape")
-                 and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-        parts = [f"{len(v)} {label} (e.g. {v[0]})" for label, v in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("size mismatches", shape)) if v]
+        shape = [
+            k
+            for k in own
+            if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
+        ]
+        parts = [
+            f"{len(v)} {label} (e.g. {v[0]})"
+            for label, v in (("missing keys", missing), ("unexpected keys", unexpected), ("size mismatches", shape))
+            if v
+        ]
         detail = "; ".join(parts) or _first_line(exc)
         raise CheckpointError(f"{source}: does not fit {what}: {detail}") from exc
 

@@ -21,6 +21,7 @@ The results equal the per-region path's to float rounding (tests/test_crops.py).
 per-region path stays available (:func:`region_crops` with ``path="per-region"``) for
 comparison. No Qt/napari imports.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -165,8 +166,12 @@ def border_median(img, x0, y0, x1, y1):
     t = np.arange(L)[None, :]
     w_, h_ = w[:, None], h[:, None]
     top, bot, left = t < w_, (t >= w_) & (t < 2 * w_), (t >= 2 * w_) & (t < 2 * w_ + h_)
-    ys = np.where(top, y0[:, None], np.where(bot, y1[:, None] - 1, y0[:, None] + np.where(left, t - 2 * w_, t - 2 * w_ - h_)))
-    xs = np.where(top, x0[:, None] + t, np.where(bot, x0[:, None] + t - w_, np.where(left, x0[:, None], x1[:, None] - 1)))
+    ys = np.where(
+        top, y0[:, None], np.where(bot, y1[:, None] - 1, y0[:, None] + np.where(left, t - 2 * w_, t - 2 * w_ - h_))
+    )
+    xs = np.where(
+        top, x0[:, None] + t, np.where(bot, x0[:, None] + t - w_, np.where(left, x0[:, None], x1[:, None] - 1))
+    )
     valid = t < n[:, None]
     ys = np.where(valid, ys, 0)
     xs = np.where(valid, xs, 0)
@@ -278,7 +283,7 @@ def canvases_from_cuts(cuts, fills, size: int, min_side: int, device="cpu", mean
         hm, wm = int(h[g].max()), int(w[g].max())
         buf = np.zeros((len(g), hm, wm, 3), np.uint8)
         for r, i in enumerate(g):
-            buf[r, :h[i], :w[i]] = cuts[i]
+            buf[r, : h[i], : w[i]] = cuts[i]
         t = torch.from_numpy(buf)
         t = t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t.to(dev)
         win = t.permute(0, 3, 1, 2).float().div_(255.0)
@@ -304,8 +309,13 @@ def region_crops(classifier, image, boxes, path: str = "batched"):
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
     size = classifier.input_size
     if classifier.split in ("cells", "unet"):
-        cuts, fills, owner = cell_cuts(image, boxes, int(cfg.get("min_side", CELL_MIN_SIDE)), cfg.get("cell_split"),
-                                       splitter=classifier.splitter_fn())
+        cuts, fills, owner = cell_cuts(
+            image,
+            boxes,
+            int(cfg.get("min_side", CELL_MIN_SIDE)),
+            cfg.get("cell_split"),
+            splitter=classifier.splitter_fn(),
+        )
         return canvases_from_cuts(cuts, fills, size, int(cfg.get("min_side", CELL_MIN_SIDE)), dev, mean, std), owner
     img = image_to_device(image, dev)
     if cfg.get("crop", "stretch") == "pad":

@@ -40,6 +40,7 @@ back and fused by :func:`fuse_tta` (weighted box fusion; a box's score is averag
 views). Detection then costs the number of views in time. The region merge, when set, runs on
 the fused boxes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,8 +73,9 @@ def _efficientnet_fpn_backbone(pretrained: bool, weights_path=None, out_channels
     class EffNetFPN(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path,
-                                           features_only=True, out_indices=(2, 3, 4))
+            self.body = efficientnet_lite0(
+                pretrained=pretrained, weights_path=weights_path, features_only=True, out_indices=(2, 3, 4)
+            )
             chans = self.body.feature_info.channels()
             self.fpn = FeaturePyramidNetwork(chans, out_channels, extra_blocks=LastLevelMaxPool())
             self.out_channels = out_channels
@@ -92,8 +94,14 @@ def _efficientnet_fpn_backbone(pretrained: bool, weights_path=None, out_channels
     return bb
 
 
-def build_detector(arch: str = "efficientnet-lite0-fpn", num_classes: int = 2, pretrained: bool = True,
-                   weights_path=None, allow_download: bool = False, trainable_layers: int = 3):
+def build_detector(
+    arch: str = "efficientnet-lite0-fpn",
+    num_classes: int = 2,
+    pretrained: bool = True,
+    weights_path=None,
+    allow_download: bool = False,
+    trainable_layers: int = 3,
+):
     """A torchvision ``FasterRCNN`` for ``num_classes`` (including background).
 
     ``pretrained`` loads ImageNet weights into the backbone (offline; see backbones.py)."""
@@ -102,9 +110,14 @@ def build_detector(arch: str = "efficientnet-lite0-fpn", num_classes: int = 2, p
 
     from .backbones import resolve_weights, torchvision_weights
 
-    common = dict(min_size=1080, max_size=1920, box_detections_per_img=DETECTIONS_PER_IMG,
-                  rpn_pre_nms_top_n_test=2000, rpn_post_nms_top_n_test=1000,
-                  box_score_thresh=0.05)
+    common = dict(
+        min_size=1080,
+        max_size=1920,
+        box_detections_per_img=DETECTIONS_PER_IMG,
+        rpn_pre_nms_top_n_test=2000,
+        rpn_post_nms_top_n_test=1000,
+        box_score_thresh=0.05,
+    )
     if arch == "efficientnet-lite0-fpn":
         # Light CPU configuration: strides 8-64, 64 FPN channels, a 256-wide box head.
         from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -116,9 +129,15 @@ def build_detector(arch: str = "efficientnet-lite0-fpn", num_classes: int = 2, p
         common.update(rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=600, box_batch_size_per_image=128)
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-        return det.FasterRCNN(bb, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=roi,
-                              box_head=TwoMLPHead(64 * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
-                              **common)
+        return det.FasterRCNN(
+            bb,
+            num_classes=None,
+            rpn_anchor_generator=anchors,
+            box_roi_pool=roi,
+            box_head=TwoMLPHead(64 * 7 * 7, 256),
+            box_predictor=FastRCNNPredictor(256, num_classes),
+            **common,
+        )
     if arch in ("mobilenet-v3", "resnet101-fpn", "resnet50-fpn-v2"):
         wb = None
         tv_name = {"mobilenet-v3": "mobilenet-v3", "resnet101-fpn": "resnet101", "resnet50-fpn-v2": "resnet50"}[arch]
@@ -127,18 +146,27 @@ def build_detector(arch: str = "efficientnet-lite0-fpn", num_classes: int = 2, p
             local = resolve_weights(tv_name, weights_path, allow_download=allow_download)
             wb = torchvision_weights(tv_name) if weights_path is None else None
         if arch == "mobilenet-v3":
-            model = det.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=wb, num_classes=num_classes,
-                                                          trainable_backbone_layers=trainable_layers if pretrained else 6,
-                                                          **common)
+            model = det.fasterrcnn_mobilenet_v3_large_fpn(
+                weights=None,
+                weights_backbone=wb,
+                num_classes=num_classes,
+                trainable_backbone_layers=trainable_layers if pretrained else 6,
+                **common,
+            )
         elif arch == "resnet50-fpn-v2":
-            model = det.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=wb, num_classes=num_classes,
-                                                   trainable_backbone_layers=trainable_layers if pretrained else 5,
-                                                   **common)
+            model = det.fasterrcnn_resnet50_fpn_v2(
+                weights=None,
+                weights_backbone=wb,
+                num_classes=num_classes,
+                trainable_backbone_layers=trainable_layers if pretrained else 5,
+                **common,
+            )
         else:
             from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-            bb = resnet_fpn_backbone(backbone_name="resnet101", weights=wb,
-                                     trainable_layers=trainable_layers if pretrained else 5)
+            bb = resnet_fpn_backbone(
+                backbone_name="resnet101", weights=wb, trainable_layers=trainable_layers if pretrained else 5
+            )
             model = det.FasterRCNN(bb, num_classes=num_classes, **common)
         if pretrained and weights_path is not None:
             _load_local_backbone(model, arch, local)
@@ -153,14 +181,15 @@ def _load_local_backbone(model, arch, path):
     sd = torch.load(path, map_location="cpu", weights_only=True)
     body = model.backbone.body
     if arch == "mobilenet-v3":
-        sd = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+        sd = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
     missing, _ = body.load_state_dict(sd, strict=False)
     if len(missing) == len(body.state_dict()):
         raise ValueError(f"Weights file {path} does not fit the {arch} backbone.")
 
 
-def default_config(arch: str = "efficientnet-lite0-fpn", class_names=DEFAULT_CLASS_NAMES, scale: float = 0.5,
-                   tile_size: int = 2048) -> dict:
+def default_config(
+    arch: str = "efficientnet-lite0-fpn", class_names=DEFAULT_CLASS_NAMES, scale: float = 0.5, tile_size: int = 2048
+) -> dict:
     return {
         "arch": arch,
         "class_names": list(class_names),
@@ -199,8 +228,15 @@ class RegionDetector:
         from .checkpoint import make_checkpoint
 
         sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        return make_checkpoint("detector", self.config["arch"], sd, config=self.config, recipe=self.recipe,
-                               metrics=self.metrics, extra=extra)
+        return make_checkpoint(
+            "detector",
+            self.config["arch"],
+            sd,
+            config=self.config,
+            recipe=self.recipe,
+            metrics=self.metrics,
+            extra=extra,
+        )
 
     @classmethod
     def from_checkpoint(cls, ckpt, device="cpu") -> "RegionDetector":
@@ -214,12 +250,23 @@ class RegionDetector:
         model = build_detector(cfg["arch"], num_classes=len(cfg["class_names"]) + 1, pretrained=False)
         load_state(model, ckpt["state_dict"], source, f"a detector of architecture {cfg['arch']!r}")
         dev = torch.device(device) if isinstance(device, str) else device
-        return cls(model=model, config=cfg, recipe=dict(ckpt.get("recipe", {})),
-                   metrics=dict(ckpt.get("metrics", {}))).to(dev)
+        return cls(
+            model=model, config=cfg, recipe=dict(ckpt.get("recipe", {})), metrics=dict(ckpt.get("metrics", {}))
+        ).to(dev)
 
     # -- inference -----------------------------------------------------------------------
-    def detect(self, image, score_threshold: float = 0.5, nms_iou: float = 0.5, batch_size: int = 4,
-               progress=None, stage: str = "detect", region_merge=None, tta=None, cell_diameter=None):
+    def detect(
+        self,
+        image,
+        score_threshold: float = 0.5,
+        nms_iou: float = 0.5,
+        batch_size: int = 4,
+        progress=None,
+        stage: str = "detect",
+        region_merge=None,
+        tta=None,
+        cell_diameter=None,
+    ):
         """Detect regions in an (H, W, 3) uint8 image.
 
         ``region_merge``: None uses the checkpoint's ``config["region_merge"]`` (see
@@ -233,8 +280,9 @@ class RegionDetector:
 
         img = torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
         scales = [self.image_scale(image, cell_diameter)]
-        return self.detect_tensors([img], score_threshold, nms_iou, batch_size, progress, stage, region_merge,
-                                   tta, scales=scales)[0]
+        return self.detect_tensors(
+            [img], score_threshold, nms_iou, batch_size, progress, stage, region_merge, tta, scales=scales
+        )[0]
 
     def image_scale(self, image, cell_diameter=None) -> float:
         """Resize factor for one (H, W, 3) image: ``config["cell_diameter"]`` / the image's cell
@@ -250,17 +298,33 @@ class RegionDetector:
             return float(self.config.get("scale", 1.0))
         return rescale_factor(float(d), float(target))
 
-    def detect_tensors(self, images, score_threshold=0.5, nms_iou=0.5, batch_size=4, progress=None, stage="detect",
-                       region_merge=None, tta=None, scales=None, cell_diameter=None):
+    def detect_tensors(
+        self,
+        images,
+        score_threshold=0.5,
+        nms_iou=0.5,
+        batch_size=4,
+        progress=None,
+        stage="detect",
+        region_merge=None,
+        tta=None,
+        scales=None,
+        cell_diameter=None,
+    ):
         """Like :meth:`detect` for a list of (3, H, W) float tensors in [0, 1]. ``scales``: a
         resize factor per image (default: :meth:`image_scale` of each)."""
         if scales is None:
-            scales = [self.image_scale(img.mul(255.0).permute(1, 2, 0).cpu().numpy(), cell_diameter)
-                      if self.config.get("cell_diameter") else float(self.config.get("scale", 1.0)) for img in images]
+            scales = [
+                self.image_scale(img.mul(255.0).permute(1, 2, 0).cpu().numpy(), cell_diameter)
+                if self.config.get("cell_diameter")
+                else float(self.config.get("scale", 1.0))
+                for img in images
+            ]
         mode = tta_mode(self.config.get("tta") if tta is None else tta)
         if mode != "none":
-            return self._detect_tta(images, mode, score_threshold, nms_iou, batch_size, progress, stage,
-                                    region_merge, scales)
+            return self._detect_tta(
+                images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge, scales
+            )
         import torch
         import torch.nn.functional as F
         from torchvision.ops import batched_nms
@@ -284,8 +348,7 @@ class RegionDetector:
             if scale != 1.0:
                 h, w = img.shape[-2:]
                 nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-                img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                                    antialias=True)[0]
+                img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
             h, w = img.shape[-2:]
             for y0, x0, y1, x1 in _tiles(h, w, tile, overlap):
                 jobs.append((idx, img[:, y0:y1, x0:x1], x0, y0))
@@ -333,28 +396,36 @@ class RegionDetector:
             h, w = img.shape[-2:]
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
-            out = (boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32),
-                   labels.numpy().astype(np.int64))
+            out = (boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32), labels.numpy().astype(np.int64))
             if merge:  # the checkpoint's "one box per connected region" post-processing
                 out = apply_region_merge(img.float().mean(0).mul(255.0).cpu().numpy(), *out, merge)
             results.append(out)
         return results
 
-    def _detect_tta(self, images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge,
-                    scales):
+    def _detect_tta(self, images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge, scales):
         """Detect on every flipped/rotated view of each image, map the boxes back and fuse them
         (:func:`fuse_tta`); then the score threshold and the region merge as in :meth:`detect_tensors`."""
         merge = self.config.get("region_merge") if region_merge is None else region_merge
         n_views = len(TTA_VIEWS[mode])
         views = [_view(img, v) for img in images for v in TTA_VIEWS[mode]]
-        raw = self.detect_tensors(views, min(float(score_threshold), TTA_VIEW_SCORE), nms_iou, batch_size, progress,
-                                  stage, region_merge=False, tta="none",
-                                  scales=[s for s in scales for _ in range(n_views)])
+        raw = self.detect_tensors(
+            views,
+            min(float(score_threshold), TTA_VIEW_SCORE),
+            nms_iou,
+            batch_size,
+            progress,
+            stage,
+            region_merge=False,
+            tta="none",
+            scales=[s for s in scales for _ in range(n_views)],
+        )
         results = []
         for i, img in enumerate(images):
             h, w = img.shape[-2:]
-            per_view = [(_unview_boxes(b, v, h, w), s, lab)
-                        for v, (b, s, lab) in zip(TTA_VIEWS[mode], raw[i * n_views:(i + 1) * n_views])]
+            per_view = [
+                (_unview_boxes(b, v, h, w), s, lab)
+                for v, (b, s, lab) in zip(TTA_VIEWS[mode], raw[i * n_views : (i + 1) * n_views])
+            ]
             b, s, lab = fuse_tta(per_view, nms_iou=nms_iou)
             keep = s >= score_threshold
             out = (b[keep], s[keep], lab[keep])
@@ -446,17 +517,27 @@ def fuse_tta(per_view, nms_iou: float = 0.5, match_iou: float = 0.55):
     boxes = bsum / wsum.clamp(min=1e-12)[:, None]
     scores = wsum / n
     order = torch.argsort(scores, descending=True)
-    return (boxes[order].numpy().astype(np.float32), scores[order].numpy().astype(np.float32),
-            L[centres][order].numpy().astype(np.int64))
+    return (
+        boxes[order].numpy().astype(np.float32),
+        scores[order].numpy().astype(np.float32),
+        L[centres][order].numpy().astype(np.int64),
+    )
 
 
 #: Defaults of the "foreground" region merge (``config["region_merge"]``); see :func:`merge_into_regions`.
-REGION_MERGE_DEFAULTS = {"method": "foreground", "delta": 6.0, "close": 0, "open": 1, "bg_window": 120,
-                         "max_growth": 16.0}
+REGION_MERGE_DEFAULTS = {
+    "method": "foreground",
+    "delta": 6.0,
+    "close": 0,
+    "open": 1,
+    "bg_window": 120,
+    "max_growth": 16.0,
+}
 
 
-def background_deviation_mask(gray: np.ndarray, delta: float = 6.0, close: int = 0, open: int = 1,
-                              bg_window: int = 120) -> np.ndarray:
+def background_deviation_mask(
+    gray: np.ndarray, delta: float = 6.0, close: int = 0, open: int = 1, bg_window: int = 120
+) -> np.ndarray:
     """Cell pixels of a brightfield image: pixels that differ from the local background by more
     than ``delta`` gray levels (0-255) either way (dark rims and bright halos both count), closed
     by ``close`` px, holes filled (pale cell centres), then opened by ``open`` px (noise).
@@ -522,8 +603,10 @@ def merge_into_regions(boxes, scores, labels, fg, max_growth: float = 16.0):
         if k not in best or scores[i] > scores[best[k]]:
             best[k] = i
     ks = list(best)
-    mb = np.array([[objs[k - 1][1].start, objs[k - 1][0].start, objs[k - 1][1].stop, objs[k - 1][0].stop]
-                   for k in ks], dtype=np.float32).reshape(-1, 4)
+    mb = np.array(
+        [[objs[k - 1][1].start, objs[k - 1][0].start, objs[k - 1][1].stop, objs[k - 1][0].stop] for k in ks],
+        dtype=np.float32,
+    ).reshape(-1, 4)
     out_b = np.concatenate([mb, boxes[keep_alone]])
     out_s = np.concatenate([scores[[best[k] for k in ks]], scores[keep_alone]]).astype(np.float32)
     out_l = np.concatenate([labels[[best[k] for k in ks]], labels[keep_alone]]).astype(np.int64)
@@ -544,6 +627,7 @@ def apply_region_merge(image_gray, boxes, scores, labels, setting):
 
 def _tiles(h: int, w: int, tile: int, overlap: int):
     """Tile windows (y0, x0, y1, x1); one window when the image fits in ``tile``."""
+
     def starts(n):
         if n <= tile:
             return [0]
@@ -555,12 +639,24 @@ def _tiles(h: int, w: int, tile: int, overlap: int):
     return [(y, x, min(y + tile, h), min(x + tile, w)) for y in starts(h) for x in starts(w)]
 
 
-def new_detector(arch: str = "efficientnet-lite0-fpn", class_names=DEFAULT_CLASS_NAMES, scale: float = 0.5,
-                 pretrained: bool = True, weights_path=None, allow_download: bool = False, device="cpu",
-                 tile_size: int = 2048) -> RegionDetector:
+def new_detector(
+    arch: str = "efficientnet-lite0-fpn",
+    class_names=DEFAULT_CLASS_NAMES,
+    scale: float = 0.5,
+    pretrained: bool = True,
+    weights_path=None,
+    allow_download: bool = False,
+    device="cpu",
+    tile_size: int = 2048,
+) -> RegionDetector:
     import torch
 
-    model = build_detector(arch, num_classes=len(class_names) + 1, pretrained=pretrained,
-                           weights_path=weights_path, allow_download=allow_download)
+    model = build_detector(
+        arch,
+        num_classes=len(class_names) + 1,
+        pretrained=pretrained,
+        weights_path=weights_path,
+        allow_download=allow_download,
+    )
     dev = torch.device(device) if isinstance(device, str) else device
     return RegionDetector(model=model, config=default_config(arch, class_names, scale, tile_size)).to(dev)

@@ -35,6 +35,7 @@ without them loads with the original behaviour):
 
 Whole patches (training) and detector boxes (inference) go through exactly the same code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -139,8 +140,13 @@ def _nn():
     return nn
 
 
-def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HIDDEN, standardize: bool = False,
-               dropout: float = 0.0):
+def make_heads(
+    in_features: int,
+    n_types: int = len(RBC_TYPES),
+    hidden: int = HIDDEN,
+    standardize: bool = False,
+    dropout: float = 0.0,
+):
     """Six heads, each Linear(in, 512) -> ReLU -> Linear(512, 1); returns logits (N, 6).
 
     ``standardize``: the features are first standardised with the buffers ``feat_mean`` /
@@ -155,8 +161,10 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
         def __init__(self):
             super().__init__()
             self.heads = nn.ModuleList(
-                [nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
-                 for _ in range(n_types)]
+                [
+                    nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+                    for _ in range(n_types)
+                ]
             )
             self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
             if standardize:
@@ -188,9 +196,15 @@ def make_heads(in_features: int, n_types: int = len(RBC_TYPES), hidden: int = HI
     return MultiLabelHeads()
 
 
-def make_net(backbone: str = "efficientnet-lite0", pretrained: bool = True, weights_path=None,
-             allow_download: bool = False, pool: str = "avg", standardize: bool = False,
-             splitter: dict | None = None):
+def make_net(
+    backbone: str = "efficientnet-lite0",
+    pretrained: bool = True,
+    weights_path=None,
+    allow_download: bool = False,
+    pool: str = "avg",
+    standardize: bool = False,
+    splitter: dict | None = None,
+):
     """backbone (frozen feature extractor) + six heads as one ``nn.Module`` with
     ``.backbone``, ``.heads`` and ``.extract(x)`` (pooled features); ``forward`` returns
     logits (N, 6). ``splitter`` (settings of :mod:`napari_sickle.models.splitter`) adds the
@@ -204,8 +218,9 @@ def make_net(backbone: str = "efficientnet-lite0", pretrained: bool = True, weig
     class MultiLabelNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = build_feature_extractor(backbone, pretrained=pretrained, weights_path=weights_path,
-                                                    allow_download=allow_download)
+            self.backbone = build_feature_extractor(
+                backbone, pretrained=pretrained, weights_path=weights_path, allow_download=allow_download
+            )
             self.heads = make_heads(dim, standardize=standardize)
             self.pool = pool
             if splitter is not None:
@@ -242,8 +257,9 @@ def crops_from_boxes(image, boxes, size: int, mean=IMAGENET_MEAN, std=IMAGENET_S
     return (crops - m) / s
 
 
-def padded_crops_from_boxes(image, boxes, size: int, min_side: int = DEFAULT_MIN_SIDE, mean=IMAGENET_MEAN,
-                            std=IMAGENET_STD, device="cpu"):
+def padded_crops_from_boxes(
+    image, boxes, size: int, min_side: int = DEFAULT_MIN_SIDE, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"
+):
     """Like :func:`crops_from_boxes`, but aspect- and scale-preserving: each box (clipped to
     the image) is centred on a square canvas of ``max(w, h, min_side)`` pixels filled with the
     median colour of the box's border pixels, and the canvas is resized (bilinear,
@@ -266,7 +282,7 @@ def padded_crops_from_boxes(image, boxes, size: int, min_side: int = DEFAULT_MIN
         canvas = np.empty((side, side, 3), np.uint8)
         canvas[:] = np.median(border, axis=0).astype(np.uint8)
         oy, ox = (side - h) // 2, (side - w) // 2
-        canvas[oy:oy + h, ox:ox + w] = reg
+        canvas[oy : oy + h, ox : ox + w] = reg
         out[i] = canvas_tensor(canvas, size, m, s, device)
     return out
 
@@ -283,8 +299,17 @@ def canvas_tensor(canvas: np.ndarray, size: int, m, s, device="cpu"):
     return (t[0] - m) / s
 
 
-def cell_crops_from_boxes(image, boxes, size: int, min_side: int = CELL_MIN_SIDE, params: dict | None = None,
-                          mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", splitter=None):
+def cell_crops_from_boxes(
+    image,
+    boxes,
+    size: int,
+    min_side: int = CELL_MIN_SIDE,
+    params: dict | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    device="cpu",
+    splitter=None,
+):
     """One normalised input per *cell* of each box (``models.cells.cell_canvases``).
 
     Returns ``(crops (M, 3, size, size), owner (M,) int64)``: ``owner[i]`` is the index of the
@@ -378,9 +403,17 @@ class RBCClassifier:
         """:meth:`region_crops` one region at a time on the host (NumPy canvases)."""
         if self.split in ("cells", "unet"):
             mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
-            return cell_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", CELL_MIN_SIDE)),
-                                         self.config.get("cell_split"), mean, std, device=self.device or "cpu",
-                                         splitter=self.splitter_fn())
+            return cell_crops_from_boxes(
+                image,
+                boxes,
+                self.input_size,
+                int(self.config.get("min_side", CELL_MIN_SIDE)),
+                self.config.get("cell_split"),
+                mean,
+                std,
+                device=self.device or "cpu",
+                splitter=self.splitter_fn(),
+            )
         crops = self.crops(image, boxes)
         return crops, np.arange(len(crops), dtype=np.int64)
 
@@ -391,8 +424,10 @@ class RBCClassifier:
             return None
         cfg = self.config.get("splitter") or {}
         if not cfg.get("trained"):
-            raise RuntimeError("this classifier's learned cell splitter (split='unet') is not trained yet; "
-                               "train it with napari_sickle.training.splitter.train_splitter or use split='cells'")
+            raise RuntimeError(
+                "this classifier's learned cell splitter (split='unet') is not trained yet; "
+                "train it with napari_sickle.training.splitter.train_splitter or use split='cells'"
+            )
         from .splitter import split_cells_learned
 
         net = self.net.splitter
@@ -402,8 +437,15 @@ class RBCClassifier:
         """One input per box (the whole region; ``split="none"``)."""
         mean, std = self.config.get("mean", IMAGENET_MEAN), self.config.get("std", IMAGENET_STD)
         if self.config.get("crop", "stretch") == "pad":
-            return padded_crops_from_boxes(image, boxes, self.input_size, int(self.config.get("min_side", 0)),
-                                           mean, std, device=self.device or "cpu")
+            return padded_crops_from_boxes(
+                image,
+                boxes,
+                self.input_size,
+                int(self.config.get("min_side", 0)),
+                mean,
+                std,
+                device=self.device or "cpu",
+            )
         return crops_from_boxes(image, boxes, self.input_size, mean, std, device=self.device or "cpu")
 
     def features(self, crops, batch_size: int = 64, progress=None, stage: str = "classify"):
@@ -423,7 +465,7 @@ class RBCClassifier:
             batch_size = max(1, min(batch_size, CPU_FORWARD_IMAGES // n_views(self.tta)))
         with torch.inference_mode(), autocast(torch.device(dev) if isinstance(dev, str) else dev):
             for i in range(0, n, batch_size):
-                x = crops[i:i + batch_size].to(dev, non_blocking=True)
+                x = crops[i : i + batch_size].to(dev, non_blocking=True)
                 if torch.device(dev).type == "cuda":  # NHWC convolutions under fp16 autocast
                     x = x.contiguous(memory_format=torch.channels_last)
                 views = tta_views(x, self.tta)
@@ -488,8 +530,15 @@ class RBCClassifier:
                 object.__setattr__(self, "_abnormal_bytes", cache)
             ex["abnormal_model_skops"] = cache[1]
         sd = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        return make_checkpoint("multilabel", self.config["backbone"], sd, config=self.config, recipe=self.recipe,
-                               metrics=self.metrics, extra=ex)
+        return make_checkpoint(
+            "multilabel",
+            self.config["backbone"],
+            sd,
+            config=self.config,
+            recipe=self.recipe,
+            metrics=self.metrics,
+            extra=ex,
+        )
 
     @classmethod
     def from_checkpoint(cls, ckpt, device="cpu") -> "RBCClassifier":
@@ -499,17 +548,27 @@ class RBCClassifier:
         source = "checkpoint" if isinstance(ckpt, dict) else str(ckpt)
         ckpt = as_checkpoint(ckpt, "multilabel")
         cfg = dict(ckpt["config"])
-        if (cfg.get("pool", "avg") not in POOLS or cfg.get("crop", "stretch") not in CROPS
-                or cfg.get("tta", "none") not in TTAS or cfg.get("split", "none") not in SPLITS):
-            raise CheckpointError(f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r}, crop "
-                                  f"{cfg.get('crop')!r}, tta {cfg.get('tta')!r} or split {cfg.get('split')!r}; "
-                                  f"this napari-sickle knows pools {POOLS}, crops {CROPS}, tta {TTAS} and "
-                                  f"splits {SPLITS}")
+        if (
+            cfg.get("pool", "avg") not in POOLS
+            or cfg.get("crop", "stretch") not in CROPS
+            or cfg.get("tta", "none") not in TTAS
+            or cfg.get("split", "none") not in SPLITS
+        ):
+            raise CheckpointError(
+                f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r}, crop "
+                f"{cfg.get('crop')!r}, tta {cfg.get('tta')!r} or split {cfg.get('split')!r}; "
+                f"this napari-sickle knows pools {POOLS}, crops {CROPS}, tta {TTAS} and "
+                f"splits {SPLITS}"
+            )
         # shipped models leave out the frozen ImageNet backbone tensors: they come from the installed package
         packaged = cfg.get("backbone_weights") == "package"
-        net = make_net(cfg["backbone"], pretrained=packaged, pool=cfg.get("pool", "avg"),
-                       standardize=bool(cfg.get("standardize", False)),
-                       splitter=cfg.get("splitter") if cfg.get("split") == "unet" else None)
+        net = make_net(
+            cfg["backbone"],
+            pretrained=packaged,
+            pool=cfg.get("pool", "avg"),
+            standardize=bool(cfg.get("standardize", False)),
+            splitter=cfg.get("splitter") if cfg.get("split") == "unet" else None,
+        )
         state = ckpt["state_dict"]
         if packaged:
             state = {**{f"backbone.{k}": v for k, v in net.backbone.state_dict().items()}, **state}
@@ -519,15 +578,31 @@ class RBCClassifier:
         import torch
 
         dev = torch.device(device) if isinstance(device, str) else device
-        return cls(net=net, config=cfg, abnormal_model=abn, recipe=dict(ckpt.get("recipe", {})),
-                   metrics=dict(ckpt.get("metrics", {}))).to(dev)
+        return cls(
+            net=net,
+            config=cfg,
+            abnormal_model=abn,
+            recipe=dict(ckpt.get("recipe", {})),
+            metrics=dict(ckpt.get("metrics", {})),
+        ).to(dev)
 
 
-def new_classifier(backbone: str = "efficientnet-lite0", input_size: int | None = None, pretrained: bool = True,
-                   weights_path=None, allow_download: bool = False, device="cpu", pool: str = DEFAULT_POOL,
-                   crop: str = DEFAULT_CROP, min_side: int | None = None,
-                   standardize: bool = True, tta: str = DEFAULT_TTA, split: str = DEFAULT_SPLIT,
-                   cell_split: dict | None = None, splitter: dict | None = None) -> RBCClassifier:
+def new_classifier(
+    backbone: str = "efficientnet-lite0",
+    input_size: int | None = None,
+    pretrained: bool = True,
+    weights_path=None,
+    allow_download: bool = False,
+    device="cpu",
+    pool: str = DEFAULT_POOL,
+    crop: str = DEFAULT_CROP,
+    min_side: int | None = None,
+    standardize: bool = True,
+    tta: str = DEFAULT_TTA,
+    split: str = DEFAULT_SPLIT,
+    cell_split: dict | None = None,
+    splitter: dict | None = None,
+) -> RBCClassifier:
     """A fresh classifier: pretrained frozen backbone, untrained heads.
 
     The defaults are the recipe measured best (docs/results.md); ``split="none", pool="avg",
@@ -559,8 +634,15 @@ def new_classifier(backbone: str = "efficientnet-lite0", input_size: int | None 
         if unknown:
             raise ValueError(f"unknown splitter setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_SPLITTER)}")
     split_cfg = {**DEFAULT_SPLITTER, **(splitter or {})} if split == "unet" else None
-    net = make_net(backbone, pretrained=pretrained, weights_path=weights_path, allow_download=allow_download,
-                   pool=pool, standardize=standardize, splitter=split_cfg)
+    net = make_net(
+        backbone,
+        pretrained=pretrained,
+        weights_path=weights_path,
+        allow_download=allow_download,
+        pool=pool,
+        standardize=standardize,
+        splitter=split_cfg,
+    )
     for p in net.backbone.parameters():
         p.requires_grad_(False)
     cfg = {

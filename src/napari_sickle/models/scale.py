@@ -16,6 +16,7 @@ trained at one cell diameter sees every image rescaled so that its cells have th
 * :func:`rescale_factor`: training diameter / image diameter, clipped to a sane range;
 * :func:`rescale_image` / :func:`boxes_to_original`: apply it and map boxes back.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,7 +80,7 @@ def estimate_cell_diameter(image, max_side: int = 800) -> float | None:
     # fragments of cells (pale rims, debris) give many small peaks: weight each peak by the area
     # of its inscribed disc (value squared) and take the weighted median
     vals = np.sort(vals)
-    cw = np.cumsum(vals ** 2)
+    cw = np.cumsum(vals**2)
     return float(2.0 * vals[np.searchsorted(cw, 0.5 * cw[-1])] * step)
 
 
@@ -100,8 +101,11 @@ def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     a = np.asarray(image)
     shape = (max(1, round(a.shape[0] * factor)), max(1, round(a.shape[1] * factor))) + a.shape[2:]
     out = resize(a, shape, order=1, anti_aliasing=factor < 1.0, preserve_range=True)
-    return out.astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else np.clip(np.round(out), 0, np.iinfo(
-        a.dtype).max).astype(a.dtype)
+    return (
+        out.astype(a.dtype)
+        if np.issubdtype(a.dtype, np.floating)
+        else np.clip(np.round(out), 0, np.iinfo(a.dtype).max).astype(a.dtype)
+    )
 
 
 def boxes_to_original(boxes, factor: float) -> np.ndarray:

@@ -19,13 +19,22 @@ rule-based split (:func:`napari_sickle.models.cells.drop_foreign_pieces`).
 The network's weights live in the classifier's state dict (``net.splitter``), its settings
 in the classifier config under ``splitter``. No Qt/napari imports here.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 #: network and post-processing settings (stored in a classifier's config as ``splitter``)
-DEFAULT_SPLITTER = {"depth": 3, "base_channels": 16, "seeds": "distance", "seed_threshold": 0.7,
-                    "min_seed_size": 8, "min_size": 30, "edge_fraction": 0.4, "trained": False}
+DEFAULT_SPLITTER = {
+    "depth": 3,
+    "base_channels": 16,
+    "seeds": "distance",
+    "seed_threshold": 0.7,
+    "min_seed_size": 8,
+    "min_size": 30,
+    "edge_fraction": 0.4,
+    "trained": False,
+}
 
 
 def build_splitter(cfg: dict | None = None):
@@ -33,8 +42,9 @@ def build_splitter(cfg: dict | None = None):
     from .unet import build_unet
 
     c = {**DEFAULT_SPLITTER, **(cfg or {})}
-    return build_unet({"depth": int(c["depth"]), "base_channels": int(c["base_channels"]), "in_channels": 3,
-                       "n_classes": 3})
+    return build_unet(
+        {"depth": int(c["depth"]), "base_channels": int(c["base_channels"]), "in_channels": 3, "n_classes": 3}
+    )
 
 
 def region_tensor(region: np.ndarray, multiple: int):
@@ -76,7 +86,11 @@ def split_cells_learned(net, region: np.ndarray, cfg: dict | None = None) -> np.
         # no edges, no cell (per-image standardisation would turn a blank region's noise into contrast)
         return np.zeros(region.shape[:2], np.int32)
     probs = split_probabilities(net, region)
-    labels = unet_probabilities_to_instances(probs, min_size=int(c["min_size"]), seeds=str(c["seeds"]),
-                                             seed_threshold=float(c["seed_threshold"]),
-                                             min_seed_size=int(c["min_seed_size"]))
+    labels = unet_probabilities_to_instances(
+        probs,
+        min_size=int(c["min_size"]),
+        seeds=str(c["seeds"]),
+        seed_threshold=float(c["seed_threshold"]),
+        min_seed_size=int(c["min_seed_size"]),
+    )
     return drop_foreign_pieces(labels, None, float(c["edge_fraction"]))

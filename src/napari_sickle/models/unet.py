@@ -10,6 +10,7 @@ Configuration that travels with a checkpoint (``config``):
     factor before inference), normalization ("per_image": per-channel standardisation
     over the whole image).
 """
+
 from __future__ import annotations
 
 import torch

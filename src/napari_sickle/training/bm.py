@@ -37,6 +37,7 @@ With ``folds=k`` one model per fold is trained in ``out/fold<i>/``; metrics are 
 on the pooled out-of-fold predictions, and ``out/best.pt`` is the fold model with the
 best held-out macro-F1. ``resume`` continues a single-split run from its ``last.pt``.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,14 +49,14 @@ import numpy as np
 
 from .._progress import report
 
-_HEAD_NAMES = {"vgg": "classifier.6", "resnet": "fc", "regnet": "fc", "vit": "heads.head",
-               "efficientnet": "classifier"}
+_HEAD_NAMES = {"vgg": "classifier.6", "resnet": "fc", "regnet": "fc", "vit": "heads.head", "efficientnet": "classifier"}
 
 
 def family_of(arch: str) -> str:
     from ..models.bm import family
 
     return family(arch)
+
 
 DEFAULT_ARCH = "efficientnet_lite0"
 IMAGE_COLUMNS = ("image", "path", "file", "filename")
@@ -78,8 +79,11 @@ def _table_from_csv(csv: Path):
     img_col = next((c for c in IMAGE_COLUMNS if c in df.columns), None)
     cls_col = next((c for c in CLASS_COLUMNS if c in df.columns), None)
     if img_col is None or cls_col is None:
-        missing = "an image column (" + "/".join(IMAGE_COLUMNS) + ")" if img_col is None else \
-            "a class column (" + "/".join(CLASS_COLUMNS) + ")"
+        missing = (
+            "an image column (" + "/".join(IMAGE_COLUMNS) + ")"
+            if img_col is None
+            else "a class column (" + "/".join(CLASS_COLUMNS) + ")"
+        )
         raise DatasetError(f"{csv}: missing {missing}; columns are {list(df.columns)}")
     paths = [str((csv.parent / p).resolve()) if not Path(p).is_absolute() else str(p) for p in df[img_col].astype(str)]
     return pd.DataFrame({"path": paths, "label": df[cls_col].astype(str).values})
@@ -132,7 +136,9 @@ def _is_label_mask(path) -> bool:
     except (ValueError, OSError):
         return False
     if a.ndim == 3:
-        if a.shape[-1] not in (3, 4) or not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+        if a.shape[-1] not in (3, 4) or not (
+            np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
+        ):
             return False
         a = a[..., 0]
     return a.ndim == 2 and len(np.unique(a)) <= 3
@@ -156,8 +162,15 @@ def _drop_masks(table):
     return out
 
 
-def load_bm_data(data, *, input_size: int = 64, n_per_class: int = 64, seed: int = 0, return_paths: bool = False,
-                 min_per_class: int = 2):
+def load_bm_data(
+    data,
+    *,
+    input_size: int = 64,
+    n_per_class: int = 64,
+    seed: int = 0,
+    return_paths: bool = False,
+    min_per_class: int = 2,
+):
     """-> (images: list of (H,W,3) uint8, labels: list[str], class_names: tuple, skipped: int)
     (+ ``paths``: list of str, or of ``"simulated:<i>"``, with ``return_paths=True``).
     ``min_per_class``: training needs two images per class (one to train on, one to
@@ -232,10 +245,10 @@ def channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
     for im in images:
         f = im.reshape(-1, 3).astype(np.float64) / 255.0
         s += f.sum(0)
-        s2 += (f ** 2).sum(0)
+        s2 += (f**2).sum(0)
         n += f.shape[0]
     mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-8))
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-8))
     return tuple(float(x) for x in mean), tuple(float(x) for x in std)
 
 
@@ -345,11 +358,12 @@ def _transforms(size, mean, std, augment, crop_scale, *, colour=False, scale_jit
     if colour:
         head.append(StainJitter())
     if scale_jitter:
-        geo = [v2.Resize((size, size), antialias=True),
-               v2.RandomAffine(180, scale=tuple(scale_jitter), fill=fill)]
+        geo = [v2.Resize((size, size), antialias=True), v2.RandomAffine(180, scale=tuple(scale_jitter), fill=fill)]
     else:
-        geo = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=(0.75, 1.33), antialias=True),
-               v2.RandomRotation(180, fill=fill)]
+        geo = [
+            v2.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=(0.75, 1.33), antialias=True),
+            v2.RandomRotation(180, fill=fill),
+        ]
     return v2.Compose([*head, *geo, v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *tail])
 
 
@@ -396,8 +410,9 @@ class _ValDataset:
 
 
 # --------------------------------------------------------------------------- lr range test
-def lr_range_test(model, loader, criterion, device, *, start=1e-5, end=1.0, steps=40,
-                  momentum=0.9, weight_decay=1e-4) -> float:
+def lr_range_test(
+    model, loader, criterion, device, *, start=1e-5, end=1.0, steps=40, momentum=0.9, weight_decay=1e-4
+) -> float:
     """Exponential lr sweep on a copy of the weights; a tenth of the lr at the lowest smoothed loss."""
     import copy
 
@@ -415,7 +430,7 @@ def lr_range_test(model, loader, criterion, device, *, start=1e-5, end=1.0, step
         except StopIteration:
             it = iter(loader)
             x, y = next(it)
-        lr = start * gamma ** i
+        lr = start * gamma**i
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad()
@@ -469,16 +484,38 @@ def _metrics(y_true, y_pred, class_names) -> dict:
     pr, rc, f1, sup = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     return {
-        "macro_f1": float(mf), "macro_precision": float(mp), "macro_recall": float(mr),
+        "macro_f1": float(mf),
+        "macro_precision": float(mp),
+        "macro_recall": float(mr),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "per_class": {c: {"precision": float(pr[i]), "recall": float(rc[i]), "f1": float(f1[i]),
-                          "support": int(sup[i])} for i, c in enumerate(class_names)},
+        "per_class": {
+            c: {"precision": float(pr[i]), "recall": float(rc[i]), "f1": float(f1[i]), "support": int(sup[i])}
+            for i, c in enumerate(class_names)
+        },
         "n": int(len(y_true)),
     }
 
 
-def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, epochs, device, seed,
-         resume, progress, log, opts, stage="train", data_desc="", train_masks=None):
+def _fit(
+    train_imgs,
+    train_y,
+    val_imgs,
+    val_y,
+    class_names,
+    out: Path,
+    *,
+    arch,
+    epochs,
+    device,
+    seed,
+    resume,
+    progress,
+    log,
+    opts,
+    stage="train",
+    data_desc="",
+    train_masks=None,
+):
     import torch
 
     from .._device import resolve_device
@@ -503,9 +540,16 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     net = model.module.to(dev)
     if family_of(model.arch) != "vit":  # less CPU per training step for CNNs (docs/bm.md)
         net = net.to(memory_format=torch.channels_last)
-    train_tf = _transforms(size, mean, std, opts["augment"], opts["crop_scale"], colour=opts["colour"],
-                           scale_jitter=opts["scale_jitter"],
-                           fill=(1.0, 1.0, 1.0) if model.normalise == "background" else None)
+    train_tf = _transforms(
+        size,
+        mean,
+        std,
+        opts["augment"],
+        opts["crop_scale"],
+        colour=opts["colour"],
+        scale_jitter=opts["scale_jitter"],
+        fill=(1.0, 1.0, 1.0) if model.normalise == "background" else None,
+    )
     counts = np.bincount(train_y, minlength=len(class_names)).astype(float)
     weights = 1.0 / counts[np.asarray(train_y)]
     # class-balanced draw, reseeded per epoch (set_epoch) and split over torchrun ranks
@@ -513,30 +557,54 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     bs = int(opts["batch_size"])  # per rank: the global batch is bs x world size
     erase = float(opts["bg_erase"]) if train_masks is not None else 0.0
     fill = (255, 255, 255) if model.normalise == "background" else tuple(int(255 * m + 0.5) for m in mean)
-    train_loader = torch.utils.data.DataLoader(_CellDataset(train_imgs, train_y, train_tf, train_masks, erase, fill),
-                                               batch_size=bs,
-                                               sampler=sampler, drop_last=len(sampler) > bs)
+    train_loader = torch.utils.data.DataLoader(
+        _CellDataset(train_imgs, train_y, train_tf, train_masks, erase, fill),
+        batch_size=bs,
+        sampler=sampler,
+        drop_last=len(sampler) > bs,
+    )
     val_loader = torch.utils.data.DataLoader(_ValDataset(val_imgs, val_y, model, opts["tta"]), batch_size=bs)
     criterion = torch.nn.CrossEntropyLoss()
     if opts["schedule"] == "cosine":
-        return _fit_fixed(model, net, train_loader, val_loader, class_names, out, dev=dev, epochs=epochs, seed=seed,
-                          resume=resume, progress=progress, log=log, opts=opts, stage=stage, data_desc=data_desc,
-                          n_train=len(train_y), n_val=len(val_y))
+        return _fit_fixed(
+            model,
+            net,
+            train_loader,
+            val_loader,
+            class_names,
+            out,
+            dev=dev,
+            epochs=epochs,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+            log=log,
+            opts=opts,
+            stage=stage,
+            data_desc=data_desc,
+            n_train=len(train_y),
+            n_val=len(val_y),
+        )
     start_epoch, history, best_metric = 0, [], -math.inf
     ckpt = None
     if resume:
         ckpt = load_checkpoint(resume, kind="bm")
         if list(ckpt["config"].get("class_names", [])) != list(class_names):
-            raise ValueError(f"--resume {resume}: its classes {ckpt['config'].get('class_names')} differ "
-                             f"from the data's {list(class_names)}.")
+            raise ValueError(
+                f"--resume {resume}: its classes {ckpt['config'].get('class_names')} differ "
+                f"from the data's {list(class_names)}."
+            )
         net.load_state_dict(ckpt["state_dict"])
         lr = float(ckpt["recipe"]["lr"])
     elif opts["lr"] is not None:
         lr = float(opts["lr"])
     else:
         report(progress, "lr range test", 0, 1)
-        lr = ddp_glue.broadcast(lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get("lr_test_steps", 30)))
-                                if ddp_glue.is_main() else None)  # rank 0's lr on every rank
+        lr = ddp_glue.broadcast(
+            lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get("lr_test_steps", 30)))
+            if ddp_glue.is_main()
+            else None
+        )  # rank 0's lr on every rank
         for prm in net.parameters():
             prm.grad = None
         report(progress, "lr range test", 1, 1)
@@ -554,17 +622,33 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
     warm = min(int(opts.get("warmup_epochs") or 0), int(epochs))
     head_name = _HEAD_NAMES[family_of(model.arch)]
     recipe = {
-        "arch": model.arch, "optimizer": "SGD", "momentum": 0.9, "lr": lr, "lr_source":
-            "given" if opts["lr"] is not None else "range test", "weight_decay": float(opts["weight_decay"]),
+        "arch": model.arch,
+        "optimizer": "SGD",
+        "momentum": 0.9,
+        "lr": lr,
+        "lr_source": "given" if opts["lr"] is not None else "range test",
+        "weight_decay": float(opts["weight_decay"]),
         "scheduler": "ReduceLROnPlateau(factor=0.1, patience=%d)" % int(opts["patience"]),
-        "sampler": "WeightedRandomSampler", "augment": bool(opts["augment"]),
-        "crop_scale": list(opts["crop_scale"]), "rotation": [0, 180], "flips": ["h", "v"],
-        "epochs": int(epochs), "batch_size": bs, "input_size": size, "seed": int(seed),
-        "pretrained": bool(opts["pretrained"]), "data": data_desc, "n_train": len(train_y), "n_val": len(val_y),
-        "warmup_epochs": warm, "warmup": f"first {warm} epoch(s) train only `{head_name}` (backbone frozen), "
-                                         "then all layers (a second range test sets their lr unless lr is given)"
-                                         if warm else "none",
-        "lr_test_steps": int(opts.get("lr_test_steps", 30)), "cache_size": opts.get("cache_size"),
+        "sampler": "WeightedRandomSampler",
+        "augment": bool(opts["augment"]),
+        "crop_scale": list(opts["crop_scale"]),
+        "rotation": [0, 180],
+        "flips": ["h", "v"],
+        "epochs": int(epochs),
+        "batch_size": bs,
+        "input_size": size,
+        "seed": int(seed),
+        "pretrained": bool(opts["pretrained"]),
+        "data": data_desc,
+        "n_train": len(train_y),
+        "n_val": len(val_y),
+        "warmup_epochs": warm,
+        "warmup": f"first {warm} epoch(s) train only `{head_name}` (backbone frozen), "
+        "then all layers (a second range test sets their lr unless lr is given)"
+        if warm
+        else "none",
+        "lr_test_steps": int(opts.get("lr_test_steps", 30)),
+        "cache_size": opts.get("cache_size"),
         "val_paths": list(opts.get("_val_paths") or []),
         "tta": opts["tta"],
     }
@@ -582,12 +666,16 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         if warm and epoch == warm:
             # a fresh plateau counter for the fine-tuning phase: the head-only epochs'
             # validation losses must not count towards its patience
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1,
-                                                               patience=int(opts["patience"]))
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=0.1, patience=int(opts["patience"])
+            )
         if warm and epoch == warm and opts["lr"] is None and ckpt is None:
             # fine-tuning phase: a second short range test, now over all layers
-            lr2 = ddp_glue.broadcast(lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get(
-                "lr_test_steps", 30))) if ddp_glue.is_main() else None)
+            lr2 = ddp_glue.broadcast(
+                lr_range_test(net, train_loader, criterion, dev, steps=int(opts.get("lr_test_steps", 30)))
+                if ddp_glue.is_main()
+                else None
+            )
             for prm in net.parameters():
                 prm.grad = None
             for grp in opt.param_groups:
@@ -610,10 +698,18 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
         val_loss, p, yv = ddp_glue.evaluate_sharded(lambda ld: _evaluate_loader(net, ld, criterion, dev), val_loader)
         sched.step(val_loss)
         m = _metrics(yv, p.argmax(1), class_names)
-        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": int(epochs), "phase": "head" if head_only else "all",
-               "loss": train_loss,
-               "val_loss": val_loss, "metric": m["macro_f1"], "metric_name": "macro_f1",
-               "accuracy": m["accuracy"], "lr": opt.param_groups[0]["lr"]}
+        rec = {
+            "event": "epoch",
+            "epoch": epoch + 1,
+            "epochs": int(epochs),
+            "phase": "head" if head_only else "all",
+            "loss": train_loss,
+            "val_loss": val_loss,
+            "metric": m["macro_f1"],
+            "metric_name": "macro_f1",
+            "accuracy": m["accuracy"],
+            "lr": opt.param_groups[0]["lr"],
+        }
         history.append(rec)
         if log:
             log(dict(rec))
@@ -625,9 +721,15 @@ def _fit(train_imgs, train_y, val_imgs, val_y, class_names, out: Path, *, arch, 
             if ddp_glue.is_main():
                 model.save(out / "best.pt")
             last_p = p
-        model_last = model.to_checkpoint(extra={
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-            "history": history, "best_metric": best_metric})
+        model_last = model.to_checkpoint(
+            extra={
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "best_metric": best_metric,
+            }
+        )
         model_last["metrics"] = m
         if ddp_glue.is_main():
             save_checkpoint(model_last, out / "last.pt")
@@ -666,8 +768,26 @@ def _canonical(images, model, size, masks=None):
     return out, out_masks
 
 
-def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, dev, epochs, seed, resume,
-               progress, log, opts, stage, data_desc, n_train, n_val):
+def _fit_fixed(
+    model,
+    net,
+    train_loader,
+    val_loader,
+    class_names,
+    out: Path,
+    *,
+    dev,
+    epochs,
+    seed,
+    resume,
+    progress,
+    log,
+    opts,
+    stage,
+    data_desc,
+    n_train,
+    n_val,
+):
     """Fixed schedule: SGD, one epoch of linear warm-up, cosine decay to zero, an exponential
     moving average (EMA) of the weights; the EMA weights after the last epoch are the model
     (no checkpoint is chosen on the validation cells, which are only scored, once, at the end)."""
@@ -696,8 +816,10 @@ def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, 
     if resume:
         ckpt = load_checkpoint(resume, kind="bm")
         if list(ckpt["config"].get("class_names", [])) != list(class_names):
-            raise ValueError(f"--resume {resume}: its classes {ckpt['config'].get('class_names')} differ "
-                             f"from the data's {list(class_names)}.")
+            raise ValueError(
+                f"--resume {resume}: its classes {ckpt['config'].get('class_names')} differ "
+                f"from the data's {list(class_names)}."
+            )
         ex = ckpt["extra"]
         net.load_state_dict(ex.get("raw_state_dict") or ckpt["state_dict"])
         opt.load_state_dict(ex["optimizer"])
@@ -706,17 +828,39 @@ def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, 
             ema.load_state_dict(ex["ema_state"])
         start_epoch, history = int(ex["epoch"]), list(ex.get("history", []))
     model.recipe = {
-        "arch": model.arch, "optimizer": "SGD", "momentum": 0.9, "lr": lr, "lr_source": "given"
-        if opts["lr"] is not None else "fixed default", "weight_decay": float(opts["weight_decay"]),
-        "schedule": "cosine", "scheduler": "linear warm-up 1 epoch, cosine decay to 0 (per step)",
-        "ema": decay, "label_smoothing": float(opts["label_smoothing"]), "selection": "last epoch (EMA weights)",
-        "sampler": "WeightedRandomSampler", "augment": bool(opts["augment"]), "colour": bool(opts["colour"]),
-        "scale_jitter": list(opts["scale_jitter"] or []), "rotation": [0, 180], "flips": ["h", "v"],
-        "normalise": model.normalise, "crop": model.crop, "output_stride": int(model.output_stride),
-        "crop_factor": float(model.crop_factor), "bg_erase": float(opts["bg_erase"]), "n_masks": int(opts.get("_n_masks", 0)),
-        "epochs": int(epochs), "batch_size": int(opts["batch_size"]), "input_size": int(model.input_size),
-        "seed": int(seed), "split_seed": int(opts["split_seed"]), "pretrained": bool(opts["pretrained"]),
-        "data": data_desc, "n_train": n_train, "n_val": n_val, "val_paths": list(opts.get("_val_paths") or []),
+        "arch": model.arch,
+        "optimizer": "SGD",
+        "momentum": 0.9,
+        "lr": lr,
+        "lr_source": "given" if opts["lr"] is not None else "fixed default",
+        "weight_decay": float(opts["weight_decay"]),
+        "schedule": "cosine",
+        "scheduler": "linear warm-up 1 epoch, cosine decay to 0 (per step)",
+        "ema": decay,
+        "label_smoothing": float(opts["label_smoothing"]),
+        "selection": "last epoch (EMA weights)",
+        "sampler": "WeightedRandomSampler",
+        "augment": bool(opts["augment"]),
+        "colour": bool(opts["colour"]),
+        "scale_jitter": list(opts["scale_jitter"] or []),
+        "rotation": [0, 180],
+        "flips": ["h", "v"],
+        "normalise": model.normalise,
+        "crop": model.crop,
+        "output_stride": int(model.output_stride),
+        "crop_factor": float(model.crop_factor),
+        "bg_erase": float(opts["bg_erase"]),
+        "n_masks": int(opts.get("_n_masks", 0)),
+        "epochs": int(epochs),
+        "batch_size": int(opts["batch_size"]),
+        "input_size": int(model.input_size),
+        "seed": int(seed),
+        "split_seed": int(opts["split_seed"]),
+        "pretrained": bool(opts["pretrained"]),
+        "data": data_desc,
+        "n_train": n_train,
+        "n_val": n_val,
+        "val_paths": list(opts.get("_val_paths") or []),
         "tta": opts["tta"],
     }
     ddp_net = ddp_glue.wrap(net)
@@ -738,17 +882,29 @@ def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, 
             n += len(y)
             ddp_glue.note_step(len(y))
             report(progress, stage, epoch * steps_per_epoch + step + 1, epochs * steps_per_epoch)
-        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": int(epochs), "phase": "all",
-               "loss": ddp_glue.reduce_mean(tot, n), "lr": opt.param_groups[0]["lr"]}
+        rec = {
+            "event": "epoch",
+            "epoch": epoch + 1,
+            "epochs": int(epochs),
+            "phase": "all",
+            "loss": ddp_glue.reduce_mean(tot, n),
+            "lr": opt.param_groups[0]["lr"],
+        }
         history.append(rec)
         if log:
             log(dict(rec))
         if ddp_glue.is_main():
             final = ema.module if ema is not None else net
-            ck = model.to_checkpoint(extra={
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                "history": history, "raw_state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "ema_state": ema.state_dict() if ema is not None else None})
+            ck = model.to_checkpoint(
+                extra={
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "raw_state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                    "ema_state": ema.state_dict() if ema is not None else None,
+                }
+            )
             ck["state_dict"] = {k: v.detach().cpu() for k, v in final.state_dict().items()}
             save_checkpoint(ck, out / "last.pt")
     final = ema.module if ema is not None else net
@@ -762,8 +918,15 @@ def _fit_fixed(model, net, train_loader, val_loader, class_names, out: Path, *, 
     m["epoch"] = int(epochs)
     model.metrics = m
     if log and n_val:
-        log({"event": "heldout", "metric": m["macro_f1"], "metric_name": "macro_f1", "accuracy": m["accuracy"],
-             "n": m["n"]})
+        log(
+            {
+                "event": "heldout",
+                "metric": m["macro_f1"],
+                "metric_name": "macro_f1",
+                "accuracy": m["accuracy"],
+                "n": m["n"],
+            }
+        )
     if ddp_glue.is_main():
         model.save(out / "best.pt")
     return {"best_metric": m.get("macro_f1", float("nan")), "history": history, "val_proba": p, "lr": lr}
@@ -825,8 +988,20 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     return opts
 
 
-def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
-             progress=None, log=None, **options) -> dict:
+def train_bm(
+    data,
+    out,
+    *,
+    epochs=None,
+    device="auto",
+    backbone=None,
+    seed=0,
+    resume=None,
+    folds=None,
+    progress=None,
+    log=None,
+    **options,
+) -> dict:
     """Train a BM classifier; see the module docstring. Returns checkpoint, metrics, history, seconds."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -843,9 +1018,9 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint file.")
     if resume is not None and folds:
         raise ValueError("--resume continues a single-split run; it cannot be combined with --folds.")
-    images, labels, names, skipped, paths = load_bm_data(data, input_size=int(opts["input_size"]),
-                                                         n_per_class=int(opts["n_per_class"]), seed=seed,
-                                                         return_paths=True)
+    images, labels, names, skipped, paths = load_bm_data(
+        data, input_size=int(opts["input_size"]), n_per_class=int(opts["n_per_class"]), seed=seed, return_paths=True
+    )
     images = _shrink(images, opts.get("cache_size"))
     masks = find_masks(paths) if float(opts["bg_erase"]) > 0 and not opts.get("cache_size") else [None] * len(paths)
     opts["_n_masks"] = sum(m is not None for m in masks)
@@ -863,8 +1038,9 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
         names = tuple(opts["class_names"])
     y = np.array([names.index(lab) for lab in labels])
     desc = str(data)
-    common = dict(arch=arch, epochs=epochs, device=device, seed=seed, progress=progress, log=log,
-                  opts=opts, data_desc=desc)
+    common = dict(
+        arch=arch, epochs=epochs, device=device, seed=seed, progress=progress, log=log, opts=opts, data_desc=desc
+    )
     if folds:
         k = int(folds)
         skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -873,9 +1049,18 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
         for i, (tr, va) in enumerate(skf.split(np.zeros(len(y)), y)):
             if log:
                 log({"event": "fold", "fold": i + 1, "folds": k})
-            res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out / f"fold{i + 1}",
-                       train_masks=None if masks is None else [masks[j] for j in tr],
-                       resume=None, stage=f"fold {i + 1}/{k}", **common)
+            res = _fit(
+                [images[j] for j in tr],
+                y[tr],
+                [images[j] for j in va],
+                y[va],
+                names,
+                out / f"fold{i + 1}",
+                train_masks=None if masks is None else [masks[j] for j in tr],
+                resume=None,
+                stage=f"fold {i + 1}/{k}",
+                **common,
+            )
             oof[va] = res["val_proba"]
             fold_best.append(res["best_metric"])
             history += [dict(h, fold=i + 1) for h in res["history"]]
@@ -894,26 +1079,49 @@ def train_bm(data, out, *, epochs=None, device="auto", backbone=None, seed=0, re
         if float(opts["val_fraction"]) > 0:
             # the split depends on split_seed only, so runs with different training seeds are
             # scored on the same held-out cells
-            tr, va = train_test_split(idx, test_size=float(opts["val_fraction"]), stratify=y,
-                                      random_state=int(opts["split_seed"]))
+            tr, va = train_test_split(
+                idx, test_size=float(opts["val_fraction"]), stratify=y, random_state=int(opts["split_seed"])
+            )
         elif opts["schedule"] == "cosine":  # train on everything; nothing held out
             tr, va = idx, idx[:0]
         else:
             raise ValueError("val_fraction=0 needs schedule='cosine' (the plateau schedule selects on validation).")
         opts["_val_paths"] = [paths[j] for j in va]
-        res = _fit([images[j] for j in tr], y[tr], [images[j] for j in va], y[va], names, out,
-                   train_masks=None if masks is None else [masks[j] for j in tr],
-                   resume=resume, **common)
+        res = _fit(
+            [images[j] for j in tr],
+            y[tr],
+            [images[j] for j in va],
+            y[va],
+            names,
+            out,
+            train_masks=None if masks is None else [masks[j] for j in tr],
+            resume=resume,
+            **common,
+        )
         metrics = _metrics(y[va], res["val_proba"].argmax(1), names) if len(va) else {"n": 0}
         history = res["history"]
         heldout = {"val_paths": opts["_val_paths"], "val_proba": res["val_proba"]}
     metrics["skipped"] = int(skipped)
-    return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history,
-            "seconds": time.perf_counter() - t0, **({} if folds else heldout)}
+    return {
+        "checkpoint": str(out / "best.pt"),
+        "metrics": metrics,
+        "history": history,
+        "seconds": time.perf_counter() - t0,
+        **({} if folds else heldout),
+    }
 
 
-def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=None, split: str = "all",
-                tta=None, predictions: bool = False) -> dict:
+def evaluate_bm(
+    model,
+    data,
+    device="auto",
+    *,
+    batch_size: int = 32,
+    progress=None,
+    split: str = "all",
+    tta=None,
+    predictions: bool = False,
+) -> dict:
     """Macro/per-class precision, recall, F1 and accuracy of ``model`` on ``data``.
 
     ``split="heldout"`` keeps only the images that the checkpoint's training run held out
@@ -927,15 +1135,18 @@ def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=No
     from ..models.bm import load_bm_model
 
     clf = load_bm_model(model)
-    images, labels, _, skipped, paths = load_bm_data(data, input_size=clf.input_size, return_paths=True,
-                                                     min_per_class=1)
+    images, labels, _, skipped, paths = load_bm_data(
+        data, input_size=clf.input_size, return_paths=True, min_per_class=1
+    )
     if split not in ("all", "heldout"):
         raise ValueError(f"split must be 'all' or 'heldout', not {split!r}")
     if split == "heldout":
         keep = set((getattr(clf, "recipe", None) or {}).get("val_paths") or [])
         if not keep:
-            raise ValueError(f"{model}: its recipe lists no held-out images (trained with --folds or an older "
-                             "version); use split='all' on separate test data.")
+            raise ValueError(
+                f"{model}: its recipe lists no held-out images (trained with --folds or an older "
+                "version); use split='all' on separate test data."
+            )
         sel = [i for i, pth in enumerate(paths) if pth in keep]
         if not sel:
             raise ValueError(f"none of the checkpoint's {len(keep)} held-out images is in {data}.")
@@ -946,14 +1157,21 @@ def evaluate_bm(model, data, device="auto", *, batch_size: int = 32, progress=No
         raise ValueError(f"the data has classes {unknown} that the model does not know ({names}).")
     mode = tta_mode((getattr(clf, "recipe", None) or {}).get("tta", "none") if tta is None else tta)
     views = list(zip(*(tta_views(im, mode) for im in images)))  # one list of cells per view
-    proba = np.mean([classify_cells(list(v), clf, batch_size=batch_size, device=device,
-                                    progress=progress).probabilities for v in views], axis=0)
+    proba = np.mean(
+        [
+            classify_cells(list(v), clf, batch_size=batch_size, device=device, progress=progress).probabilities
+            for v in views
+        ],
+        axis=0,
+    )
     y = np.array([names.index(lab) for lab in labels])
     m = _metrics(y, proba.argmax(1), names)
     m["tta"] = mode
     if predictions:
-        m["predictions"] = [{"path": str(pth), "label": lab, "predicted": names[int(k)]}
-                            for pth, lab, k in zip(paths, labels, proba.argmax(1))]
+        m["predictions"] = [
+            {"path": str(pth), "label": lab, "predicted": names[int(k)]}
+            for pth, lab, k in zip(paths, labels, proba.argmax(1))
+        ]
     if skipped:
         m["skipped"] = int(skipped)
     return m

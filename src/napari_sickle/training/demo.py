@@ -11,11 +11,30 @@ from pathlib import Path
 
 #: Recipe of the simulated demo models.
 QUICK_DEFAULT: dict[str, dict] = {
-    "detector": dict(backbone="efficientnet-lite0-fpn", epochs=6, iters_per_epoch=40, batch_size=2, crop_size=320,
-                     n_smears=10, lr=5e-4, seed=0),
-    "classifier": dict(backbone="efficientnet-lite0", input_size=64, epochs=15, n_smears=5, lr=1e-3, seed=0,
-                       pool="avg", crop="stretch", standardize=False, tta="none", split="none",
-                       head_batch_size=64),
+    "detector": dict(
+        backbone="efficientnet-lite0-fpn",
+        epochs=6,
+        iters_per_epoch=40,
+        batch_size=2,
+        crop_size=320,
+        n_smears=10,
+        lr=5e-4,
+        seed=0,
+    ),
+    "classifier": dict(
+        backbone="efficientnet-lite0",
+        input_size=64,
+        epochs=15,
+        n_smears=5,
+        lr=1e-3,
+        seed=0,
+        pool="avg",
+        crop="stretch",
+        standardize=False,
+        tta="none",
+        split="none",
+        head_batch_size=64,
+    ),
 }
 
 
@@ -42,13 +61,25 @@ def train_quick_default(out, progress=None, log=None, config: dict | None = None
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         if not det_path.is_file():
-            r = train_detector("simulated", Path(tmp) / "det", device=device, progress=staged("demo detector:"),
-                               log=log, **cfg["detector"])
+            r = train_detector(
+                "simulated",
+                Path(tmp) / "det",
+                device=device,
+                progress=staged("demo detector:"),
+                log=log,
+                **cfg["detector"],
+            )
             shutil.copyfile(r["checkpoint"], Path(tmp) / "det.pt")
             Path(tmp, "det.pt").replace(det_path)
         if not clf_path.is_file():
-            r = train_multilabel("simulated", Path(tmp) / "clf", device=device,
-                                 progress=staged("demo classifier:"), log=log, **cfg["classifier"])
+            r = train_multilabel(
+                "simulated",
+                Path(tmp) / "clf",
+                device=device,
+                progress=staged("demo classifier:"),
+                log=log,
+                **cfg["classifier"],
+            )
             shutil.copyfile(r["checkpoint"], Path(tmp) / "clf.pt")
             Path(tmp, "clf.pt").replace(clf_path)
     return det_path, clf_path

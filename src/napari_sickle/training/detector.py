@@ -53,6 +53,7 @@ post-processing in the checkpoint, so validation, ``evaluate`` and ``analyze_sme
 Leave it off for per-cell boxes (BCCD). ``evaluate_detector(..., region_merge=False)`` scores
 the raw detections of such a model.
 """
+
 from __future__ import annotations
 
 import time
@@ -133,15 +134,27 @@ def ap50(predictions, targets, class_names) -> dict:
         ap, n_gt = average_precision(dets, gts, 0.5)
         if ap is not None:
             per[name] = ap
-    return {"ap50": float(np.mean(list(per.values()))) if per else None, "ap50_per_class": per,
-            "n_images": int(len(targets))}
+    return {
+        "ap50": float(np.mean(list(per.values()))) if per else None,
+        "ap50_per_class": per,
+        "n_images": int(len(targets)),
+    }
 
 
 # ------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------
-def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None, split=None, progress=None,
-                        smear_shape=(1080, 1920), compose_options=None):
+def load_detection_data(
+    data,
+    *,
+    seed: int = 0,
+    n_smears: int = 6,
+    classes=None,
+    split=None,
+    progress=None,
+    smear_shape=(1080, 1920),
+    compose_options=None,
+):
     """Images with boxes: (list of dict(image (H,W,3) uint8, boxes (m,4), labels (m,) 1-based, name),
     class_names, split list or None). ``compose_options``: extra ``compose_smear`` keywords for
     ``composed:`` training smears (e.g. ``cluster_fraction``); ``composed-test:`` ignores them."""
@@ -157,16 +170,28 @@ def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None,
             raise DatasetError(f"{data}: none of bccd/, bbbc041seg/, chula-rbc12/ found")
         return items, [REGION_CLASS], [it["split"] for it in items]
     if isinstance(data, str) and data.split(":", 1)[0] in ("composed", "composed-test") and ":" in data:
-        return _composed_items(data, seed=seed, n_smears=n_smears, smear_shape=smear_shape, progress=progress,
-                               compose_options=compose_options)
+        return _composed_items(
+            data,
+            seed=seed,
+            n_smears=n_smears,
+            smear_shape=smear_shape,
+            progress=progress,
+            compose_options=compose_options,
+        )
     if isinstance(data, str) and data == "simulated":
         from ..data.simulate import simulate_smear
 
         for k in range(n_smears):
             sm = simulate_smear(seed=seed * 1000 + k, shape=smear_shape)
             b = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-            items.append({"image": sm.image, "boxes": b, "labels": np.ones(len(b), np.int64),
-                          "name": f"simulated_seed{seed * 1000 + k}"})
+            items.append(
+                {
+                    "image": sm.image,
+                    "boxes": b,
+                    "labels": np.ones(len(b), np.int64),
+                    "name": f"simulated_seed{seed * 1000 + k}",
+                }
+            )
             if progress is not None:
                 progress("simulate", k + 1, n_smears)
         return items, [REGION_CLASS], None
@@ -196,9 +221,15 @@ def load_detection_data(data, *, seed: int = 0, n_smears: int = 6, classes=None,
             except ValueError as exc:
                 warnings.warn(f"skipped unreadable image {r.image}: {exc}")
                 continue
-            items.append({"image": img, "boxes": a[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32),
-                          "labels": np.array([names.index(c) + 1 for c in a["class"].astype(str)], np.int64),
-                          "name": Path(r.image).name, "split": splits[i] if splits else ""})
+            items.append(
+                {
+                    "image": img,
+                    "boxes": a[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32),
+                    "labels": np.array([names.index(c) + 1 for c in a["class"].astype(str)], np.int64),
+                    "name": Path(r.image).name,
+                    "split": splits[i] if splits else "",
+                }
+            )
             if progress is not None:
                 progress("load", i + 1, len(df))
         return items, names, [it.get("split", "") for it in items] if splits else None
@@ -270,8 +301,7 @@ def _composed_items(data: str, *, seed: int, n_smears: int, smear_shape, progres
         extra = dict(compose_options or {}) if which == "composed" else {}
         sm = compose_smear(crops, seed=s, shape=tuple(smear_shape), **extra)
         b = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-        items.append({"image": sm.image, "boxes": b, "labels": np.ones(len(b), np.int64),
-                      "name": f"{which}_seed{s}"})
+        items.append({"image": sm.image, "boxes": b, "labels": np.ones(len(b), np.int64), "name": f"{which}_seed{s}"})
         if progress is not None:
             progress("compose", k + 1, int(n_smears))
     return items, [REGION_CLASS], None
@@ -296,8 +326,13 @@ def _scaled(item, scale):
     boxes = torch.as_tensor(np.array(item["boxes"], dtype=np.float32)).reshape(-1, 4)
     if scale != 1.0:
         h, w = img.shape[-2:]
-        img = F.interpolate(img[None], size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                            align_corners=False, antialias=True)[0]
+        img = F.interpolate(
+            img[None],
+            size=(max(1, round(h * scale)), max(1, round(w * scale))),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )[0]
         boxes = boxes * scale
     return img, boxes, torch.as_tensor(item["labels"], dtype=torch.int64)
 
@@ -335,7 +370,7 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False, sc
     ch, cw = min(size, h), min(size, w)
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
-    crop = img[:, y0:y0 + ch, x0:x0 + cw]
+    crop = img[:, y0 : y0 + ch, x0 : x0 + cw]
     b = boxes.clone()
     b[:, [0, 2]] = (b[:, [0, 2]] - x0).clamp(0, cw)
     b[:, [1, 3]] = (b[:, [1, 3]] - y0).clamp(0, ch)
@@ -345,8 +380,7 @@ def _random_crop(img, boxes, labels, size, rng, min_visible=0.7, rot90=False, sc
     b, lab = b[keep], labels[keep]
     if f != 1.0:
         nh, nw = max(1, int(round(ch * f))), max(1, int(round(cw * f)))
-        crop = F.interpolate(crop[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                             antialias=f < 1.0)[0]
+        crop = F.interpolate(crop[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=f < 1.0)[0]
         b = b * torch.tensor([nw / cw, nh / ch, nw / cw, nh / ch], dtype=b.dtype)
         ch, cw = nh, nw
     if rng.random() < 0.5:
@@ -392,7 +426,7 @@ def _color_augment(crop, rng):
         sigma = float(rng.uniform(0.5, 1.5))
         r = int(math.ceil(2 * sigma))
         x = torch.arange(-r, r + 1, dtype=crop.dtype)
-        g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+        g = torch.exp(-(x**2) / (2 * sigma**2))
         g = g / g.sum()
         crop = F.conv2d(F.pad(crop[:, None], (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
         crop = F.conv2d(F.pad(crop, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1))[:, 0]
@@ -427,30 +461,69 @@ def _split_items(items, splits, val_fraction, seed, validate_on="train"):
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def predict_items(det, items, batch_size=2, score_threshold=0.05, progress=None, stage="validate",
-                  region_merge=None, tta=None):
+def predict_items(
+    det, items, batch_size=2, score_threshold=0.05, progress=None, stage="validate", region_merge=None, tta=None
+):
     """Run a RegionDetector over items; returns per image (boxes, scores, labels).
     ``region_merge`` / ``tta``: None = the checkpoint's setting, False / "none" = off (see models.detector)."""
     out = []
     for k, it in enumerate(items):
-        out.append(det.detect(it["image"], score_threshold=score_threshold, nms_iou=0.5, batch_size=batch_size,
-                              region_merge=region_merge, tta=tta))
+        out.append(
+            det.detect(
+                it["image"],
+                score_threshold=score_threshold,
+                nms_iou=0.5,
+                batch_size=batch_size,
+                region_merge=region_merge,
+                tta=tta,
+            )
+        )
         if progress is not None:
             progress(stage, k + 1, len(items))
     return out
 
 
-def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
-                   progress=None, log=None, scale: float | None = None, lr: float = 1e-4, batch_size: int = 2,
-                   crop_size: int = 512, iters_per_epoch: int | None = None, n_smears: int = 6,
-                   val_fraction: float = 0.2, classes=None, pretrained: bool = True, val_data=None,
-                   smear_shape=(1080, 1920), cluster_fraction: float | None = None, validate_on: str = "train",
-                   region_merge=None, tta=None, rot90: bool = False, ema: float = 0.0, scale_jitter=None,
-                   min_visible: float = 0.7, rpn_batch_size_per_image: int | None = None,
-                   rpn_positive_fraction: float | None = None, box_batch_size_per_image: int | None = None,
-                   box_positive_fraction: float | None = None, cell_diameter: float | None = None,
-                   color_aug: bool = False, source_balance: bool | dict = True, val_limit: int | None = None,
-                   **options) -> dict:
+def train_detector(
+    data,
+    out,
+    *,
+    epochs=None,
+    device="auto",
+    backbone=None,
+    seed=0,
+    resume=None,
+    folds=None,
+    progress=None,
+    log=None,
+    scale: float | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 2,
+    crop_size: int = 512,
+    iters_per_epoch: int | None = None,
+    n_smears: int = 6,
+    val_fraction: float = 0.2,
+    classes=None,
+    pretrained: bool = True,
+    val_data=None,
+    smear_shape=(1080, 1920),
+    cluster_fraction: float | None = None,
+    validate_on: str = "train",
+    region_merge=None,
+    tta=None,
+    rot90: bool = False,
+    ema: float = 0.0,
+    scale_jitter=None,
+    min_visible: float = 0.7,
+    rpn_batch_size_per_image: int | None = None,
+    rpn_positive_fraction: float | None = None,
+    box_batch_size_per_image: int | None = None,
+    box_positive_fraction: float | None = None,
+    cell_diameter: float | None = None,
+    color_aug: bool = False,
+    source_balance: bool | dict = True,
+    val_limit: int | None = None,
+    **options,
+) -> dict:
     """Train a Faster R-CNN region detector (see module docstring).
 
     ``backbone``: one of models.detector.ARCHS (default ``efficientnet-lite0-fpn``, whose ImageNet
@@ -487,19 +560,29 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         resumed = load_checkpoint(resume, kind="detector")
 
     compose_options = {} if cluster_fraction is None else {"cluster_fraction": float(cluster_fraction)}
-    items, class_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears, classes=classes,
-                                                     progress=progress, smear_shape=smear_shape,
-                                                     compose_options=compose_options)
+    items, class_names, splits = load_detection_data(
+        data,
+        seed=seed,
+        n_smears=n_smears,
+        classes=classes,
+        progress=progress,
+        smear_shape=smear_shape,
+        compose_options=compose_options,
+    )
     by_source = bool(items) and all("source" in it for it in items)  # "real:" data: per-source splits
     if by_source and val_data is None:
         tr_items = [it for it in items if it["split"] != "val"]
         va_items = [it for it in items if it["split"] == "val"]
         if val_limit is not None:
-            va_items = [it for src in dict.fromkeys(v["source"] for v in va_items)
-                        for it in [v for v in va_items if v["source"] == src][:int(val_limit)]]
+            va_items = [
+                it
+                for src in dict.fromkeys(v["source"] for v in va_items)
+                for it in [v for v in va_items if v["source"] == src][: int(val_limit)]
+            ]
     elif val_data is not None:
-        vitems, _, _ = load_detection_data(val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names,
-                                           smear_shape=smear_shape)
+        vitems, _, _ = load_detection_data(
+            val_data, seed=seed + 1, n_smears=max(1, n_smears // 3), classes=class_names, smear_shape=smear_shape
+        )
         tr_items, va_items = items, vitems
     else:
         tr, va = _split_items(items, splits, val_fraction, seed, validate_on)
@@ -515,8 +598,10 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         if region_merge:  # stored in the checkpoint: evaluate and analyze_smear apply it too
             from ..models.detector import REGION_MERGE_DEFAULTS
 
-            det.config["region_merge"] = {**REGION_MERGE_DEFAULTS,
-                                          **(region_merge if isinstance(region_merge, dict) else {})}
+            det.config["region_merge"] = {
+                **REGION_MERGE_DEFAULTS,
+                **(region_merge if isinstance(region_merge, dict) else {}),
+            }
         if cell_diameter:  # stored: detect() resizes every image to this cell diameter
             det.config["cell_diameter"] = float(cell_diameter)
     if tta is not None:  # stored in the checkpoint: evaluate and analyze_smear apply it
@@ -528,23 +613,32 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
     if by_source and source_balance:  # each source equally often, whatever its number of images
         srcs = [it["source"] for it in tr_items]
         cnt = {k: srcs.count(k) for k in set(srcs)}
-        share = ({k: float(source_balance.get(k, 0.0)) for k in cnt} if isinstance(source_balance, dict)
-                 else {k: 1.0 for k in cnt})
+        share = (
+            {k: float(source_balance.get(k, 0.0)) for k in cnt}
+            if isinstance(source_balance, dict)
+            else {k: 1.0 for k in cnt}
+        )
         weights = np.array([share[k] / cnt[k] for k in srcs])
         weights /= weights.sum()
     n_boxes = int(sum(len(p[1]) for p in prepared))
-    emit({"event": "data", "n_train": len(tr_items), "n_val": len(va_items), "n_boxes": n_boxes,
-          "classes": class_names})
+    emit(
+        {"event": "data", "n_train": len(tr_items), "n_val": len(va_items), "n_boxes": n_boxes, "classes": class_names}
+    )
     if iters_per_epoch is None:
         px = sum(p[0].shape[-1] * p[0].shape[-2] for p in prepared)
         iters_per_epoch = max(4, int(np.ceil(px / (crop_size * crop_size) / batch_size)))
     samplers = {}  # training-only proposal/RoI sampling (torchvision BalancedPositiveNegativeSampler)
     for key, sampler, attr, val in (
-            ("rpn_batch_size_per_image", det.model.rpn.fg_bg_sampler, "batch_size_per_image", rpn_batch_size_per_image),
-            ("rpn_positive_fraction", det.model.rpn.fg_bg_sampler, "positive_fraction", rpn_positive_fraction),
-            ("box_batch_size_per_image", det.model.roi_heads.fg_bg_sampler, "batch_size_per_image",
-             box_batch_size_per_image),
-            ("box_positive_fraction", det.model.roi_heads.fg_bg_sampler, "positive_fraction", box_positive_fraction)):
+        ("rpn_batch_size_per_image", det.model.rpn.fg_bg_sampler, "batch_size_per_image", rpn_batch_size_per_image),
+        ("rpn_positive_fraction", det.model.rpn.fg_bg_sampler, "positive_fraction", rpn_positive_fraction),
+        (
+            "box_batch_size_per_image",
+            det.model.roi_heads.fg_bg_sampler,
+            "batch_size_per_image",
+            box_batch_size_per_image,
+        ),
+        ("box_positive_fraction", det.model.roi_heads.fg_bg_sampler, "positive_fraction", box_positive_fraction),
+    ):
         if val is not None:
             setattr(sampler, attr, type(getattr(sampler, attr))(val))
         samplers[key] = getattr(sampler, attr)
@@ -566,19 +660,42 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         start_epoch = int(ex.get("epoch", -1)) + 1
         rng = np.random.default_rng(seed + start_epoch)
     det.recipe = {
-        "arch": arch, "scale": scale, "optimizer": "AdamW", "lr": lr, "weight_decay": 1e-4,
-        "schedule": "OneCycle", "epochs": epochs, "iters_per_epoch": iters_per_epoch, "batch_size": batch_size,
-        "crop_size": crop_size, "augment": "random crop" + (", scale jitter" if jitter else "") + ", h/v flips"
-        + (", transpose" if rot90 else "") + ", colour/brightness/contrast jitter",
-        "ema": float(ema), "scale_jitter": list(jitter) if jitter else None, "min_visible": min_visible,
-        "samplers": samplers, "seed": seed, "data": str(data), "cell_diameter": train_diameter,
+        "arch": arch,
+        "scale": scale,
+        "optimizer": "AdamW",
+        "lr": lr,
+        "weight_decay": 1e-4,
+        "schedule": "OneCycle",
+        "epochs": epochs,
+        "iters_per_epoch": iters_per_epoch,
+        "batch_size": batch_size,
+        "crop_size": crop_size,
+        "augment": "random crop"
+        + (", scale jitter" if jitter else "")
+        + ", h/v flips"
+        + (", transpose" if rot90 else "")
+        + ", colour/brightness/contrast jitter",
+        "ema": float(ema),
+        "scale_jitter": list(jitter) if jitter else None,
+        "min_visible": min_visible,
+        "samplers": samplers,
+        "seed": seed,
+        "data": str(data),
+        "cell_diameter": train_diameter,
         "color_aug": bool(color_aug),
         "source_balance": (dict(source_balance) if isinstance(source_balance, dict) else True)
-        if by_source and source_balance else False,
+        if by_source and source_balance
+        else False,
         "boxes": "one per connected region of the cell mask" if class_names == [REGION_CLASS] else "VOC boxes",
-        "pretrained_backbone": bool(pretrained), "compose_options": compose_options,
-        "validation": (f"{val_fraction:.0%} of the train split (val split unused)" if splits and validate_on == "train"
-                       else "val split" if splits else f"{val_fraction:.0%} of the images"),
+        "pretrained_backbone": bool(pretrained),
+        "compose_options": compose_options,
+        "validation": (
+            f"{val_fraction:.0%} of the train split (val split unused)"
+            if splits and validate_on == "train"
+            else "val split"
+            if splits
+            else f"{val_fraction:.0%} of the images"
+        ),
     }
     model = det.model
     model.transform._skip_resize = True
@@ -604,8 +721,17 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             for _ in range(batch_size):
                 k = int(rng.integers(len(prepared))) if weights is None else int(rng.choice(len(prepared), p=weights))
                 img, boxes, labels = prepared[k]
-                c, t = _random_crop(img, boxes, labels, crop_size, rng, min_visible=min_visible, rot90=rot90,
-                                    scale_jitter=jitter, color_aug=color_aug)
+                c, t = _random_crop(
+                    img,
+                    boxes,
+                    labels,
+                    crop_size,
+                    rng,
+                    min_visible=min_visible,
+                    rot90=rot90,
+                    scale_jitter=jitter,
+                    color_aug=color_aug,
+                )
                 imgs.append(c.to(det_dev))
                 tgts.append({k: v.to(det_dev) for k, v in t.items()})
             losses = train_model(imgs, tgts)
@@ -619,8 +745,9 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             step += 1
             ddp_glue.note_step(len(imgs))
             tot += float(loss.detach())
-            emit({"event": "step", "epoch": epoch + 1, "step": step, "steps": total_steps,
-                  "loss": float(loss.detach())})
+            emit(
+                {"event": "step", "epoch": epoch + 1, "step": step, "steps": total_steps, "loss": float(loss.detach())}
+            )
             if progress is not None:
                 progress("train", step, total_steps)
         # per-epoch validation on the raw detections (test-time views would cost their number in time)
@@ -630,9 +757,17 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
         if by_source:
             m["per_source"] = score_real(preds, va_items)
             metric = m["ap50"] = float(np.mean([v["aim"] for v in m["per_source"].values()]))
-        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": ddp_glue.reduce_mean(tot, iters_per_epoch),
-               "val_loss": None, "metric": metric, "metric_name": "val_ap50", "ap50_per_class": m["ap50_per_class"],
-               **({"per_source": m["per_source"]} if by_source else {})}
+        rec = {
+            "event": "epoch",
+            "epoch": epoch + 1,
+            "epochs": epochs,
+            "loss": ddp_glue.reduce_mean(tot, iters_per_epoch),
+            "val_loss": None,
+            "metric": metric,
+            "metric_name": "val_ap50",
+            "ap50_per_class": m["ap50_per_class"],
+            **({"per_source": m["per_source"]} if by_source else {}),
+        }
         history.append(rec)
         emit(rec)
         vdet.metrics = {**m, "epoch": epoch + 1}
@@ -642,10 +777,23 @@ def train_detector(data, out, *, epochs=None, device="auto", backbone=None, seed
             if ddp_glue.is_main():
                 save_checkpoint(vdet.to_checkpoint(extra={**base_extra, "best": best}), out / "best.pt")
         if ddp_glue.is_main():
-            raw_extra = {} if ema_model is None else {"raw_state_dict": {k: v.detach().cpu() for k, v in
-                                                                         model.state_dict().items()}}
-            save_checkpoint(vdet.to_checkpoint(extra={**base_extra, "best": best, "optimizer": opt.state_dict(),
-                                                      "scheduler": sched.state_dict(), **raw_extra}), out / "last.pt")
+            raw_extra = (
+                {}
+                if ema_model is None
+                else {"raw_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+            )
+            save_checkpoint(
+                vdet.to_checkpoint(
+                    extra={
+                        **base_extra,
+                        "best": best,
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        **raw_extra,
+                    }
+                ),
+                out / "last.pt",
+            )
         model.transform._skip_resize = True
     if not (out / "best.pt").is_file() and ddp_glue.is_main():
         save_checkpoint(vdet.to_checkpoint(extra={"history": history}), out / "best.pt")
@@ -691,8 +839,7 @@ def score_real(preds, items, score_threshold: float = 0.5) -> dict:
             if it.get("points") is not None:
                 pin += int(points_inside(kb, it["points"]).sum())
                 n_pts += len(it["points"])
-        rec = {"n_images": len(idx), "n_boxes": n_gt, "ap50": ap, "recall": tp / max(tp + fn, 1),
-               "n_detections": n_det}
+        rec = {"n_images": len(idx), "n_boxes": n_gt, "ap50": ap, "recall": tp / max(tp + fn, 1), "n_detections": n_det}
         if n_pts:
             rec["points_inside"] = pin / n_pts
             rec["n_points"] = n_pts
@@ -701,10 +848,21 @@ def score_real(preds, items, score_threshold: float = 0.5) -> dict:
     return out
 
 
-def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears: int = 3, split: str | None = "val",
-                      score_threshold: float = 0.05, batch_size: int = 2, smear_shape=(1080, 1920),
-                      region_merge=None, tta=None,
-                      **options) -> dict:
+def evaluate_detector(
+    model,
+    data,
+    device="auto",
+    *,
+    seed: int = 12345,
+    n_smears: int = 3,
+    split: str | None = "val",
+    score_threshold: float = 0.05,
+    batch_size: int = 2,
+    smear_shape=(1080, 1920),
+    region_merge=None,
+    tta=None,
+    **options,
+) -> dict:
     """AP50 (Pascal VOC all-point, IoU 0.5) of a detector checkpoint on ``data``.
 
     ``data`` as for :func:`train_detector`; "simulated" uses held-out seeds. For a VOC folder
@@ -720,15 +878,19 @@ def evaluate_detector(model, data, device="auto", *, seed: int = 12345, n_smears
     tta = None if tta is None else tta_mode(tta)  # a bad value fails before the data are read
     names = det.class_names
     single = names == [REGION_CLASS]
-    items, data_names, splits = load_detection_data(data, seed=seed, n_smears=n_smears,
-                                                    classes=None if single else names, smear_shape=smear_shape)
+    items, data_names, splits = load_detection_data(
+        data, seed=seed, n_smears=n_smears, classes=None if single else names, smear_shape=smear_shape
+    )
     if splits and split:
         items = [it for it, s in zip(items, splits) if s == split] or items
     if single:
         targets = [(it["boxes"], np.ones(len(it["boxes"]), np.int64)) for it in items]
     else:
-        targets = [(it["boxes"], np.array([names.index(data_names[l - 1]) + 1 for l in it["labels"]], np.int64))
-                   for it in items]
-    preds = predict_items(det, items, batch_size=batch_size, score_threshold=score_threshold,
-                          region_merge=region_merge, tta=tta)
+        targets = [
+            (it["boxes"], np.array([names.index(data_names[l - 1]) + 1 for l in it["labels"]], np.int64))
+            for it in items
+        ]
+    preds = predict_items(
+        det, items, batch_size=batch_size, score_threshold=score_threshold, region_merge=region_merge, tta=tta
+    )
     return ap50(preds, targets, names)

@@ -22,6 +22,7 @@ What the trainers use:
 * :func:`note_step` / :func:`rank_counts` - per-rank optimizer steps and samples, gathered at
   the end so a run can show that every rank trained.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -101,8 +102,10 @@ def init_from_env(device: str = "auto") -> DistContext:
         raise RuntimeError("Device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'.")
     if use_cuda:
         if local >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA GPU(s) on this node; "
-                               "use --nproc_per_node <= the number of GPUs.")
+            raise RuntimeError(
+                f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA GPU(s) on this node; "
+                "use --nproc_per_node <= the number of GPUs."
+            )
         torch.cuda.set_device(local)
         dev, backend = torch.device("cuda", local), "nccl"
     else:
@@ -110,8 +113,14 @@ def init_from_env(device: str = "auto") -> DistContext:
     minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
     if not dist.is_initialized():
         timeout = datetime.timedelta(minutes=minutes)
-        dist.init_process_group(backend=backend, timeout=timeout, store=_attempt_store(rank_, world, timeout),
-                                rank=rank_, world_size=world, **({"device_id": dev} if backend == "nccl" else {}))
+        dist.init_process_group(
+            backend=backend,
+            timeout=timeout,
+            store=_attempt_store(rank_, world, timeout),
+            rank=rank_,
+            world_size=world,
+            **({"device_id": dev} if backend == "nccl" else {}),
+        )
     _CTX = DistContext(rank=rank_, world_size=world, local_rank=local, backend=backend, device=dev)
     return _CTX
 
@@ -126,8 +135,14 @@ def _attempt_store(rank_: int, world: int, timeout):
     import torch.distributed as dist
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=(rank_ == 0 and not agent), timeout=timeout, multi_tenant=not agent)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=(rank_ == 0 and not agent),
+        timeout=timeout,
+        multi_tenant=not agent,
+    )
     return dist.PrefixStore(f"napari_sickle/attempt_{_CTX.restart}", store)
 
 
@@ -166,8 +181,12 @@ def wrap(model, device=None, *, find_unused_parameters: bool = False):
 
     if _CTX.backend == "nccl":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DDP(model, device_ids=[_CTX.local_rank], output_device=_CTX.local_rank,
-                   find_unused_parameters=find_unused_parameters)
+        return DDP(
+            model,
+            device_ids=[_CTX.local_rank],
+            output_device=_CTX.local_rank,
+            find_unused_parameters=find_unused_parameters,
+        )
     return DDP(model, find_unused_parameters=find_unused_parameters)
 
 
@@ -182,8 +201,9 @@ def sampler(dataset, *, shuffle: bool = True, seed: int = 0, drop_last: bool = F
         return None
     from torch.utils.data.distributed import DistributedSampler
 
-    return DistributedSampler(dataset, num_replicas=_CTX.world_size, rank=_CTX.rank, shuffle=shuffle, seed=seed,
-                              drop_last=drop_last)
+    return DistributedSampler(
+        dataset, num_replicas=_CTX.world_size, rank=_CTX.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
 
 
 class DistributedWeightedSampler:
@@ -196,8 +216,15 @@ class DistributedWeightedSampler:
     ``DistributedSampler``; in a single process it is a reseeded ``WeightedRandomSampler``.
     """
 
-    def __init__(self, weights, num_samples: int | None = None, *, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None):
+    def __init__(
+        self,
+        weights,
+        num_samples: int | None = None,
+        *,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         import torch
 
         self.weights = torch.as_tensor(weights, dtype=torch.double)
@@ -220,7 +247,7 @@ class DistributedWeightedSampler:
         return list(WeightedRandomSampler(self.weights, self.total, replacement=True, generator=g))
 
     def __iter__(self):
-        return iter(self.global_indices()[self.rank::self.world])
+        return iter(self.global_indices()[self.rank :: self.world])
 
     def __len__(self) -> int:
         return self.per_rank
@@ -232,7 +259,7 @@ def weighted_sampler(weights, num_samples: int | None = None, *, seed: int = 0) 
 
 def shard(items: Sequence) -> list:
     """This rank's strided share ``items[rank::world]`` (all items in a single process)."""
-    return list(items)[_CTX.rank::_CTX.world_size]
+    return list(items)[_CTX.rank :: _CTX.world_size]
 
 
 def set_epoch(loader_or_sampler, epoch: int) -> None:
@@ -250,8 +277,9 @@ def reduce_sums(values: dict[str, float]) -> dict[str, float]:
     import torch.distributed as dist
 
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
-                     device=_CTX.device if _CTX.backend == "nccl" else "cpu")
+    t = torch.tensor(
+        [float(values[k]) for k in keys], dtype=torch.float64, device=_CTX.device if _CTX.backend == "nccl" else "cpu"
+    )
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) for k, v in zip(keys, t.cpu().tolist())}
 
@@ -294,7 +322,7 @@ def map_sharded(fn: Callable[[Any], Any], items: Sequence) -> list:
     parts = gather(mine)
     out: list = [None] * len(items)
     for r, part in enumerate(parts):
-        out[r::_CTX.world_size] = part
+        out[r :: _CTX.world_size] = part
     return out
 
 
@@ -333,9 +361,13 @@ def evaluate_sharded(fn: Callable, loader):
     from torch.utils.data import DataLoader, Subset
 
     n = len(loader.dataset)
-    idx = list(range(n))[_CTX.rank::_CTX.world_size]
-    mine = DataLoader(Subset(loader.dataset, idx), batch_size=loader.batch_size, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn)
+    idx = list(range(n))[_CTX.rank :: _CTX.world_size]
+    mine = DataLoader(
+        Subset(loader.dataset, idx),
+        batch_size=loader.batch_size,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+    )
     if idx:
         loss, p, y = fn(mine)
     else:
@@ -347,8 +379,8 @@ def evaluate_sharded(fn: Callable, loader):
     ys = np.zeros(n, dtype=next(yy.dtype for _, yy in parts if yy is not None))
     for r, (pp, yy) in enumerate(parts):
         if pp is not None:
-            probs[r::_CTX.world_size] = pp
-            ys[r::_CTX.world_size] = yy
+            probs[r :: _CTX.world_size] = pp
+            ys[r :: _CTX.world_size] = yy
     return mean, probs, ys
 
 

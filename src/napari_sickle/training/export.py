@@ -8,6 +8,7 @@ Used by the training dock widget to train on "what is in the viewer":
 * ``multilabel`` + boxes with the six type columns -> crops + ``labels.csv`` (path + six 0/1 columns)
 * ``bm`` + boxes with a ``label``/``class`` column -> class folders of crops
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,8 +66,16 @@ def _class_column(features) -> str | None:
     return None
 
 
-def export_dataset(kind: str, image: np.ndarray, out_dir, *, labels: np.ndarray | None = None,
-                   shapes: list[np.ndarray] | None = None, features=None, name: str = "viewer") -> Path:
+def export_dataset(
+    kind: str,
+    image: np.ndarray,
+    out_dir,
+    *,
+    labels: np.ndarray | None = None,
+    shapes: list[np.ndarray] | None = None,
+    features=None,
+    name: str = "viewer",
+) -> Path:
     """Write one annotated image as a training dataset; return the path to pass as ``--data``."""
     import pandas as pd
 
@@ -79,7 +88,9 @@ def export_dataset(kind: str, image: np.ndarray, out_dir, *, labels: np.ndarray 
         if labels.shape[-2:] != hw:
             raise ValueError(f"The Labels layer ({labels.shape}) does not match the image ({hw}).")
         if kind not in ("detector", "unet"):
-            raise ValueError(f"A Labels layer can train 'detector' or 'unet', not {kind!r}; draw boxes (Shapes) instead.")
+            raise ValueError(
+                f"A Labels layer can train 'detector' or 'unet', not {kind!r}; draw boxes (Shapes) instead."
+            )
         if not (labels > 0).any():
             raise ValueError("The Labels layer is empty: paint the cells to train on.")
         _write_png(out / "images" / f"{name}.png", rgb)
@@ -114,7 +125,9 @@ def export_dataset(kind: str, image: np.ndarray, out_dir, *, labels: np.ndarray 
     if kind == "multilabel":
         missing = [t for t in RBC_TYPES if features is None or t not in features.columns]
         if missing:
-            raise ValueError(f"The Shapes layer needs the six type columns in its features; missing: {', '.join(missing)}.")
+            raise ValueError(
+                f"The Shapes layer needs the six type columns in its features; missing: {', '.join(missing)}."
+            )
         rows = []
         for i, (x0, y0, x1, y1) in enumerate(boxes):
             rel = Path("crops") / f"{name}_{i:04d}.png"

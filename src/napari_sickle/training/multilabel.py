@@ -34,6 +34,7 @@ cells only; ``split="unet"`` finds the cells with a learned splitter trained fir
 training crops (:mod:`napari_sickle.training.splitter`); ``split="none"`` classifies the whole region (192 px, ``min_side=160``);
 ``split="none", pool="avg", crop="stretch", standardize=False, tta="none"`` is the original.
 """
+
 from __future__ import annotations
 
 import time
@@ -114,8 +115,9 @@ def _patient(path: str) -> str:
     return stem.split("_")[0] if "_" in stem else stem
 
 
-def load_patches(data, *, seed: int = 0, n_smears: int = 7, compose: int = 0, progress=None,
-                 smear_shape=(1080, 1920)) -> PatchSet:
+def load_patches(
+    data, *, seed: int = 0, n_smears: int = 7, compose: int = 0, progress=None, smear_shape=(1080, 1920)
+) -> PatchSet:
     """Load a multi-label patch set from any supported ``data`` (see module docstring)."""
     from ..io.datasets import DatasetError
 
@@ -127,8 +129,13 @@ def load_patches(data, *, seed: int = 0, n_smears: int = 7, compose: int = 0, pr
             sm = simulate_smear(seed=seed * 1000 + k, shape=smear_shape)
             reg = sm.regions
             boxes = reg[["x_min", "y_min", "x_max", "y_max"]].to_numpy(np.float32)
-            ps.add(sm.image, boxes, reg[list(RBC_TYPES)].to_numpy(), f"smear{k}",
-                   [f"smear{seed * 1000 + k}:{r}" for r in reg["region_id"]])
+            ps.add(
+                sm.image,
+                boxes,
+                reg[list(RBC_TYPES)].to_numpy(),
+                f"smear{k}",
+                [f"smear{seed * 1000 + k}:{r}" for r in reg["region_id"]],
+            )
             if progress is not None:
                 progress("simulate", k + 1, n_smears)
         return ps
@@ -218,16 +225,22 @@ class Bags:
         if not parts:
             return Bags(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), 0)
         offs = np.cumsum([0] + [p.n for p in parts[:-1]])
-        return Bags(np.concatenate([p.X for p in parts]), np.concatenate([p.owner + o for p, o in zip(parts, offs)]),
-                    sum(p.n for p in parts))
+        return Bags(
+            np.concatenate([p.X for p in parts]),
+            np.concatenate([p.owner + o for p, o in zip(parts, offs)]),
+            sum(p.n for p in parts),
+        )
 
     def views_as_regions(self) -> tuple["Bags", int]:
         """(M, V, D) -> one bag per (view, region): (Bags of V * n regions, V); a no-op for (M, D)."""
         if self.X.ndim != 3:
             return self, 1
         v = self.X.shape[1]
-        return Bags(np.concatenate([self.X[:, k] for k in range(v)]),
-                    np.concatenate([self.owner + k * self.n for k in range(v)]), v * self.n), v
+        return Bags(
+            np.concatenate([self.X[:, k] for k in range(v)]),
+            np.concatenate([self.owner + k * self.n for k in range(v)]),
+            v * self.n,
+        ), v
 
 
 def compute_features(clf, ps: PatchSet, batch_size: int = 64, progress=None) -> Bags:
@@ -265,8 +278,9 @@ def compute_features(clf, ps: PatchSet, batch_size: int = 64, progress=None) -> 
 # ------------------------------------------------------------------------------------------
 # metrics
 # ------------------------------------------------------------------------------------------
-def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, abnormal_pred: np.ndarray | None = None,
-                       threshold: float = 0.5) -> dict:
+def multilabel_metrics(
+    y_true: np.ndarray, probs: np.ndarray, abnormal_pred: np.ndarray | None = None, threshold: float = 0.5
+) -> dict:
     """Per-type ROC AUC, mean AUC, exact-match accuracy and abnormal accuracy.
 
     A type whose truth is all 0 or all 1 has no AUC (``None``) and is left out of the mean."""
@@ -317,8 +331,18 @@ def fit_abnormal_model(probs: np.ndarray, y: np.ndarray, seed: int = 0):
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def compose_split_patches(root, train_paths, val_paths, n_train: int, n_val: int, *, seed: int = 0,
-                          min_cells: int = 2, max_cells: int = 4, progress=None):
+def compose_split_patches(
+    root,
+    train_paths,
+    val_paths,
+    n_train: int,
+    n_val: int,
+    *,
+    seed: int = 0,
+    min_cells: int = 2,
+    max_cells: int = 4,
+    progress=None,
+):
     """Compose multi-cell patches from the crops under ``root``: ``n_train`` from the crops whose
     file is in ``train_paths`` and ``n_val`` from those in ``val_paths`` (no crop on both sides).
     Returns two lists of ``(patch rgb uint8, types (6,), n_cells)``."""
@@ -329,12 +353,18 @@ def compose_split_patches(root, train_paths, val_paths, n_train: int, n_val: int
     va_set = {Path(p).resolve() for p in val_paths}
     tr_crops = [c for c in crops if Path(c.path).resolve() in tr_set]
     va_crops = [c for c in crops if Path(c.path).resolve() in va_set]
-    trp = compose_patches(tr_crops, int(n_train), seed=seed * 1000 + 11, max_cells=max_cells,
-                          min_cells=min_cells) if n_train and tr_crops else []
+    trp = (
+        compose_patches(tr_crops, int(n_train), seed=seed * 1000 + 11, max_cells=max_cells, min_cells=min_cells)
+        if n_train and tr_crops
+        else []
+    )
     if progress is not None:
         progress("compose", 1, 2)
-    vap = compose_patches(va_crops, int(n_val), seed=seed * 1000 + 12, max_cells=max_cells,
-                          min_cells=min_cells) if n_val and va_crops else []
+    vap = (
+        compose_patches(va_crops, int(n_val), seed=seed * 1000 + 12, max_cells=max_cells, min_cells=min_cells)
+        if n_val and va_crops
+        else []
+    )
     if progress is not None:
         progress("compose", 2, 2)
     return trp, vap
@@ -387,8 +417,23 @@ def region_logits(heads, bags: Bags, device="cpu"):
     return segment_max(heads(x), bags.owner, bags.n)
 
 
-def _train_heads(heads, X: Bags, Y, Xv: Bags, Yv, *, epochs, lr, batch_size, seed, optimizer_state=None,
-                 start_epoch=0, on_epoch=None, progress=None, device="cpu"):
+def _train_heads(
+    heads,
+    X: Bags,
+    Y,
+    Xv: Bags,
+    Yv,
+    *,
+    epochs,
+    lr,
+    batch_size,
+    seed,
+    optimizer_state=None,
+    start_epoch=0,
+    on_epoch=None,
+    progress=None,
+    device="cpu",
+):
     """Train the heads on regions (multiple-instance: a region's logit is the largest over its
     inputs; with one input per region this is plain supervised training). Every view of a
     region is a training region of its own (flipped copies)."""
@@ -415,7 +460,7 @@ def _train_heads(heads, X: Bags, Y, Xv: Bags, Yv, *, epochs, lr, batch_size, see
         perm = torch.randperm(X.n, generator=g).numpy()
         tot = 0.0
         for i in range(0, X.n, batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             rows, local = _bag_rows(starts, counts, b)
             opt.zero_grad()
             logits = segment_max(heads(Xt[rows].to(device)), local, len(b))
@@ -434,15 +479,42 @@ def _train_heads(heads, X: Bags, Y, Xv: Bags, Yv, *, epochs, lr, batch_size, see
     return opt
 
 
-def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, seed=0, resume=None, folds=None,
-                     progress=None, log=None, input_size: int | None = None, lr: float = DEFAULT_LR,
-                     batch_size: int = 64, val_fraction: float = 0.2, n_smears: int = 7, compose: int | None = None,
-                     pretrained: bool = True, val_data=None, smear_shape=(1080, 1920), pool: str | None = None,
-                     crop: str | None = None, min_side: int | None = None, standardize: bool = True,
-                     n_val_patches: int | None = None, min_cells: int = 2, max_cells: int = 4,
-                     head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE, tta: str | None = None,
-                     split: str | None = None, cell_split: dict | None = None, splitter: dict | None = None,
-                     splitter_options: dict | None = None, **options) -> dict:
+def train_multilabel(
+    data,
+    out,
+    *,
+    epochs=None,
+    device="auto",
+    backbone=None,
+    seed=0,
+    resume=None,
+    folds=None,
+    progress=None,
+    log=None,
+    input_size: int | None = None,
+    lr: float = DEFAULT_LR,
+    batch_size: int = 64,
+    val_fraction: float = 0.2,
+    n_smears: int = 7,
+    compose: int | None = None,
+    pretrained: bool = True,
+    val_data=None,
+    smear_shape=(1080, 1920),
+    pool: str | None = None,
+    crop: str | None = None,
+    min_side: int | None = None,
+    standardize: bool = True,
+    n_val_patches: int | None = None,
+    min_cells: int = 2,
+    max_cells: int = 4,
+    head_batch_size: int = DEFAULT_HEAD_BATCH_SIZE,
+    tta: str | None = None,
+    split: str | None = None,
+    cell_split: dict | None = None,
+    splitter: dict | None = None,
+    splitter_options: dict | None = None,
+    **options,
+) -> dict:
     """Train the six heads (+ abnormal model) on cached frozen-backbone features.
 
     Writes ``out/best.pt`` (best validation exact match) and ``out/last.pt`` (for ``resume``)
@@ -486,16 +558,29 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     if resumed is not None:
         clf = RBCClassifier.from_checkpoint(resumed, device=dev)
     else:
-        clf = new_classifier(backbone, input_size=input_size, pretrained=pretrained, device=dev, pool=pool,
-                             crop=crop, min_side=min_side, standardize=bool(standardize), tta=tta, split=split,
-                             cell_split=cell_split, splitter=splitter)
+        clf = new_classifier(
+            backbone,
+            input_size=input_size,
+            pretrained=pretrained,
+            device=dev,
+            pool=pool,
+            crop=crop,
+            min_side=min_side,
+            standardize=bool(standardize),
+            tta=tta,
+            split=split,
+            cell_split=cell_split,
+            splitter=splitter,
+        )
     input_size = clf.input_size
     emit = log or (lambda d: None)
 
     folder_data = isinstance(data, (str, Path)) and str(data) != "simulated" and Path(data).is_dir()
     if clf.split == "unet" and not folder_data:
-        raise ValueError(f"split='unet' trains its cell splitter from single-cell crops, so --data must be a folder "
-                         f"of class sub-folders; {data} is not. Use split='cells' (the rule-based split) instead.")
+        raise ValueError(
+            f"split='unet' trains its cell splitter from single-cell crops, so --data must be a folder "
+            f"of class sub-folders; {data} is not. Use split='cells' (the rule-based split) instead."
+        )
     if compose is None:
         compose = DEFAULT_COMPOSE if folder_data else 0
     compose = int(compose)
@@ -512,22 +597,46 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         from .splitter import fit_classifier_splitter
 
         names = {Path(ps.names[i]).resolve() for i in (tr if val_data is None else range(len(ps)))}
-        splitter_stats = fit_classifier_splitter(clf, [c for c in load_crops(data) if Path(c.path).resolve() in names],
-                                                 seed=seed, device=dev, progress=progress, **(splitter_options or {}))
+        splitter_stats = fit_classifier_splitter(
+            clf,
+            [c for c in load_crops(data) if Path(c.path).resolve() in names],
+            seed=seed,
+            device=dev,
+            progress=progress,
+            **(splitter_options or {}),
+        )
         emit({"event": "splitter", **splitter_stats})
     feats = compute_features(clf, ps, batch_size=batch_size, progress=progress)
     Y = ps.Y
-    emit({"event": "data", "n": int(len(ps)), "skipped": int(ps.skipped), "feature_dim": feats.dim,
-          "inputs": int(len(feats.owner))})
+    emit(
+        {
+            "event": "data",
+            "n": int(len(ps)),
+            "skipped": int(ps.skipped),
+            "feature_dim": feats.dim,
+            "inputs": int(len(feats.owner)),
+        }
+    )
 
     metrics: dict[str, Any] = {}
     if folds:
-        metrics["cv"] = _cross_validate(feats, Y, np.asarray(ps.groups), int(folds), epochs=epochs, lr=lr,
-                                        batch_size=batch_size, seed=seed, log=emit, progress=progress)
+        metrics["cv"] = _cross_validate(
+            feats,
+            Y,
+            np.asarray(ps.groups),
+            int(folds),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            log=emit,
+            progress=progress,
+        )
 
     if val_data is not None:
-        vps = load_patches(val_data, seed=seed + 1, n_smears=max(1, n_smears // 4), progress=progress,
-                           smear_shape=smear_shape)
+        vps = load_patches(
+            val_data, seed=seed + 1, n_smears=max(1, n_smears // 4), progress=progress, smear_shape=smear_shape
+        )
         vfeats = compute_features(clf, vps, batch_size=batch_size)
         Xtr, Ytr, Xva, Yva = feats, Y, vfeats, vps.Y
         tr = np.arange(len(ps))
@@ -539,9 +648,17 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
     if compose and folder_data:
         # multi-cell patches: training patches from training crops, validation patches from validation crops
         n_val_patches = int(compose // 5 if n_val_patches is None else n_val_patches)
-        trp, vap = compose_split_patches(data, [ps.names[i] for i in tr], [ps.names[i] for i in va], compose,
-                                         n_val_patches, seed=seed, min_cells=min_cells, max_cells=max_cells,
-                                         progress=progress)
+        trp, vap = compose_split_patches(
+            data,
+            [ps.names[i] for i in tr],
+            [ps.names[i] for i in va],
+            compose,
+            n_val_patches,
+            seed=seed,
+            min_cells=min_cells,
+            max_cells=max_cells,
+            progress=progress,
+        )
         if trp:
             Xp, Yp = _patch_features(clf, trp, batch_size, progress, "features: training patches")
             Xtr, Ytr = Bags.cat([Xtr, Xp]), np.concatenate([Ytr, Yp])
@@ -555,17 +672,33 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
 
     recipe = {
         "features": "frozen ImageNet backbone, pooled, cached",
-        "backbone": backbone, "input_size": input_size, "pool": clf.pool, "crop": clf.config.get("crop", "stretch"),
-        "min_side": clf.config.get("min_side", 0), "standardize": bool(clf.config.get("standardize", False)),
-        "tta": clf.tta, "split": clf.split, "cell_split": clf.config.get("cell_split"),
+        "backbone": backbone,
+        "input_size": input_size,
+        "pool": clf.pool,
+        "crop": clf.config.get("crop", "stretch"),
+        "min_side": clf.config.get("min_side", 0),
+        "standardize": bool(clf.config.get("standardize", False)),
+        "tta": clf.tta,
+        "split": clf.split,
+        "cell_split": clf.config.get("cell_split"),
         **({"splitter": splitter_stats} if splitter_stats else {}),
         "aggregation": "largest logit over a region's cells (multiple-instance, train and predict)"
-        if clf.split in ("cells", "unet") else "one input per region",
-        "composed_patches": n_patches, "min_cells": min_cells, "max_cells": max_cells,
+        if clf.split in ("cells", "unet")
+        else "one input per region",
+        "composed_patches": n_patches,
+        "min_cells": min_cells,
+        "max_cells": max_cells,
         "selection": "best epoch by validation exact-match accuracy (single cells + composed patches)",
-        "optimizer": "Adam", "lr": lr, "head_batch_size": int(head_batch_size),
-        "loss": "BCEWithLogits per type", "epochs": epochs, "batch_size": batch_size, "seed": seed,
-        "data": str(data), "n_patches": int(len(ps)), "val_fraction": val_fraction,
+        "optimizer": "Adam",
+        "lr": lr,
+        "head_batch_size": int(head_batch_size),
+        "loss": "BCEWithLogits per type",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "data": str(data),
+        "n_patches": int(len(ps)),
+        "val_fraction": val_fraction,
         "abnormal_model": "sklearn GradientBoostingClassifier(n_estimators=100, max_depth=2) on the six outputs",
         "paper_lr": 1e-5,
     }
@@ -582,19 +715,31 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         metric = m["exact_match_accuracy"] if len(Yva) else None
         if n_patches["val"] and n_single_val:
             m["single_exact_match_accuracy"] = multilabel_metrics(Yva[:n_single_val], vprobs[:n_single_val])[
-                "exact_match_accuracy"]
+                "exact_match_accuracy"
+            ]
             m["multi_exact_match_accuracy"] = multilabel_metrics(Yva[n_single_val:], vprobs[n_single_val:])[
-                "exact_match_accuracy"]
+                "exact_match_accuracy"
+            ]
         improved = metric is not None and metric > best["metric"]
         if improved or epoch + 1 == epochs or clf.abnormal_model is None:
             # the abnormal model follows the heads it was fitted on
             clf.abnormal_model = fit_abnormal_model(clf.region_probs(Xtr.X, Xtr.owner, Xtr.n), Ytr, seed=seed)
-        m["abnormal_accuracy"] = float(np.mean((clf.abnormal_proba(vprobs) >= 0.5) == _abnormal_truth(Yva))) \
-            if len(Yva) else float("nan")
-        rec = {"event": "epoch", "epoch": epoch + 1, "epochs": epochs, "loss": loss, "val_loss": vloss,
-               "metric": metric, "metric_name": "val_exact_match", "mean_auc": m["mean_auc"],
-               "exact_match_accuracy": m["exact_match_accuracy"], "abnormal_accuracy": m["abnormal_accuracy"],
-               **{k: m[k] for k in ("single_exact_match_accuracy", "multi_exact_match_accuracy") if k in m}}
+        m["abnormal_accuracy"] = (
+            float(np.mean((clf.abnormal_proba(vprobs) >= 0.5) == _abnormal_truth(Yva))) if len(Yva) else float("nan")
+        )
+        rec = {
+            "event": "epoch",
+            "epoch": epoch + 1,
+            "epochs": epochs,
+            "loss": loss,
+            "val_loss": vloss,
+            "metric": metric,
+            "metric_name": "val_exact_match",
+            "mean_auc": m["mean_auc"],
+            "exact_match_accuracy": m["exact_match_accuracy"],
+            "abnormal_accuracy": m["abnormal_accuracy"],
+            **{k: m[k] for k in ("single_exact_match_accuracy", "multi_exact_match_accuracy") if k in m},
+        }
         history.append(rec)
         emit(rec)
         clf.metrics = {**{k: v for k, v in m.items()}, "epoch": epoch + 1}
@@ -602,17 +747,31 @@ def train_multilabel(data, out, *, epochs=None, device="auto", backbone=None, se
         if improved:
             best.update(metric=float(metric), epoch=epoch + 1)
             save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best)}), out / "best.pt")
-        save_checkpoint(clf.to_checkpoint(extra={**extra, "best": dict(best), "optimizer": opt.state_dict()}),
-                        out / "last.pt")
+        save_checkpoint(
+            clf.to_checkpoint(extra={**extra, "best": dict(best), "optimizer": opt.state_dict()}), out / "last.pt"
+        )
 
-    _train_heads(clf.net.heads, Xtr, Ytr, Xva, Yva, epochs=epochs, lr=lr, batch_size=int(head_batch_size), seed=seed,
-                 optimizer_state=opt_state, start_epoch=start_epoch, on_epoch=on_epoch, progress=progress, device=dev)
+    _train_heads(
+        clf.net.heads,
+        Xtr,
+        Ytr,
+        Xva,
+        Yva,
+        epochs=epochs,
+        lr=lr,
+        batch_size=int(head_batch_size),
+        seed=seed,
+        optimizer_state=opt_state,
+        start_epoch=start_epoch,
+        on_epoch=on_epoch,
+        progress=progress,
+        device=dev,
+    )
     if not (out / "best.pt").is_file():
         raise CheckpointError(f"training wrote no best checkpoint in {out}")
     best_ck = load_checkpoint(out / "best.pt", kind="multilabel")
     metrics.update({"val": best_ck["metrics"], "best_epoch": best["epoch"]})
-    return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history,
-            "seconds": time.time() - t0}
+    return {"checkpoint": str(out / "best.pt"), "metrics": metrics, "history": history, "seconds": time.time() - t0}
 
 
 def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, progress):
@@ -661,9 +820,18 @@ def _cross_validate(feats, Y, groups, k, *, epochs, lr, batch_size, seed, log, p
 # ------------------------------------------------------------------------------------------
 # evaluation
 # ------------------------------------------------------------------------------------------
-def evaluate_multilabel(model, data, device="auto", *, batch_size: int = 64, seed: int = 12345,
-                        n_smears: int = 2, threshold: float | None = None, smear_shape=(1080, 1920),
-                        **options) -> dict:
+def evaluate_multilabel(
+    model,
+    data,
+    device="auto",
+    *,
+    batch_size: int = 64,
+    seed: int = 12345,
+    n_smears: int = 2,
+    threshold: float | None = None,
+    smear_shape=(1080, 1920),
+    **options,
+) -> dict:
     """Per-type AUC, mean AUC, exact-match and abnormal accuracy of a checkpoint on ``data``.
 
     ``data`` as for :func:`train_multilabel`; "simulated" uses held-out seeds (``seed``)."""

@@ -23,6 +23,7 @@ come from the frozen ImageNet backbone, computed once per image (in its eight ro
 mirror images, ``tta="d4"``) and cached in memory. Results are
 written to ``DIR/protocol.json`` and ``DIR/table1.md``.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ def _load_crops(root):
 
     crops = load_crops(root, mapping=XU_FOLDER_TO_TYPE)
     if len(crops) < 10:
-        raise DatasetError(f"{root}: only {len(crops)} readable single-cell crops; the protocol needs class folders "
-                           "named as in Xu et al. 2017 (Discocytes, Oval, Elongated, ...).")
+        raise DatasetError(
+            f"{root}: only {len(crops)} readable single-cell crops; the protocol needs class folders "
+            "named as in Xu et al. 2017 (Discocytes, Oval, Elongated, ...)."
+        )
     return crops
 
 
@@ -106,13 +109,36 @@ def _probs(heads, X):
 # ---------------------------------------------------------------------------------------
 # the protocol
 # ---------------------------------------------------------------------------------------
-def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0, folds=None, progress=None,
-                 log=None, input_size: int | None = None, n_train_patches: int | None = None,
-                 n_test_patches: int = DEFAULT_TEST_PATCHES, max_cells: int = 4, head_epochs: int | None = None, lr: float = 1e-3,
-                 batch_size: int = 64, pool: str | None = None, crop: str | None = None, min_side: int | None = None,
-                 standardize: bool = True, head_batch_size: int | None = None, tta: str | None = None,
-                 split: str | None = None, cell_split: dict | None = None, splitter: dict | None = None,
-                 splitter_options: dict | None = None, **_ignored) -> dict:
+def run_protocol(
+    data,
+    out,
+    *,
+    epochs=None,
+    device="auto",
+    backbone=None,
+    seed=0,
+    folds=None,
+    progress=None,
+    log=None,
+    input_size: int | None = None,
+    n_train_patches: int | None = None,
+    n_test_patches: int = DEFAULT_TEST_PATCHES,
+    max_cells: int = 4,
+    head_epochs: int | None = None,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    pool: str | None = None,
+    crop: str | None = None,
+    min_side: int | None = None,
+    standardize: bool = True,
+    head_batch_size: int | None = None,
+    tta: str | None = None,
+    split: str | None = None,
+    cell_split: dict | None = None,
+    splitter: dict | None = None,
+    splitter_options: dict | None = None,
+    **_ignored,
+) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
     with ``metrics`` (mean over folds) and ``report`` (per fold and mean).
 
@@ -136,18 +162,32 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
     dev = resolve_device(device)
     crops = _load_crops(data)
     strata = np.array([c.type_index for c in crops])
-    clf = mlm.new_classifier(backbone, input_size=input_size, pretrained=True, device=dev,
-                             pool=pool or mlm.DEFAULT_POOL, crop=crop or mlm.DEFAULT_CROP, min_side=min_side,
-                             standardize=bool(standardize), tta=tta or mlm.DEFAULT_TTA,
-                             split=split or mlm.DEFAULT_SPLIT, cell_split=cell_split, splitter=splitter)
+    clf = mlm.new_classifier(
+        backbone,
+        input_size=input_size,
+        pretrained=True,
+        device=dev,
+        pool=pool or mlm.DEFAULT_POOL,
+        crop=crop or mlm.DEFAULT_CROP,
+        min_side=min_side,
+        standardize=bool(standardize),
+        tta=tta or mlm.DEFAULT_TTA,
+        split=split or mlm.DEFAULT_SPLIT,
+        cell_split=cell_split,
+        splitter=splitter,
+    )
     input_size = clf.input_size
     learned = clf.split == "unet"
     single_images, single_ys = [c.image for c in crops], [_onehot(c.type_index) for c in crops]
     if not learned:
         X_single, y_single = _features(clf, single_images, single_ys, "single", progress, "features: single cells")
     splitter_stats = []
-    fit = dict(epochs=head_epochs, lr=lr, batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
-               standardize=bool(standardize))
+    fit = dict(
+        epochs=head_epochs,
+        lr=lr,
+        batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
+        standardize=bool(standardize),
+    )
 
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     per_fold = []
@@ -159,19 +199,37 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
             from .splitter import fit_classifier_splitter
 
             cb = None if progress is None else (lambda st, d, t, _k=k: progress(f"fold {_k + 1} {st}", d, t))
-            splitter_stats.append(fit_classifier_splitter(clf, tr_crops, seed=seed * 1000 + k, device=dev, progress=cb,
-                                                          **(splitter_options or {})))
-            X_single, y_single = _features(clf, single_images, single_ys, "single", progress,
-                                           f"features: fold {k + 1} single cells")
+            splitter_stats.append(
+                fit_classifier_splitter(
+                    clf, tr_crops, seed=seed * 1000 + k, device=dev, progress=cb, **(splitter_options or {})
+                )
+            )
+            X_single, y_single = _features(
+                clf, single_images, single_ys, "single", progress, f"features: fold {k + 1} single cells"
+            )
         dim = X_single.dim
-        train_p = compose_patches(tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells,
-                                  min_cells=2)
-        test_p = compose_patches(te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells,
-                                 min_cells=2)
-        X_trp, y_trp = _features(clf, [p[0] for p in train_p], [p[1] for p in train_p], "train-patches",
-                                 progress, f"features: fold {k + 1} train patches")
-        X_tep, y_tep = _features(clf, [p[0] for p in test_p], [p[1] for p in test_p], "test-patches",
-                                 progress, f"features: fold {k + 1} test patches")
+        train_p = compose_patches(
+            tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells, min_cells=2
+        )
+        test_p = compose_patches(
+            te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells, min_cells=2
+        )
+        X_trp, y_trp = _features(
+            clf,
+            [p[0] for p in train_p],
+            [p[1] for p in train_p],
+            "train-patches",
+            progress,
+            f"features: fold {k + 1} train patches",
+        )
+        X_tep, y_tep = _features(
+            clf,
+            [p[0] for p in test_p],
+            [p[1] for p in test_p],
+            "test-patches",
+            progress,
+            f"features: fold {k + 1} test patches",
+        )
         X_tes, y_tes = X_single.take(te), y_single[te]
         X_mix, y_mix = Bags.cat([X_tes, X_tep]), np.concatenate([y_tes, y_tep])
         X_trs = X_single.take(tr)
@@ -181,23 +239,37 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
             "A": _fit(dim, X_tra, np.concatenate([y_single[tr], y_trp]), seed=seed + k, **fit),
             "B": _fit(dim, X_trs, y_single[tr], seed=seed + k, **fit),
         }
-        fold = {"fold": k + 1, "n_train_single": int(len(tr)), "n_train_patches": int(len(train_p)),
-                "n_test_single": int(len(te)), "n_test_patches": int(len(test_p))}
+        fold = {
+            "fold": k + 1,
+            "n_train_single": int(len(tr)),
+            "n_train_patches": int(len(train_p)),
+            "n_test_single": int(len(te)),
+            "n_test_patches": int(len(test_p)),
+        }
         for name, heads in models.items():
             train_X = X_tra if name == "A" else X_trs
             train_Y = np.concatenate([y_single[tr], y_trp]) if name == "A" else y_single[tr]
             gbc = fit_abnormal_model(_probs(heads, train_X), train_Y, seed=seed)
-            for test_name, (Xe, ye) in {"mixed": (X_mix, y_mix), "single": (X_tes, y_tes),
-                                        "multi": (X_tep, y_tep)}.items():
+            for test_name, (Xe, ye) in {
+                "mixed": (X_mix, y_mix),
+                "single": (X_tes, y_tes),
+                "multi": (X_tep, y_tep),
+            }.items():
                 pr = _probs(heads, Xe)
                 m = multilabel_metrics(ye, pr, gbc.predict(pr))
                 fold[f"{name}/{test_name}"] = m
         per_fold.append(fold)
         if log is not None:
-            log({"event": "fold", "fold": k + 1, "folds": folds,
-                 "A_mixed_exact_match": fold["A/mixed"]["exact_match_accuracy"],
-                 "A_single_exact_match": fold["A/single"]["exact_match_accuracy"],
-                 "B_mixed_exact_match": fold["B/mixed"]["exact_match_accuracy"]})
+            log(
+                {
+                    "event": "fold",
+                    "fold": k + 1,
+                    "folds": folds,
+                    "A_mixed_exact_match": fold["A/mixed"]["exact_match_accuracy"],
+                    "A_single_exact_match": fold["A/single"]["exact_match_accuracy"],
+                    "B_mixed_exact_match": fold["B/mixed"]["exact_match_accuracy"],
+                }
+            )
     report(progress, "folds", folds, folds)
 
     summary = {}
@@ -208,17 +280,35 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
             "exact_match_std": float(np.std([m["exact_match_accuracy"] for m in ms])),
             "mean_auc": float(np.mean([m["mean_auc"] for m in ms if m["mean_auc"] is not None])),
             "abnormal_accuracy": float(np.mean([m["abnormal_accuracy"] for m in ms])),
-            "auc": {t: float(np.mean([m["auc"][t] for m in ms if m["auc"].get(t) is not None])) for t in RBC_TYPES
-                    if any(m["auc"].get(t) is not None for m in ms)},
+            "auc": {
+                t: float(np.mean([m["auc"][t] for m in ms if m["auc"].get(t) is not None]))
+                for t in RBC_TYPES
+                if any(m["auc"].get(t) is not None for m in ms)
+            },
             "n": int(sum(m["n"] for m in ms)),
         }
     seconds = time.perf_counter() - t0
-    rep = {"data": str(data), "folds": folds, "backbone": backbone, "input_size": int(input_size),
-           "pool": clf.pool, "crop": clf.config["crop"], "min_side": clf.config["min_side"], "tta": clf.tta,
-           "split": clf.split, **({"splitter": splitter_stats} if learned else {}),
-           "head_epochs": head_epochs, "n_train_patches": int(n_train_patches),
-           "n_test_patches": int(n_test_patches), "max_cells": int(max_cells), "seed": int(seed),
-           "device": str(dev), "seconds": seconds, "summary": summary, "per_fold": per_fold}
+    rep = {
+        "data": str(data),
+        "folds": folds,
+        "backbone": backbone,
+        "input_size": int(input_size),
+        "pool": clf.pool,
+        "crop": clf.config["crop"],
+        "min_side": clf.config["min_side"],
+        "tta": clf.tta,
+        "split": clf.split,
+        **({"splitter": splitter_stats} if learned else {}),
+        "head_epochs": head_epochs,
+        "n_train_patches": int(n_train_patches),
+        "n_test_patches": int(n_test_patches),
+        "max_cells": int(max_cells),
+        "seed": int(seed),
+        "device": str(dev),
+        "seconds": seconds,
+        "summary": summary,
+        "per_fold": per_fold,
+    }
     (out / "protocol.json").write_text(json.dumps(rep, indent=2, default=float))
     (out / "table1.md").write_text(table1_markdown(rep))
     metrics = {
@@ -231,33 +321,47 @@ def run_protocol(data, out, *, epochs=None, device="auto", backbone=None, seed=0
         "A_mixed_abnormal_accuracy": summary["A/mixed"]["abnormal_accuracy"],
         "A*_single_abnormal_accuracy": summary["A/single"]["abnormal_accuracy"],
     }
-    return {"checkpoint": None, "metrics": metrics, "history": per_fold, "seconds": seconds,
-            "report": str(out / "table1.md")}
+    return {
+        "checkpoint": None,
+        "metrics": metrics,
+        "history": per_fold,
+        "seconds": seconds,
+        "report": str(out / "table1.md"),
+    }
 
 
 def table1_markdown(rep: dict) -> str:
     s = rep["summary"]
-    rows = [("Model A", "single + multi-cell", "mixed", "A/mixed"),
-            ("Model A*", "single + multi-cell", "single cells", "A/single"),
-            ("Model A", "single + multi-cell", "multi-cell patches", "A/multi"),
-            ("Model B", "single cells", "mixed", "B/mixed"),
-            ("Model B", "single cells", "single cells", "B/single"),
-            ("Model B", "single cells", "multi-cell patches", "B/multi")]
-    lines = ["| model | trained on | tested on | n | exact match (mean ± sd over folds) | mean AUC | abnormal acc. | "
-             + " | ".join(RBC_TYPE_LABELS[t] + " AUC" for t in RBC_TYPES) + " |",
-             "|" + "---|" * (7 + len(RBC_TYPES))]
+    rows = [
+        ("Model A", "single + multi-cell", "mixed", "A/mixed"),
+        ("Model A*", "single + multi-cell", "single cells", "A/single"),
+        ("Model A", "single + multi-cell", "multi-cell patches", "A/multi"),
+        ("Model B", "single cells", "mixed", "B/mixed"),
+        ("Model B", "single cells", "single cells", "B/single"),
+        ("Model B", "single cells", "multi-cell patches", "B/multi"),
+    ]
+    lines = [
+        "| model | trained on | tested on | n | exact match (mean ± sd over folds) | mean AUC | abnormal acc. | "
+        + " | ".join(RBC_TYPE_LABELS[t] + " AUC" for t in RBC_TYPES)
+        + " |",
+        "|" + "---|" * (7 + len(RBC_TYPES)),
+    ]
     for label, trained, tested, key in rows:
         m = s[key]
         aucs = " | ".join(f"{m['auc'][t]:.3f}" if t in m["auc"] else "–" for t in RBC_TYPES)
-        lines.append(f"| {label} | {trained} | {tested} | {m['n']} | {m['exact_match_accuracy']:.3f} ± "
-                     f"{m['exact_match_std']:.3f} | {m['mean_auc']:.3f} | {m['abnormal_accuracy']:.3f} | {aucs} |")
+        lines.append(
+            f"| {label} | {trained} | {tested} | {m['n']} | {m['exact_match_accuracy']:.3f} ± "
+            f"{m['exact_match_std']:.3f} | {m['mean_auc']:.3f} | {m['abnormal_accuracy']:.3f} | {aucs} |"
+        )
     lines.append("")
-    lines.append(f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px "
-                 f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}, tta {rep.get('tta', 'none')}, "
-                 f"split {rep.get('split', 'none')}), "
-                 f"{rep['head_epochs']} head epochs, {rep['n_train_patches']} composed training patches and "
-                 f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
-                 f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}.")
+    lines.append(
+        f"{rep['folds']}-fold CV, backbone {rep['backbone']} at {rep['input_size']} px "
+        f"(crop {rep.get('crop', 'stretch')}, pooling {rep.get('pool', 'avg')}, tta {rep.get('tta', 'none')}, "
+        f"split {rep.get('split', 'none')}), "
+        f"{rep['head_epochs']} head epochs, {rep['n_train_patches']} composed training patches and "
+        f"{rep['n_test_patches']} composed test patches per fold (max {rep['max_cells']} cells), seed "
+        f"{rep['seed']}, {rep['seconds']:.0f} s on {rep['device']}."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -287,8 +391,10 @@ def write_composed_smears(crops_root, out, n: int = 3, seed: int = 0, shape=(108
 if __name__ == "__main__":  # pragma: no cover
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m napari_sickle.training.protocol",
-                                 description="Write composed smears (images/ + masks/) from class folders of crops.")
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_sickle.training.protocol",
+        description="Write composed smears (images/ + masks/) from class folders of crops.",
+    )
     ap.add_argument("--data", required=True, help="class folders of single-cell crops (e.g. sickle-rbc)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=3)

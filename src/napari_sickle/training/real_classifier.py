@@ -22,6 +22,7 @@ Everything runs on the CPU in resumable pieces: ``prepare`` (cache), ``train`` (
 checkpoint per epoch; ``--epochs`` more on ``--resume``), ``finish`` (abnormal model,
 classifier checkpoint). Command line: ``python -m napari_sickle.training.real_classifier``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ MIN_SIDE = 72
 BACKBONE = "efficientnet-lite0"
 #: efficientnet-lite0 blocks below this index stay frozen (with the stem)
 FREEZE_BLOCKS = 2
-DEFAULTS = dict(n_chula_oval=2500, n_xu_patches=1500, n_xu_occluded=900, n_chula_patches=900, n_chula_occluded=500,
-                n_val_patches=300)
+DEFAULTS = dict(
+    n_chula_oval=2500,
+    n_xu_patches=1500,
+    n_xu_occluded=900,
+    n_chula_patches=900,
+    n_chula_occluded=500,
+    n_val_patches=300,
+)
 
 
 def _canvases(clf, image) -> np.ndarray:
@@ -70,8 +77,13 @@ class RegionSet:
         self.n += 1
 
     def arrays(self) -> dict:
-        return {"X": np.concatenate(self.parts), "owner": np.concatenate(self.owner), "Y": np.stack(self.Y),
-                "source": np.asarray(self.source), "kind": np.asarray(self.kind)}
+        return {
+            "X": np.concatenate(self.parts),
+            "owner": np.concatenate(self.owner),
+            "Y": np.stack(self.Y),
+            "source": np.asarray(self.source),
+            "kind": np.asarray(self.kind),
+        }
 
 
 def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **counts) -> dict:
@@ -84,8 +96,16 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **count
     c = {**DEFAULTS, **counts}
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    clf = new_classifier(BACKBONE, input_size=INPUT_SIZE, min_side=MIN_SIDE, pretrained=False, pool="avg",
-                         standardize=False, tta="none", split="cells")
+    clf = new_classifier(
+        BACKBONE,
+        input_size=INPUT_SIZE,
+        min_side=MIN_SIDE,
+        pretrained=False,
+        pool="avg",
+        standardize=False,
+        tta="none",
+        split="cells",
+    )
     rng = np.random.default_rng(seed)
     t0 = time.time()
     xu = xu_cells(sickle_root)
@@ -111,23 +131,43 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **count
         if split == "train":
             jobs = []
             for j, ov in enumerate((0.1, 0.25, 0.4)):
-                jobs.append(("xu", "patch", compose_patches(xc, int(c["n_xu_patches"]) // 3, seed=s0 + j, min_cells=2,
-                                                            max_overlap=ov)))
-                jobs.append(("chula", "patch", compose_patches(cc, int(c["n_chula_patches"]) // 3, seed=s0 + 10 + j,
-                                                               min_cells=2, max_overlap=ov)))
+                jobs.append(
+                    (
+                        "xu",
+                        "patch",
+                        compose_patches(xc, int(c["n_xu_patches"]) // 3, seed=s0 + j, min_cells=2, max_overlap=ov),
+                    )
+                )
+                jobs.append(
+                    (
+                        "chula",
+                        "patch",
+                        compose_patches(
+                            cc, int(c["n_chula_patches"]) // 3, seed=s0 + 10 + j, min_cells=2, max_overlap=ov
+                        ),
+                    )
+                )
             jobs.append(("xu", "occluded", compose_occluded(xc, int(c["n_xu_occluded"]), seed=s0 + 20)))
             jobs.append(("chula", "occluded", compose_occluded(cc, int(c["n_chula_occluded"]), seed=s0 + 21)))
         else:
-            jobs = [("xu", "patch", compose_patches(xc, int(c["n_val_patches"]), seed=s0, min_cells=2)),
-                    ("xu", "occluded", compose_occluded(xc, int(c["n_val_patches"]), seed=s0 + 1))]
+            jobs = [
+                ("xu", "patch", compose_patches(xc, int(c["n_val_patches"]), seed=s0, min_cells=2)),
+                ("xu", "occluded", compose_occluded(xc, int(c["n_val_patches"]), seed=s0 + 1)),
+            ]
         for src, kind, pats in jobs:
             for img, types, _n in pats:
                 rs.add(_canvases(clf, img), types, src, kind)
         arr = rs.arrays()
         np.savez(cache / f"{split}.npz", **arr)
-        info[split] = {"regions": int(rs.n), "cells": int(len(arr["X"])),
-                       "by": {f"{s}/{k}": int(((arr["source"] == s) & (arr["kind"] == k)).sum())
-                              for s in ("xu", "chula") for k in ("single", "patch", "occluded")}}
+        info[split] = {
+            "regions": int(rs.n),
+            "cells": int(len(arr["X"])),
+            "by": {
+                f"{s}/{k}": int(((arr["source"] == s) & (arr["kind"] == k)).sum())
+                for s in ("xu", "chula")
+                for k in ("single", "patch", "occluded")
+            },
+        }
         log(f"{split}: {info[split]} ({time.time() - t0:.0f}s)")
     info["config"] = dict(clf.config)
     (cache / "prepare.json").write_text(json.dumps(info, indent=1))
@@ -161,7 +201,11 @@ def augment_batch(x, gen, p_gray: float = 0.3, p_tint: float = 0.5):
     g_plain = 0.85 + 0.3 * torch.rand(B, 3, generator=gen)
     gain = torch.where(tint[:, None], g_tint, g_plain) * (0.75 + 0.55 * torch.rand(B, 1, generator=gen))
     od = od * gain[:, :, None, None]
-    bg_new = bg * (0.85 + 0.2 * torch.rand(B, 1, 1, 1, generator=gen)) * (0.96 + 0.08 * torch.rand(B, 3, 1, 1, generator=gen))
+    bg_new = (
+        bg
+        * (0.85 + 0.2 * torch.rand(B, 1, 1, 1, generator=gen))
+        * (0.96 + 0.08 * torch.rand(B, 3, 1, 1, generator=gen))
+    )
     y = bg_new * torch.exp(-od) - 1.0
     to_gray = torch.rand(B, generator=gen) < p_gray
     y = torch.where(to_gray[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)
@@ -200,7 +244,7 @@ def region_probs(clf, data, batch_cells: int = 256):
     out = []
     with torch.inference_mode():
         for i in range(0, len(X), batch_cells):
-            x = _normalise(X[i:i + batch_cells].float(), clf)
+            x = _normalise(X[i : i + batch_cells].float(), clf)
             views = tta_views(x, clf.tta)
             f = pooled_features(net.backbone, torch.cat(views), clf.pool)
             logits = net.heads(f.reshape(len(views), len(x), -1).transpose(0, 1) if len(views) > 1 else f)
@@ -217,8 +261,16 @@ def exact_match(probs, y):
 def _new_clf(pretrained=True):
     from ..models.multilabel import new_classifier
 
-    return new_classifier(BACKBONE, input_size=INPUT_SIZE, min_side=MIN_SIDE, pretrained=pretrained, pool="avg",
-                          standardize=False, tta="none", split="cells")
+    return new_classifier(
+        BACKBONE,
+        input_size=INPUT_SIZE,
+        min_side=MIN_SIDE,
+        pretrained=pretrained,
+        pool="avg",
+        standardize=False,
+        tta="none",
+        split="cells",
+    )
 
 
 def _trainable(clf):
@@ -232,9 +284,20 @@ def _trainable(clf):
     return frozen
 
 
-def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: float = 1e-3,
-          regions_per_epoch: int = 7000, batch_regions: int = 96, total_epochs: int | None = None,
-          threads: int = 2, init=None, log=print) -> dict:
+def train(
+    cache,
+    *,
+    epochs: int = 4,
+    resume: bool = False,
+    seed: int = 0,
+    lr: float = 1e-3,
+    regions_per_epoch: int = 7000,
+    batch_regions: int = 96,
+    total_epochs: int | None = None,
+    threads: int = 2,
+    init=None,
+    log=print,
+) -> dict:
     """Fine-tune for ``epochs`` epochs (continuing ``cache/state.pt`` with ``resume``); the
     learning rate follows a cosine over ``total_epochs`` (default: ``epochs``). ``init``: start
     from the network of another ``state.pt`` (a new schedule, e.g. a second cosine cycle)."""
@@ -289,7 +352,7 @@ def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: fl
             lr_now = lr * 0.5 * (1 + np.cos(np.pi * (epoch + b / steps) / total))
             for g in opt.param_groups:
                 g["lr"] = lr_now
-            reg = pick[b * batch_regions:(b + 1) * batch_regions]
+            reg = pick[b * batch_regions : (b + 1) * batch_regions]
             rows, local = _rows(starts, counts, reg)
             x = _normalise(augment_batch(X[rows], gen), clf)
             logits = segment_max(clf.net(x), local, len(reg))
@@ -305,17 +368,36 @@ def train(cache, *, epochs: int = 4, resume: bool = False, seed: int = 0, lr: fl
                 m = (va["source"] == s) & (va["kind"] == k)
                 if m.any():
                     vm[f"{s}/{k}"] = round(exact_match(vp[m], va["Y"][m]), 4)
-        hist.append({"epoch": epoch + 1, "lr": lr, "loss": tot / len(pick), "val_exact": vm, "seconds": round(time.time() - t0, 1)})
+        hist.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "loss": tot / len(pick),
+                "val_exact": vm,
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         log(json.dumps(hist[-1]))
-        torch.save({"net": clf.net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "history": hist,
-                    "total_epochs": total, "seed": seed, "lr": lr, "regions_per_epoch": regions_per_epoch,
-                    "batch_regions": batch_regions, "init": None if init is None else str(init),
-                    "cycles": 1 + (init is not None)}, cache / "state.pt")
+        torch.save(
+            {
+                "net": clf.net.state_dict(),
+                "opt": opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": hist,
+                "total_epochs": total,
+                "seed": seed,
+                "lr": lr,
+                "regions_per_epoch": regions_per_epoch,
+                "batch_regions": batch_regions,
+                "init": None if init is None else str(init),
+                "cycles": 1 + (init is not None),
+            },
+            cache / "state.pt",
+        )
     return {"history": hist}
 
 
-def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 0, threads: int = 2,
-           log=print) -> dict:
+def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 0, threads: int = 2, log=print) -> dict:
     """Fit the abnormal model on the training regions' outputs (views ``fit_tta``) and write the
     classifier checkpoint ``out`` (views ``tta`` at prediction)."""
     import torch
@@ -337,12 +419,27 @@ def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 
     va = _load(cache, "val")
     vp = region_probs(clf, va)
     prep = json.loads((cache / "prepare.json").read_text())
-    clf.recipe = {"trainer": "napari_sickle.training.real_classifier", "backbone": BACKBONE, "input_size": INPUT_SIZE,
-                  "min_side": MIN_SIDE, "freeze_blocks": FREEZE_BLOCKS, "epochs": st["epoch"], "lr": st["lr"],
-                  "regions_per_epoch": st["regions_per_epoch"], "batch_regions": st["batch_regions"],
-                  "seed": st["seed"], "abnormal_fit_tta": fit_tta, "cosine_cycles": st.get("cycles", 1), "data": {k: prep[k] for k in ("train", "val")}, "tta": tta}
-    clf.metrics = {"train_exact_fit_views": exact_match(tp, tr["Y"]), "val_exact": exact_match(vp, va["Y"]),
-                   "history": st["history"]}
+    clf.recipe = {
+        "trainer": "napari_sickle.training.real_classifier",
+        "backbone": BACKBONE,
+        "input_size": INPUT_SIZE,
+        "min_side": MIN_SIDE,
+        "freeze_blocks": FREEZE_BLOCKS,
+        "epochs": st["epoch"],
+        "lr": st["lr"],
+        "regions_per_epoch": st["regions_per_epoch"],
+        "batch_regions": st["batch_regions"],
+        "seed": st["seed"],
+        "abnormal_fit_tta": fit_tta,
+        "cosine_cycles": st.get("cycles", 1),
+        "data": {k: prep[k] for k in ("train", "val")},
+        "tta": tta,
+    }
+    clf.metrics = {
+        "train_exact_fit_views": exact_match(tp, tr["Y"]),
+        "val_exact": exact_match(vp, va["Y"]),
+        "history": st["history"],
+    }
     save_checkpoint(clf.to_checkpoint(), out)
     log(json.dumps({k: v for k, v in clf.metrics.items() if k != "history"}))
     return clf.metrics
@@ -376,10 +473,26 @@ def main(argv=None):
     if a.step == "prepare":
         prepare(Path(a.data) / "sickle-rbc", Path(a.data) / "chula-rbc12", a.cache, seed=a.seed)
     elif a.step == "train":
-        train(a.cache, epochs=a.epochs, resume=a.resume, seed=a.seed, lr=a.lr, regions_per_epoch=a.regions_per_epoch,
-              total_epochs=a.total_epochs, threads=a.threads, init=a.init)
+        train(
+            a.cache,
+            epochs=a.epochs,
+            resume=a.resume,
+            seed=a.seed,
+            lr=a.lr,
+            regions_per_epoch=a.regions_per_epoch,
+            total_epochs=a.total_epochs,
+            threads=a.threads,
+            init=a.init,
+        )
     else:
-        finish(a.cache, a.out or str(Path(a.cache) / "classifier.pt"), tta=a.tta, fit_tta=a.fit_tta, seed=a.seed, threads=a.threads)
+        finish(
+            a.cache,
+            a.out or str(Path(a.cache) / "classifier.pt"),
+            tta=a.tta,
+            fit_tta=a.fit_tta,
+            seed=a.seed,
+            threads=a.threads,
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ boundary (:func:`napari_sickle.models.unet_processing.unet_targets`). Random ``s
 flips and 90-degree rotations, weighted cross entropy (1, 1, 3), Adam with cosine decay.
 No Qt/napari imports here.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,9 @@ def _samples(crops, n_patches: int, max_cells: int, seed: int):
     from ..models.unet_processing import normalize_image, unet_targets
 
     out = []
-    for img, _types, _n, inst in compose_patches(crops, n_patches, seed=seed, min_cells=2, max_cells=max_cells,
-                                                 return_masks=True):
+    for img, _types, _n, inst in compose_patches(
+        crops, n_patches, seed=seed, min_cells=2, max_cells=max_cells, return_masks=True
+    ):
         out.append((normalize_image(img), unet_targets(inst, inst.shape)))
     for c in crops:
         mask = np.asarray(c.mask, bool)
@@ -49,7 +51,7 @@ def _window(x, t, size: int, rng):
         t = np.pad(t, ((top, ph - top), (left, pw - left)), constant_values=0)
         h, w = t.shape
     y0, x0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    x, t = x[:, y0:y0 + size, x0:x0 + size], t[y0:y0 + size, x0:x0 + size]
+    x, t = x[:, y0 : y0 + size, x0 : x0 + size], t[y0 : y0 + size, x0 : x0 + size]
     k = int(rng.integers(0, 4))
     x, t = np.rot90(x, k, (1, 2)), np.rot90(t, k)
     if rng.random() < 0.5:
@@ -101,8 +103,13 @@ def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, **optio
         if progress is not None and (step % 10 == 9 or step == steps - 1):
             progress("splitter", step + 1, steps)
     net.eval()
-    stats = {**opts, "images": len(samples), "final_loss": round(loss_value, 4), "seconds": round(time.time() - t0, 1),
-             "seed": int(seed)}
+    stats = {
+        **opts,
+        "images": len(samples),
+        "final_loss": round(loss_value, 4),
+        "seconds": round(time.time() - t0, 1),
+        "seed": int(seed),
+    }
     return net, stats
 
 
@@ -122,5 +129,9 @@ def split_count_accuracy(net, patches, cfg: dict | None = None) -> dict:
 
     found = np.array([max(1, int(split_cells_learned(net, p[0], cfg).max())) for p in patches])
     cells = np.array([int(p[2]) for p in patches])
-    return {"n": len(cells), "exact": float(np.mean(found == cells)), "merged": float(np.mean(found < cells)),
-            "cut": float(np.mean(found > cells))}
+    return {
+        "n": len(cells),
+        "exact": float(np.mean(found == cells)),
+        "merged": float(np.mean(found < cells)),
+        "cut": float(np.mean(found > cells)),
+    }

@@ -27,6 +27,7 @@ border objects the rule predicts omitted (:func:`border_objects`, :func:`fit_bor
 ``holdout`` (an int n or a list of file stems) removes images from training *and*
 validation altogether, for an independent test; they are listed in the checkpoint recipe.
 """
+
 from __future__ import annotations
 
 import json
@@ -122,9 +123,13 @@ def fit_border_classifier(X: np.ndarray, annotated: np.ndarray) -> Optional[dict
     if y.size == 0 or y.all() or not y.any():
         return None
     clf = LogisticRegression().fit(X, y)
-    return {"features": list(BORDER_FEATURES), "coef": [float(c) for c in clf.coef_[0]],
-            "intercept": float(clf.intercept_[0]), "n_examples": int(y.size),
-            "train_accuracy": float(clf.score(X, y))}
+    return {
+        "features": list(BORDER_FEATURES),
+        "coef": [float(c) for c in clf.coef_[0]],
+        "intercept": float(clf.intercept_[0]),
+        "n_examples": int(y.size),
+        "train_accuracy": float(clf.score(X, y)),
+    }
 
 
 def fit_border_fraction(records) -> float:
@@ -191,9 +196,7 @@ def split_items(names: list[str], holdout, val_fraction: float, seed: int):
         test = order[: int(holdout or 0)]
     rest = [i for i in order if i not in test]
     if len(rest) < 2:
-        raise ValueError(
-            f"need at least 2 image/mask pairs for training and validation, found {len(rest)}"
-        )
+        raise ValueError(f"need at least 2 image/mask pairs for training and validation, found {len(rest)}")
     n_val = max(1, int(round(val_fraction * len(rest))))
     return sorted(rest[n_val:]), sorted(rest[:n_val]), sorted(test)
 
@@ -311,15 +314,20 @@ def train_unet(
     scale = float(opts["scale"])
     rule = opts["border_rule"]
     no_border = (None, [], np.zeros((0, 3)), np.zeros(0, bool))
-    border = [border_objects(items[i][1], items[i][2], with_features=True) for i in tr] if (
-        opts["ignore_border"] or rule != "none") and data != "simulated" else [no_border] * len(tr)
+    border = (
+        [border_objects(items[i][1], items[i][2], with_features=True) for i in tr]
+        if (opts["ignore_border"] or rule != "none") and data != "simulated"
+        else [no_border] * len(tr)
+    )
     pool = [
-        _prepare(items[i][1], items[i][2], scale, b[0] if opts["ignore_border"] else None)
-        for i, b in zip(tr, border)
+        _prepare(items[i][1], items[i][2], scale, b[0] if opts["ignore_border"] else None) for i, b in zip(tr, border)
     ]
     border_fraction = fit_border_fraction([r for b in border for r in b[1]]) if rule != "none" else 0.0
-    border_classifier = fit_border_classifier(np.concatenate([b[2] for b in border]),
-                                              np.concatenate([b[3] for b in border])) if rule == "logistic" else None
+    border_classifier = (
+        fit_border_classifier(np.concatenate([b[2] for b in border]), np.concatenate([b[3] for b in border]))
+        if rule == "logistic"
+        else None
+    )
     val_items = [items[i] for i in va]
     report(progress, "loading data", 1, 1)
 
@@ -377,6 +385,7 @@ def train_unet(
             t_fg = ((y == 1) | (y == 2)).float() * valid
             loss = loss + dice_w * (1.0 - (2 * (p_fg * t_fg).sum() + 1.0) / (p_fg.sum() + t_fg.sum() + 1.0))
         return loss
+
     steps = int(opts["steps_per_epoch"])  # optimizer steps; under torchrun each sees batch_size x world crops
     train_model = ddp_glue.wrap(model)  # DDP under torchrun (SyncBatchNorm on CUDA), else the model itself
     model.train()
@@ -422,8 +431,10 @@ def train_unet(
             best = val["metric"]
             metrics = m
             if ddp_glue.is_main():
-                save_checkpoint(make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m),
-                                best_path)
+                save_checkpoint(
+                    make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m),
+                    best_path,
+                )
         extra = {
             "optimizer": optim.state_dict(),
             "scheduler": sched.state_dict(),
@@ -433,7 +444,8 @@ def train_unet(
         }
         if ddp_glue.is_main():
             save_checkpoint(
-                make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m, extra), last_path
+                make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m, extra),
+                last_path,
             )
     return {
         "checkpoint": str(best_path),

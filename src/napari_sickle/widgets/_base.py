@@ -8,6 +8,7 @@ activity dock) and raises :class:`~napari_sickle._progress.Cancelled` once the u
 Cancel, so the work stops at its next progress report and nothing is added to the viewer.
 Python warnings raised by the work become napari notifications.
 """
+
 import threading
 import warnings
 import weakref
@@ -171,8 +172,9 @@ class TaskWidget(Container):
                 raise Cancelled()
             bridge.progress.emit(str(stage), int(done), int(total))
 
-        worker = create_worker(_capture_warnings(func), **kwargs, progress=cb, _start_thread=False,
-                               _ignore_errors=True)  # errors go to _on_error
+        worker = create_worker(
+            _capture_warnings(func), **kwargs, progress=cb, _start_thread=False, _ignore_errors=True
+        )  # errors go to _on_error
 
         def _returned(packed):
             result, msgs = packed

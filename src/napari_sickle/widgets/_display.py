@@ -1,5 +1,6 @@
 """Display functions shared by the dock widgets: numbers for people, tables that fit the
 dock, labels that wrap."""
+
 import math
 
 import numpy as np
@@ -41,8 +42,11 @@ def show_table(table, columns: dict, row_headers=None) -> None:
 
     n = len(next(iter(columns.values()), []))
     # all three keys: magicgui reads a dict without "index" as a dict of columns
-    value = {"data": [[columns[c][i] for c in columns] for i in range(n)], "columns": list(columns),
-             "index": list(row_headers) if row_headers is not None else [str(i + 1) for i in range(n)]}
+    value = {
+        "data": [[columns[c][i] for c in columns] for i in range(n)],
+        "columns": list(columns),
+        "index": list(row_headers) if row_headers is not None else [str(i + 1) for i in range(n)],
+    }
     table.value = value
     q = table.native
     if not getattr(q, "_plain_text_cells", False):

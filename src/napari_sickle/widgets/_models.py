@@ -2,6 +2,7 @@
 from the model zoo each time it opens, so newly shipped models appear) plus
 'custom checkpoint…', and one line saying in plain words what the chosen model was trained on.
 """
+
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
@@ -31,8 +32,11 @@ class ModelPicker(Container):
     def __init__(self, task: str, roles: dict, label: str = "model", custom_hint: str = ""):
         self.task = task
         self.custom_hint = custom_hint
-        self.choice = ComboBox(label=label, choices=self._choices,
-                               tooltip="A model shipped with napari-sickle, or your own checkpoint file.")
+        self.choice = ComboBox(
+            label=label,
+            choices=self._choices,
+            tooltip="A model shipped with napari-sickle, or your own checkpoint file.",
+        )
         self.about = wrap(Label(value="", label=" "))
         self.files = {role: FileEdit(mode="r", filter="*.pt", label=text, value="") for role, text in roles.items()}
         super().__init__(widgets=[self.choice, self.about, *self.files.values()], labels=True)
@@ -82,9 +86,13 @@ class ModelPicker(Container):
         has_default = bool(self.shipped())
         missing = [str(w.label) for r, w in self.files.items() if self.file(r) is None]
         if missing and not (has_default and len(missing) < len(self.files)):
-            what = "a checkpoint file (.pt)" if len(self.files) == 1 else f"checkpoint files (.pt): {', '.join(missing)}"
+            what = (
+                "a checkpoint file (.pt)" if len(self.files) == 1 else f"checkpoint files (.pt): {', '.join(missing)}"
+            )
             if not has_default:
-                return f"No {TASK_WORDS.get(self.task, self.task)} model is shipped with this installation: choose {what}."
+                return (
+                    f"No {TASK_WORDS.get(self.task, self.task)} model is shipped with this installation: choose {what}."
+                )
             return f"Choose {what}."
         bad = [self.file(r) for r in self.files if self.file(r) and not Path(self.file(r)).is_file()]
         if bad:
@@ -99,8 +107,10 @@ class ModelPicker(Container):
                 text += f" (a file left empty uses {self.shipped()[0].name})"
             text += "."
             if not self.shipped():
-                text = (f"No {TASK_WORDS.get(self.task, self.task)} model is shipped with this installation: "
-                        "choose a checkpoint file (Train models makes one).")
+                text = (
+                    f"No {TASK_WORDS.get(self.task, self.task)} model is shipped with this installation: "
+                    "choose a checkpoint file (Train models makes one)."
+                )
             return f"{text} {self.custom_hint}".strip()
         m = self.shipped_model()
         return f"{m.name}: {m.description}" if m is not None else ""

@@ -1,4 +1,5 @@
 """'Analyze RBC smear' dock widget: detect regions, classify six types, call abnormal."""
+
 import napari
 from magicgui.widgets import (
     ComboBox,
@@ -17,8 +18,20 @@ from ._display import show_table, wrap
 from ._models import ModelPicker, path_or_none
 
 
-def _run_analysis(image, model, detector_path, classifier_path, device, score_threshold, nms_iou, batch_size,
-                  image_name, model_cache, cell_diameter=None, progress=None):
+def _run_analysis(
+    image,
+    model,
+    detector_path,
+    classifier_path,
+    device,
+    score_threshold,
+    nms_iou,
+    batch_size,
+    image_name,
+    model_cache,
+    cell_diameter=None,
+    progress=None,
+):
     """Worker body (no Qt): load (or reuse) the models, then analyze."""
     from ..analysis.smear import analyze_smear
     from ..models.registry import load_models
@@ -31,8 +44,17 @@ def _run_analysis(image, model, detector_path, classifier_path, device, score_th
         models = load_models(detector_path, classifier_path, device=device, progress=progress, model=model)
         model_cache.clear()
         model_cache[key] = models
-    return analyze_smear(image, models, score_threshold=score_threshold, nms_iou=nms_iou, batch_size=batch_size,
-                         device=device, progress=progress, image_name=image_name, cell_diameter=cell_diameter)
+    return analyze_smear(
+        image,
+        models,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        image_name=image_name,
+        cell_diameter=cell_diameter,
+    )
 
 
 class AnalyzeRBCWidget(TaskWidget):
@@ -50,21 +72,42 @@ class AnalyzeRBCWidget(TaskWidget):
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ModelPicker("rbc", {"detector": "detector", "classifier": "classifier"})
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
-        self.score_threshold = FloatSpinBox(value=0.5, min=0.01, max=0.99, step=0.05, label="score threshold",
-                                            tooltip="Detections scoring below this are dropped; lower it when cells are missed.")
+        self.score_threshold = FloatSpinBox(
+            value=0.5,
+            min=0.01,
+            max=0.99,
+            step=0.05,
+            label="score threshold",
+            tooltip="Detections scoring below this are dropped; lower it when cells are missed.",
+        )
         self.nms_iou = FloatSpinBox(value=0.5, min=0.05, max=0.95, step=0.05, label="NMS IoU")
         self.batch_size = SpinBox(value=64, min=1, max=1024, label="batch size")
-        self.cell_diameter = SpinBox(value=0, min=0, max=1000, label="cell diameter (px)",
-                                     tooltip="Typical red cell diameter in pixels; 0 = estimate it from the image. "
-                                             "A detector trained at one cell size sees the image rescaled to it.")
+        self.cell_diameter = SpinBox(
+            value=0,
+            min=0,
+            max=1000,
+            label="cell diameter (px)",
+            tooltip="Typical red cell diameter in pixels; 0 = estimate it from the image. "
+            "A detector trained at one cell size sees the image rescaled to it.",
+        )
         self.color_by = ComboBox(choices=["abnormal", "type"], value="abnormal", label="colour by")
         self.legend = wrap(Label(value=""))
         self.summary = Table(value={"item": [], "value": []}, label="summary")
         self.summary.read_only = True
         self.export_path = FileEdit(mode="w", filter="*.csv", label="export CSV", value="")
         self.export_button = PushButton(text="Export regions CSV", enabled=False)
-        self.extend([self.image, self.model, self.device, self.score_threshold, self.nms_iou,
-                     self.cell_diameter, self.batch_size, self.color_by])
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.device,
+                self.score_threshold,
+                self.nms_iou,
+                self.cell_diameter,
+                self.batch_size,
+                self.color_by,
+            ]
+        )
         self._add_run_controls()
         self.extend([self.legend, self.summary, self.export_path, self.export_button])
         self._model_cache: dict = {}
@@ -143,9 +186,10 @@ class AnalyzeRBCWidget(TaskWidget):
 
         self.last_result = result
         self._last_source = source
-        self._layers = [upsert_layer(self._viewer, ldt)
-                        for ldt in result_to_layers(result, source.name, source_layer=source,
-                                                    color_by=self.color_by.value)]
+        self._layers = [
+            upsert_layer(self._viewer, ldt)
+            for ldt in result_to_layers(result, source.name, source_layer=source, color_by=self.color_by.value)
+        ]
         table = summary_table(result.summary)
         show_table(self.summary, {"regions": table["value"]}, row_headers=table["item"])
         self.legend.value = legend(self.color_by.value)
@@ -155,12 +199,14 @@ class AnalyzeRBCWidget(TaskWidget):
             about = self.model.describe()
             self.status.value = (
                 "No regions found. The detector may not know images like this one "
-                f"({about.rstrip('.')}). Try a lower score threshold, the cell diameter, or another model.")
+                f"({about.rstrip('.')}). Try a lower score threshold, the cell diameter, or another model."
+            )
         else:
             self.status.value = (
                 f"{s['n_regions']} regions boxed (a region is one cell or a group of touching cells); "
                 f"{s['n_abnormal']} called abnormal ({s['abnormal_fraction']:.0%}). "
-                f"SCD screening: {s['scd_call']}.")
+                f"SCD screening: {s['scd_call']}."
+            )
 
     def _result_layer(self, index: int):
         layers = getattr(self, "_layers", None)

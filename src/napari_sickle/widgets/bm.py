@@ -7,6 +7,7 @@ shapes of the layer when none is selected). The work runs in a thread worker
 batching; results are turned into layers by ``napari_sickle.layers.bm``. The model is a
 named shipped white-cell model or a checkpoint file; the widget never runs an untrained head.
 """
+
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Label, SpinBox, Table, create_widget
@@ -17,12 +18,13 @@ from ._display import fmt, show_table, signed, wrap
 from ._models import ModelPicker
 
 PREDICTED = "predicted class"
-MATEK_HINT = ("The 21 Matek bone-marrow classes need a model you train yourself "
-              "(Train models › bm on a Matek-style folder), then chosen here as a custom checkpoint.")
+MATEK_HINT = (
+    "The 21 Matek bone-marrow classes need a model you train yourself "
+    "(Train models › bm on a Matek-style folder), then chosen here as a custom checkpoint."
+)
 
 
-def _run_explain(images, model_key, model_ref, model_cache, method, target, top_k, batch_size, device,
-                 progress=None):
+def _run_explain(images, model_key, model_ref, model_cache, method, target, top_k, batch_size, device, progress=None):
     """Worker body (no Qt): load (or reuse) the model with progress, then classify + explain."""
     from ..analysis.bm import explain
     from ..models.bm import load_bm_model
@@ -36,8 +38,16 @@ def _run_explain(images, model_key, model_ref, model_cache, method, target, top_
         model_cache[model_key] = model
         if progress is not None:
             progress("loading model", 1, 1)
-    return explain(images, model=model, method=method, target=target, top_k=top_k, batch_size=batch_size,
-                   device=device, progress=progress)
+    return explain(
+        images,
+        model=model,
+        method=method,
+        target=target,
+        top_k=top_k,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
 
 
 class ClassifyBMWidget(TaskWidget):
@@ -50,14 +60,16 @@ class ClassifyBMWidget(TaskWidget):
 
         super().__init__(viewer, labels=True)
         self.image = create_widget(annotation=napari.layers.Image, label="cell image(s)")
-        self.regions = create_widget(annotation=napari.layers.Shapes, label="regions (optional)",
-                                     options={"nullable": True})
+        self.regions = create_widget(
+            annotation=napari.layers.Shapes, label="regions (optional)", options={"nullable": True}
+        )
         self.regions.value = None
         self.model = ModelPicker("wbc", {"checkpoint": "model file"}, custom_hint=MATEK_HINT)
         self.matek_note = wrap(Label(value="", label=" "))
         self.device = ComboBox(choices=list(DEVICES), value="auto", label="device")
-        self.method = ComboBox(choices=[(v, k) for k, v in CAM_METHOD_LABELS.items()], value="gradcam",
-                               label="CAM method")
+        self.method = ComboBox(
+            choices=[(v, k) for k, v in CAM_METHOD_LABELS.items()], value="gradcam", label="CAM method"
+        )
         self._names_cache: tuple = (None, [])
         self.target = ComboBox(choices=self._target_choices, label="target class")
         self.top_k = SpinBox(value=5, min=1, max=50, label="top-k")
@@ -65,8 +77,19 @@ class ClassifyBMWidget(TaskWidget):
         self.faithfulness = wrap(Label(value="", label="faithfulness"))
         self.table = Table(label="results")
         self.table.read_only = True
-        self.extend([self.image, self.regions, self.model, self.matek_note, self.device, self.method, self.target,
-                     self.top_k, self.batch_size])
+        self.extend(
+            [
+                self.image,
+                self.regions,
+                self.model,
+                self.matek_note,
+                self.device,
+                self.method,
+                self.target,
+                self.top_k,
+                self.batch_size,
+            ]
+        )
         self._add_run_controls()
         self.extend([self.faithfulness, self.table])
         self._model_cache: dict = {}
@@ -187,8 +210,10 @@ class ClassifyBMWidget(TaskWidget):
             return [data], "cell", None, layer
         if spatial_ndim == 3:
             return list(data), "stack", None, layer
-        raise ValueError(f"Image layer {layer.name!r} has {spatial_ndim} dimensions; expected one cell (2-D) "
-                         "or a stack of cells (3-D).")
+        raise ValueError(
+            f"Image layer {layer.name!r} has {spatial_ndim} dimensions; expected one cell (2-D) "
+            "or a stack of cells (3-D)."
+        )
 
     # -- run -------------------------------------------------------------------------
     def run(self, *_):
@@ -203,9 +228,17 @@ class ClassifyBMWidget(TaskWidget):
             return None
         target = None if self.target.value == PREDICTED else self.target.value
         ref = self._model_arg()
-        kwargs = dict(images=cells, model_key=(ref, self.device.value), model_ref=ref,
-                      model_cache=self._model_cache, method=self.method.value, target=target,
-                      top_k=int(self.top_k.value), batch_size=int(self.batch_size.value), device=self.device.value)
+        kwargs = dict(
+            images=cells,
+            model_key=(ref, self.device.value),
+            model_ref=ref,
+            model_cache=self._model_cache,
+            method=self.method.value,
+            target=target,
+            top_k=int(self.top_k.value),
+            batch_size=int(self.batch_size.value),
+            device=self.device.value,
+        )
 
         def done(result):
             self.show_result(result, source, placement, boxes)
@@ -239,6 +272,7 @@ class ClassifyBMWidget(TaskWidget):
             self.faithfulness.value = (
                 f"{result.faithfulness_metric} change when only the heatmap is kept: mean {signed(np.mean(f))} "
                 f"(min {signed(np.min(f))}, max {signed(np.max(f))}) over {result.n} heatmap(s); "
-                "near 0 or positive: the heatmap holds the evidence.")
+                "near 0 or positive: the heatmap holds the evidence."
+            )
         name = self.model.model_name() or "your checkpoint"
         self.status.value = f"Classified {result.n} cell(s) with {name} ({result.model_arch})."

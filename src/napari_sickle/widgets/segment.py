@@ -4,6 +4,7 @@ A thin front end over :func:`napari_sickle.analysis.segmentation.compare_segment
 layers are made in :mod:`napari_sickle.layers.segmentation`. The U-Net is a shipped model
 (ticked by default when one is shipped) or a checkpoint from Train models.
 """
+
 from pathlib import Path
 from typing import Optional
 
@@ -51,12 +52,21 @@ TOOLTIPS = {
 }
 
 
-def _run_comparison(image, ground_truth, methods, unet_model, watershed_params, cc_params, unet_params, device, progress=None):
+def _run_comparison(
+    image, ground_truth, methods, unet_model, watershed_params, cc_params, unet_params, device, progress=None
+):
     from ..analysis.segmentation import compare_segmentations
 
     return compare_segmentations(
-        image, ground_truth, methods=methods, unet_model=unet_model, watershed_params=watershed_params,
-        cc_params=cc_params, unet_params=unet_params, device=device, progress=progress,
+        image,
+        ground_truth,
+        methods=methods,
+        unet_model=unet_model,
+        watershed_params=watershed_params,
+        cc_params=cc_params,
+        unet_params=unet_params,
+        device=device,
+        progress=progress,
     )
 
 
@@ -74,7 +84,9 @@ class CompareSegmentationWidget(TaskWidget):
         self.unet = ModelPicker("unet", {"unet": "U-Net file"}, label="U-Net model")
         self.use_unet = CheckBox(value=bool(self.unet.shipped()), text="U-Net")
         self.use_cc = CheckBox(value=True, text="connected components")
-        self.threshold = ComboBox(choices=["otsu", "li", "yen", "triangle", "mean", "isodata"], value="otsu", label="threshold")
+        self.threshold = ComboBox(
+            choices=["otsu", "li", "yen", "triangle", "mean", "isodata"], value="otsu", label="threshold"
+        )
         self.min_distance = SpinBox(value=0, min=0, max=500, label="min distance (0=auto)")
         self.min_size = SpinBox(value=0, min=0, max=100000, label="min size (0=auto)")
         self.tile = SpinBox(value=512, min=64, max=4096, step=64, label="tile")
@@ -88,10 +100,21 @@ class CompareSegmentationWidget(TaskWidget):
             if w is not None:
                 w.tooltip = tip
         methods = Container(widgets=[self.use_watershed, self.use_unet, self.use_cc], layout="horizontal", labels=False)
-        self.extend([
-            self.image, self.ground_truth, self.gt_file, methods, self.threshold, self.min_distance,
-            self.min_size, self.unet, self.tile, self.overlap, self.device,
-        ])
+        self.extend(
+            [
+                self.image,
+                self.ground_truth,
+                self.gt_file,
+                methods,
+                self.threshold,
+                self.min_distance,
+                self.min_size,
+                self.unet,
+                self.tile,
+                self.overlap,
+                self.device,
+            ]
+        )
         self._add_run_controls()
         self.extend([self.table, self.chart_label])
         self._figure = None
@@ -103,8 +126,14 @@ class CompareSegmentationWidget(TaskWidget):
         if viewer is not None:
             viewer.layers.events.inserted.connect(self._refresh_choices)
             viewer.layers.events.removed.connect(self._refresh_choices)
-        for w in (self.image, self.use_watershed, self.use_unet, self.use_cc, self.unet.choice,
-                  self.unet.files["unet"]):
+        for w in (
+            self.image,
+            self.use_watershed,
+            self.use_unet,
+            self.use_cc,
+            self.unet.choice,
+            self.unet.files["unet"],
+        ):
             w.changed.connect(self.update_run_state)
         LIVE_WIDGETS.add(self)
         self.update_run_state()
@@ -242,15 +271,22 @@ class CompareSegmentationWidget(TaskWidget):
             counts = ", ".join(f"{METHOD_HEADERS.get(m, m)} {int(lab.max())}" for m, lab in result.labels.items())
             self.status.value = f"Done. Objects found (a merged clump counts as one): {counts}."
             if result.metrics:
-                self.chart_label.value = ("Circles on the image mark objects that swallow two or more true cells "
-                                          "(orange watershed, blue U-Net, green connected components).")
+                self.chart_label.value = (
+                    "Circles on the image mark objects that swallow two or more true cells "
+                    "(orange watershed, blue U-Net, green connected components)."
+                )
 
         kwargs = dict(
-            image=data, ground_truth=gt, methods=methods, unet_model=unet_model, watershed_params=ws,
-            cc_params=cc, unet_params=up, device=self.device.value,
+            image=data,
+            ground_truth=gt,
+            methods=methods,
+            unet_model=unet_model,
+            watershed_params=ws,
+            cc_params=cc,
+            unet_params=up,
+            device=self.device.value,
         )
         return self.start(_run_comparison, kwargs, done)
-
 
     def _show_table(self, df):
         """Methods as columns and metrics as rows: fits a narrow dock."""

@@ -4,6 +4,7 @@ loss and validation metric live, can Stop (the last good checkpoint stays: train
 ``last.pt``/``best.pt`` atomically after every epoch) and Resume, and loads the trained
 model into the open analysis widgets.
 """
+
 import json
 import shutil
 import sys
@@ -55,23 +56,47 @@ class TrainWidget(TaskWidget):
         super().__init__(napari_viewer, labels=True)
         self.kind = ComboBox(choices=KINDS, value="multilabel", label="model kind")
         self.source = ComboBox(choices=SOURCES, value="folder or CSV", label="data")
-        self.data_path = FileEdit(mode="d", label="folder / CSV", tooltip=(
-            "class folders of crops, a multi-label CSV, images/+masks/ pairs, or a Pascal VOC folder"))
+        self.data_path = FileEdit(
+            mode="d",
+            label="folder / CSV",
+            tooltip=("class folders of crops, a multi-label CSV, images/+masks/ pairs, or a Pascal VOC folder"),
+        )
         self.image_layer = ComboBox(choices=self._image_layers, label="image layer", nullable=True)
-        self.annotation_layer = ComboBox(choices=self._annotation_layers, label="annotations", nullable=True,
-                                         tooltip="a Labels layer (cell masks) or a Shapes layer of boxes with type/class features")
-        self.out_dir = FileEdit(mode="d", label="output folder", tooltip="best.pt and last.pt go here; empty = a new folder in the cache")
+        self.annotation_layer = ComboBox(
+            choices=self._annotation_layers,
+            label="annotations",
+            nullable=True,
+            tooltip="a Labels layer (cell masks) or a Shapes layer of boxes with type/class features",
+        )
+        self.out_dir = FileEdit(
+            mode="d", label="output folder", tooltip="best.pt and last.pt go here; empty = a new folder in the cache"
+        )
         self.backbone = LineEdit(value="", label="backbone", tooltip="empty = the trainer's default")
         self.epochs = SpinBox(value=10, min=1, max=10000, label="epochs")
         self.device = ComboBox(choices=DEVICES, value="auto", label="device")
         self.threads = SpinBox(value=0, min=0, max=256, label="CPU threads", tooltip="0 = library default")
-        self.extra_options = LineEdit(value="", label="options", tooltip="extra trainer options KEY=VALUE, space separated")
+        self.extra_options = LineEdit(
+            value="", label="options", tooltip="extra trainer options KEY=VALUE, space separated"
+        )
         self.resume_button = PushButton(text="Resume", enabled=False)
         self.load_button = PushButton(text="Load into analysis widgets", enabled=False)
         self.run_button.text = "Train"
         self.cancel_button.text = "Stop"
-        self.extend([self.kind, self.source, self.data_path, self.image_layer, self.annotation_layer,
-                     self.out_dir, self.backbone, self.epochs, self.device, self.threads, self.extra_options])
+        self.extend(
+            [
+                self.kind,
+                self.source,
+                self.data_path,
+                self.image_layer,
+                self.annotation_layer,
+                self.out_dir,
+                self.backbone,
+                self.epochs,
+                self.device,
+                self.threads,
+                self.extra_options,
+            ]
+        )
         self._add_run_controls()
         self.extend([Container(widgets=[self.resume_button, self.load_button], layout="horizontal", labels=False)])
         self._proc = None
@@ -105,8 +130,9 @@ class TrainWidget(TaskWidget):
     def problem(self) -> str:
         if self.source.value == "folder or CSV" and str(self.data_path.value or "") in ("", "."):
             return "Choose a data folder or CSV table (or data: simulated / viewer layers)."
-        if self.source.value == "viewer layers" and (self.image_layer.value is None
-                                                     or self.annotation_layer.value is None):
+        if self.source.value == "viewer layers" and (
+            self.image_layer.value is None or self.annotation_layer.value is None
+        ):
             return "Choose an image layer and a Labels or Shapes layer of annotations."
         return ""
 
@@ -175,8 +201,11 @@ class TrainWidget(TaskWidget):
             raise ValueError("Choose an image layer and a Labels or Shapes layer of annotations.")
         tmp = Path(tempfile.mkdtemp(prefix="napari-sickle-data-"))
         self._tmpdirs.append(tmp)
-        kw = {"labels": ann.data} if isinstance(ann, napari.layers.Labels) else {
-            "shapes": list(ann.data), "features": ann.features}
+        kw = (
+            {"labels": ann.data}
+            if isinstance(ann, napari.layers.Labels)
+            else {"shapes": list(ann.data), "features": ann.features}
+        )
         return str(export_dataset(self.kind.value, image.data, tmp, name=image.name.replace(" ", "_"), **kw))
 
     def _out_dir(self) -> Path:
@@ -194,9 +223,20 @@ class TrainWidget(TaskWidget):
     def command(self, resume: bool = False) -> list[str]:
         """The argument list passed to ``python`` (public for reproducibility and tests)."""
         out = self._out_dir()
-        args = ["-m", "napari_sickle.train", self.kind.value, "--data", self._data_argument(out),
-                "--out", str(out), "--epochs", str(self.epochs.value), "--device", self.device.value,
-                "--json-progress"]
+        args = [
+            "-m",
+            "napari_sickle.train",
+            self.kind.value,
+            "--data",
+            self._data_argument(out),
+            "--out",
+            str(out),
+            "--epochs",
+            str(self.epochs.value),
+            "--device",
+            self.device.value,
+            "--json-progress",
+        ]
         if self.backbone.value.strip():
             args += ["--backbone", self.backbone.value.strip()]
         if self.threads.value:
@@ -326,7 +366,9 @@ class TrainWidget(TaskWidget):
             self.status.value = f"Done in {fmt(round(self.result.get('seconds', 0)))} s. {shown}".strip()
             self._offer_load()
         elif self._stopping:
-            self.status.value = "Stopped; the last checkpoint is kept" + (" (Resume continues)." if self.resume_button.enabled else ".")
+            self.status.value = "Stopped; the last checkpoint is kept" + (
+                " (Resume continues)." if self.resume_button.enabled else "."
+            )
         elif self.last_error is None:
             tail = self._stderr.strip().splitlines()[-1:] or [f"exit code {self.returncode}"]
             self.last_error = RuntimeError(tail[0])
@@ -346,8 +388,11 @@ class TrainWidget(TaskWidget):
     # -- hand-over to the analysis widgets -------------------------------------------
     def analysis_widgets(self) -> list:
         """The open analysis widgets of this viewer (each has ``set_checkpoint(kind, path)``)."""
-        return [w for w in list(LIVE_WIDGETS) if same_viewer(getattr(w, "_viewer", None), self._viewer)
-                and hasattr(w, "set_checkpoint")]
+        return [
+            w
+            for w in list(LIVE_WIDGETS)
+            if same_viewer(getattr(w, "_viewer", None), self._viewer) and hasattr(w, "set_checkpoint")
+        ]
 
     def load_into_analysis(self, checkpoint=None) -> list:
         """Hand the trained checkpoint to every open analysis widget that takes its kind."""
@@ -363,6 +408,9 @@ class TrainWidget(TaskWidget):
             self._on_error(exc)
             return []
         loaded = [w.display_name for w in self.analysis_widgets() if w.set_checkpoint(kind, ckpt)]
-        self.status.value = ("Loaded into " + ", ".join(loaded)) if loaded else (
-            f"No open analysis widget takes a {kind!r} model; open one from Plugins › napari-sickle.")
+        self.status.value = (
+            ("Loaded into " + ", ".join(loaded))
+            if loaded
+            else (f"No open analysis widget takes a {kind!r} model; open one from Plugins › napari-sickle.")
+        )
         return loaded

@@ -327,7 +327,7 @@ def _result(model, probs, top_k, targets, shapes, **kw) -> BMResult:
 
 # --------------------------------------------------------------------------- public API
 def classify_cells(
-    images, model=None, *, top_k: int = 5, batch_size: int = 32, device="auto", progress=None
+    images, model=None, *, top_k: int = 5, batch_size: int = 32, device="auto", progress=None, tta=None
 ) -> BMResult:
     """Classify cells.
 
@@ -335,13 +335,17 @@ def classify_cells(
     array: (H,W) or (H,W,3|4) is one cell, (N,H,W) a grey stack, (N,H,W,C) a colour stack.
     ``model``: a BMClassifier, a shipped model name, a checkpoint path, or None for the
     shipped default white-cell model (``models.bm.load_bm_model``).
+    ``tta``: None uses the model's recipe (the views its training validated on), else
+    ``"none"``, ``"flips"`` or ``"d4"``; the probabilities are the mean softmax over the views,
+    so the widget, ``evaluate bm`` and the training log agree cell by cell.
     """
     import torch
 
     from .._device import resolve_device
-    from ..models.bm import load_bm_model
+    from ..models.bm import load_bm_model, tta_mode, tta_views
 
     model = load_bm_model(model)
+    mode = tta_mode((getattr(model, "recipe", None) or {}).get("tta", "none") if tta is None else tta)
     cells = [_shape_cell(c) for c in as_cell_list(images)]
     shapes = [tuple(int(s) for s in c.shape[:2]) for c in cells]
     dev = resolve_device(device)
@@ -351,9 +355,12 @@ def classify_cells(
     probs = []
     report(progress, "classify", 0, n)
     for start in range(0, n, bs):
-        x = preprocess(cells[start : start + bs], model).to(dev)
+        views = [tta_views(c, mode) for c in cells[start : start + bs]]
+        k = len(views[0])
+        x = preprocess([v for cell_views in views for v in cell_views], model).to(dev)
         with torch.inference_mode():
-            probs.append(torch.softmax(net(x).float(), dim=1).cpu().numpy())
+            p = torch.softmax(net(x).float(), dim=1).reshape(len(views), k, -1).mean(1)
+        probs.append(p.cpu().numpy())
         report(progress, "classify", min(start + bs, n), n)
     p = np.concatenate(probs)
     return _result(model, p, top_k, p.argmax(1), shapes)

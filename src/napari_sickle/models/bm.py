@@ -247,6 +247,32 @@ def vit_reshape_transform(grid: int):
 
 
 # --------------------------------------------------------------------------- the classifier
+TTA_MODES = ("none", "flips", "d4")
+
+
+def tta_mode(value) -> str:
+    """``tta`` option -> ``"none"``, ``"flips"`` (identity, left-right, up-down, both) or
+    ``"d4"`` (the eight symmetries of the square: four 90-degree rotations and their mirrors)."""
+    v = "none" if value in (None, False) else "flips" if value is True else str(value).strip().lower()
+    v = {"0": "none", "false": "none", "no": "none", "off": "none", "1": "flips", "true": "flips"}.get(v, v)
+    if v not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {value!r}")
+    return v
+
+
+def tta_views(image, mode: str) -> list:
+    """The test-time views of one (H, W, C) cell, flipped as numpy arrays before preprocessing."""
+    import numpy as np
+
+    a = np.asarray(image)
+    if mode == "none":
+        return [a]
+    if mode == "d4":
+        rots = [np.ascontiguousarray(np.rot90(a, k)) for k in range(4)]
+        return rots + [np.ascontiguousarray(r[:, ::-1]) for r in rots]
+    return [a, np.ascontiguousarray(a[:, ::-1]), np.ascontiguousarray(a[::-1]), np.ascontiguousarray(a[::-1, ::-1])]
+
+
 @dataclass
 class BMClassifier:
     """A network plus everything needed to use it on raw cell images."""

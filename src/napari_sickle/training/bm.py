@@ -28,8 +28,8 @@ a multiple of 32, at most the arch's default), ``batch_size`` (32), ``lr``, ``au
 (True), ``val_fraction`` (0.2; 0 trains on everything, cosine schedule only), ``split_seed``
 (0: the held-out split does not change with ``seed``), ``n_per_class`` (simulated, 64),
 ``pretrained`` (True), ``weight_decay`` (1e-4), ``label_smoothing`` (0), ``class_names``,
-``cache_size``, ``tta`` (``"flips"``: validation and ``evaluate_bm`` average the softmax of
-each cell and its flips; ``"none"``; ``"d4"``). ``epochs`` defaults to 30. Validation cells go
+``cache_size``, ``tta`` (``"d4"``: validation, ``evaluate_bm`` and ``classify_cells`` average
+the softmax of each cell in the eight symmetries of the square; ``"flips"``; ``"none"``). ``epochs`` defaults to 30. Validation cells go
 through ``analysis.bm.preprocess``, the code ``classify_cells`` uses, so the logged held-out
 figures equal ``evaluate bm``'s.
 
@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .._progress import report
+from ..models.bm import TTA_MODES, tta_mode, tta_views  # noqa: F401  (re-exported)
 
 _HEAD_NAMES = {"vgg": "classifier.6", "resnet": "fc", "regnet": "fc", "vit": "heads.head", "efficientnet": "classifier"}
 
@@ -365,30 +366,6 @@ def _transforms(size, mean, std, augment, crop_scale, *, colour=False, scale_jit
             v2.RandomRotation(180, fill=fill),
         ]
     return v2.Compose([*head, *geo, v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), *tail])
-
-
-TTA_MODES = ("none", "flips", "d4")
-
-
-def tta_mode(value) -> str:
-    """``tta`` option -> ``"none"``, ``"flips"`` (identity, left-right, up-down, both) or
-    ``"d4"`` (the eight symmetries of the square: four 90-degree rotations and their mirrors)."""
-    v = "none" if value in (None, False) else "flips" if value is True else str(value).strip().lower()
-    v = {"0": "none", "false": "none", "no": "none", "off": "none", "1": "flips", "true": "flips"}.get(v, v)
-    if v not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {value!r}")
-    return v
-
-
-def tta_views(image, mode: str) -> list:
-    """The test-time views of one (H, W, C) cell, flipped as numpy arrays before preprocessing."""
-    a = np.asarray(image)
-    if mode == "none":
-        return [a]
-    if mode == "d4":
-        rots = [np.ascontiguousarray(np.rot90(a, k)) for k in range(4)]
-        return rots + [np.ascontiguousarray(r[:, ::-1]) for r in rots]
-    return [a, np.ascontiguousarray(a[:, ::-1]), np.ascontiguousarray(a[::-1]), np.ascontiguousarray(a[::-1, ::-1])]
 
 
 class _ValDataset:
@@ -954,7 +931,7 @@ def _options(options: dict, arch: str, simulated: bool) -> dict:
     opts.setdefault("pretrained", True)
     opts.setdefault("weight_decay", 1e-4)
     opts.setdefault("patience", 3)
-    opts["tta"] = tta_mode(opts.get("tta", "flips"))
+    opts["tta"] = tta_mode(opts.get("tta", "d4"))
     # the recipe (docs/bm.md): fixed cosine schedule with EMA weights, stain/colour
     # augmentation, background white balance and framing on the nucleus, scale jitter
     opts.setdefault("schedule", "cosine")
@@ -1155,15 +1132,9 @@ def evaluate_bm(
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise ValueError(f"the data has classes {unknown} that the model does not know ({names}).")
+    res = classify_cells(images, clf, batch_size=batch_size, device=device, progress=progress, tta=tta)
+    proba = res.probabilities
     mode = tta_mode((getattr(clf, "recipe", None) or {}).get("tta", "none") if tta is None else tta)
-    views = list(zip(*(tta_views(im, mode) for im in images)))  # one list of cells per view
-    proba = np.mean(
-        [
-            classify_cells(list(v), clf, batch_size=batch_size, device=device, progress=progress).probabilities
-            for v in views
-        ],
-        axis=0,
-    )
     y = np.array([names.index(lab) for lab in labels])
     m = _metrics(y, proba.argmax(1), names)
     m["tta"] = mode

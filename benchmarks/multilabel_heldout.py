@@ -38,9 +38,9 @@ def main(argv=None):
 
     import imageio.v3 as iio
 
+    from napari_sickle.cli.simulate import write_dataset
     from napari_sickle.constants import RBC_TYPES
     from napari_sickle.data.compose import compose_patches, load_crops
-    from napari_sickle.simulate import write_dataset
     from napari_sickle.training.multilabel import _split, load_patches
 
     out = Path(a.out)

@@ -8,7 +8,7 @@ abruptly (``os._exit(17)``) when it logs that epoch on torchrun's first attempt
 import os
 import sys
 
-from napari_sickle import train
+from napari_sickle.cli import train
 
 
 def _crashing(log):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sickle.cli.evaluate import main
 from napari_sickle.constants import RBC_TYPES
-from napari_sickle.evaluate import main
 
 
 def _write_png(path: Path, arr) -> None:

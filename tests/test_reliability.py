@@ -55,7 +55,7 @@ def _smear(path: Path, seed: int) -> Path:
 def _analyze(capsys, *argv) -> tuple[int, str, str]:
     import torch
 
-    from napari_sickle.analyze import main
+    from napari_sickle.cli.analyze import main
 
     threads = torch.get_num_threads()
     capsys.readouterr()
@@ -434,9 +434,13 @@ def test_outputs_and_checkpoints_get_ordinary_permissions(tmp_path, capsys):
 
 
 def test_training_refuses_one_class_and_classes_left_with_one_readable_image(tmp_path, monkeypatch, capsys):
-    from napari_sickle.train import main
+    import napari_sickle.cli.train as cli_train
 
-    monkeypatch.setenv("NAPARI_SICKLE_TRAINER_BM", "json:dumps")  # never reached
+    def never_called(*args, **kwargs):
+        raise AssertionError("the data checks refuse these folders before training starts")
+
+    monkeypatch.setattr(cli_train, "get_trainer", lambda kind: never_called)
+    main = cli_train.main
     one = tmp_path / "one"
     for k in range(3):
         _smear(one / "normal" / f"{k}.png", k)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_sickle.cli.simulate import main, write_dataset
 from napari_sickle.constants import RBC_TYPES, XU_FOLDER_TO_TYPE
-from napari_sickle.simulate import main, write_dataset
 
 SHAPE = ["--shape", "240x320"]
 

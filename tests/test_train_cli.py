@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sickle.cli.train import main
 from napari_sickle.constants import RBC_TYPES
-from napari_sickle.train import main
 
 TINY_ML = ["--threads", "1", "--input-size", "32", "--batch-size", "16", "-o", "pretrained=False", "-o", "compose=4"]
 
@@ -176,7 +176,7 @@ def test_json_error_event(tmp_path, capsys):
 
 
 def test_unknown_option_value_parsing():
-    from napari_sickle.train import build_kwargs, build_parser
+    from napari_sickle.cli.train import build_kwargs, build_parser
 
     args = build_parser().parse_args(
         ["unet", "--data", "simulated", "--out", "x", "-o", "base=8", "-o", "augment=false", "--lr", "0.01"]
@@ -260,7 +260,7 @@ def test_composed_data_option_and_patient_split(tmp_path):
     UsageError) for a missing one, and the held-out composed smears use another patient's crops."""
     from types import SimpleNamespace
 
-    from napari_sickle.train import UsageError, check_data
+    from napari_sickle.cli._common import UsageError, check_data
     from napari_sickle.training.detector import split_crops
 
     check_data(f"composed:{tmp_path}", "detector")

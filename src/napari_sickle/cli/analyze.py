@@ -36,16 +36,9 @@ import os
 import signal
 import sys
 
-from .analysis.batch import IMAGE_SUFFIXES, list_inputs, load_image, overlay_png  # noqa: F401 (public names)
-from .constants import DEVICES
-
-
-def _inputs(items):
-    yield from list_inputs(items)
-
-
-def _load(src):
-    return load_image(src)
+from ..analysis.batch import list_inputs
+from ..constants import DEVICES
+from ._common import debug_requested, on_sigterm
 
 
 def main(argv=None) -> int:
@@ -105,9 +98,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = ap.parse_args(argv)
-    debug = args.debug or bool(os.environ.get("NAPARI_SICKLE_DEBUG"))
+    debug = debug_requested(args)
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not in the main thread
         pass
     try:
@@ -122,8 +115,8 @@ def main(argv=None) -> int:
         )
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure ends with one line
-        from .analysis.batch import InputError
-        from .models.checkpoint import CheckpointError
+        from ..analysis.batch import InputError
+        from ..models.checkpoint import CheckpointError
 
         _close_bars()
         user = isinstance(exc, (OSError, CheckpointError, InputError))
@@ -149,22 +142,18 @@ def _close_bars() -> None:
         pass
 
 
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess
-    raise KeyboardInterrupt
-
-
 def _check_out(out, inputs_args) -> str | None:
     """Why ``out`` cannot be the output folder (None if it can): an existing file, one of the
     input folders (unless it is already an output folder), or a folder that cannot be created
     or written."""
     from pathlib import Path
 
-    from ._atomic import atomic_write
+    from .._atomic import atomic_write
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         return f"--out {out} is an existing file, not a folder"
-    from .analysis.batch import STATE_DIR
+    from ..analysis.batch import STATE_DIR
 
     for it in inputs_args:
         p = Path(it)
@@ -201,7 +190,7 @@ def _main(args) -> int:
     if args.workers is not None and args.workers < 0:
         print("error: --workers must be 0 or more", file=sys.stderr)
         return 2
-    from .analysis.batch import max_pixels
+    from ..analysis.batch import max_pixels
 
     args.max_pixels = max_pixels(None if args.max_pixels is None else int(args.max_pixels))
     missing_arg = next(
@@ -224,7 +213,7 @@ def _main(args) -> int:
         print("no input images found", file=sys.stderr)
         return 2
 
-    from .training import distributed as dist
+    from ..training import distributed as dist
 
     if dist.launched_by_torchrun():
         dist.init_from_env(args.device)
@@ -244,10 +233,10 @@ def _analyze(args, inputs, dist) -> int:
 
     from tqdm import tqdm
 
-    from .analysis.batch import analyze_batch, default_processes, pending
-    from .models.checkpoint import CheckpointError
-    from .models.registry import load_models
-    from .models.zoo import ModelFileError
+    from ..analysis.batch import analyze_batch, default_processes, pending
+    from ..models.checkpoint import CheckpointError
+    from ..models.registry import load_models
+    from ..models.zoo import ModelFileError
 
     main_rank, world = dist.is_main(), dist.world_size()
     bar_state = {}
@@ -328,7 +317,7 @@ def _report(args, inputs, dist, rep, world) -> int:
     ``torchrun``); exit code 2 when no input could be analysed."""
     from pathlib import Path
 
-    from .analysis.batch import write_summary
+    from ..analysis.batch import write_summary
 
     main_rank = dist.is_main()  # asked before cleanup: afterwards every process looks like rank 0
     for i, err in rep.errors.items():

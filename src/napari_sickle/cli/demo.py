@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .constants import DEVICES
+from ..constants import DEVICES
 
 
 def _recall_at_50(gt, pred) -> float:
@@ -38,7 +38,7 @@ def _recall_at_50(gt, pred) -> float:
 
 def _fixture_smear():
     """A real smear from the SICKLE_DATA fixtures (Chula RBC-12, then BCCD), or None."""
-    from ._paths import sickle_data_dir
+    from .._paths import sickle_data_dir
 
     d = sickle_data_dir()
     if d is None:
@@ -81,9 +81,9 @@ def main(argv=None) -> int:
     import imageio.v3 as iio
     import numpy as np
 
+    from ..data.simulate import simulate_smear
+    from ..io.formats import read_regions_csv, write_regions_csv
     from . import analyze
-    from .data.simulate import simulate_smear
-    from .io.formats import read_regions_csv, write_regions_csv
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from ._malloc import tune_malloc
-from .constants import DEVICES
-from .train import UsageError, _one_line, _parse_option, _user_error_types, check_data, to_json
+from .._malloc import tune_malloc
+from ..constants import DEVICES
+from ._common import (
+    UsageError,
+    add_option_argument,
+    check_data,
+    debug_requested,
+    one_line,
+    to_json,
+    user_error_types,
+)
 
 KINDS = ("detector", "multilabel", "bm", "segmentation")
 
@@ -64,16 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, help="evaluation data: folder, CSV table, or 'simulated'")
         p.add_argument("--device", default="auto", choices=DEVICES)
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-        p.add_argument(
-            "-o",
-            "--option",
-            dest="options",
-            action="append",
-            type=_parse_option,
-            default=[],
-            metavar="KEY=VALUE",
-            help="extra evaluator option (repeatable)",
-        )
+        add_option_argument(p, "extra evaluator option (repeatable)")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
 
@@ -104,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: stopped by the user", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # noqa: BLE001
-        user = isinstance(exc, _user_error_types()) or isinstance(exc, (ValueError, KeyError))
-        msg = _one_line(exc) if user else f"{type(exc).__name__}: {_one_line(exc)}"
+        user = isinstance(exc, user_error_types()) or isinstance(exc, (ValueError, KeyError))
+        msg = one_line(exc) if user else f"{type(exc).__name__}: {one_line(exc)}"
         print(f"error: {msg}", file=sys.stderr, flush=True)
-        if args.debug or os.environ.get("NAPARI_SICKLE_DEBUG"):
+        if debug_requested(args):
             import traceback
 
             traceback.print_exc()

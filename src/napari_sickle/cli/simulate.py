@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import RBC_TYPES
+from ..constants import RBC_TYPES
 
 LAYOUTS = ("pairs", "voc", "crops", "patches")
 
@@ -63,13 +63,13 @@ def _smear(i: int, seed: int, shape, rgb: bool, crops, n_cells, edge_cells, styl
     s = int(seed) * 100_003 + i
     kw = {} if edge_cells is None else {"edge_cells": bool(edge_cells)}
     if crops is not None:
-        from .data.compose import compose_smear
+        from ..data.compose import compose_smear
 
         sm = compose_smear(crops, seed=s, shape=shape, n_cells=n_cells, **kw)
         if not rgb:
             sm.image = sm.image.mean(axis=2).round().astype(np.uint8)
         return sm
-    from .data.simulate import simulate_smear
+    from ..data.simulate import simulate_smear
 
     return simulate_smear(seed=s, shape=shape, n_cells=n_cells, rgb=rgb, style=style, **kw)
 
@@ -130,7 +130,7 @@ def write_dataset(
     out.mkdir(parents=True, exist_ok=True)
     crops = None
     if crops_root is not None and layout != "crops":
-        from .data.compose import load_crops
+        from ..data.compose import load_crops
 
         crops = load_crops(crops_root)
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def write_dataset(
 def _write_pairs(out, n, seed, make, rgb, progress):
     import tifffile
 
-    from .io.formats import write_regions_csv
+    from ..io.formats import write_regions_csv
 
     cell_rows, n_regions, n_total = [], 0, 0
     for i in range(n):
@@ -174,7 +174,7 @@ def _write_pairs(out, n, seed, make, rgb, progress):
 
 
 def _write_voc(out, n, seed, make, rgb, progress):
-    from .io.formats import write_regions_csv
+    from ..io.formats import write_regions_csv
 
     rng = np.random.default_rng(seed)
     names, all_regions = [], []
@@ -202,7 +202,7 @@ def _write_voc(out, n, seed, make, rgb, progress):
 
 
 def _write_crops(out, n, seed, make, rgb, progress):
-    from .data.simulate import simulate_cell_details
+    from ..data.simulate import simulate_cell_details
 
     rng = np.random.default_rng(seed)
     counts = {}

@@ -22,10 +22,7 @@ file, ...) ends with exit code 2 and a one-line message, no traceback.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
-import json
-import math
 import os
 import signal
 import sys
@@ -33,36 +30,33 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ._malloc import tune_malloc
-from .constants import DEVICES, IMAGE_EXTENSIONS
+from .._malloc import tune_malloc
+from ..constants import DEVICES
+from ._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PROTOCOL,
+    UsageError,
+    add_option_argument,
+    check_data,
+    debug_requested,
+    is_image_file,
+    on_sigterm,
+    one_line,
+    to_json,
+    user_error_types,
+)
 
 KINDS = ("detector", "multilabel", "bm", "unet")
-PROTOCOL = "multilabel-protocol"
-IMAGE_EXTS = frozenset(IMAGE_EXTENSIONS)
-
-#: Exit code for bad input (argparse uses 2 as well).
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-
-
-class UsageError(ValueError):
-    """Bad input detected before or during training: reported in one line, exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------
 # dispatch
 # ---------------------------------------------------------------------------------------
 def get_trainer(kind: str) -> Callable[..., dict]:
-    """Return ``train_<kind>`` from ``napari_sickle.training.<kind>``.
-
-    The environment variable ``NAPARI_SICKLE_TRAINER_<KIND>=module:function`` points a
-    kind at another callable with the same signature (for plugging in experimental
-    trainers); it is not needed for normal use.
-    """
-    override = os.environ.get(f"NAPARI_SICKLE_TRAINER_{kind.upper().replace('-', '_')}")
-    if override:
-        mod_name, _, func_name = override.partition(":")
-    elif kind == PROTOCOL:
+    """Return ``train_<kind>`` from ``napari_sickle.training.<kind>`` (``run_protocol`` for
+    the multi-label protocol)."""
+    if kind == PROTOCOL:
         mod_name, func_name = "napari_sickle.training.protocol", "run_protocol"
     else:
         mod_name, func_name = f"napari_sickle.training.{kind}", f"train_{kind}"
@@ -81,77 +75,8 @@ def get_trainer(kind: str) -> Callable[..., dict]:
 
 
 # ---------------------------------------------------------------------------------------
-# input checks that give clear messages before any heavy import
+# input checks that need the data read (check_data in _common needs none)
 # ---------------------------------------------------------------------------------------
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTS
-
-
-def check_data(data: str, kind: str) -> None:
-    """Raise :class:`UsageError` for input that cannot possibly train."""
-    if data == "simulated":
-        return
-    if kind in ("detector", "eval") and data.split(":", 1)[0] in ("composed", "composed-test") and ":" in data:
-        data = data.split(":", 1)[1]  # composed smears from this folder of crops
-        if not Path(data).expanduser().is_dir():
-            raise UsageError(f"--data composed:{data}: no such folder of crops.")
-        return
-    if kind in ("detector", "eval") and (data == "real" or data.startswith("real:")):
-        from .data.real_smears import data_root
-
-        root = data_root(data.split(":", 1)[1] if ":" in data else None)
-        if not root.is_dir():
-            raise UsageError(f"--data {data}: no such folder {root} (set SICKLE_DATA or use real:<folder>).")
-        return
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise UsageError(f"--data {data}: no such file or folder.")
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise UsageError(f"--data {data}: expected a folder or a .csv table, got a {path.suffix or 'plain'} file.")
-        if path.stat().st_size == 0:
-            raise UsageError(f"--data {data}: the CSV file is empty.")
-        if kind == "multilabel":
-            from .io.datasets import read_multilabel_table
-
-            read_multilabel_table(path)  # DatasetError naming a missing column / file
-        return
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    if not entries:
-        raise UsageError(f"--data {data}: the folder is empty.")
-    names = {p.name for p in entries}
-    if {"images", "masks"} <= names or {"JPEGImages", "Annotations"} <= names:
-        for sub in ("images", "JPEGImages"):
-            if (path / sub).is_dir() and not any(_is_image(p) for p in (path / sub).iterdir()):
-                raise UsageError(f"--data {data}: {sub}/ holds no images.")
-        return
-    subdirs = sorted(p for p in entries if p.is_dir())
-    if kind == "bm" and (
-        "labels.csv" in names or any(n.startswith("Class Labels of ") and n.endswith(".csv") for n in names)
-    ):
-        return  # a table names the classes (wbc-zheng2018 layout, or the Zheng folder as published)
-    if subdirs and kind in ("multilabel", "bm", PROTOCOL):
-        counts = {d.name: sum(1 for p in d.rglob("*") if _is_image(p)) for d in subdirs}
-        if sum(counts.values()) == 0:
-            raise UsageError(f"--data {data}: none of the class folders ({', '.join(counts)}) holds an image.")
-        if len(counts) == 1:
-            raise UsageError(
-                f"--data {data}: only one class folder ('{subdirs[0].name}'); a classifier needs at "
-                "least two classes (its AUCs would be undefined)."
-            )
-        for name, n in counts.items():
-            if n == 0:
-                raise UsageError(f"--data {data}: class folder '{name}' is empty.")
-            if n == 1:
-                raise UsageError(
-                    f"--data {data}: class folder '{name}' has only one image; every class needs at "
-                    "least two (one to train on, one to validate)."
-                )
-        return
-    if not subdirs and not any(_is_image(p) for p in entries) and not any(p.suffix == ".csv" for p in entries):
-        raise UsageError(f"--data {data}: the folder holds no images, class folders or dataset layout.")
-
-
 def check_readable_classes(data: str, kind: str, bad: list[str]) -> None:
     """UsageError when, once the unreadable images ``bad`` are skipped, a class folder keeps
     fewer than two images (one to train on, one to validate)."""
@@ -163,7 +88,7 @@ def check_readable_classes(data: str, kind: str, bad: list[str]) -> None:
         return
     skipped = {str(Path(b).resolve()) for b in bad}
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        n = sum(1 for p in d.rglob("*") if _is_image(p) and str(p.resolve()) not in skipped)
+        n = sum(1 for p in d.rglob("*") if is_image_file(p) and str(p.resolve()) not in skipped)
         if n < 2:
             raise UsageError(
                 f"--data {data}: class folder '{d.name}' has {n} readable image(s) once the "
@@ -176,11 +101,11 @@ def count_unreadable(data: str, limit: int = 5000) -> tuple[int, list[str]]:
     if data == "simulated" or not Path(data).is_dir():
         return 0, []
     try:
-        from .io.images import read_image
+        from ..io.images import read_image
     except Exception:  # the IO module is not importable: nothing to count
         return 0, []
     bad: list[str] = []
-    files = [p for p in Path(data).rglob("*") if _is_image(p)][:limit]
+    files = [p for p in Path(data).rglob("*") if is_image_file(p)][:limit]
     for p in files:
         try:
             read_image(p)
@@ -192,43 +117,6 @@ def count_unreadable(data: str, limit: int = 5000) -> tuple[int, list[str]]:
 # ---------------------------------------------------------------------------------------
 # progress reporting
 # ---------------------------------------------------------------------------------------
-def _jsonable(obj: Any):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item"):
-        try:
-            return obj.item()
-        except Exception:
-            pass
-    return str(obj)
-
-
-def to_json(obj: dict) -> str:
-    """One line of strict JSON (NaN/inf become null, numpy values become Python)."""
-    return json.dumps(_replace_nan(obj), default=_jsonable)
-
-
-def _replace_nan(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _replace_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_replace_nan(v) for v in obj]
-    return obj
-
-
 class Reporter:
     """Turns ``progress``/``log`` callbacks into JSON lines or a tqdm bar."""
 
@@ -339,25 +227,6 @@ class Reporter:
 # ---------------------------------------------------------------------------------------
 # argument parsing
 # ---------------------------------------------------------------------------------------
-def _parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        low = text.lower()
-        if low in ("true", "yes", "on"):
-            return True
-        if low in ("false", "no", "off"):
-            return False
-        return text
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"option {text!r} is not KEY=VALUE")
-    key, _, value = text.partition("=")
-    return key.strip().replace("-", "_"), _parse_value(value.strip())
-
-
 def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
     p.add_argument(
         "--data", required=True, help="folder (class folders, images/+masks/, VOC), multi-label CSV, or 'simulated'"
@@ -386,16 +255,7 @@ def _add_common(p: argparse.ArgumentParser, protocol: bool = False) -> None:
         default=None,
         help="network input size in pixels (kind-specific default)",
     )
-    p.add_argument(
-        "-o",
-        "--option",
-        dest="options",
-        action="append",
-        type=_parse_option,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra trainer option (repeatable), e.g. -o n_composed=1000",
-    )
+    add_option_argument(p, "extra trainer option (repeatable), e.g. -o n_composed=1000")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
@@ -439,44 +299,18 @@ def build_kwargs(args: argparse.Namespace, progress, log) -> dict:
     return kwargs
 
 
-def _user_error_types() -> tuple[type, ...]:
-    # OSError: environment problems (full disk, no permission) are reported like bad input
-    types: list[type] = [UsageError, OSError]
-    for mod, name in (
-        ("napari_sickle.io.datasets", "DatasetError"),
-        ("napari_sickle.io.images", "ImageReadError"),
-        ("napari_sickle.models.checkpoint", "CheckpointError"),
-    ):
-        try:
-            types.append(getattr(importlib.import_module(mod), name))
-        except Exception:
-            pass
-    return tuple(types)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, KeyError) and text.startswith("'"):
-        text = f"missing key {text}"
-    return " ".join(text.split())
-
-
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised through the widget's Stop
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_malloc()
     out = Path(args.out).expanduser()
-    from .training import distributed as ddp_glue  # torchrun/DDP glue; no-op in a plain process
+    from ..training import distributed as ddp_glue  # torchrun/DDP glue; no-op in a plain process
 
     rep = Reporter(
         args.json_progress, out, quiet=ddp_glue.launched_by_torchrun() and os.environ.get("RANK", "0") != "0"
     )
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
         pass
     t0 = time.perf_counter()
@@ -561,16 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
         ddp_glue.cleanup(success=False)
         rep.close()
-        user = isinstance(exc, _user_error_types()) or (
+        user = isinstance(exc, user_error_types()) or (
             isinstance(exc, (ValueError, KeyError)) and type(exc).__module__.startswith(("napari_sickle", "builtins"))
         )
-        msg = _one_line(exc)
+        msg = one_line(exc)
         if not user:
             msg = f"{type(exc).__name__}: {msg}"
         rep.emit("error", message=msg, type=type(exc).__name__)
         if not args.json_progress:
             print(f"error: {msg}", file=sys.stderr, flush=True)
-        if args.debug or os.environ.get("NAPARI_SICKLE_DEBUG"):
+        if debug_requested(args):
             import traceback
 
             traceback.print_exc()

@@ -109,3 +109,55 @@ def test_empty_and_unknown_path(smear):
     assert crops.shape == (0, 3, 32, 32) and len(owner) == 0
     with pytest.raises(ValueError):
         C.region_crops(clf, image, np.zeros((0, 4)), "fast")
+
+
+def _cell_cuts_whole_region(image, boxes, params=None):
+    """The cell cuts as made before the windowed, threaded split: every cell's mask dilated
+    and blurred over its whole region, one region after another (the reference)."""
+    from scipy import ndimage as ndi
+
+    from napari_sickle.models.cells import DEFAULT_SPLIT, region_background, split_cells
+
+    p = {**DEFAULT_SPLIT, **(params or {})}
+    H, W = image.shape[:2]
+    cuts, owner = [], []
+    for i, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+        x0, y0, x1, y1 = C._region_window(box, H, W, int(p["margin"]))
+        region = image[y0:y1, x0:x1, :3]
+        labels = split_cells(region, p)
+        regf = region.astype(np.float32)
+        bg = region_background(regf, labels > 0)
+        if labels.max() <= 1:
+            cuts.append(region)
+            owner.append(i)
+            continue
+        for c in range(1, int(labels.max()) + 1):
+            mask = ndi.binary_dilation(labels == c, iterations=int(p["dilate"]))
+            alpha = ndi.gaussian_filter(mask.astype(np.float32), 1.0)
+            ys, xs = np.nonzero(mask)
+            a = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1, None]
+            cut = regf[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] * a + bg * (1 - a)
+            cuts.append(np.clip(np.rint(cut), 0, 255).astype(np.uint8))
+            owner.append(i)
+    return cuts, np.asarray(owner)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_threaded_windowed_split_equals_whole_region_split(smear, workers):
+    """Same cells per region and the same cut pixels (bit for bit) as the whole-region,
+    one-region-at-a-time split, on any number of threads; probabilities then equal exactly."""
+    image, boxes = smear
+    ref_cuts, ref_owner = _cell_cuts_whole_region(image, boxes)
+    cuts, fills, owner = C.cell_cuts(image, boxes, 72, workers=workers)
+    np.testing.assert_array_equal(
+        np.bincount(owner, minlength=len(boxes)), np.bincount(ref_owner, minlength=len(boxes))
+    )
+    assert len(cuts) == len(ref_cuts) > len(boxes)
+    for a, b in zip(cuts, ref_cuts):
+        np.testing.assert_array_equal(a, b)
+    clf = _classifier(split="cells", tta="hflip", input_size=64, min_side=72)
+    canv = C.canvases_from_cuts(cuts, fills, 64, 72)
+    ref_canv = C.canvases_from_cuts(ref_cuts, fills, 64, 72)
+    got = clf.region_probs(clf.features(canv), owner, len(boxes))
+    ref = clf.region_probs(clf.features(ref_canv), ref_owner, len(boxes))
+    np.testing.assert_array_equal(got, ref)

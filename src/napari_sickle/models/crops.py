@@ -14,8 +14,9 @@ once (pinned memory, non-blocking copy) and all canvases of a batch are made the
   (:func:`resize_weights`, the same weights as ``F.interpolate(..., antialias=True)``). The
   fill colour (median of the box's border pixels) is a batched sort on the device.
 * ``split="cells"`` / ``"unet"``: the split into cells (scikit-image watershed or the learned
-  splitter) still runs per region on the host; each cell's blended cut is placed and resized
-  on the device in the same batched way.
+  splitter) runs per region on the host, the regions of an image on several threads
+  (:func:`cell_cuts`); each cell's blended cut is placed and resized on the device in the same
+  batched way.
 
 The results equal the per-region path's to float rounding (tests/test_crops.py). The
 per-region path stays available (:func:`region_crops` with ``path="per-region"``) for
@@ -32,6 +33,8 @@ from ..constants import IMAGENET_MEAN, IMAGENET_STD
 PATHS = ("batched", "per-region")
 #: at most this many window pixels (boxes x height x width) per batched product
 WINDOW_PIXELS = 1 << 23
+#: at most this many threads split the regions of one image into cells (the GIL caps the gain beyond)
+MAX_SPLIT_WORKERS = 8
 
 
 def _torch():
@@ -223,43 +226,90 @@ def padded_crops(img, boxes, size: int, min_side: int, mean=IMAGENET_MEAN, std=I
     return out
 
 
-def cell_cuts(image, boxes, min_side: int, params: dict | None = None, splitter=None):
-    """Host part of the cell split: for every cell of every box, its blended cut (uint8,
-    (h, w, 3)) and canvas fill colour, as ``models.cells.cell_canvases`` makes them before
-    centring. Returns ``(cuts, fills (M, 3) uint8, owner (M,))``."""
+def split_workers(n_regions: int, workers: int | None = None) -> int:
+    """Threads for the cell split of ``n_regions`` regions: ``workers``, else torch's intra-op
+    thread count (1 in each single-threaded analysing process of the batch command, so the
+    cores are never oversubscribed), at most :data:`MAX_SPLIT_WORKERS` and ``n_regions``."""
+    if workers is None:
+        workers = min(_torch().get_num_threads(), MAX_SPLIT_WORKERS)
+    return max(1, min(int(workers), int(n_regions)))
+
+
+def _region_window(box, H: int, W: int, margin: int):
+    bx0, by0, bx1, by1 = box
+    x0, y0 = int(np.clip(np.floor(bx0) - margin, 0, W - 1)), int(np.clip(np.floor(by0) - margin, 0, H - 1))
+    x1, y1 = int(np.clip(np.ceil(bx1) + margin, x0 + 1, W)), int(np.clip(np.ceil(by1) + margin, y0 + 1, H))
+    return x0, y0, x1, y1
+
+
+def _cell_cut(labels, c: int, regf, bg, dilate: int):
+    """Blended uint8 cut of cell ``c`` of ``labels``, as ``models.cells.cell_canvases`` makes it
+    (mask dilated ``dilate`` px, Gaussian soft edge), computed on a window around the cell: the
+    cell's box grown by ``dilate`` (the mask's reach) plus 4 px (the Gaussian's radius at sigma 1,
+    truncate 4), clipped to the region. Outside that reach the mask is zero, and where the
+    window meets the region's edge both reflect at the same edge, so the cut equals the
+    whole-region computation bit for bit (tests/test_crops.py)."""
     from scipy import ndimage as ndi
 
-    from .cells import DEFAULT_SPLIT, region_background, split_cells
+    ys, xs = np.nonzero(labels == c)
+    r = int(dilate) + 4
+    h, w = labels.shape
+    wy0, wy1 = max(int(ys.min()) - r, 0), min(int(ys.max()) + 1 + r, h)
+    wx0, wx1 = max(int(xs.min()) - r, 0), min(int(xs.max()) + 1 + r, w)
+    mask = ndi.binary_dilation(labels[wy0:wy1, wx0:wx1] == c, iterations=int(dilate))
+    alpha = ndi.gaussian_filter(mask.astype(np.float32), 1.0)
+    ys, xs = np.nonzero(mask)
+    ya, yb, xa, xb = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    a = alpha[ya:yb, xa:xb, None]
+    cut = regf[wy0 + ya : wy0 + yb, wx0 + xa : wx0 + xb] * a + bg * (1 - a)
+    return np.clip(np.rint(cut), 0, 255).astype(np.uint8)
+
+
+def _region_cuts(region, p: dict, splitter=None):
+    """The cell split of one region and its cells' cuts: ``(cuts, fill (3,) uint8)``; the region
+    itself as the only cut when it holds at most one cell."""
+    from .cells import region_background, split_cells
+
+    labels = split_cells(region, p) if splitter is None else np.asarray(splitter(region), np.int32)
+    regf = region.astype(np.float32)
+    bg = region_background(regf, labels > 0)
+    fill = np.clip(np.rint(np.asarray(bg, np.float32)), 0, 255).astype(np.uint8)
+    k = int(labels.max())
+    if k <= 1:
+        return [region], fill
+    return [_cell_cut(labels, c, regf, bg, int(p["dilate"])) for c in range(1, k + 1)], fill
+
+
+def cell_cuts(image, boxes, min_side: int, params: dict | None = None, splitter=None, workers: int | None = None):
+    """Host part of the cell split: for every cell of every box, its blended cut (uint8,
+    (h, w, 3)) and canvas fill colour, as ``models.cells.cell_canvases`` makes them before
+    centring. Returns ``(cuts, fills (M, 3) uint8, owner (M,))``.
+
+    The regions are independent, so the rule-based split runs on :func:`split_workers` threads
+    (SciPy, scikit-image and NumPy release the GIL in their loops); each region's result is
+    the same as computed alone. The learned splitter (``splitter``) runs on one thread."""
+    from .cells import DEFAULT_SPLIT
 
     p = {**DEFAULT_SPLIT, **(params or {})}
     img = np.asarray(image)
     H, W = img.shape[:2]
-    m = int(p["margin"])
+    regions = []
+    for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        x0, y0, x1, y1 = _region_window(box, H, W, int(p["margin"]))
+        regions.append(img[y0:y1, x0:x1, :3])
+    n = split_workers(len(regions), workers) if splitter is None else 1
+    if n > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n, thread_name_prefix="cell-split") as ex:
+            per_region = list(ex.map(lambda r: _region_cuts(r, p), regions))
+    else:
+        per_region = [_region_cuts(r, p, splitter) for r in regions]
     cuts, fills, owner = [], [], []
-    for i, (bx0, by0, bx1, by1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
-        x0, y0 = int(np.clip(np.floor(bx0) - m, 0, W - 1)), int(np.clip(np.floor(by0) - m, 0, H - 1))
-        x1, y1 = int(np.clip(np.ceil(bx1) + m, x0 + 1, W)), int(np.clip(np.ceil(by1) + m, y0 + 1, H))
-        region = img[y0:y1, x0:x1, :3]
-        labels = split_cells(region, p) if splitter is None else np.asarray(splitter(region), np.int32)
-        regf = region.astype(np.float32)
-        bg = region_background(regf, labels > 0)
-        fill = np.clip(np.rint(np.asarray(bg, np.float32)), 0, 255).astype(np.uint8)
-        k = int(labels.max())
-        if k <= 1:
-            cuts.append(region)
-            fills.append(fill)
-            owner.append(i)
-            continue
-        for c in range(1, k + 1):
-            mask = ndi.binary_dilation(labels == c, iterations=int(p["dilate"]))
-            alpha = ndi.gaussian_filter(mask.astype(np.float32), 1.0)
-            ys, xs = np.nonzero(mask)
-            ya, yb, xa, xb = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            a = alpha[ya:yb, xa:xb, None]
-            cut = regf[ya:yb, xa:xb] * a + bg * (1 - a)
-            cuts.append(np.clip(np.rint(cut), 0, 255).astype(np.uint8))
-            fills.append(fill)
-            owner.append(i)
+    for i, (c, fill) in enumerate(per_region):
+        cuts += c
+        fills += [fill] * len(c)
+        owner += [i] * len(c)
     return cuts, np.asarray(fills, np.uint8).reshape(-1, 3), np.asarray(owner, np.int64)
 
 

@@ -8,8 +8,8 @@ import tifffile
 from PIL import Image
 
 from napari_sickle.constants import RBC_TYPES
-from napari_sickle.io._reader import napari_get_reader
-from napari_sickle.io._writer import write_labels, write_regions_csv
+from napari_sickle.plugin._reader import napari_get_reader
+from napari_sickle.plugin._writer import write_labels, write_regions_csv
 
 
 def _read(path):

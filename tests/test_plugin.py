@@ -55,7 +55,7 @@ def test_npe2_lists_reader_writers_and_sample():
 
 def _core_modules() -> list[str]:
     mods = ["napari_sickle"]
-    for pkg in ("io", "data", "models", "analysis", "training"):
+    for pkg in ("io", "data", "models", "analysis", "training", "plugin"):
         for f in sorted((SRC / pkg).rglob("*.py")):
             rel = f.relative_to(SRC.parent).with_suffix("")
             parts = list(rel.parts)
@@ -114,7 +114,7 @@ def test_wheel_contains_manifest_and_installs_for_npe2(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "napari_sickle/napari.yaml" in names
-        assert "napari_sickle/io/_reader.py" in names
+        assert "napari_sickle/plugin/_reader.py" in names
         ep = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         eps = zf.read(ep).decode()
     assert "[napari.manifest]" in eps and "napari-sickle = napari_sickle:napari.yaml" in eps
@@ -173,7 +173,7 @@ def test_wheel_contains_manifest_and_installs_for_npe2(tmp_path):
             "readers": [r.command for r in mf.contributions.readers],
             "writers": [w.command for w in mf.contributions.writers],
             "samples": [s.key for s in mf.contributions.sample_data],
-            "reader_ok": callable(__import__("napari_sickle.io._reader", fromlist=["x"]).napari_get_reader),
+            "reader_ok": callable(__import__("napari_sickle.plugin._reader", fromlist=["x"]).napari_get_reader),
         }))
         """
     )

@@ -225,7 +225,7 @@ def test_npe2_writers_leave_nothing_behind_on_a_full_disk(tmp_path, monkeypatch)
     import PIL.Image
     import tifffile
 
-    from napari_sickle.io._writer import write_labels, write_regions_csv
+    from napari_sickle.plugin._writer import write_labels, write_regions_csv
 
     labels = np.zeros((20, 30), np.uint16)
     labels[2:8, 3:9] = 1
@@ -407,7 +407,7 @@ def test_cli_errors_end_with_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_regions_csv_without_a_column_says_which(tmp_path):
-    from napari_sickle.io._reader import napari_get_reader
+    from napari_sickle.plugin._reader import napari_get_reader
 
     p = tmp_path / "r.csv"
     p.write_text("image,region_id,x_min,y_min,x_max\na.png,1,0,0,5\n")

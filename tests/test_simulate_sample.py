@@ -8,8 +8,8 @@ from napari_sickle.constants import RBC_TYPES
 
 
 def test_make_sample_smear_layers():
-    from napari_sickle._sample_data import make_sample_smear
     from napari_sickle.data.simulate import simulate_smear
+    from napari_sickle.plugin._sample_data import make_sample_smear
 
     layers = make_sample_smear()
     assert [t for _, _, t in layers] == ["image", "labels", "shapes"]

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import IMAGE_EXTENSIONS, ImageReadError, is_image_path, read_image
+from ..constants import IMAGE_EXTENSIONS
+from ..io.images import ImageReadError, is_image_path, read_image
 
 ReaderFunction = Callable[[object], list]
 
@@ -47,19 +48,19 @@ def _reader_for(p: Path) -> ReaderFunction | None:
     if suffix in (*IMAGE_EXTENSIONS, ".xml", ".csv", ".txt") and p.stat().st_size == 0:
         return _wrap(_empty_file)
     if suffix in IMAGE_EXTENSIONS:
-        from .masks import is_mask_path
+        from ..io.masks import is_mask_path
 
         return _wrap(read_mask_file if is_mask_path(p) else read_image_file)
     if suffix == ".xml":
-        from .formats import looks_like_voc
+        from ..io.formats import looks_like_voc
 
         return _wrap(read_voc_file) if looks_like_voc(p) else None
     if suffix == ".csv":
-        from .formats import looks_like_regions_csv
+        from ..io.formats import looks_like_regions_csv
 
         return _wrap(read_regions_file) if looks_like_regions_csv(p) or _partly_regions_csv(p) else None
     if suffix == ".txt":
-        from .formats import looks_like_points
+        from ..io.formats import looks_like_points
 
         return _wrap(read_points_file) if looks_like_points(p) else None
     return None
@@ -68,7 +69,7 @@ def _reader_for(p: Path) -> ReaderFunction | None:
 def _partly_regions_csv(p: Path) -> bool:
     """A CSV whose header has a box column and another regions column: a regions CSV with a
     column missing, claimed so that reading it names the missing column."""
-    from .formats import BOX_COLUMNS, REGIONS_REQUIRED
+    from ..io.formats import BOX_COLUMNS, REGIONS_REQUIRED
 
     try:
         header = set(pd.read_csv(p, nrows=0).columns)
@@ -78,7 +79,7 @@ def _partly_regions_csv(p: Path) -> bool:
 
 
 def _dir_reader(d: Path) -> ReaderFunction | None:
-    from .datasets import class_folders
+    from ..io.datasets import class_folders
 
     if (d / "images").is_dir() and (d / "masks").is_dir():
         return _wrap(read_pair_folder)
@@ -127,8 +128,8 @@ def read_image_file(p: Path) -> list:
 
 def read_mask_file(p: Path) -> list:
     """A mask (``*_mask.*`` or in ``masks/``) -> Labels, one label per connected region."""
+    from ..io.masks import mask_to_regions, read_mask
     from ..layers.annotations import labels_layer
-    from .masks import mask_to_regions, read_mask
 
     labels, regions = mask_to_regions(read_mask(p))
     return [
@@ -138,8 +139,8 @@ def read_mask_file(p: Path) -> list:
 
 def read_voc_file(p: Path) -> list:
     """Pascal VOC XML -> Shapes rectangles with a ``class`` feature."""
+    from ..io.formats import read_voc
     from ..layers.annotations import voc_shapes_layer
-    from .formats import read_voc
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -151,16 +152,16 @@ def read_voc_file(p: Path) -> list:
 
 def read_regions_file(p: Path) -> list:
     """Regions CSV -> Shapes rectangles with every table column as a feature."""
+    from ..io.formats import read_regions_csv
     from ..layers.annotations import regions_shapes_layer
-    from .formats import read_regions_csv
 
     return [regions_shapes_layer(read_regions_csv(p), name=p.stem, path=str(p))]
 
 
 def read_points_file(p: Path) -> list:
     """Chula-style ``x y class_id`` text -> Points with ``class_id``/``class`` features."""
+    from ..io.formats import find_class_names, read_points
     from ..layers.annotations import points_layer
-    from .formats import find_class_names, read_points
 
     return [points_layer(read_points(p), name=f"{p.stem} points", class_names=find_class_names(p), path=str(p))]
 
@@ -174,9 +175,9 @@ def read_pair_folder(d: Path) -> list:
     (``features`` add a ``slice`` column); otherwise each pair gives two layers.
     A mask whose size differs from its image raises ValueError naming both files.
     """
+    from ..io.datasets import scan_image_mask_pairs
+    from ..io.masks import mask_to_regions, read_mask
     from ..layers.annotations import image_layer, labels_layer
-    from .datasets import scan_image_mask_pairs
-    from .masks import mask_to_regions, read_mask
 
     pairs = scan_image_mask_pairs(d)
     images, labels, tables, names = [], [], [], []
@@ -263,7 +264,7 @@ def read_crop_folder(d: Path) -> list:
         t, pcol, ccol = table
         entries = [(d / str(p), str(c)) for p, c in zip(t[pcol], t[ccol])]
     else:
-        from .datasets import scan_class_folders
+        from ..io.datasets import scan_class_folders
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

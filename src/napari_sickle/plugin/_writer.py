@@ -30,8 +30,8 @@ def shapes_to_regions(data, attributes: dict) -> pd.DataFrame:
     name, ``region_id`` 1..N, type columns 0. Features that the reader derived for
     display (listed in metadata) are left out so a file round-trips unchanged.
     """
+    from ..io.formats import BOX_COLUMNS
     from ..layers.annotations import DERIVED_KEY, rectangles_to_boxes
-    from .formats import BOX_COLUMNS
 
     attributes = attributes or {}
     boxes = rectangles_to_boxes(data)
@@ -62,13 +62,13 @@ def shapes_to_regions(data, attributes: dict) -> pd.DataFrame:
 
 def write_regions_csv(path: str, data, attributes: dict) -> list[str]:
     """Shapes layer -> regions CSV (docs/formats.md). Refuses an existing file."""
-    from .formats import write_regions_csv as _write
+    from ..io.formats import write_regions_csv as _write
 
     p = Path(path)
     if p.suffix.lower() != ".csv":
         p = p.with_suffix(p.suffix + ".csv") if p.suffix else p.with_suffix(".csv")
     from .._atomic import atomic_write
-    from .formats import validate_regions
+    from ..io.formats import validate_regions
 
     _refuse_existing(p)
     df = validate_regions(shapes_to_regions(data, attributes), source=f"table for {p}")

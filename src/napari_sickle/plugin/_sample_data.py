@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import RBC_TYPE_LABELS, RBC_TYPES
+from ..constants import RBC_TYPE_LABELS, RBC_TYPES
 
 # One edge colour per region label: abnormal regions stand out from pure Oval/Disc.
 _NORMAL_EDGE = "#00c853"
@@ -63,6 +63,6 @@ def smear_layer_data(smear) -> list[tuple]:
 def make_sample_smear(seed: int = 0) -> list[tuple]:
     """The napari sample: a 1920x1080 simulated smear in a real smear's stain colours (chosen by the
     seed), its cells (Labels) and region boxes (Shapes)."""
-    from .data.simulate import simulate_smear
+    from ..data.simulate import simulate_smear
 
     return smear_layer_data(simulate_smear(seed=seed, style="auto"))

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bm_fp16_check.py --checkpoint runs/ship/best.pt [--model wbc-zheng-v1]
 
-Classifies every Zheng crop and the PBC fixture crops with both (test-time flips, as
-``evaluate bm``) and prints the number of differing labels and the largest softmax difference.
+Classifies every Zheng crop and the PBC fixture crops with both (the test-time
+views of the model's recipe, as ``evaluate bm``) and prints the number of differing labels and the largest softmax difference.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ def main(argv=None) -> int:
     from napari_sickle.io.images import read_image, to_rgb_uint8
     from napari_sickle.models.bm import load_bm_model
     from napari_sickle.models.zoo import resolve, sha256_of
-    from napari_sickle.training.bm import tta_views
 
     torch.set_num_threads(a.threads)
     z = pd.read_csv(root / "wbc-zheng2018" / "labels.csv")
@@ -41,8 +40,7 @@ def main(argv=None) -> int:
     probs = []
     for ref in (a.checkpoint, a.model):
         m = load_bm_model(ref)
-        views = list(zip(*(tta_views(c, "flips") for c in cells)))
-        probs.append(np.mean([classify_cells(list(v), m, device="cpu").probabilities for v in views], axis=0))
+        probs.append(classify_cells(cells, m, device="cpu").probabilities)
     shipped = resolve(a.model, "wbc", "classifier")
     print(
         json.dumps(

@@ -35,16 +35,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..constants import RBC_TYPES, XU_FOLDER_TO_TYPE
-from .simulate import (
-    SimulatedSmear,
-    _background,
-    _finish,
-    cell_table,
-    paint_instances,
-    paste_add,
-    place_cells,
-    regions_from_instances,
-)
+from .ground_truth import cell_table, regions_from_instances
+from .placement import paint_instances, paste_add, place_cells
+from .simulate import SimulatedSmear, _background, _finish
 
 __all__ = [
     "Crop",
@@ -321,7 +314,7 @@ def _od_patch(crop: Crop) -> np.ndarray:
 
 def _augment(crop: Crop, rng: np.random.Generator, scale=(0.85, 1.15), rotate: bool = True) -> _Piece:
     """Random flips, scale and rotation (one bilinear affine resampling of OD + mask)."""
-    from .simulate import _largest_component
+    from .cell_shapes import _largest_component
 
     src = _od_patch(crop)
     if rng.random() < 0.5:
@@ -494,7 +487,7 @@ def compose_smear(
     tint = np.clip(bg / 255.0 * rng.uniform(0.97, 1.03, 3), 0.05, 1.0).astype(np.float32)
     illum = _background(rng, (H, W), tint)
     image = _finish(od, illum, rng, blur=float(rng.uniform(0.0, 0.5)), noise=max(0.5, noise * 0.7), rgb=True)
-    from .simulate import _drop_hidden
+    from .ground_truth import _drop_hidden
 
     kept = [p.type_index for p, _, _ in items]
     rows = [(k + 1, RBC_TYPES[p.type_index], l + p.cx, t + p.cy, 2 * p.radius) for k, (p, t, l) in enumerate(items)]

@@ -1,4 +1,4 @@
-"""Helpers shared by the command-line programs: user errors reported in one line, ``-o
+"""What the command-line programs share: user errors reported in one line, ``-o
 KEY=VALUE`` options, strict one-line JSON, and the input checks that give a clear message
 before any heavy import."""
 

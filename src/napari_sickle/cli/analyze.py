@@ -41,7 +41,7 @@ from ..constants import DEVICES
 from ._common import debug_requested, on_sigterm
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m napari_sickle.analyze",
         description=__doc__,
@@ -97,7 +97,11 @@ def main(argv=None) -> int:
         "larger ones are refused unread",
     )
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     debug = debug_requested(args)
     try:
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -234,28 +238,8 @@ def _analyze(args, inputs, dist) -> int:
     from tqdm import tqdm
 
     from ..analysis.batch import analyze_batch, default_processes, pending
-    from ..models.checkpoint import CheckpointError
-    from ..models.registry import load_models
-    from ..models.zoo import ModelFileError
 
     main_rank, world = dist.is_main(), dist.world_size()
-    bar_state = {}
-
-    def train_progress(stage, done, total):
-        bar = bar_state.get(stage)
-        if bar is None:
-            bar = bar_state[stage] = tqdm(total=total, desc=stage, leave=False)
-        bar.n = done
-        bar.refresh()
-
-    def load():
-        try:
-            return load_models(
-                args.detector, args.classifier, device=args.device, progress=train_progress, model=args.model
-            ), None
-        except (FileNotFoundError, CheckpointError, ModelFileError) as exc:
-            return None, " ".join(str(exc).split())
-
     if world == 1 and not pending(
         inputs, Path(args.out), images_per_batch=args.images_per_batch, overwrite=args.overwrite
     ):
@@ -266,18 +250,12 @@ def _analyze(args, inputs, dist) -> int:
             analyze_batch(inputs, Path(args.out), None, max_pixels=args.max_pixels, device=args.device),
             world,
         )  # nothing left: no model
-    models, err = load() if main_rank else (None, None)
-    err = dist.broadcast(err)  # the other ranks load once rank 0 has checked the models
-    if err is None and not main_rank:
-        models, err = load()
-    err = next((e for e in dist.gather(err) if e), None)  # every rank stops if one cannot load
+    models, err = _load_models(args, dist)
     if err is not None:
         _close_bars()
         print(f"error: {err}", file=sys.stderr)
         dist.cleanup(success=False)
         return 2
-    for b in bar_state.values():
-        b.close()
     processes = args.processes
     if processes is None and dist.world_size() > 1:  # ranks on one node share its cores
         processes = max(1, default_processes(args.device) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -310,6 +288,44 @@ def _analyze(args, inputs, dist) -> int:
     )
     bar.close()
     return _report(args, inputs, dist, rep, world)
+
+
+def _load_models(args, dist):
+    """``(models, None)``, or ``(None, one-line error)`` on every rank when one rank cannot load
+    them; rank 0 loads first, the other ranks once it has checked the models."""
+    from tqdm import tqdm
+
+    from ..models.checkpoint import CheckpointError
+    from ..models.registry import load_models
+    from ..models.zoo import ModelFileError
+
+    bar_state = {}
+
+    def train_progress(stage, done, total):
+        bar = bar_state.get(stage)
+        if bar is None:
+            bar = bar_state[stage] = tqdm(total=total, desc=stage, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    def load():
+        try:
+            return load_models(
+                args.detector, args.classifier, device=args.device, progress=train_progress, model=args.model
+            ), None
+        except (FileNotFoundError, CheckpointError, ModelFileError) as exc:
+            return None, " ".join(str(exc).split())
+
+    main_rank = dist.is_main()
+    models, err = load() if main_rank else (None, None)
+    err = dist.broadcast(err)  # the other ranks load once rank 0 has checked the models
+    if err is None and not main_rank:
+        models, err = load()
+    err = next((e for e in dist.gather(err) if e), None)  # every rank stops if one cannot load
+    if err is None:
+        for b in bar_state.values():
+            b.close()
+    return models, err
 
 
 def _report(args, inputs, dist, rep, world) -> int:

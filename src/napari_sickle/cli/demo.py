@@ -68,32 +68,16 @@ def _show_real(viewer, image: Path, regions_csv: Path, shot: Path) -> int:
     return len(viewer.layers[-1].data)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m napari_sickle.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--out", default="out/demo", help="output folder (created; must be empty or new)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", choices=DEVICES)
-    ap.add_argument("--real", default=None, help="a real smear image to analyse too (default: a SICKLE_DATA fixture)")
-    args = ap.parse_args(argv)
-
+def _simulate(pair: Path, seed: int):
+    """Simulate a smear and write it as an image/mask pair folder with its ground-truth regions
+    CSV; returns ``(smear, image path, mask path, regions CSV path)``."""
     import imageio.v3 as iio
     import numpy as np
 
     from ..data.simulate import simulate_smear
-    from ..io.formats import read_regions_csv, write_regions_csv
-    from . import analyze
+    from ..io.formats import write_regions_csv
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        print(f"error: output folder {out} is not empty; choose another --out", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
-
-    # 1. simulate
-    smear = simulate_smear(seed=args.seed, style="auto")
-    pair = out / "smear"
+    smear = simulate_smear(seed=seed, style="auto")
     (pair / "images").mkdir(parents=True)
     (pair / "masks").mkdir(parents=True)
     img_path = pair / "images" / "smear.png"
@@ -103,27 +87,18 @@ def main(argv=None) -> int:
     gt_csv = pair / "smear_truth.csv"
     write_regions_csv(smear.regions.assign(image=img_path.name), gt_csv)
     print(f"[demo] simulated {smear.n_cells} cells in {len(smear.regions)} regions -> {pair}")
+    return smear, img_path, mask_path, gt_csv
 
-    # 2. analyse (the batch command's own code path)
-    real = Path(args.real) if args.real else _fixture_smear()
-    inputs = [str(img_path)] + ([str(real)] if real is not None else [])
-    rc = analyze.main([*inputs, "--out", str(out / "analysis"), "--device", args.device])
-    if rc != 0:
-        return rc
-    if real is None:
-        print("[demo] no real smear given and SICKLE_DATA not found: analysed the simulated smear only")
-    pred_csv = _only(out / "analysis", "smear*_regions.csv")
-    pred = read_regions_csv(pred_csv)
-    recall = _recall_at_50(smear.regions, pred)
-    print(f"[demo] {len(pred)} regions detected; recall of true regions at IoU 0.5: {recall:.3f}")
 
-    # 3. napari: plugin readers in, plugin writers out, screenshot
+def _napari_round_trip(out: Path, paths: list[Path], real: Path | None) -> None:
+    """Open ``paths`` (image, mask, true and predicted regions) in a viewer through the plugin's
+    reader, save the layers back through its writers, and screenshot this smear and ``real``."""
     import napari
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     try:
-        for path in (img_path, mask_path, gt_csv, pred_csv):
+        for path in paths:
             viewer.open(str(path), plugin="napari-sickle")
         viewer.layers[-2].visible = False  # the ground-truth boxes: show the predictions
         for layer in viewer.layers:
@@ -151,6 +126,45 @@ def main(argv=None) -> int:
             print(f"[demo] real smear {real.name}: {n_real} regions; screenshot {out / 'screenshot_real.png'}")
     finally:
         viewer.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m napari_sickle.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", default="out/demo", help="output folder (created; must be empty or new)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", choices=DEVICES)
+    ap.add_argument("--real", default=None, help="a real smear image to analyse too (default: a SICKLE_DATA fixture)")
+    args = ap.parse_args(argv)
+
+    from ..io.formats import read_regions_csv
+    from . import analyze
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"error: output folder {out} is not empty; choose another --out", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+
+    # 1. simulate
+    smear, img_path, mask_path, gt_csv = _simulate(out / "smear", args.seed)
+
+    # 2. analyse (the batch command's own code path)
+    real = Path(args.real) if args.real else _fixture_smear()
+    inputs = [str(img_path)] + ([str(real)] if real is not None else [])
+    rc = analyze.main([*inputs, "--out", str(out / "analysis"), "--device", args.device])
+    if rc != 0:
+        return rc
+    if real is None:
+        print("[demo] no real smear given and SICKLE_DATA not found: analysed the simulated smear only")
+    pred_csv = _only(out / "analysis", "smear*_regions.csv")
+    pred = read_regions_csv(pred_csv)
+    recall = _recall_at_50(smear.regions, pred)
+    print(f"[demo] {len(pred)} regions detected; recall of true regions at IoU 0.5: {recall:.3f}")
+
+    # 3. napari: plugin readers in, plugin writers out, screenshot
+    _napari_round_trip(out, [img_path, mask_path, gt_csv, pred_csv], real)
     print(
         json.dumps(
             {

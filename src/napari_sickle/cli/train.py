@@ -313,102 +313,118 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
         pass
-    t0 = time.perf_counter()
     try:
-        if args.kind != PROTOCOL and args.resume not in (None, "auto") and not Path(args.resume).expanduser().is_file():
-            raise UsageError(f"--resume {args.resume}: no such checkpoint file.")
-        if args.kind != PROTOCOL and not args.folds:  # '--resume auto', and every torchrun (re)start
-            args.resume = ddp_glue.auto_resume_path(out, args.resume)
-        elif args.kind != PROTOCOL and args.resume == "auto":
-            args.resume = None
-        if args.epochs is not None and args.epochs < 1:
-            raise UsageError("--epochs must be at least 1.")
-        if args.folds is not None and args.folds < 2:
-            raise UsageError("--folds must be at least 2.")
-        check_data(args.data, args.kind)
-        trainer = get_trainer(args.kind)
-        out.mkdir(parents=True, exist_ok=True)
-        ctx = ddp_glue.init_from_env(args.device)
-        if args.kind != PROTOCOL:  # rank 0's resume decision for all (a node may not see OUT yet)
-            args.resume = ddp_glue.broadcast(args.resume)
-        n_bad, bad = count_unreadable(args.data) if ddp_glue.is_main() else (0, [])
-        if n_bad:
-            check_readable_classes(args.data, args.kind, bad)
-        rep.emit(
-            "start",
-            kind=args.kind,
-            data=str(args.data),
-            out=str(out),
-            epochs=args.epochs,
-            device=args.device,
-            backbone=args.backbone,
-            seed=args.seed,
-            resume=getattr(args, "resume", None),
-            pid=os.getpid(),
-            world_size=ctx.world_size,
-            backend=ctx.backend,
-            restart=ctx.restart,
-        )
-        if n_bad:
-            rep.emit("warning", message=f"{n_bad} unreadable image(s) will be skipped", skipped=n_bad, files=bad[:20])
-            rep.message(f"warning: {n_bad} unreadable image(s) will be skipped (e.g. {bad[0]})")
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(int(args.threads))
-        if ctx.enabled and args.kind in ("multilabel", PROTOCOL) and not ddp_glue.is_main():
-            result = {}  # heads train on cached features on rank 0; the other ranks wait (docs/distributed.md)
-        else:
-            result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, rep.log))
-        ranks = ddp_glue.rank_counts() if ctx.enabled else None
-        ddp_glue.cleanup(success=True)
-        if not ddp_glue.is_main() and ctx.enabled:
-            return 0
-        rep.check_checkpoints()
-        result = dict(result or {})
-        seconds = float(result.get("seconds", time.perf_counter() - t0))
-        rep.close()
-        done = {
-            "checkpoint": result.get("checkpoint"),
-            "metrics": result.get("metrics", {}),
-            "seconds": seconds,
-            "skipped": n_bad,
-        }
-        if args.kind == PROTOCOL:
-            done["report"] = result.get("report")
-        if ranks is not None:
-            done["world_size"], done["ranks"] = ctx.world_size, ranks
-        rep.emit("done", **done)
-        if not args.json_progress:
-            print(to_json({k: v for k, v in done.items()}), flush=True)
-        return 0
+        return _train(args, out, rep, ddp_glue)
     except KeyboardInterrupt:
-        ddp_glue.cleanup(success=False)
-        rep.close()
-        rep.check_checkpoints()
-        last = out / "last.pt"
-        msg = "stopped by the user" + (f"; resume with --resume {last}" if last.is_file() else "")
-        rep.emit("error", message=msg, stopped=True, checkpoint=str(last) if last.is_file() else None)
-        if not args.json_progress:
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-        return 130
+        return _stopped(args, out, rep, ddp_glue)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
-        ddp_glue.cleanup(success=False)
-        rep.close()
-        user = isinstance(exc, user_error_types()) or (
-            isinstance(exc, (ValueError, KeyError)) and type(exc).__module__.startswith(("napari_sickle", "builtins"))
-        )
-        msg = one_line(exc)
-        if not user:
-            msg = f"{type(exc).__name__}: {msg}"
-        rep.emit("error", message=msg, type=type(exc).__name__)
-        if not args.json_progress:
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-        if debug_requested(args):
-            import traceback
+        return _failed(args, exc, rep, ddp_glue)
 
-            traceback.print_exc()
-        return EXIT_USAGE if user else EXIT_FAILED
+
+def _check_args(args: argparse.Namespace, out: Path, ddp_glue) -> None:
+    """UsageError for a bad ``--resume``/``--epochs``/``--folds``; settles ``args.resume``."""
+    if args.kind != PROTOCOL and args.resume not in (None, "auto") and not Path(args.resume).expanduser().is_file():
+        raise UsageError(f"--resume {args.resume}: no such checkpoint file.")
+    if args.kind != PROTOCOL and not args.folds:  # '--resume auto', and every torchrun (re)start
+        args.resume = ddp_glue.auto_resume_path(out, args.resume)
+    elif args.kind != PROTOCOL and args.resume == "auto":
+        args.resume = None
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError("--epochs must be at least 1.")
+    if args.folds is not None and args.folds < 2:
+        raise UsageError("--folds must be at least 2.")
+
+
+def _train(args: argparse.Namespace, out: Path, rep: Reporter, ddp_glue) -> int:
+    """Check the input, run the trainer and report ``start`` ... ``done``."""
+    t0 = time.perf_counter()
+    _check_args(args, out, ddp_glue)
+    check_data(args.data, args.kind)
+    trainer = get_trainer(args.kind)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = ddp_glue.init_from_env(args.device)
+    if args.kind != PROTOCOL:  # rank 0's resume decision for all (a node may not see OUT yet)
+        args.resume = ddp_glue.broadcast(args.resume)
+    n_bad, bad = count_unreadable(args.data) if ddp_glue.is_main() else (0, [])
+    if n_bad:
+        check_readable_classes(args.data, args.kind, bad)
+    rep.emit(
+        "start",
+        kind=args.kind,
+        data=str(args.data),
+        out=str(out),
+        epochs=args.epochs,
+        device=args.device,
+        backbone=args.backbone,
+        seed=args.seed,
+        resume=getattr(args, "resume", None),
+        pid=os.getpid(),
+        world_size=ctx.world_size,
+        backend=ctx.backend,
+        restart=ctx.restart,
+    )
+    if n_bad:
+        rep.emit("warning", message=f"{n_bad} unreadable image(s) will be skipped", skipped=n_bad, files=bad[:20])
+        rep.message(f"warning: {n_bad} unreadable image(s) will be skipped (e.g. {bad[0]})")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    if ctx.enabled and args.kind in ("multilabel", PROTOCOL) and not ddp_glue.is_main():
+        result = {}  # heads train on cached features on rank 0; the other ranks wait (docs/distributed.md)
+    else:
+        result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, rep.log))
+    ranks = ddp_glue.rank_counts() if ctx.enabled else None
+    ddp_glue.cleanup(success=True)
+    if not ddp_glue.is_main() and ctx.enabled:
+        return 0
+    rep.check_checkpoints()
+    result = dict(result or {})
+    seconds = float(result.get("seconds", time.perf_counter() - t0))
+    rep.close()
+    done = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics", {}), "seconds": seconds}
+    done["skipped"] = n_bad
+    if args.kind == PROTOCOL:
+        done["report"] = result.get("report")
+    if ranks is not None:
+        done["world_size"], done["ranks"] = ctx.world_size, ranks
+    rep.emit("done", **done)
+    if not args.json_progress:
+        print(to_json({k: v for k, v in done.items()}), flush=True)
+    return 0
+
+
+def _stopped(args: argparse.Namespace, out: Path, rep: Reporter, ddp_glue) -> int:
+    """Ctrl-C or SIGTERM: one line naming the checkpoint to resume from; exit code 130."""
+    ddp_glue.cleanup(success=False)
+    rep.close()
+    rep.check_checkpoints()
+    last = out / "last.pt"
+    msg = "stopped by the user" + (f"; resume with --resume {last}" if last.is_file() else "")
+    rep.emit("error", message=msg, stopped=True, checkpoint=str(last) if last.is_file() else None)
+    if not args.json_progress:
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    return 130
+
+
+def _failed(args: argparse.Namespace, exc: Exception, rep: Reporter, ddp_glue) -> int:
+    """One line for the failure: exit code 2 for bad input, 1 for anything else."""
+    ddp_glue.cleanup(success=False)
+    rep.close()
+    user = isinstance(exc, user_error_types()) or (
+        isinstance(exc, (ValueError, KeyError)) and type(exc).__module__.startswith(("napari_sickle", "builtins"))
+    )
+    msg = one_line(exc)
+    if not user:
+        msg = f"{type(exc).__name__}: {msg}"
+    rep.emit("error", message=msg, type=type(exc).__name__)
+    if not args.json_progress:
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    if debug_requested(args):
+        import traceback
+
+        traceback.print_exc()
+    return EXIT_USAGE if user else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ Cells = 4-connected components of the mask. The network learns three classes at 
 working scale (``scale``, default 0.25: BBBC041 cells, ~100 px across, become ~25 px): background, cell interior and a one-pixel inner
 cell boundary, so touching cells come apart at inference.
 
-Recipe (all overridable through ``**options``): per-image channel standardisation, random
+Recipe (:class:`~napari_sickle.training.recipes.UNetRecipe`, every setting overridable): per-image channel standardisation, random
 crops of ``crop`` px with random rescaling (0.8-1.25), flips and 90° rotations, per-channel
 gain/offset jitter and noise; Adam (lr 3e-3, cosine decay), 16 epochs of 20 batches of 8 crops, cross entropy weighted
 (1, 1, 3) plus ``dice_weight`` × soft Dice loss of the foreground; ``val_fraction`` of the
@@ -33,37 +33,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 
 from .._progress import report
 from ..models.unet_processing import BORDER_FEATURES, border_features, normalize_image, resize_chw, unet_targets
+from .recipes import UNetRecipe
 
-DEFAULTS = dict(
-    depth=3,
-    base_channels=16,
-    scale=0.25,
-    crop=128,
-    batch_size=8,
-    steps_per_epoch=20,
-    lr=3e-3,
-    weight_decay=1e-4,
-    class_weights=(1.0, 1.0, 3.0),
-    val_fraction=0.11,
-    holdout=0,
-    n_simulated=8,
-    simulated_shape=(540, 960),
-    gt_min_size=30,
-    num_threads=None,
-    dice_weight=1.0,
-    ignore_border=True,
-    border_rule="logistic",
-    val_every=4,
-)
+#: the recipe's settings other than epochs/backbone/seed, with their defaults
+DEFAULTS = UNetRecipe().options()
 BORDER_RULES = ("logistic", "size", "none")
 IGNORE = 255
-DEFAULT_EPOCHS = 16
+DEFAULT_EPOCHS = UNetRecipe().resolved().epochs
 
 
 def border_objects(img: np.ndarray, gt: np.ndarray, with_features: bool = False):
@@ -165,7 +148,7 @@ def _prepare(img: np.ndarray, inst: np.ndarray, scale: float, ignore: Optional[n
     return x.numpy(), t
 
 
-def _load_items(data, opts, seed):
+def _load_items(data, r: UNetRecipe):
     """list of (name, image, instances)."""
     from ..analysis.seg_metrics import as_instances
 
@@ -173,14 +156,14 @@ def _load_items(data, opts, seed):
     if isinstance(data, str) and data == "simulated":
         from ..data.simulate import simulate_smear
 
-        for k in range(int(opts["n_simulated"])):
-            sm = simulate_smear(seed=seed * 1000 + k, shape=tuple(opts["simulated_shape"]))
+        for k in range(int(r.n_simulated)):
+            sm = simulate_smear(seed=r.seed * 1000 + k, shape=tuple(r.simulated_shape))
             items.append((f"simulated-{k}", sm.image, as_instances(sm.instances)))
         return items
     from ..analysis.segmentation import _read_pair, scan_pairs
 
     for ip, mp in scan_pairs(data):
-        img, gt = _read_pair(ip, mp, int(opts["gt_min_size"]))
+        img, gt = _read_pair(ip, mp, int(r.gt_min_size))
         items.append((Path(ip).stem, img, gt))
     return items
 
@@ -201,14 +184,14 @@ def split_items(names: list[str], holdout, val_fraction: float, seed: int):
     return sorted(rest[n_val:]), sorted(rest[:n_val]), sorted(test)
 
 
-def _batch(pool, rng, opts):
+def _batch(pool, rng, r: UNetRecipe):
     """A random augmented batch (x (B,3,c,c), y (B,c,c)) from prepared (x, t) pairs."""
     import torch
     import torch.nn.functional as F
 
-    c = int(opts["crop"])
+    c = int(r.crop)
     xs, ys = [], []
-    for _ in range(int(opts["batch_size"])):
+    for _ in range(int(r.batch_size)):
         x, t = pool[rng.integers(len(pool))]
         s = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
         cs = int(round(c / s))
@@ -255,11 +238,9 @@ def _validate(model, cfg, items, device):
 def train_unet(
     data,
     out,
+    recipe: Optional[UNetRecipe] = None,
     *,
-    epochs: Optional[int] = None,
     device: str = "auto",
-    backbone=None,
-    seed: int = 0,
     resume=None,
     folds=None,
     progress=None,
@@ -268,114 +249,176 @@ def train_unet(
 ) -> dict:
     """Train the U-Net; writes ``best.pt`` and ``last.pt`` under ``out`` after every epoch.
 
-    ``backbone`` and ``folds`` do not apply to the U-Net (a non-None value is an error).
+    ``recipe``: a :class:`~napari_sickle.training.recipes.UNetRecipe`; keyword ``options``
+    (its field names) override it, unknown ones are refused. ``backbone`` and ``folds`` do
+    not apply to the U-Net (a non-None value is an error).
     Returns {"checkpoint", "metrics", "history", "seconds"}.
     """
-    import torch
-
-    from .._device import autocast, resolve_device
-    from ..models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-    from ..models.unet import CLASS_NAMES, build_unet
     from . import distributed as ddp_glue
 
     t_start = time.perf_counter()
-    if backbone not in (None, "", "unet"):
-        raise ValueError(f"the U-Net has no selectable backbone (got {backbone!r}); leave --backbone out")
+    recipe = UNetRecipe.build(recipe, options)
     if folds not in (None, 0, 1):
         raise ValueError("cross-validation (--folds) is not available for the U-Net")
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown U-Net training option(s): {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    opts["border_rule"] = border_rule_mode(opts["border_rule"])
-    if opts["num_threads"]:
-        torch.set_num_threads(int(opts["num_threads"]))
-    epochs = int(epochs or DEFAULT_EPOCHS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    run = _load(data, recipe, resume=resume, device=device, progress=progress)
+    _setup(run)
+    for epoch in range(run.start_epoch, run.epochs):
+        losses = _train_one_epoch(run, epoch, progress)
+        r = run.recipe
+        if (epoch + 1) % max(1, int(r.val_every)) and epoch + 1 < run.epochs:
+            val = {"val_dice": None, "val_f1_50": None, "metric": -1.0}  # not validated this epoch
+        else:
+            val = ddp_glue.sharded_mean(lambda its: _validate(run.model, run.cfg, its, run.dev), run.val_items)
+        rec = {
+            "event": "epoch",
+            "epoch": epoch + 1,
+            "epochs": run.epochs,
+            "loss": ddp_glue.reduce_mean(float(np.sum(losses)), len(losses)),
+            **val,
+            "metric_name": "mean(val_dice, val_f1_50)",
+            "lr": float(run.optim.param_groups[0]["lr"]),
+            "seconds": time.perf_counter() - t_start,
+        }
+        run.history.append(rec)
+        if log is not None:
+            log(json.loads(json.dumps(rec)))
+        _save(run, out, epoch, val)
+    return {
+        "checkpoint": str(out / "best.pt"),
+        "metrics": run.metrics,
+        "history": run.history,
+        "seconds": time.perf_counter() - t_start,
+    }
 
+
+def _load(data, recipe: UNetRecipe, *, resume, device, progress) -> SimpleNamespace:
+    """The recipe (a resumed run keeps its stored one), the images, the train/val/test split,
+    the training images prepared at the working scale (with the border cells the annotators
+    left out ignored) and the fitted border rule."""
+    import torch
+
+    from .._device import resolve_device
+    from ..models.checkpoint import load_checkpoint
+
+    r = recipe.resolved()
+    r = r.replace(border_rule=border_rule_mode(r.border_rule))
+    if r.num_threads:
+        torch.set_num_threads(int(r.num_threads))
+    dev = resolve_device(device)
     state = None
     if resume is not None:
         rp = Path(resume)
         if not rp.is_file():
             raise FileNotFoundError(f"--resume: checkpoint {rp} does not exist")
         state = load_checkpoint(rp, kind="unet")
-        opts = {**opts, **{k: v for k, v in state["recipe"].get("options", {}).items() if k in DEFAULTS}}
-        if opts["border_rule"] is True:  # recipes before the logistic rule: True meant the size rule
-            opts["border_rule"] = "size"
-        seed = int(state["recipe"].get("seed", seed))
-
-    opts["border_rule"] = border_rule_mode(opts["border_rule"])  # also after resume (old recipes: True/False)
+        stored = state["recipe"].get("options", {})
+        r = r.replace(**{k: v for k, v in stored.items() if k in UNetRecipe.option_keys()})
+        if r.border_rule is True:  # recipes before the logistic rule: True meant the size rule
+            r = r.replace(border_rule="size")
+        r = r.replace(seed=int(state["recipe"].get("seed", r.seed)))
+    r = r.replace(border_rule=border_rule_mode(r.border_rule))  # also after resume (old recipes: True/False)
     report(progress, "loading data", 0, 1)
-    items = _load_items(data, opts, seed)
+    items = _load_items(data, r)
     names = [n for n, _, _ in items]
-    tr, va, te = split_items(names, opts["holdout"], float(opts["val_fraction"]), seed)
-    scale = float(opts["scale"])
-    rule = opts["border_rule"]
+    tr, va, te = split_items(names, r.holdout, float(r.val_fraction), r.seed)
+    scale = float(r.scale)
+    rule = r.border_rule
     no_border = (None, [], np.zeros((0, 3)), np.zeros(0, bool))
     border = (
         [border_objects(items[i][1], items[i][2], with_features=True) for i in tr]
-        if (opts["ignore_border"] or rule != "none") and data != "simulated"
+        if (r.ignore_border or rule != "none") and data != "simulated"
         else [no_border] * len(tr)
     )
-    pool = [
-        _prepare(items[i][1], items[i][2], scale, b[0] if opts["ignore_border"] else None) for i, b in zip(tr, border)
-    ]
-    border_fraction = fit_border_fraction([r for b in border for r in b[1]]) if rule != "none" else 0.0
+    pool = [_prepare(items[i][1], items[i][2], scale, b[0] if r.ignore_border else None) for i, b in zip(tr, border)]
+    border_fraction = fit_border_fraction([x for b in border for x in b[1]]) if rule != "none" else 0.0
     border_classifier = (
         fit_border_classifier(np.concatenate([b[2] for b in border]), np.concatenate([b[3] for b in border]))
         if rule == "logistic"
         else None
     )
-    val_items = [items[i] for i in va]
     report(progress, "loading data", 1, 1)
+    return SimpleNamespace(
+        recipe=r,
+        data=data,
+        dev=dev,
+        state=state,
+        names=names,
+        split=(tr, va, te),
+        pool=pool,
+        val_items=[items[i] for i in va],
+        border_fraction=border_fraction,
+        border_classifier=border_classifier,
+    )
 
-    cfg = {
-        "depth": int(opts["depth"]),
-        "base_channels": int(opts["base_channels"]),
+
+def _setup(run: SimpleNamespace) -> None:
+    """Network, optimiser, cosine schedule, loss, the recorded recipe and the state of a
+    resumed run."""
+    import torch
+
+    from ..models.unet import CLASS_NAMES, build_unet
+    from . import distributed as ddp_glue
+
+    r, state = run.recipe, run.state
+    run.cfg = cfg = {
+        "depth": int(r.depth),
+        "base_channels": int(r.base_channels),
         "in_channels": 3,
         "n_classes": 3,
         "class_names": list(CLASS_NAMES),
-        "scale": scale,
+        "scale": float(r.scale),
         "normalization": "per_image",
-        "border_min_fraction": border_fraction,
-        "border_classifier": border_classifier,
+        "border_min_fraction": run.border_fraction,
+        "border_classifier": run.border_classifier,
     }
-    torch.manual_seed(seed)
-    model = build_unet(cfg).to(dev)
-    optim = torch.optim.Adam(model.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epochs, eta_min=float(opts["lr"]) * 0.02)
-    recipe = {
-        "data": str(data),
-        "seed": int(seed),
+    epochs = int(r.epochs)
+    torch.manual_seed(r.seed)
+    run.model = build_unet(cfg).to(run.dev)
+    run.optim = torch.optim.Adam(run.model.parameters(), lr=float(r.lr), weight_decay=float(r.weight_decay))
+    run.sched = torch.optim.lr_scheduler.CosineAnnealingLR(run.optim, T_max=epochs, eta_min=float(r.lr) * 0.02)
+    tr, va, te = run.split
+    run.record = {
+        "data": str(run.data),
+        "seed": int(r.seed),
         "epochs": epochs,
         "optimizer": "Adam",
-        "loss": "weighted cross entropy" + (" + soft Dice of the foreground" if opts["dice_weight"] else ""),
-        "ignore": "unannotated border cells" if opts["ignore_border"] else "none",
+        "loss": "weighted cross entropy" + (" + soft Dice of the foreground" if r.dice_weight else ""),
+        "ignore": "unannotated border cells" if r.ignore_border else "none",
         "augmentations": "random crop + rescale 0.8-1.25, flips, rot90, channel gain/offset, noise",
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()},
-        "train_images": [names[i] for i in tr],
-        "val_images": [names[i] for i in va],
-        "test_images": [names[i] for i in te],
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.options().items()},
+        "train_images": [run.names[i] for i in tr],
+        "val_images": [run.names[i] for i in va],
+        "test_images": [run.names[i] for i in te],
     }
-    history: list[dict] = []
-    best = -1.0
-    start_epoch = 0
+    run.history, run.best, run.start_epoch = [], -1.0, 0
     if state is not None:
-        model.load_state_dict(state["state_dict"])
+        run.model.load_state_dict(state["state_dict"])
         ex = state["extra"]
-        optim.load_state_dict(ex["optimizer"])
-        sched.load_state_dict(ex["scheduler"])
-        start_epoch = int(ex["epoch"])
-        history = [dict(h) for h in ex.get("history", [])]
-        best = float(ex.get("best_metric", -1.0))
+        run.optim.load_state_dict(ex["optimizer"])
+        run.sched.load_state_dict(ex["scheduler"])
+        run.start_epoch = int(ex["epoch"])
+        run.history = [dict(h) for h in ex.get("history", [])]
+        run.best = float(ex.get("best_metric", -1.0))
         epochs = max(epochs, int(state["recipe"].get("epochs", epochs)))
-        recipe["epochs"] = epochs
+        run.record["epochs"] = epochs
+    run.epochs = epochs
+    cfg["recipe"] = r.replace(epochs=epochs).asdict()
+    run.loss_fn = _loss_fn(r, run.dev)
+    run.train_model = ddp_glue.wrap(run.model)  # DDP under torchrun (SyncBatchNorm on CUDA), else the model itself
+    run.model.train()
+    run.metrics = run.history[-1] if run.history else {}
 
-    weights = torch.tensor(opts["class_weights"], dtype=torch.float32, device=dev)
+
+def _loss_fn(r: UNetRecipe, dev):
+    """Weighted cross entropy (ignoring ``IGNORE`` pixels) plus ``dice_weight`` x soft Dice of
+    the foreground."""
+    import torch
+
+    weights = torch.tensor(r.class_weights, dtype=torch.float32, device=dev)
     ce = torch.nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE)
-    dice_w = float(opts["dice_weight"])
+    dice_w = float(r.dice_weight)
 
     def loss_fn(logits, y):
         loss = ce(logits, y)
@@ -386,73 +429,61 @@ def train_unet(
             loss = loss + dice_w * (1.0 - (2 * (p_fg * t_fg).sum() + 1.0) / (p_fg.sum() + t_fg.sum() + 1.0))
         return loss
 
-    steps = int(opts["steps_per_epoch"])  # optimizer steps; under torchrun each sees batch_size x world crops
-    train_model = ddp_glue.wrap(model)  # DDP under torchrun (SyncBatchNorm on CUDA), else the model itself
-    model.train()
-    best_path, last_path = out / "best.pt", out / "last.pt"
-    metrics: dict = history[-1] if history else {}
-    for epoch in range(start_epoch, epochs):
-        rng = np.random.default_rng([seed, epoch] + ([ddp_glue.rank()] if ddp_glue.world_size() > 1 else []))
-        torch.manual_seed(seed * 100003 + epoch)
-        losses = []
-        for s in range(steps):
-            x, y = _batch(pool, rng, opts)
-            x, y = x.to(dev), y.to(dev)
-            with autocast(dev):
-                loss = loss_fn(train_model(x).float(), y)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            losses.append(float(loss.detach()))
-            ddp_glue.note_step(len(x))
-            report(progress, f"epoch {epoch + 1}/{epochs}", s + 1, steps)
-        sched.step()
-        every = max(1, int(opts["val_every"]))
-        if (epoch + 1) % every and epoch + 1 < epochs:
-            val = {"val_dice": None, "val_f1_50": None, "metric": -1.0}  # not validated this epoch
-        else:
-            val = ddp_glue.sharded_mean(lambda its: _validate(model, cfg, its, dev), val_items)
-        rec = {
-            "event": "epoch",
-            "epoch": epoch + 1,
-            "epochs": epochs,
-            "loss": ddp_glue.reduce_mean(float(np.sum(losses)), len(losses)),
-            **val,
-            "metric_name": "mean(val_dice, val_f1_50)",
-            "lr": float(optim.param_groups[0]["lr"]),
-            "seconds": time.perf_counter() - t_start,
-        }
-        history.append(rec)
-        if log is not None:
-            log(json.loads(json.dumps(rec)))
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        m = {"val_dice": val["val_dice"], "val_f1_50": val["val_f1_50"], "metric": val["metric"], "epoch": epoch + 1}
-        if val["metric"] > best:
-            best = val["metric"]
-            metrics = m
-            if ddp_glue.is_main():
-                save_checkpoint(
-                    make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m),
-                    best_path,
-                )
-        extra = {
-            "optimizer": optim.state_dict(),
-            "scheduler": sched.state_dict(),
-            "epoch": epoch + 1,
-            "history": history,
-            "best_metric": best,
-        }
+    return loss_fn
+
+
+def _train_one_epoch(run: SimpleNamespace, epoch: int, progress) -> list[float]:
+    """``steps_per_epoch`` optimiser steps on random augmented crops (under torchrun each sees
+    batch_size x world crops), then a schedule step; returns the step losses."""
+    import torch
+
+    from .._device import autocast
+    from . import distributed as ddp_glue
+
+    r, dev = run.recipe, run.dev
+    rng = np.random.default_rng([r.seed, epoch] + ([ddp_glue.rank()] if ddp_glue.world_size() > 1 else []))
+    torch.manual_seed(r.seed * 100003 + epoch)
+    steps = int(r.steps_per_epoch)
+    losses = []
+    for s in range(steps):
+        x, y = _batch(run.pool, rng, r)
+        x, y = x.to(dev), y.to(dev)
+        with autocast(dev):
+            loss = run.loss_fn(run.train_model(x).float(), y)
+        run.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optim.step()
+        losses.append(float(loss.detach()))
+        ddp_glue.note_step(len(x))
+        report(progress, f"epoch {epoch + 1}/{run.epochs}", s + 1, steps)
+    run.sched.step()
+    return losses
+
+
+def _save(run: SimpleNamespace, out: Path, epoch: int, val: dict) -> None:
+    """best.pt when the validated metric improved, last.pt (optimiser and schedule for
+    ``resume``) every epoch; rank 0 only."""
+    from ..models.checkpoint import make_checkpoint, save_checkpoint
+    from . import distributed as ddp_glue
+
+    cfg = run.cfg
+    arch = f"unet-d{cfg['depth']}-c{cfg['base_channels']}"
+    sd = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+    m = {"val_dice": val["val_dice"], "val_f1_50": val["val_f1_50"], "metric": val["metric"], "epoch": epoch + 1}
+    if val["metric"] > run.best:
+        run.best = val["metric"]
+        run.metrics = m
         if ddp_glue.is_main():
-            save_checkpoint(
-                make_checkpoint("unet", f"unet-d{cfg['depth']}-c{cfg['base_channels']}", sd, cfg, recipe, m, extra),
-                last_path,
-            )
-    return {
-        "checkpoint": str(best_path),
-        "metrics": metrics,
-        "history": history,
-        "seconds": time.perf_counter() - t_start,
+            save_checkpoint(make_checkpoint("unet", arch, sd, cfg, run.record, m), out / "best.pt")
+    extra = {
+        "optimizer": run.optim.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "epoch": epoch + 1,
+        "history": run.history,
+        "best_metric": run.best,
     }
+    if ddp_glue.is_main():
+        save_checkpoint(make_checkpoint("unet", arch, sd, cfg, run.record, m, extra), out / "last.pt")
 
 
 def evaluate_unet_checkpoint(model, data, device="auto", **kwargs) -> dict:

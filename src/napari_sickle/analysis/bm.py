@@ -19,6 +19,7 @@ heatmap comes from ``pytorch_grad_cam.metrics``:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,6 +409,63 @@ def _cam_class(method: str):
     return table[m], ("gradcam++" if m == "gradcamplusplus" else m)
 
 
+def _faithfulness_metric(name: str | None):
+    """The pytorch-grad-cam metric object for a ``faithfulness`` setting (None: no metric)."""
+    if name == "confidence":
+        from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+
+        return CamMultImageConfidenceChange()
+    if name == "road":
+        from pytorch_grad_cam.metrics.road import ROADCombined
+
+        return ROADCombined(percentiles=[20, 40, 60, 80])
+    return None
+
+
+@contextmanager
+def _cam(cam_cls, method: str, net, model, batch_size: int):
+    """A pytorch-grad-cam object on the model's target layers; its hooks are released (and
+    ScoreCAM's per-image progress bars restored) on exit."""
+    cam = cam_cls(model=net, target_layers=model.target_layers(), reshape_transform=model.reshape_transform())
+    quiet = None
+    if method == "scorecam":
+        cam.batch_size = batch_size
+        import types
+
+        import pytorch_grad_cam.score_cam as _sc  # silence its per-image tqdm bars
+
+        quiet = (_sc, _sc.tqdm)
+        _sc.tqdm = types.SimpleNamespace(tqdm=lambda it, *a, **k: it)
+    try:
+        yield cam
+    finally:
+        cam.activations_and_grads.release()
+        if quiet is not None:
+            quiet[0].tqdm = quiet[1]
+
+
+def _explain_batch(cam, x, net, chosen, metric, n: int):
+    """One preprocessed batch of ``n`` cells -> (CAM maps (n, S, S) in [0, 1], softmax
+    probabilities, explained class per cell, faithfulness per cell or None)."""
+    import torch
+    from pytorch_grad_cam.utils.model_targets import (
+        ClassifierOutputSoftmaxTarget,
+        ClassifierOutputTarget,
+    )
+
+    # targets=None: pytorch-grad-cam explains each image's own top class
+    cam_targets = None if chosen is None else [ClassifierOutputTarget(chosen)] * n
+    grayscale = cam(input_tensor=x, targets=cam_targets)
+    logits = cam.outputs.detach()
+    tgt = logits.argmax(1).cpu().numpy() if chosen is None else np.full(n, chosen)
+    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    faith = None
+    if metric is not None:
+        soft = [ClassifierOutputSoftmaxTarget(int(t)) for t in tgt]
+        faith = np.asarray(metric(x, grayscale, soft, net), dtype=np.float32).reshape(-1)
+    return grayscale, probs, tgt, faith
+
+
 def explain(
     images,
     model=None,
@@ -426,10 +484,6 @@ def explain(
     (the same class for every cell). Heatmaps are resized to each cell's own size.
     """
     import torch
-    from pytorch_grad_cam.utils.model_targets import (
-        ClassifierOutputSoftmaxTarget,
-        ClassifierOutputTarget,
-    )
 
     from .._device import resolve_device
     from ..models.bm import load_bm_model
@@ -448,50 +502,22 @@ def explain(
     n = len(cells)
     bs = max(1, int(batch_size))
     probs, targets, heatmaps, faith = [], [], [], []
-    metric = None
-    if faithfulness == "confidence":
-        from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-
-        metric = CamMultImageConfidenceChange()
-    elif faithfulness == "road":
-        from pytorch_grad_cam.metrics.road import ROADCombined
-
-        metric = ROADCombined(percentiles=[20, 40, 60, 80])
+    metric = _faithfulness_metric(faithfulness)
     report(progress, "explain", 0, n)
-    with torch.enable_grad(), torch.inference_mode(False):
-        cam = cam_cls(model=net, target_layers=model.target_layers(), reshape_transform=model.reshape_transform())
-        quiet = None
-        if method == "scorecam":
-            cam.batch_size = bs
-            import types
-
-            import pytorch_grad_cam.score_cam as _sc  # silence its per-image tqdm bars
-
-            quiet = (_sc, _sc.tqdm)
-            _sc.tqdm = types.SimpleNamespace(tqdm=lambda it, *a, **k: it)
-        try:
-            for start in range(0, n, bs):
-                batch = cells[start : start + bs]
-                windows: list = []
-                x = preprocess(batch, model, boxes=windows).to(dev)
-                # targets=None: pytorch-grad-cam explains each image's own top class
-                cam_targets = None if chosen is None else [ClassifierOutputTarget(chosen)] * len(batch)
-                grayscale = cam(input_tensor=x, targets=cam_targets)  # (B, S, S) in [0, 1]
-                logits = cam.outputs.detach()
-                tgt = logits.argmax(1).cpu().numpy() if chosen is None else np.full(len(batch), chosen)
-                probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-                targets.append(tgt)
-                if metric is not None:
-                    soft = [ClassifierOutputSoftmaxTarget(int(t)) for t in tgt]
-                    faith.append(np.asarray(metric(x, grayscale, soft, net), dtype=np.float32).reshape(-1))
-                g = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32))[:, None]
-                for j, shp in enumerate(shapes[start : start + bs]):
-                    heatmaps.append(_heatmap_on_cell(g[j : j + 1], shp, windows[j]))
-                report(progress, "explain", min(start + bs, n), n)
-        finally:
-            cam.activations_and_grads.release()
-            if quiet is not None:
-                quiet[0].tqdm = quiet[1]
+    with torch.enable_grad(), torch.inference_mode(False), _cam(cam_cls, method, net, model, bs) as cam:
+        for start in range(0, n, bs):
+            batch = cells[start : start + bs]
+            windows: list = []
+            x = preprocess(batch, model, boxes=windows).to(dev)
+            grayscale, p, tgt, f = _explain_batch(cam, x, net, chosen, metric, len(batch))
+            probs.append(p)
+            targets.append(tgt)
+            if f is not None:
+                faith.append(f)
+            g = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32))[:, None]
+            for j, shp in enumerate(shapes[start : start + bs]):
+                heatmaps.append(_heatmap_on_cell(g[j : j + 1], shp, windows[j]))
+            report(progress, "explain", min(start + bs, n), n)
     p = np.concatenate(probs)
     return _result(
         model,

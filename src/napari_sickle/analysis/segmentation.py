@@ -156,7 +156,6 @@ def segment_watershed(
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
-    from skimage.measure import label
     from skimage.segmentation import watershed
     from skimage.transform import downscale_local_mean
 
@@ -164,7 +163,6 @@ def segment_watershed(
         raise ValueError("polarity must be 'dark' or 'bright'")
     report(progress, "watershed", 0, 4)
     gray = to_gray(image)
-    H, W = gray.shape
     step = max(1, int(np.sqrt(gray.size / 250_000)))  # statistics from a ~250k px subsample
     sub = gray[::step, ::step]
     lo, hi = np.percentile(sub, [0.5, 99.5])
@@ -199,20 +197,35 @@ def segment_watershed(
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
     report(progress, "watershed", 3, 4)
-    lab = watershed(-dist, markers, mask=fg).astype(np.int32)
-    # foreground components that received no marker become their own objects
+    lab = _label_unmarked(watershed(-dist, markers, mask=fg).astype(np.int32), fg)
+    if k > 1:
+        lab = _to_full_size(lab, k, fg_of(gray))
+    lab = remove_small(lab, int(min_size))
+    report(progress, "watershed", 4, 4)
+    return relabel(lab)
+
+
+def _label_unmarked(lab: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Foreground components that received no watershed marker become their own objects."""
+    from skimage.measure import label
+
     missing = fg & (lab == 0)
     if missing.any():
         extra = label(missing, connectivity=1)
         lab = np.where(extra > 0, extra + lab.max(), lab).astype(np.int32)
-    if k > 1:  # back to full size, grown by one working pixel and cut to the full-res foreground
-        lab = np.where(lab == 0, ndi.maximum_filter(lab, size=3), lab)
-        lab = np.repeat(np.repeat(lab, k, axis=0), k, axis=1)
-        lab = np.pad(lab, ((0, max(0, H - lab.shape[0])), (0, max(0, W - lab.shape[1]))), mode="edge")[:H, :W]
-        lab = np.where(fg_of(gray), lab, 0).astype(np.int32)
-    lab = remove_small(lab, int(min_size))
-    report(progress, "watershed", 4, 4)
-    return relabel(lab)
+    return lab
+
+
+def _to_full_size(lab: np.ndarray, k: int, fg_full: np.ndarray) -> np.ndarray:
+    """Labels found on the image block-averaged by ``k`` back at full size: grown by one working
+    pixel, repeated k times, padded to the full-resolution foreground ``fg_full`` and cut to it."""
+    from scipy import ndimage as ndi
+
+    H, W = fg_full.shape
+    lab = np.where(lab == 0, ndi.maximum_filter(lab, size=3), lab)
+    lab = np.repeat(np.repeat(lab, k, axis=0), k, axis=1)
+    lab = np.pad(lab, ((0, max(0, H - lab.shape[0])), (0, max(0, W - lab.shape[1]))), mode="edge")[:H, :W]
+    return np.where(fg_full, lab, 0).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- U-Net

@@ -60,61 +60,12 @@ def bm_result_layers(
         "class_names": list(result.class_names),
         "arch": result.model_arch,
     }
-    out: list[tuple] = []
     if placement == "cell":
-        if result.n != 1:
-            raise ValueError(f"placement 'cell' needs one cell, got {result.n}")
-        scale, translate = _source_geometry(source_layer, 2)
-        h, w = result.shapes[0]
-        if result.heatmaps is not None:
-            meta1 = dict(meta, faithfulness=_f(result, 0))
-            out.append(
-                (
-                    result.heatmaps[0],
-                    dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale, translate=translate, metadata=meta1),
-                    "image",
-                )
-            )
-        rects = [np.array([[0, 0], [h, 0], [h, w], [0, w]], float) - 0.5]
-        sh_scale, sh_translate = scale, translate
+        out, rects, scale, translate = _cell_layers(result, source_layer, meta, prefix)
     elif placement == "stack":
-        scale, translate = _source_geometry(source_layer, 3)
-        shapes = set(result.shapes)
-        if len(shapes) != 1:
-            raise ValueError("placement 'stack' needs cells of one size")
-        h, w = result.shapes[0]
-        if result.heatmaps is not None:
-            stack = np.stack(result.heatmaps).astype(np.float32)
-            meta1 = dict(
-                meta, faithfulness=None if result.faithfulness is None else [float(x) for x in result.faithfulness]
-            )
-            out.append(
-                (
-                    stack,
-                    dict(HEATMAP_KWARGS, name=heatmap_name(prefix), scale=scale, translate=translate, metadata=meta1),
-                    "image",
-                )
-            )
-        rects = [np.array([[i, 0, 0], [i, h, 0], [i, h, w], [i, 0, w]], float) - [0, 0.5, 0.5] for i in range(result.n)]
-        sh_scale, sh_translate = scale, translate
+        out, rects, scale, translate = _stack_layers(result, source_layer, meta, prefix)
     elif placement == "regions":
-        if boxes is None or len(boxes) != result.n:
-            raise ValueError("placement 'regions' needs one box per cell")
-        scale, translate = _source_geometry(source_layer, 2)
-        rects = []
-        for i, (r0, c0, r1, c1) in enumerate(boxes):
-            off = (translate[0] + r0 * scale[0], translate[1] + c0 * scale[1])
-            if result.heatmaps is not None:
-                meta1 = dict(meta, faithfulness=_f(result, i), box=[int(r0), int(c0), int(r1), int(c1)])
-                out.append(
-                    (
-                        result.heatmaps[i],
-                        dict(HEATMAP_KWARGS, name=heatmap_name(prefix, i), scale=scale, translate=off, metadata=meta1),
-                        "image",
-                    )
-                )
-            rects.append(np.array([[r0, c0], [r1, c0], [r1, c1], [r0, c1]], float) - 0.5)
-        sh_scale, sh_translate = scale, translate
+        out, rects, scale, translate = _region_layers(result, source_layer, meta, prefix, boxes)
     else:
         raise ValueError(f"unknown placement {placement!r}")
     out.append(
@@ -128,14 +79,65 @@ def bm_result_layers(
                 "edge_color": "cyan",
                 "face_color": "transparent",
                 "edge_width": 1,
-                "scale": sh_scale,
-                "translate": sh_translate,
+                "scale": scale,
+                "translate": translate,
                 "metadata": meta,
             },
             "shapes",
         )
     )
     return out
+
+
+def _heatmap_layer(data, name: str, scale, translate, metadata) -> tuple:
+    return (data, dict(HEATMAP_KWARGS, name=name, scale=scale, translate=translate, metadata=metadata), "image")
+
+
+def _cell_layers(result, source_layer, meta, prefix):
+    """placement ``cell``: (heatmap layers, rectangles, scale, translate)."""
+    if result.n != 1:
+        raise ValueError(f"placement 'cell' needs one cell, got {result.n}")
+    scale, translate = _source_geometry(source_layer, 2)
+    h, w = result.shapes[0]
+    out = []
+    if result.heatmaps is not None:
+        meta1 = dict(meta, faithfulness=_f(result, 0))
+        out.append(_heatmap_layer(result.heatmaps[0], heatmap_name(prefix), scale, translate, meta1))
+    rects = [np.array([[0, 0], [h, 0], [h, w], [0, w]], float) - 0.5]
+    return out, rects, scale, translate
+
+
+def _stack_layers(result, source_layer, meta, prefix):
+    """placement ``stack``: (one (N, H, W) heatmap layer, rectangles, scale, translate)."""
+    scale, translate = _source_geometry(source_layer, 3)
+    shapes = set(result.shapes)
+    if len(shapes) != 1:
+        raise ValueError("placement 'stack' needs cells of one size")
+    h, w = result.shapes[0]
+    out = []
+    if result.heatmaps is not None:
+        stack = np.stack(result.heatmaps).astype(np.float32)
+        meta1 = dict(
+            meta, faithfulness=None if result.faithfulness is None else [float(x) for x in result.faithfulness]
+        )
+        out.append(_heatmap_layer(stack, heatmap_name(prefix), scale, translate, meta1))
+    rects = [np.array([[i, 0, 0], [i, h, 0], [i, h, w], [i, 0, w]], float) - [0, 0.5, 0.5] for i in range(result.n)]
+    return out, rects, scale, translate
+
+
+def _region_layers(result, source_layer, meta, prefix, boxes):
+    """placement ``regions``: (one heatmap layer per box, rectangles, scale, translate)."""
+    if boxes is None or len(boxes) != result.n:
+        raise ValueError("placement 'regions' needs one box per cell")
+    scale, translate = _source_geometry(source_layer, 2)
+    out, rects = [], []
+    for i, (r0, c0, r1, c1) in enumerate(boxes):
+        off = (translate[0] + r0 * scale[0], translate[1] + c0 * scale[1])
+        if result.heatmaps is not None:
+            meta1 = dict(meta, faithfulness=_f(result, i), box=[int(r0), int(c0), int(r1), int(c1)])
+            out.append(_heatmap_layer(result.heatmaps[i], heatmap_name(prefix, i), scale, off, meta1))
+        rects.append(np.array([[r0, c0], [r1, c0], [r1, c1], [r0, c1]], float) - 0.5)
+    return out, rects, scale, translate
 
 
 def _f(result, i):

@@ -21,7 +21,7 @@ Region merge (a per-model setting, ``config["region_merge"]``; off by default): 
 ground truth is one box per *connected region* of cell pixels, so a touching group of cells is
 one box. With ``{"method": "foreground", ...}`` every detection is replaced by the bounding box
 of the connected region of cell pixels it sits on (cell pixels: differing from the local
-background by more than ``delta`` gray levels, :func:`background_deviation_mask`), and
+background by more than ``delta`` gray levels; :mod:`napari_sickle.models.region_merge`), and
 detections on the same region become one (best score). ``evaluate`` and ``analyze_smear`` both
 go through :meth:`RegionDetector.detect`, so they apply the same setting. Models trained on
 per-cell boxes (BCCD) keep it off.
@@ -36,9 +36,9 @@ the network with cells of the training size; boxes are mapped back to the input 
 
 Test-time views (a per-model setting, ``config["tta"]``: ``"none"`` by default, ``"flips"`` or
 ``"dihedral"``): the image is detected in each flipped (and transposed) view, the boxes are mapped
-back and fused by :func:`fuse_tta` (weighted box fusion; a box's score is averaged over the
-views). Detection then costs the number of views in time. The region merge, when set, runs on
-the fused boxes.
+back and fused (weighted box fusion, :mod:`napari_sickle.models.detector_tta`; a box's score
+is averaged over the views). Detection then costs the number of views in time. The region
+merge, when set, runs on the fused boxes.
 """
 
 from __future__ import annotations
@@ -47,6 +47,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .detector_tta import (  # noqa: F401 (public here too)
+    TTA_MODES,
+    TTA_VIEW_SCORE,
+    TTA_VIEWS,
+    _unview_boxes,
+    _view,
+    fuse_tta,
+    tta_mode,
+)
+from .region_merge import (  # noqa: F401 (public here too)
+    REGION_MERGE_DEFAULTS,
+    apply_region_merge,
+    background_deviation_mask,
+    merge_into_regions,
+)
 
 ARCHS = ("efficientnet-lite0-fpn", "mobilenet-v3", "resnet50-fpn-v2", "resnet101-fpn")
 DEFAULT_CLASS_NAMES = ("cell region",)
@@ -326,10 +342,6 @@ class RegionDetector:
                 images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge, scales
             )
         import torch
-        import torch.nn.functional as F
-        from torchvision.ops import batched_nms
-
-        from .._device import autocast
 
         dev = self.device or torch.device("cpu")
         dev = torch.device(dev) if isinstance(dev, str) else dev
@@ -340,19 +352,21 @@ class RegionDetector:
         self.model.roi_heads.score_thresh = min(float(score_threshold), 0.05)
         self.model.roi_heads.nms_thresh = float(nms_iou)
         self.model.roi_heads.detections_per_img = int(self.config.get("detections_per_img", DETECTIONS_PER_IMG))
-        results = []
-        # Build (image index, tensor tile, x0, y0) jobs.
-        jobs = []
-        for idx, img in enumerate(images):
-            scale = float(scales[idx])
-            if scale != 1.0:
-                h, w = img.shape[-2:]
-                nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-                img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-            h, w = img.shape[-2:]
-            for y0, x0, y1, x1 in _tiles(h, w, tile, overlap):
-                jobs.append((idx, img[:, y0:y1, x0:x1], x0, y0))
-        per_image = [[] for _ in images]
+        jobs = _tile_jobs(images, scales, tile, overlap)
+        per_image = self._run_tiles(jobs, len(images), batch_size, dev, progress, stage)
+        return [
+            _finish_image(img, per_image[idx], float(scales[idx]), score_threshold, nms_iou, merge)
+            for idx, img in enumerate(images)
+        ]
+
+    def _run_tiles(self, jobs, n_images, batch_size, dev, progress, stage):
+        """The network on every (image index, tile, x0, y0) job, tiles of one size batched
+        together; returns per image a list of (boxes in the scaled image, scores, labels)."""
+        import torch
+
+        from .._device import autocast
+
+        per_image = [[] for _ in range(n_images)]
         total = len(jobs)
         done = 0
         with torch.inference_mode(), autocast(dev):
@@ -378,29 +392,7 @@ class RegionDetector:
                 if progress is not None:
                     progress(stage, done, total)
                 i = j
-        for idx, img in enumerate(images):
-            parts = per_image[idx]
-            boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros((0, 4))
-            scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
-            labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
-            keep = scores >= score_threshold
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            if len(parts) > 1 and len(boxes):
-                k = batched_nms(boxes, scores, labels, nms_iou)
-                boxes, scores, labels = boxes[k], scores[k], labels[k]
-            order = torch.argsort(scores, descending=True)
-            boxes, scores, labels = boxes[order], scores[order], labels[order]
-            scale = float(scales[idx])
-            if scale != 1.0:
-                boxes = boxes / scale
-            h, w = img.shape[-2:]
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
-            out = (boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32), labels.numpy().astype(np.int64))
-            if merge:  # the checkpoint's "one box per connected region" post-processing
-                out = apply_region_merge(img.float().mean(0).mul(255.0).cpu().numpy(), *out, merge)
-            results.append(out)
-        return results
+        return per_image
 
     def _detect_tta(self, images, mode, score_threshold, nms_iou, batch_size, progress, stage, region_merge, scales):
         """Detect on every flipped/rotated view of each image, map the boxes back and fuse them
@@ -435,194 +427,48 @@ class RegionDetector:
         return results
 
 
-#: Test-time views: (transpose first, flip left-right, flip up-down) applied to the image.
-#: "flips": the four flips; "dihedral": the flips of the image and of its transpose (the 8
-#: rotations/reflections). A view's boxes are mapped back before fusing.
-TTA_VIEWS = {
-    "none": ((False, False, False),),
-    "flips": ((False, False, False), (False, True, False), (False, False, True), (False, True, True)),
-    "dihedral": tuple((t, fx, fy) for t in (False, True) for fx in (False, True) for fy in (False, True)),
-}
-TTA_MODES = tuple(TTA_VIEWS)
-#: Score threshold of each view before fusing (a fused score is the mean over the views).
-TTA_VIEW_SCORE = 0.01
+def _tile_jobs(images, scales, tile: int, overlap: int):
+    """(image index, tile tensor, x0, y0) for every tile of every image resized by its scale."""
+    import torch.nn.functional as F
+
+    jobs = []
+    for idx, img in enumerate(images):
+        scale = float(scales[idx])
+        if scale != 1.0:
+            h, w = img.shape[-2:]
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+        h, w = img.shape[-2:]
+        for y0, x0, y1, x1 in _tiles(h, w, tile, overlap):
+            jobs.append((idx, img[:, y0:y1, x0:x1], x0, y0))
+    return jobs
 
 
-def tta_mode(value) -> str:
-    """``tta`` setting -> one of ``TTA_MODES`` (None/False: "none", True: "flips")."""
-    if value is None or value is False:
-        return "none"
-    if value is True:
-        return "flips"
-    v = str(value).lower()
-    if v not in TTA_VIEWS:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {value!r}")
-    return v
-
-
-def _view(img, view):
-    t, fx, fy = view
-    if t:
-        img = img.transpose(-1, -2)
-    if fx:
-        img = img.flip(-1)
-    if fy:
-        img = img.flip(-2)
-    return img.contiguous()
-
-
-def _unview_boxes(boxes, view, h, w):
-    """Boxes found on ``_view(image, view)`` mapped back to the (h, w) image."""
-    t, fx, fy = view
-    b = np.array(boxes, dtype=np.float32).reshape(-1, 4)
-    vh, vw = (w, h) if t else (h, w)
-    if fx:
-        b[:, [0, 2]] = vw - b[:, [2, 0]]
-    if fy:
-        b[:, [1, 3]] = vh - b[:, [3, 1]]
-    if t:
-        b = b[:, [1, 0, 3, 2]]
-    return b
-
-
-def fuse_tta(per_view, nms_iou: float = 0.5, match_iou: float = 0.55):
-    """Weighted box fusion of the detections of several views of one image.
-
-    per_view: list of (boxes (n,4), scores (n,), labels (n,)) in image coordinates. Cluster
-    centres are the boxes NMS keeps (per class, ``nms_iou``) over all views; each centre takes,
-    from every view, that view's best box of its class overlapping it with IoU >= ``match_iou``.
-    The fused box is the score-weighted mean of those boxes and the fused score their score sum
-    divided by the number of views (a box only one view of four finds keeps a quarter of its
-    score). Returns (boxes, scores, labels) sorted by score."""
+def _finish_image(img, parts, scale: float, score_threshold, nms_iou, merge):
+    """One image's tile detections -> (boxes, scores, labels) in input pixels: score threshold,
+    NMS across tiles, sorted by score, mapped back by ``scale``, clipped, region merge."""
     import torch
-    from torchvision.ops import batched_nms, box_iou
+    from torchvision.ops import batched_nms
 
-    n = len(per_view)
-    B = torch.as_tensor(np.concatenate([np.asarray(p[0], np.float32).reshape(-1, 4) for p in per_view]))
-    S = torch.as_tensor(np.concatenate([np.asarray(p[1], np.float32).reshape(-1) for p in per_view]))
-    L = torch.as_tensor(np.concatenate([np.asarray(p[2], np.int64).reshape(-1) for p in per_view]))
-    V = torch.as_tensor(np.concatenate([np.full(len(p[1]), k) for k, p in enumerate(per_view)]).astype(np.int64))
-    if len(S) == 0:
-        return B.numpy().reshape(0, 4), S.numpy(), L.numpy()
-    centres = batched_nms(B, S, L, nms_iou)
-    match = (box_iou(B[centres], B) >= match_iou) & (L[centres][:, None] == L[None, :])
-    wsum = torch.zeros(len(centres))
-    bsum = torch.zeros(len(centres), 4)
-    for k in range(n):  # each view contributes its best matching box
-        sv = torch.where(match & (V == k)[None, :], S[None, :], torch.full_like(S, -1.0)[None, :])
-        best, j = sv.max(dim=1)
-        has = best > 0
-        wsum += torch.where(has, best, torch.zeros_like(best))
-        bsum += torch.where(has[:, None], best[:, None] * B[j], torch.zeros_like(bsum))
-    boxes = bsum / wsum.clamp(min=1e-12)[:, None]
-    scores = wsum / n
+    boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros((0, 4))
+    scores = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
+    labels = torch.cat([p[2] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
+    keep = scores >= score_threshold
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if len(parts) > 1 and len(boxes):
+        k = batched_nms(boxes, scores, labels, nms_iou)
+        boxes, scores, labels = boxes[k], scores[k], labels[k]
     order = torch.argsort(scores, descending=True)
-    return (
-        boxes[order].numpy().astype(np.float32),
-        scores[order].numpy().astype(np.float32),
-        L[centres][order].numpy().astype(np.int64),
-    )
-
-
-#: Defaults of the "foreground" region merge (``config["region_merge"]``); see :func:`merge_into_regions`.
-REGION_MERGE_DEFAULTS = {
-    "method": "foreground",
-    "delta": 6.0,
-    "close": 0,
-    "open": 1,
-    "bg_window": 120,
-    "max_growth": 16.0,
-}
-
-
-def background_deviation_mask(
-    gray: np.ndarray, delta: float = 6.0, close: int = 0, open: int = 1, bg_window: int = 120
-) -> np.ndarray:
-    """Cell pixels of a brightfield image: pixels that differ from the local background by more
-    than ``delta`` gray levels (0-255) either way (dark rims and bright halos both count), closed
-    by ``close`` px, holes filled (pale cell centres), then opened by ``open`` px (noise).
-
-    The background is the median of the gray image over ``bg_window`` px windows (computed on an
-    8x subsampled image and interpolated back)."""
-    from scipy import ndimage as ndi
-
-    g = np.asarray(gray, dtype=np.float32)
-    if g.ndim == 3:
-        g = g.mean(axis=2)
-    h, w = g.shape
-    step = 8 if min(h, w) >= 64 else 1
-    small = g[::step, ::step]
-    bg_small = ndi.median_filter(small, size=max(3, int(bg_window) // step), mode="reflect")
-    bg = ndi.zoom(bg_small, (h / bg_small.shape[0], w / bg_small.shape[1]), order=1)[:h, :w]
-    fg = np.abs(g - bg) > float(delta)
-    if close:
-        fg = ndi.binary_closing(fg, iterations=int(close))
-    fg = ndi.binary_fill_holes(fg)
-    if open:
-        fg = ndi.binary_opening(fg, iterations=int(open))
-    return fg
-
-
-def merge_into_regions(boxes, scores, labels, fg, max_growth: float = 16.0):
-    """One box per connected region of cell pixels (the paper's ground-truth definition).
-
-    Each detection is assigned the connected component of ``fg`` holding most of the cell pixels
-    in its box; detections on the same component become one detection whose box is the
-    component's bounding box and whose score is the best of theirs (label: that detection's).
-    A detection with no cell pixels in its box, or whose component box would be more than
-    ``max_growth`` times its own area (a foreground that failed), is kept as it is.
-    Returns (boxes, scores, labels) sorted by score."""
-    from scipy import ndimage as ndi
-
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float32)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(boxes) == 0:
-        return boxes, scores, labels
-    lab, n = ndi.label(fg)
-    if n == 0:
-        return boxes, scores, labels
-    objs = ndi.find_objects(lab)
-    h, w = lab.shape
-    best: dict[int, int] = {}  # component -> index of its best detection
-    keep_alone = []
-    for i, (x0, y0, x1, y1) in enumerate(boxes.astype(np.float64)):
-        xa, ya = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
-        xb, yb = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
-        sub = lab[ya:yb, xa:xb]
-        ids, counts = np.unique(sub[sub > 0], return_counts=True)
-        if len(ids) == 0:
-            keep_alone.append(i)
-            continue
-        k = int(ids[np.argmax(counts)])
-        sl = objs[k - 1]
-        comp_area = (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start)
-        if comp_area > max_growth * max((x1 - x0) * (y1 - y0), 1.0):
-            keep_alone.append(i)
-            continue
-        if k not in best or scores[i] > scores[best[k]]:
-            best[k] = i
-    ks = list(best)
-    mb = np.array(
-        [[objs[k - 1][1].start, objs[k - 1][0].start, objs[k - 1][1].stop, objs[k - 1][0].stop] for k in ks],
-        dtype=np.float32,
-    ).reshape(-1, 4)
-    out_b = np.concatenate([mb, boxes[keep_alone]])
-    out_s = np.concatenate([scores[[best[k] for k in ks]], scores[keep_alone]]).astype(np.float32)
-    out_l = np.concatenate([labels[[best[k] for k in ks]], labels[keep_alone]]).astype(np.int64)
-    order = np.argsort(-out_s, kind="stable")
-    return out_b[order], out_s[order], out_l[order]
-
-
-def apply_region_merge(image_gray, boxes, scores, labels, setting):
-    """Apply ``config["region_merge"]`` (None/False: nothing) to one image's detections."""
-    if not setting:
-        return boxes, scores, labels
-    cfg = {**REGION_MERGE_DEFAULTS, **(setting if isinstance(setting, dict) else {})}
-    if cfg["method"] != "foreground":
-        raise ValueError(f"Unknown region_merge method {cfg['method']!r}; expected 'foreground'.")
-    fg = background_deviation_mask(image_gray, cfg["delta"], cfg["close"], cfg["open"], cfg["bg_window"])
-    return merge_into_regions(boxes, scores, labels, fg, cfg["max_growth"])
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    if scale != 1.0:
+        boxes = boxes / scale
+    h, w = img.shape[-2:]
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, h)
+    out = (boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32), labels.numpy().astype(np.int64))
+    if merge:  # the checkpoint's "one box per connected region" post-processing
+        out = apply_region_merge(img.float().mean(0).mul(255.0).cpu().numpy(), *out, merge)
+    return out
 
 
 def _tiles(h: int, w: int, tile: int, overlap: int):

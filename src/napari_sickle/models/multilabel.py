@@ -44,6 +44,16 @@ from typing import Any
 import numpy as np
 
 from ..constants import ABNORMAL_TYPES, IMAGENET_MEAN, IMAGENET_STD, RBC_TYPES
+from .region_inputs import (  # noqa: F401 (public here too)
+    CELL_MIN_SIDE,
+    DEFAULT_MIN_SIDE,
+    canvas_tensor,
+    cell_crops_from_boxes,
+    crops_from_boxes,
+    padded_crops_from_boxes,
+    segment_max,
+    whole_image_crop,
+)
 
 #: Paper setting: 224x224 crops. ``CPU_INPUT_SIZE`` is what an old checkpoint without an
 #: ``input_size`` falls back to; new models use ``DEFAULT_INPUT_SIZE``.
@@ -63,14 +73,12 @@ CPU_FORWARD_IMAGES = 64
 #: views of each region (see the module docstring)
 TTAS = ("none", "hflip", "flip4", "d4")
 DEFAULT_TTA = "d4"
-DEFAULT_MIN_SIDE = 160
 #: whole region or one input per cell (see the module docstring)
 SPLITS = ("none", "cells", "unet")
 DEFAULT_SPLIT = "cells"
-#: input size and canvas side of a cell for ``split="cells"`` (a 45-85 px cell on a 112 px canvas resized to 160 px
-#: is magnified 1.43x; measured better than 128 px, docs/results.md)
+#: input size of a cell for ``split="cells"``, whose canvas side is ``CELL_MIN_SIDE`` (a 45-85 px cell on a
+#: 112 px canvas resized to 160 px is magnified 1.43x; measured better than 128 px, docs/results.md)
 CELL_INPUT_SIZE = 160
-CELL_MIN_SIDE = 112
 #: channels of the intermediate stage used by ``avgmax-s4``
 _STAGE_CHANNELS = {"efficientnet-lite0": 112, "resnet18": 256, "resnet50": 1024, "resnet101": 1024}
 
@@ -235,119 +243,6 @@ def make_net(
             return self.heads(self.extract(x))
 
     return MultiLabelNet()
-
-
-def crops_from_boxes(image, boxes, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
-    """Cut every box out of ``image`` and resize it to ``size`` x ``size`` in one batched call.
-
-    image: (H, W, 3) uint8 (numpy or tensor); boxes: (N, 4) x_min, y_min, x_max, y_max in pixels
-    (max exclusive). Returns a normalised float tensor (N, 3, size, size) on ``device``.
-    """
-    import torch
-    from torchvision.ops import roi_align
-
-    img = torch.as_tensor(np.ascontiguousarray(image), device=device)
-    img = img.permute(2, 0, 1)[None].float().div_(255.0)
-    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=device)
-    if len(b) == 0:
-        return torch.zeros((0, 3, size, size), device=device)
-    crops = roi_align(img, [b], output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    m = torch.as_tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, device=device).view(1, 3, 1, 1)
-    return (crops - m) / s
-
-
-def padded_crops_from_boxes(
-    image, boxes, size: int, min_side: int = DEFAULT_MIN_SIDE, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"
-):
-    """Like :func:`crops_from_boxes`, but aspect- and scale-preserving: each box (clipped to
-    the image) is centred on a square canvas of ``max(w, h, min_side)`` pixels filled with the
-    median colour of the box's border pixels, and the canvas is resized (bilinear,
-    antialiased) to ``size`` x ``size``."""
-    import torch
-
-    img = np.ascontiguousarray(np.asarray(image))
-    H, W = img.shape[:2]
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = torch.zeros((len(b), 3, size, size), device=device)
-    m = torch.as_tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
-    s = torch.as_tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
-    for i, (x0, y0, x1, y1) in enumerate(b):
-        x0, y0 = int(np.clip(np.floor(x0), 0, W - 1)), int(np.clip(np.floor(y0), 0, H - 1))
-        x1, y1 = int(np.clip(np.ceil(x1), x0 + 1, W)), int(np.clip(np.ceil(y1), y0 + 1, H))
-        reg = img[y0:y1, x0:x1, :3]
-        h, w = reg.shape[:2]
-        border = np.concatenate([reg[0], reg[-1], reg[:, 0], reg[:, -1]]).reshape(-1, 3)
-        side = max(h, w, int(min_side))
-        canvas = np.empty((side, side, 3), np.uint8)
-        canvas[:] = np.median(border, axis=0).astype(np.uint8)
-        oy, ox = (side - h) // 2, (side - w) // 2
-        canvas[oy : oy + h, ox : ox + w] = reg
-        out[i] = canvas_tensor(canvas, size, m, s, device)
-    return out
-
-
-def canvas_tensor(canvas: np.ndarray, size: int, m, s, device="cpu"):
-    """A square uint8 canvas (side, side, 3) resized (bilinear, antialiased) to ``size`` and
-    normalised with the (3, 1, 1) tensors ``m`` / ``s``: (3, size, size)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(np.ascontiguousarray(canvas), device=device).permute(2, 0, 1)[None].float().div_(255.0)
-    if t.shape[-1] != size or t.shape[-2] != size:
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (t[0] - m) / s
-
-
-def cell_crops_from_boxes(
-    image,
-    boxes,
-    size: int,
-    min_side: int = CELL_MIN_SIDE,
-    params: dict | None = None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    device="cpu",
-    splitter=None,
-):
-    """One normalised input per *cell* of each box (``models.cells.cell_canvases``).
-
-    Returns ``(crops (M, 3, size, size), owner (M,) int64)``: ``owner[i]`` is the index of the
-    box that cell ``i`` belongs to (every box has at least one)."""
-    import torch
-
-    from .cells import cell_canvases
-
-    img = np.ascontiguousarray(np.asarray(image))
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    m = torch.as_tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
-    s = torch.as_tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
-    tensors, owner = [], []
-    for i, box in enumerate(b):
-        for canvas in cell_canvases(img, box, int(min_side), params, splitter=splitter):
-            tensors.append(canvas_tensor(canvas, size, m, s, device))
-            owner.append(i)
-    if not tensors:
-        return torch.zeros((0, 3, size, size), device=device), np.zeros(0, np.int64)
-    return torch.stack(tensors), np.asarray(owner, np.int64)
-
-
-def segment_max(values, owner, n: int):
-    """Largest row of ``values`` (M, K) per owner (M,) -> (n, K); the multiple-instance rule
-    that turns per-cell logits or probabilities into per-region ones (torch or numpy)."""
-    import torch
-
-    as_np = isinstance(values, np.ndarray)
-    v = torch.as_tensor(values)
-    idx = torch.as_tensor(np.asarray(owner), dtype=torch.int64, device=v.device)
-    out = torch.full((int(n), v.shape[1]), float("-inf"), dtype=v.dtype, device=v.device)
-    out = out.scatter_reduce(0, idx[:, None].expand(-1, v.shape[1]), v, reduce="amax", include_self=True)
-    return out.numpy() if as_np else out
-
-
-def whole_image_crop(image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
-    h, w = image.shape[:2]
-    return crops_from_boxes(image, [[0, 0, w, h]], size, mean, std, device)
 
 
 @dataclass
@@ -587,6 +482,34 @@ class RBCClassifier:
         ).to(dev)
 
 
+def _checked_settings(pool: str, crop: str, tta: str, split: str, splitter: dict | None) -> dict | None:
+    """Raise ValueError on an unknown ``pool`` / ``crop`` / ``tta`` / splitter setting; returns the
+    learned splitter's settings for ``split="unet"``, else None."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {CROPS}")
+    if tta not in TTAS:
+        raise ValueError(f"unknown tta {tta!r}; choose one of {TTAS}")
+    from .splitter import DEFAULT_SPLITTER
+
+    if split == "unet":
+        unknown = set(splitter or {}) - set(DEFAULT_SPLITTER)
+        if unknown:
+            raise ValueError(f"unknown splitter setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_SPLITTER)}")
+    return {**DEFAULT_SPLITTER, **(splitter or {})} if split == "unet" else None
+
+
+def _cell_split_config(cell_split: dict | None) -> dict:
+    """The rule-based cell split's parameters: ``models.cells.DEFAULT_SPLIT`` updated by ``cell_split``."""
+    from .cells import DEFAULT_SPLIT as CELL_SPLIT
+
+    unknown = set(cell_split or {}) - set(CELL_SPLIT)
+    if unknown:
+        raise ValueError(f"unknown cell_split parameter(s) {sorted(unknown)}; known: {sorted(CELL_SPLIT)}")
+    return {**CELL_SPLIT, **(cell_split or {})}
+
+
 def new_classifier(
     backbone: str = "efficientnet-lite0",
     input_size: int | None = None,
@@ -613,27 +536,13 @@ def new_classifier(
     it from the training crops before anything else."""
     import torch
 
-    from .cells import DEFAULT_SPLIT as CELL_SPLIT
-
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     cells = split in ("cells", "unet")
     input_size = int(input_size or (CELL_INPUT_SIZE if cells else DEFAULT_INPUT_SIZE))
     min_side = int((CELL_MIN_SIDE if cells else DEFAULT_MIN_SIDE) if min_side is None else min_side)
 
-    if pool not in POOLS:
-        raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
-    if crop not in CROPS:
-        raise ValueError(f"unknown crop {crop!r}; choose one of {CROPS}")
-    if tta not in TTAS:
-        raise ValueError(f"unknown tta {tta!r}; choose one of {TTAS}")
-    from .splitter import DEFAULT_SPLITTER
-
-    if split == "unet":
-        unknown = set(splitter or {}) - set(DEFAULT_SPLITTER)
-        if unknown:
-            raise ValueError(f"unknown splitter setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_SPLITTER)}")
-    split_cfg = {**DEFAULT_SPLITTER, **(splitter or {})} if split == "unet" else None
+    split_cfg = _checked_settings(pool, crop, tta, split, splitter)
     net = make_net(
         backbone,
         pretrained=pretrained,
@@ -662,10 +571,7 @@ def new_classifier(
         "split": split,
     }
     if cells:
-        unknown = set(cell_split or {}) - set(CELL_SPLIT)
-        if unknown:
-            raise ValueError(f"unknown cell_split parameter(s) {sorted(unknown)}; known: {sorted(CELL_SPLIT)}")
-        cfg["cell_split"] = {**CELL_SPLIT, **(cell_split or {})}
+        cfg["cell_split"] = _cell_split_config(cell_split)
     if split_cfg is not None:
         cfg["splitter"] = split_cfg
     dev = torch.device(device) if isinstance(device, str) else device

@@ -9,9 +9,10 @@ Layers, lowest first (docs/index.md, "Code layout"):
 3. ``analysis/``, ``training/``;
 4. ``widgets/``, the command-line programs and the napari sample-data contribution.
 
-A module may import its own layer or a lower one. The imports are read from the source
-(``ast``, every ``import`` statement including the ones inside functions), as
-tests/test_plugin.py reads which modules pull in Qt.
+A module may import its own layer or a lower one, and no two packages, nor two modules, import
+each other (directly or round a longer loop). The imports are read from the source (``ast``,
+every ``import`` statement including the ones inside functions), as tests/test_plugin.py reads
+which modules pull in Qt.
 """
 
 import ast
@@ -104,6 +105,13 @@ def test_every_module_has_a_layer():
         rank(mod)
 
 
+def test_every_subpackage_has_a_rank():
+    """A new top-level package (as cli/ and plugin/ were) gets its place in the layers."""
+    packages = sorted(d.name for d in SRC.iterdir() if (d / "__init__.py").is_file())
+    unranked = [p for p in packages if p not in PACKAGE_RANK]
+    assert not unranked, f"packages without a layer: {unranked}; add them to PACKAGE_RANK"
+
+
 def test_imports_point_down():
     up = [
         f"{_short(m)} (layer {rank(m)}) imports {_short(t)} (layer {rank(t)})"
@@ -192,3 +200,33 @@ def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
     got = imports("napari_sickle.layers.annotations", f, modules)
     assert got == {"napari_sickle.constants", "napari_sickle.io.formats", "napari_sickle.layers"}
     assert rank("napari_sickle.io.formats") > rank("napari_sickle.layers.annotations")
+
+
+def test_no_import_cycle_between_modules():
+    cycles = _cycles(_graph())
+    where = [", ".join(_short(m) for m in c) for c in cycles]
+    assert not cycles, "modules that import each other (directly or round a loop):\n" + "\n".join(where)
+
+
+def test_the_cycle_check_finds_loops():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _reach(graph, mod: str) -> set[str]:
+    seen, todo = set(), [mod]
+    while todo:
+        for t in graph.get(todo.pop(), ()):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def test_the_learned_splitter_trains_from_data_and_models_only():
+    """training/splitter.py's data path (the composed crops, their U-Net targets, the cell split,
+    the image normalisation) stays in data/, io/ and models/: it reaches no analysis or other
+    training module, which would pull the whole analysis and training stack into it."""
+    reached = _reach(_graph(), f"{PKG}.training.splitter")
+    climbs = sorted(_short(m) for m in reached if rank(m) >= rank(f"{PKG}.training.splitter"))
+    assert not climbs, f"training.splitter reaches {climbs}"

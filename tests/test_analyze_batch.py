@@ -220,3 +220,86 @@ def test_bad_inputs(tmp_path, tiny_models):
     summ = pd.read_csv(tmp_path / "o4" / "summary.csv")
     assert summ["error"].notna().sum() == 2
     assert int(summ.loc[summ["image"].str.endswith("small.png"), "n_regions"].iloc[0]) == 0
+
+
+def test_several_smears_per_detector_call_give_the_per_image_regions(tiny_models):
+    """``detect_many`` (one detector call for several smears) gives each smear the boxes and
+    scores of the widget's per-image ``detect_regions``."""
+    from napari_sickle.analysis.batch import detect_many
+    from napari_sickle.analysis.smear import detect_regions, foreground_mask
+    from napari_sickle.data.simulate import simulate_smear
+
+    rgbs = [simulate_smear(seed=310 + k, shape=SHAPE).image for k in range(3)]
+    fgs = [foreground_mask(r) for r in rgbs]
+    got = detect_many(rgbs, fgs, tiny_models.detector)
+    assert len(got) == 3
+    for rgb, (boxes, scores) in zip(rgbs, got):
+        ref_boxes, ref_scores, _ = detect_regions(rgb, tiny_models.detector)
+        assert len(ref_boxes) > 0
+        np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_batched_detection_and_the_writer_thread_keep_the_results(tiny_models, smear_folder, tmp_path):
+    """Four smears per detector call write the same regions CSVs as one per call."""
+    from napari_sickle.analysis.batch import analyze_batch, list_inputs
+
+    inputs = list_inputs([str(smear_folder)])
+    kw = dict(device="cpu", num_workers=0, processes=1, threads=1, images_per_batch=4, overlay=False)
+    one = analyze_batch(inputs, tmp_path / "one", tiny_models, detect_images=1, **kw)
+    four = analyze_batch(inputs, tmp_path / "four", tiny_models, detect_images=4, **kw)
+    assert one.analyzed == four.analyzed == N_IMAGES and one.unreadable == four.unreadable == 1
+    a, b = _csvs(tmp_path / "one"), _csvs(tmp_path / "four")
+    assert a.keys() == b.keys()
+    for name in a:
+        if name == "summary.csv":
+            continue
+        x, y = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "four" / name)
+        pd.testing.assert_frame_equal(x, y, check_exact=False, atol=1e-4)
+
+
+def test_a_failing_write_is_raised_and_the_rerun_completes(tiny_models, smear_folder, tmp_path, monkeypatch):
+    """A write failure on the writer thread (here: a full disk at the third image) stops the
+    run with that error; the images written before keep their done markers, the failed one has
+    none, and a rerun analyses only what is missing."""
+    import napari_sickle.analysis.batch as outputs
+    from napari_sickle.analysis.batch import STATE_DIR, analyze_batch, list_inputs
+
+    inputs = list_inputs([str(smear_folder)])
+    real = outputs.write_image_results
+    calls = []
+
+    def full_disk(out, name, *a, **k):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(out, name, *a, **k)
+
+    monkeypatch.setattr(outputs, "write_image_results", full_disk)
+    kw = dict(device="cpu", num_workers=0, processes=1, threads=1, overlay=False)
+    with pytest.raises(OSError, match="No space left"):
+        analyze_batch(inputs, tmp_path / "o", tiny_models, **kw)
+    markers = sorted(p.name for p in (tmp_path / "o" / STATE_DIR).glob("*.png.json"))
+    assert markers == [f"{n}.json" for n in calls[:2]]
+    monkeypatch.setattr(outputs, "write_image_results", real)
+    rep = analyze_batch(inputs, tmp_path / "o", tiny_models, **kw)
+    assert rep.skipped_done == 2 and rep.analyzed == N_IMAGES - 2 and rep.unreadable == 1
+
+
+def test_result_writer_queue_is_bounded_and_keeps_the_order(tmp_path):
+    import threading
+
+    from napari_sickle.analysis.batch import ResultWriter
+
+    gate, seen = threading.Event(), []
+    w = ResultWriter(
+        tmp_path, [("a", None)] * 6, overlay=False, on_done=None, on_error=lambda i, m: (gate.wait(5), seen.append(i))
+    )
+    t = threading.Thread(target=lambda: [w.put_error(i, "x") for i in range(6)])
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()  # one item in the writer's hands, 4 queued, the sixth waits
+    gate.set()
+    t.join(5)
+    w.close()
+    assert seen == list(range(6))

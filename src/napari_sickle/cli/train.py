@@ -339,6 +339,9 @@ def _train(args: argparse.Namespace, out: Path, rep: Reporter, ddp_glue) -> int:
     """Check the input, run the trainer and report ``start`` ... ``done``."""
     t0 = time.perf_counter()
     _check_args(args, out, ddp_glue)
+    from ..training.recipes import recipe_kwargs
+
+    recipe_kwargs(args.kind, build_kwargs(args, None, None))  # unknown -o keys: exit 2 before any work
     check_data(args.data, args.kind)
     trainer = get_trainer(args.kind)
     out.mkdir(parents=True, exist_ok=True)
@@ -373,7 +376,8 @@ def _train(args: argparse.Namespace, out: Path, rep: Reporter, ddp_glue) -> int:
     if ctx.enabled and args.kind in ("multilabel", PROTOCOL) and not ddp_glue.is_main():
         result = {}  # heads train on cached features on rank 0; the other ranks wait (docs/distributed.md)
     else:
-        result = trainer(args.data, str(out), **build_kwargs(args, rep.progress, rep.log))
+        kwargs = recipe_kwargs(args.kind, build_kwargs(args, rep.progress, rep.log))  # recipe= + run settings
+        result = trainer(args.data, str(out), **kwargs)
     ranks = ddp_glue.rank_counts() if ctx.enabled else None
     ddp_glue.cleanup(success=True)
     if not ddp_glue.is_main() and ctx.enabled:

@@ -47,6 +47,16 @@ def _parse_options(text: str) -> list[str]:
     return args
 
 
+def check_recipe(kind: str, options: list[str], **common) -> None:
+    """Build the kind's training recipe from ``-o KEY=VALUE`` arguments and the common flags
+    as the training command does, so an unknown or malformed option is refused (with the
+    valid ones) before a process starts."""
+    from ..training.recipes import parse_option, recipe_kwargs
+
+    opts = dict(parse_option(text) for flag, text in zip(options[::2], options[1::2]) if flag == "-o")
+    recipe_kwargs(kind, {**common, **opts})
+
+
 class TrainWidget(TaskWidget):
     """Train detector / multilabel / bm / unet models from the viewer."""
 
@@ -222,6 +232,8 @@ class TrainWidget(TaskWidget):
 
     def command(self, resume: bool = False) -> list[str]:
         """The argument list passed to ``python`` (public for reproducibility and tests)."""
+        options = _parse_options(self.extra_options.value)
+        check_recipe(self.kind.value, options, epochs=self.epochs.value, backbone=self.backbone.value.strip() or None)
         out = self._out_dir()
         args = [
             "-m",
@@ -246,7 +258,7 @@ class TrainWidget(TaskWidget):
             if not last.is_file():
                 raise ValueError(f"Nothing to resume: {last} does not exist.")
             args += ["--resume", str(last)]
-        return args + _parse_options(self.extra_options.value)
+        return args + options
 
     def train(self, resume: bool = False):
         """Start (or resume) a training subprocess."""

@@ -263,9 +263,113 @@ class UNetRecipe(Recipe):
         return dataclasses.replace(self, epochs=int(self.epochs or 16))
 
 
+#: a BMRecipe setting whose default depends on the schedule (see :meth:`BMRecipe.resolved`)
+AUTO = "auto"
+
+
+def _off_words(value):
+    """ "0"/"false"/"no"/"off" (any case) -> False, other text -> True; non-text unchanged."""
+    return value.lower() not in ("0", "false", "no", "off") if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class BMRecipe(Recipe):
+    """Bone-marrow / white-cell classifier (training.bm; see its module docstring). ``"auto"``
+    settings follow the schedule: the cosine recipe's stain/colour augmentation, background
+    white balance, nucleus framing, scale jitter, output stride 16 (efficientnet-lite0) and
+    background erasing, or the plateau recipe's plain values."""
+
+    label: ClassVar[str] = "bm"
+
+    epochs: int | None = None  # None: 30
+    backbone: str | None = None  # None: efficientnet_lite0
+    seed: int = 0
+    input_size: int | None = None  # None: 64 for tiny archs on simulated data, else from the crops
+    batch_size: int = 32
+    lr: float | None = None  # None: 0.02 (cosine) or a learning-rate range test (plateau)
+    augment: bool = True
+    # The paper's RandomResizedCrop scale is (0.08, 1). On the WBC crops, where the cell fills
+    # the frame and its size tells monocytes from lymphocytes, less zoom scored better in
+    # nested cross-validation (docs/bm.md). Scale 1 keeps the whole crop (a square crop admits
+    # no other aspect ratio at full area), so rotations and flips remain.
+    crop_scale: Any = (1.0, 1.0)
+    val_fraction: float = 0.2
+    n_per_class: int = 64
+    pretrained: bool = True
+    weight_decay: float = 1e-4
+    patience: int = 3
+    tta: str = "d4"
+    # the recipe (docs/bm.md): fixed cosine schedule with EMA weights, stain/colour
+    # augmentation, background white balance and framing on the nucleus, scale jitter
+    schedule: str = "cosine"
+    ema: float = 0.98
+    label_smoothing: float = 0.0
+    split_seed: int = 0
+    colour: Any = AUTO
+    normalise: str = AUTO
+    crop: str = AUTO
+    scale_jitter: Any = AUTO
+    output_stride: Any = AUTO
+    bg_erase: Any = AUTO
+    crop_factor: float = 2.0
+    lr_test_steps: int = 30
+    warmup_epochs: int = 0
+    cache_size: int | None = None
+    class_names: Any = None
+
+    def sizes_from_crops(self, simulated: bool) -> bool:
+        """The input size is to be taken from the crops (not given, real data, not ViT-L/32)."""
+        from ..models.bm import canonical_arch
+
+        arch = canonical_arch(self.backbone or "efficientnet_lite0")
+        return self.input_size is None and not simulated and arch != "vit_l_32"
+
+    def resolved(self, simulated: bool) -> "BMRecipe":
+        """Every ``None``/``"auto"`` setting but ``lr`` filled in and checked; the input size is
+        the arch's default where it is to come from the crops (the trainer then sets it)."""
+        from ..models.bm import DEFAULT_INPUT_SIZE, canonical_arch, tta_mode
+
+        arch = canonical_arch(self.backbone or "efficientnet_lite0")
+        size = self.input_size
+        if size is None:
+            size = 64 if simulated and "tiny" in arch else DEFAULT_INPUT_SIZE[arch]
+        if self.schedule not in ("cosine", "plateau"):
+            raise RecipeError(f"schedule must be 'cosine' or 'plateau', not {self.schedule!r}")
+        legacy = self.schedule == "plateau"
+
+        def auto(value, default):
+            return default if isinstance(value, str) and value == AUTO else value
+
+        jitter = auto(self.scale_jitter, None if legacy else (0.8, 1.25))
+        if isinstance(jitter, (int, float)):
+            f = float(jitter)
+            jitter = None if f in (0.0, 1.0) else (1.0 / f, f) if f > 1 else (f, 1.0 / f)
+        r = dataclasses.replace(
+            self,
+            epochs=int(self.epochs or 30),
+            backbone=arch,
+            input_size=size,
+            tta=tta_mode(self.tta),
+            colour=_off_words(auto(self.colour, not legacy)),
+            normalise=auto(self.normalise, "none" if legacy else "background"),
+            crop=auto(self.crop, "none" if legacy else "nucleus"),
+            scale_jitter=jitter,
+            output_stride=auto(self.output_stride, 16 if arch == "efficientnet_lite0" and not legacy else 32),
+            bg_erase=auto(self.bg_erase, 0.0 if legacy else 0.5),
+            crop_scale=(float(self.crop_scale), 1.0) if isinstance(self.crop_scale, (int, float)) else self.crop_scale,
+            augment=_off_words(self.augment),
+        )
+        if r.normalise not in ("none", "background"):
+            raise RecipeError(f"normalise must be 'none' or 'background', not {r.normalise!r}")
+        if r.crop not in ("none", "nucleus"):
+            raise RecipeError(f"crop must be 'none' or 'nucleus', not {r.crop!r}")
+        return r
+
+
 RECIPES: dict[str, type[Recipe]] = {
     "detector": DetectorRecipe,
     "multilabel": MultilabelRecipe,
+    "bm": BMRecipe,
     "unet": UNetRecipe,
 }
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models.bm import TTA_MODES, tta_mode, tta_views  # noqa: F401  (re-exported)
-from .bm_data import (  # noqa: F401 - the data helpers are part of this module's interface
+from .bm_data import (  # noqa: F401 - re-exported: importable from this module too
     CLASS_COLUMNS,
     IMAGE_COLUMNS,
     ZHENG_CLASSES,

@@ -62,7 +62,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .detector_data import (  # noqa: F401 - the data helpers are part of this module's interface
+from .detector_data import (  # noqa: F401 - re-exported: importable from this module too
     REGION_CLASS,
     _color_augment,
     _item_scale,

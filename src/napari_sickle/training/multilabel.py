@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .multilabel_data import (  # noqa: F401 - the data helpers are part of this module's interface
+from .multilabel_data import (  # noqa: F401 - re-exported: importable from this module too
     Bags,
     PatchSet,
     _abnormal_truth,

@@ -352,7 +352,7 @@ def region_crops(classifier, image, boxes, path: str = "batched"):
     if path == "per-region":
         return classifier.region_crops_per_region(image, boxes)
     torch = _torch()
-    from .multilabel import CELL_MIN_SIDE
+    from .region_inputs import CELL_MIN_SIDE
 
     cfg = classifier.config
     dev = torch.device(classifier.device or "cpu")

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_analyze.py [--threads 2] [--interop-threads 1] [--repeats 3] [--seeds 2026 2027]
                                        [--detector D.pt --classifier C.pt] [--crop-path batched|per-region]
-                                       [--recipe accurate --compare-regions 40] [--tune-malloc]
+                                       [--recipe accurate --compare-regions 40] [--tune-malloc] [--profile]
 
 On held-out simulated 1920x1080 smears (seeds never used for training) it prints one JSON
 object with: end-to-end seconds of ``analyze_smear`` (median of --repeats), batched vs
@@ -16,6 +16,10 @@ device, or the per-region host path); the JSON also has both paths timed on the 
 px, avgmax-s4) with untrained heads (times only; its type figures mean nothing) and compares
 the paths on the first ``--compare-regions`` regions. ``--tune-malloc`` applies
 ``napari_sickle._malloc.tune_malloc`` first. The load average is recorded before and after.
+The JSON also has the cell split's time on each smear's regions (``models.crops.cell_cuts``,
+on torch's thread count and on one thread). ``--profile`` adds a ``torch.profiler`` run (CPU;
+CUDA too on a GPU) over one ``analyze_smear`` call of the first smear: wall time, time inside
+torch operators and the top operators by self time (``--profile-top``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,55 @@ def iou_matrix(a, b):
     return box_iou(a, b).numpy()
 
 
+def split_times(clf, image, boxes) -> dict:
+    """Seconds of the cell split of ``boxes`` (``models.crops.cell_cuts``) on torch's thread
+    count and on one thread, and the number of cells found."""
+    import torch
+
+    from napari_sickle.models.crops import cell_cuts
+
+    min_side, params = int(clf.config.get("min_side", 112)), clf.config.get("cell_split")
+    out = {}
+    for label, workers in (("threads_%d" % torch.get_num_threads(), None), ("one_thread", 1)):
+        t = time.perf_counter()
+        cuts, _, _ = cell_cuts(image, boxes, min_side, params, workers=workers)
+        out[label] = round(time.perf_counter() - t, 3)
+    out["cells"] = len(cuts)
+    return out
+
+
+def profile(models, image, device, top: int = 12) -> dict:
+    """``torch.profiler`` over one ``analyze_smear`` call: wall seconds, seconds inside
+    top-level torch operators (the rest is Python, NumPy, SciPy and scikit-image) and the top
+    operators by self time."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    from napari_sickle.analysis.smear import analyze_smear
+
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with tprofile(activities=acts) as prof:
+        t = time.perf_counter()
+        analyze_smear(image, models, device=device)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    ev = prof.key_averages()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    top_level = [e for e in prof.events() if e.cpu_parent is None]
+    return {
+        "wall_s": round(wall, 3),
+        "torch_ops_s": round(sum(e.cpu_time_total for e in top_level) / 1e6, 3),
+        "operator_calls": int(sum(e.count for e in ev)),
+        "top": [
+            {"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key, 0) / 1e3, 1)}
+            for e in sorted(ev, key=lambda e: getattr(e, key, 0) or 0, reverse=True)[:top]
+        ],
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -58,6 +111,8 @@ def main(argv=None):
         help="regions for the one-at-a-time and crop-path comparisons (0: all)",
     )
     ap.add_argument("--tune-malloc", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler over one analyze_smear call")
+    ap.add_argument("--profile-top", type=int, default=12)
     args = ap.parse_args(argv)
     import os
 
@@ -138,6 +193,9 @@ def main(argv=None):
                 "inputs": int(len(crops)),
             }
         clf.crop_path = args.crop_path
+        split = split_times(clf, img, res.boxes) if clf.split == "cells" else None
+        if args.profile and "profile" not in out:
+            out["profile"] = profile(models, img, args.device, args.profile_top)
         gt = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
         ytrue = sm.regions[list(RBC_TYPES)].to_numpy(int)
         iou = iou_matrix(gt, res.boxes)
@@ -169,6 +227,7 @@ def main(argv=None):
                 "batched_speedup": round(single_s / max(batched_s, 1e-9), 1),
                 "batched_equals_single": bool(np.allclose(p_batched, p_single, atol=1e-4)),
                 "compared_regions": int(len(cmp_boxes)),
+                "cell_split_seconds": split,
                 "crop_paths": {
                     "batched": paths["batched_seconds"],
                     "per_region": paths["per-region_seconds"],

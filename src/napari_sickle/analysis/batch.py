@@ -97,8 +97,11 @@ class BatchReport:
 
 
 def default_num_workers() -> int:
-    """Reader processes: one core is left to the analysis (0 on a single-core machine), at most 4."""
-    return max(0, min(4, _cores() - 1))
+    """Reader processes of one analysing process: none on up to 2 cores (a reader there only
+    takes CPU time from the analysis, which is the slower side; docs/performance.md), else
+    the cores beyond two, at most 4."""
+    cores = _cores()
+    return 0 if cores <= 2 else min(4, cores - 2)
 
 
 #: resident memory of one analysing process with its models, with a margin over the measured (docs/performance.md)

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="DataLoader reader processes (default: CPU cores - 1, at most 4; 0 = read in this process)",
+        help="DataLoader reader processes (default: none on up to 2 cores, else cores - 2, at most 4; 0 = read in this process)",
     )
     ap.add_argument(
         "--processes",

@@ -1,9 +1,9 @@
 """Streaming batch analysis of many smears (the engine of ``python -m napari_sickle.analyze``).
 
 * Images are read by a ``torch.utils.data.DataLoader`` over :class:`SmearImages`
-  (``num_workers`` reader processes): decoding, the RGB conversion and the cell-pixel mask
-  happen there, so reading the next images overlaps detection and classification of the
-  current ones.
+  (``num_workers`` reader processes, :func:`default_num_workers`): decoding, the RGB
+  conversion and the cell-pixel mask happen there, so reading the next images overlaps
+  detection and classification of the current ones.
 * Up to ``detect_images`` smears of a group go through the detector in one call
   (:func:`batch_engine.detect_many`; default one on a CPU, the whole group on a GPU), filtered
   and merged into regions as by the widget's :func:`analysis.smear.detect_regions`; each
@@ -17,6 +17,9 @@
   counts as done when its marker exists; a restarted run skips every done image and does the
   others. The regions of each image are classified on their own (never batched with another
   image's), so an image's numbers do not depend on which images were done before a restart.
+  Detection batches only the smears of one group; with several per call (GPU) a restart that
+  splits a group may change the detector's scores in the last float bits, as a change of
+  thread count does.
 * An unreadable image gets an error marker ``.sickle-batch/<name>.error.json`` with the file's
   size and modification time: a rerun does not retry it (and loads no model for it) until the
   file changes. ``summary.csv`` is rebuilt from the markers, in input order, at the end of each

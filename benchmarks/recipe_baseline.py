@@ -1,6 +1,6 @@
 """Tiny seeded training runs of every trainer; their losses and metrics as JSON.
 
-    python benchmarks/recipe_baseline.py [--out FILE] [--only detector,multilabel,unet,bm]
+    python benchmarks/recipe_baseline.py [--out FILE] [--only detector,multilabel,unet,bm,protocol,real_classifier]
 
 Each run is a few optimiser steps on small simulated (or generated class-folder) inputs, one
 CPU thread, fixed seeds, so the numbers are reproducible on one machine and torch version.
@@ -164,7 +164,58 @@ def run_bm(tmp: Path) -> dict:
     return {"cosine": _summary(cosine), "plateau": _summary(plateau)}
 
 
-RUNS = {"detector": run_detector, "multilabel": run_multilabel, "unet": run_unet, "bm": run_bm}
+def run_protocol(tmp: Path) -> dict:
+    from napari_sickle.training.protocol import run_protocol
+
+    crops = _crop_folders(tmp / "crops")
+    res = run_protocol(
+        str(crops),
+        tmp / "p",
+        folds=2,
+        epochs=3,
+        device="cpu",
+        input_size=32,
+        n_train_patches=8,
+        n_test_patches=4,
+    )
+    return {"table1": _summary(res)}
+
+
+def run_real_classifier(tmp: Path) -> dict:
+    """The fine-tuning of the real-cell classifier on a random canvas cache (as
+    tests/test_real_classifier.py builds one): two epochs, then one more resumed."""
+    import numpy as np
+
+    from napari_sickle.training import real_classifier as rc
+
+    rng = np.random.default_rng(0)
+    s = rc.INPUT_SIZE
+    for split, n in (("train", 12), ("val", 6)):
+        X = rng.integers(0, 255, (n + 2, 3, s, s), dtype=np.uint8)
+        owner = np.concatenate([np.arange(n), [0, 1]])
+        order = np.argsort(owner, kind="stable")
+        np.savez(
+            tmp / f"{split}.npz",
+            X=X[order],
+            owner=owner[order],
+            Y=np.eye(6, dtype=np.float32)[np.arange(n) % 6],
+            source=np.array(["xu", "chula"] * (n // 2)),
+            kind=np.array(["single", "patch"] * (n // 2)),
+        )
+    kw = dict(regions_per_epoch=8, batch_regions=4, threads=1, log=lambda *_: None)
+    rc.train(tmp, epochs=2, total_epochs=3, **kw)
+    res = rc.train(tmp, epochs=1, resume=True, **kw)
+    return {"fine_tune": _summary(res)}
+
+
+RUNS = {
+    "detector": run_detector,
+    "multilabel": run_multilabel,
+    "unet": run_unet,
+    "bm": run_bm,
+    "protocol": run_protocol,
+    "real_classifier": run_real_classifier,
+}
 
 
 def run(only=None) -> dict:

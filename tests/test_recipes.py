@@ -20,7 +20,7 @@ def _baseline_module():
     return recipe_baseline
 
 
-@pytest.mark.parametrize("trainer", ["detector", "multilabel", "unet", "bm"])
+@pytest.mark.parametrize("trainer", ["detector", "multilabel", "unet", "bm", "protocol", "real_classifier"])
 def test_trainers_reproduce_the_recorded_numbers(trainer):
     import torch
 

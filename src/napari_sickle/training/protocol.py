@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -109,6 +110,8 @@ def _probs(heads, X):
 # ---------------------------------------------------------------------------------------
 # the protocol
 # ---------------------------------------------------------------------------------------
+# long because its signature lists every option of the protocol (the command line passes them
+# as keywords); the work itself is in _setup, _run_folds, _summarise and _report
 def run_protocol(
     data,
     out,
@@ -145,12 +148,9 @@ def run_protocol(
     ``split="unet"``: each fold trains its own learned cell splitter
     (:func:`napari_sickle.training.splitter.train_splitter`, options ``splitter_options``) on
     the fold's training crops only, and the single cells are featurised again per fold."""
-    from sklearn.model_selection import StratifiedKFold
 
     from .._device import resolve_device
-    from ..data.compose import compose_patches
-    from ..models import multilabel as mlm
-    from .multilabel import DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE, Bags, fit_abnormal_model, multilabel_metrics
+    from .multilabel import DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -160,104 +160,66 @@ def run_protocol(
     backbone = backbone or "efficientnet-lite0"
     n_train_patches = int(DEFAULT_TRAIN_PATCHES if n_train_patches is None else n_train_patches)
     dev = resolve_device(device)
-    crops = _load_crops(data)
-    strata = np.array([c.type_index for c in crops])
-    clf = mlm.new_classifier(
-        backbone,
+    run = _setup(
+        data,
+        backbone=backbone,
         input_size=input_size,
-        pretrained=True,
-        device=dev,
-        pool=pool or mlm.DEFAULT_POOL,
-        crop=crop or mlm.DEFAULT_CROP,
-        min_side=min_side,
-        standardize=bool(standardize),
-        tta=tta or mlm.DEFAULT_TTA,
-        split=split or mlm.DEFAULT_SPLIT,
+        dev=dev,
+        seed=seed,
+        progress=progress,
+        classifier=dict(pool=pool, crop=crop, min_side=min_side, standardize=standardize, tta=tta, split=split),
         cell_split=cell_split,
         splitter=splitter,
+        splitter_options=splitter_options,
+        patches=(int(n_train_patches), int(n_test_patches), max_cells),
+        fit=dict(
+            epochs=head_epochs,
+            lr=lr,
+            batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
+            standardize=bool(standardize),
+        ),
     )
-    input_size = clf.input_size
-    learned = clf.split == "unet"
-    single_images, single_ys = [c.image for c in crops], [_onehot(c.type_index) for c in crops]
-    if not learned:
-        X_single, y_single = _features(clf, single_images, single_ys, "single", progress, "features: single cells")
-    splitter_stats = []
-    fit = dict(
-        epochs=head_epochs,
-        lr=lr,
-        batch_size=int(head_batch_size or DEFAULT_HEAD_BATCH_SIZE),
-        standardize=bool(standardize),
+    per_fold = _run_folds(run, folds, log)
+    summary = _summarise(per_fold)
+    seconds = time.perf_counter() - t0
+    rep = _report(
+        run,
+        data=data,
+        folds=folds,
+        backbone=backbone,
+        head_epochs=head_epochs,
+        n_train_patches=n_train_patches,
+        n_test_patches=n_test_patches,
+        max_cells=max_cells,
+        seed=seed,
+        seconds=seconds,
+        summary=summary,
+        per_fold=per_fold,
     )
+    (out / "protocol.json").write_text(json.dumps(rep, indent=2, default=float))
+    (out / "table1.md").write_text(table1_markdown(rep))
+    return {
+        "checkpoint": None,
+        "metrics": _headline(summary),
+        "history": per_fold,
+        "seconds": seconds,
+        "report": str(out / "table1.md"),
+    }
 
+
+def _run_folds(run: SimpleNamespace, folds: int, log) -> list[dict]:
+    """Stratified k-fold over the crops' types (shuffled with the run's seed); one
+    :func:`_run_fold` per fold, each logged."""
+    from sklearn.model_selection import StratifiedKFold
+
+    progress, seed = run.progress, run.seed
+    crops = run.crops
+    strata = np.array([c.type_index for c in crops])
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     per_fold = []
     for k, (tr, te) in enumerate(skf.split(np.zeros(len(crops)), strata)):
         report(progress, "folds", k, folds)
-        tr_crops = [crops[i] for i in tr]
-        te_crops = [crops[i] for i in te]
-        if learned:
-            from .splitter import fit_classifier_splitter
-
-            cb = None if progress is None else (lambda st, d, t, _k=k: progress(f"fold {_k + 1} {st}", d, t))
-            splitter_stats.append(
-                fit_classifier_splitter(
-                    clf, tr_crops, seed=seed * 1000 + k, device=dev, progress=cb, **(splitter_options or {})
-                )
-            )
-            X_single, y_single = _features(
-                clf, single_images, single_ys, "single", progress, f"features: fold {k + 1} single cells"
-            )
-        dim = X_single.dim
-        train_p = compose_patches(
-            tr_crops, int(n_train_patches), seed=seed * 1000 + 2 * k, max_cells=max_cells, min_cells=2
-        )
-        test_p = compose_patches(
-            te_crops, int(n_test_patches), seed=seed * 1000 + 2 * k + 1, max_cells=max_cells, min_cells=2
-        )
-        X_trp, y_trp = _features(
-            clf,
-            [p[0] for p in train_p],
-            [p[1] for p in train_p],
-            "train-patches",
-            progress,
-            f"features: fold {k + 1} train patches",
-        )
-        X_tep, y_tep = _features(
-            clf,
-            [p[0] for p in test_p],
-            [p[1] for p in test_p],
-            "test-patches",
-            progress,
-            f"features: fold {k + 1} test patches",
-        )
-        X_tes, y_tes = X_single.take(te), y_single[te]
-        X_mix, y_mix = Bags.cat([X_tes, X_tep]), np.concatenate([y_tes, y_tep])
-        X_trs = X_single.take(tr)
-        X_tra = Bags.cat([X_trs, X_trp])
-
-        models = {
-            "A": _fit(dim, X_tra, np.concatenate([y_single[tr], y_trp]), seed=seed + k, **fit),
-            "B": _fit(dim, X_trs, y_single[tr], seed=seed + k, **fit),
-        }
-        fold = {
-            "fold": k + 1,
-            "n_train_single": int(len(tr)),
-            "n_train_patches": int(len(train_p)),
-            "n_test_single": int(len(te)),
-            "n_test_patches": int(len(test_p)),
-        }
-        for name, heads in models.items():
-            train_X = X_tra if name == "A" else X_trs
-            train_Y = np.concatenate([y_single[tr], y_trp]) if name == "A" else y_single[tr]
-            gbc = fit_abnormal_model(_probs(heads, train_X), train_Y, seed=seed)
-            for test_name, (Xe, ye) in {
-                "mixed": (X_mix, y_mix),
-                "single": (X_tes, y_tes),
-                "multi": (X_tep, y_tep),
-            }.items():
-                pr = _probs(heads, Xe)
-                m = multilabel_metrics(ye, pr, gbc.predict(pr))
-                fold[f"{name}/{test_name}"] = m
+        fold = _run_fold(run, k, tr, te)
         per_fold.append(fold)
         if log is not None:
             log(
@@ -271,7 +233,171 @@ def run_protocol(
                 }
             )
     report(progress, "folds", folds, folds)
+    return per_fold
 
+
+def _setup(
+    data, *, backbone, input_size, dev, seed, progress, classifier, cell_split, splitter, splitter_options, patches, fit
+):
+    """The crops, the classifier (``classifier``: pool, crop, min_side, standardize, tta, split;
+    None = the ``train multilabel`` defaults) and, without the learned splitter, the single
+    cells' features, once for all folds."""
+    from ..models import multilabel as mlm
+
+    crops = _load_crops(data)
+    c = classifier
+    clf = mlm.new_classifier(
+        backbone,
+        input_size=input_size,
+        pretrained=True,
+        device=dev,
+        pool=c["pool"] or mlm.DEFAULT_POOL,
+        crop=c["crop"] or mlm.DEFAULT_CROP,
+        min_side=c["min_side"],
+        standardize=bool(c["standardize"]),
+        tta=c["tta"] or mlm.DEFAULT_TTA,
+        split=c["split"] or mlm.DEFAULT_SPLIT,
+        cell_split=cell_split,
+        splitter=splitter,
+    )
+    run = SimpleNamespace(
+        clf=clf,
+        crops=crops,
+        dev=dev,
+        seed=seed,
+        progress=progress,
+        learned=clf.split == "unet",
+        single=([c.image for c in crops], [_onehot(c.type_index) for c in crops]),
+        splitter_options=splitter_options,
+        splitter_stats=[],
+        patches=patches,
+        fit=fit,
+    )
+    if not run.learned:
+        run.X_single, run.y_single = _features(clf, *run.single, "single", progress, "features: single cells")
+    return run
+
+
+def _report(
+    run: SimpleNamespace,
+    *,
+    data,
+    folds,
+    backbone,
+    head_epochs,
+    n_train_patches,
+    n_test_patches,
+    max_cells,
+    seed,
+    seconds,
+    summary,
+    per_fold,
+) -> dict:
+    """The content of ``protocol.json``."""
+    clf = run.clf
+    return {
+        "data": str(data),
+        "folds": folds,
+        "backbone": backbone,
+        "input_size": int(clf.input_size),
+        "pool": clf.pool,
+        "crop": clf.config["crop"],
+        "min_side": clf.config["min_side"],
+        "tta": clf.tta,
+        "split": clf.split,
+        **({"splitter": run.splitter_stats} if run.learned else {}),
+        "head_epochs": head_epochs,
+        "n_train_patches": int(n_train_patches),
+        "n_test_patches": int(n_test_patches),
+        "max_cells": int(max_cells),
+        "seed": int(seed),
+        "device": str(run.dev),
+        "seconds": seconds,
+        "summary": summary,
+        "per_fold": per_fold,
+    }
+
+
+def _run_fold(run: SimpleNamespace, k: int, tr, te) -> dict:
+    """One fold: (with the learned splitter, the fold's splitter and single-cell features),
+    composed training/test patches, Models A and B, and their scores on the mixed, single-cell
+    and multi-cell test sets."""
+    from ..data.compose import compose_patches
+    from .multilabel import Bags
+
+    clf, crops, seed, progress = run.clf, run.crops, run.seed, run.progress
+    tr_crops = [crops[i] for i in tr]
+    te_crops = [crops[i] for i in te]
+    if run.learned:
+        from .splitter import fit_classifier_splitter
+
+        cb = None if progress is None else (lambda st, d, t, _k=k: progress(f"fold {_k + 1} {st}", d, t))
+        run.splitter_stats.append(
+            fit_classifier_splitter(
+                clf, tr_crops, seed=seed * 1000 + k, device=run.dev, progress=cb, **(run.splitter_options or {})
+            )
+        )
+        run.X_single, run.y_single = _features(
+            clf, *run.single, "single", progress, f"features: fold {k + 1} single cells"
+        )
+    X_single, y_single = run.X_single, run.y_single
+    n_train_patches, n_test_patches, max_cells = run.patches
+    train_p = compose_patches(tr_crops, n_train_patches, seed=seed * 1000 + 2 * k, max_cells=max_cells, min_cells=2)
+    test_p = compose_patches(te_crops, n_test_patches, seed=seed * 1000 + 2 * k + 1, max_cells=max_cells, min_cells=2)
+    X_trp, y_trp = _features(
+        clf,
+        [p[0] for p in train_p],
+        [p[1] for p in train_p],
+        "train-patches",
+        progress,
+        f"features: fold {k + 1} train patches",
+    )
+    X_tep, y_tep = _features(
+        clf,
+        [p[0] for p in test_p],
+        [p[1] for p in test_p],
+        "test-patches",
+        progress,
+        f"features: fold {k + 1} test patches",
+    )
+    X_tes, y_tes = X_single.take(te), y_single[te]
+    X_trs = X_single.take(tr)
+    train_sets = {
+        "A": (Bags.cat([X_trs, X_trp]), np.concatenate([y_single[tr], y_trp])),
+        "B": (X_trs, y_single[tr]),
+    }
+    tests = {
+        "mixed": (Bags.cat([X_tes, X_tep]), np.concatenate([y_tes, y_tep])),
+        "single": (X_tes, y_tes),
+        "multi": (X_tep, y_tep),
+    }
+    fold = {
+        "fold": k + 1,
+        "n_train_single": int(len(tr)),
+        "n_train_patches": int(len(train_p)),
+        "n_test_single": int(len(te)),
+        "n_test_patches": int(len(test_p)),
+    }
+    models = {name: _fit(X_single.dim, X, Y, seed=seed + k, **run.fit) for name, (X, Y) in train_sets.items()}
+    for name, heads in models.items():
+        fold.update(_score(heads, *train_sets[name], tests, name, seed))
+    return fold
+
+
+def _score(heads, train_X, train_Y, tests: dict, name: str, seed: int) -> dict:
+    """The abnormal model fitted on the heads' training outputs; every test set's metrics."""
+    from .multilabel import fit_abnormal_model, multilabel_metrics
+
+    gbc = fit_abnormal_model(_probs(heads, train_X), train_Y, seed=seed)
+    scores = {}
+    for test_name, (Xe, ye) in tests.items():
+        pr = _probs(heads, Xe)
+        scores[f"{name}/{test_name}"] = multilabel_metrics(ye, pr, gbc.predict(pr))
+    return scores
+
+
+def _summarise(per_fold: list[dict]) -> dict:
+    """Mean (and spread) over the folds of every model/test-set score."""
     summary = {}
     for key in [k for k in per_fold[0] if "/" in k]:
         ms = [f[key] for f in per_fold]
@@ -287,31 +413,11 @@ def run_protocol(
             },
             "n": int(sum(m["n"] for m in ms)),
         }
-    seconds = time.perf_counter() - t0
-    rep = {
-        "data": str(data),
-        "folds": folds,
-        "backbone": backbone,
-        "input_size": int(input_size),
-        "pool": clf.pool,
-        "crop": clf.config["crop"],
-        "min_side": clf.config["min_side"],
-        "tta": clf.tta,
-        "split": clf.split,
-        **({"splitter": splitter_stats} if learned else {}),
-        "head_epochs": head_epochs,
-        "n_train_patches": int(n_train_patches),
-        "n_test_patches": int(n_test_patches),
-        "max_cells": int(max_cells),
-        "seed": int(seed),
-        "device": str(dev),
-        "seconds": seconds,
-        "summary": summary,
-        "per_fold": per_fold,
-    }
-    (out / "protocol.json").write_text(json.dumps(rep, indent=2, default=float))
-    (out / "table1.md").write_text(table1_markdown(rep))
-    metrics = {
+    return summary
+
+
+def _headline(summary: dict) -> dict:
+    return {
         "A_mixed_exact_match": summary["A/mixed"]["exact_match_accuracy"],
         "A*_single_exact_match": summary["A/single"]["exact_match_accuracy"],
         "A_multi_exact_match": summary["A/multi"]["exact_match_accuracy"],
@@ -320,13 +426,6 @@ def run_protocol(
         "A*_single_mean_auc": summary["A/single"]["mean_auc"],
         "A_mixed_abnormal_accuracy": summary["A/mixed"]["abnormal_accuracy"],
         "A*_single_abnormal_accuracy": summary["A/single"]["abnormal_accuracy"],
-    }
-    return {
-        "checkpoint": None,
-        "metrics": metrics,
-        "history": per_fold,
-        "seconds": seconds,
-        "report": str(out / "table1.md"),
     }
 
 

@@ -89,8 +89,7 @@ class RegionSet:
 def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **counts) -> dict:
     """Build and cache (``cache/train.npz``, ``cache/val.npz``) the training and validation
     regions as cell canvases. Returns the counts."""
-    from ..data.compose import compose_occluded, compose_patches
-    from ..data.real_cells import chula_cells, to_crops, xu_cells
+    from ..data.real_cells import chula_cells, xu_cells
     from ..models.multilabel import new_classifier
 
     c = {**DEFAULTS, **counts}
@@ -114,49 +113,7 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **count
     log(f"chula mapped cells {len(ch)} ({time.time() - t0:.0f}s)")
     info = {}
     for split in ("train", "val"):
-        rs = RegionSet()
-        xs = [x for x in xu if x.split == split]
-        cs = [x for x in ch if x.split == split]
-        if split == "train":  # Oval/Disc is most of Chula: keep a subsample of it
-            oval = [x for x in cs if x.y[0] == 1]
-            other = [x for x in cs if x.y[0] != 1]
-            keep = rng.choice(len(oval), size=min(len(oval), int(c["n_chula_oval"])), replace=False)
-            cs = other + [oval[i] for i in sorted(keep)]
-        for x in xs:
-            rs.add(_canvases(clf, x.image), x.y, "xu", "single")
-        for x in cs:
-            rs.add(_canvases(clf, x.image), x.y, "chula", "single")
-        xc, cc = to_crops(xs), to_crops(cs)
-        s0 = seed * 100 + (0 if split == "train" else 50)
-        if split == "train":
-            jobs = []
-            for j, ov in enumerate((0.1, 0.25, 0.4)):
-                jobs.append(
-                    (
-                        "xu",
-                        "patch",
-                        compose_patches(xc, int(c["n_xu_patches"]) // 3, seed=s0 + j, min_cells=2, max_overlap=ov),
-                    )
-                )
-                jobs.append(
-                    (
-                        "chula",
-                        "patch",
-                        compose_patches(
-                            cc, int(c["n_chula_patches"]) // 3, seed=s0 + 10 + j, min_cells=2, max_overlap=ov
-                        ),
-                    )
-                )
-            jobs.append(("xu", "occluded", compose_occluded(xc, int(c["n_xu_occluded"]), seed=s0 + 20)))
-            jobs.append(("chula", "occluded", compose_occluded(cc, int(c["n_chula_occluded"]), seed=s0 + 21)))
-        else:
-            jobs = [
-                ("xu", "patch", compose_patches(xc, int(c["n_val_patches"]), seed=s0, min_cells=2)),
-                ("xu", "occluded", compose_occluded(xc, int(c["n_val_patches"]), seed=s0 + 1)),
-            ]
-        for src, kind, pats in jobs:
-            for img, types, _n in pats:
-                rs.add(_canvases(clf, img), types, src, kind)
+        rs = _split_regions(split, xu, ch, clf, rng, c, seed)
         arr = rs.arrays()
         np.savez(cache / f"{split}.npz", **arr)
         info[split] = {
@@ -172,6 +129,57 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **count
     info["config"] = dict(clf.config)
     (cache / "prepare.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def _split_regions(split: str, xu, ch, clf, rng, c: dict, seed: int) -> "RegionSet":
+    """The single cells of ``split`` (Chula Oval/Disc subsampled for training) and the patches
+    composed from them, as canvases."""
+    from ..data.real_cells import to_crops
+
+    rs = RegionSet()
+    xs = [x for x in xu if x.split == split]
+    cs = [x for x in ch if x.split == split]
+    if split == "train":  # Oval/Disc is most of Chula: keep a subsample of it
+        oval = [x for x in cs if x.y[0] == 1]
+        other = [x for x in cs if x.y[0] != 1]
+        keep = rng.choice(len(oval), size=min(len(oval), int(c["n_chula_oval"])), replace=False)
+        cs = other + [oval[i] for i in sorted(keep)]
+    for x in xs:
+        rs.add(_canvases(clf, x.image), x.y, "xu", "single")
+    for x in cs:
+        rs.add(_canvases(clf, x.image), x.y, "chula", "single")
+    s0 = seed * 100 + (0 if split == "train" else 50)
+    for src, kind, pats in _compose_jobs(split, to_crops(xs), to_crops(cs), c, s0):
+        for img, types, _n in pats:
+            rs.add(_canvases(clf, img), types, src, kind)
+    return rs
+
+
+def _compose_jobs(split: str, xc, cc, c: dict, s0: int) -> list:
+    """(source, kind, composed patches): for training, Xu and Chula patches at three allowed
+    overlaps and occluded patches; for validation, Xu patches and occluded patches."""
+    from ..data.compose import compose_occluded, compose_patches
+
+    if split != "train":
+        return [
+            ("xu", "patch", compose_patches(xc, int(c["n_val_patches"]), seed=s0, min_cells=2)),
+            ("xu", "occluded", compose_occluded(xc, int(c["n_val_patches"]), seed=s0 + 1)),
+        ]
+    jobs = []
+    for j, ov in enumerate((0.1, 0.25, 0.4)):
+        jobs.append(
+            ("xu", "patch", compose_patches(xc, int(c["n_xu_patches"]) // 3, seed=s0 + j, min_cells=2, max_overlap=ov))
+        )
+        jobs.append(
+            (
+                "chula",
+                "patch",
+                compose_patches(cc, int(c["n_chula_patches"]) // 3, seed=s0 + 10 + j, min_cells=2, max_overlap=ov),
+            )
+        )
+    jobs.append(("xu", "occluded", compose_occluded(xc, int(c["n_xu_occluded"]), seed=s0 + 20)))
+    jobs.append(("chula", "occluded", compose_occluded(cc, int(c["n_chula_occluded"]), seed=s0 + 21)))
+    return jobs
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,10 +311,50 @@ def train(
     from the network of another ``state.pt`` (a new schedule, e.g. a second cosine cycle)."""
     import torch
 
-    from ..models.multilabel import segment_max
-
     torch.set_num_threads(threads)
     cache = Path(cache)
+    run = _load_run(cache, epochs=epochs, resume=resume, seed=seed, lr=lr, total_epochs=total_epochs, init=init)
+    end = min(run.total, run.start + int(epochs))
+    for epoch in range(run.start, end):
+        t0 = time.time()
+        n_drawn, tot = _train_one_epoch(run, epoch, lr, regions_per_epoch, batch_regions)
+        vm = _validate(run.clf, run.va)
+        run.hist.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "loss": tot / n_drawn,
+                "val_exact": vm,
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+        log(json.dumps(run.hist[-1]))
+        torch.save(
+            {
+                "net": run.clf.net.state_dict(),
+                "opt": run.opt.state_dict(),
+                "epoch": epoch + 1,
+                "history": run.hist,
+                "total_epochs": run.total,
+                "seed": seed,
+                "lr": lr,
+                "regions_per_epoch": regions_per_epoch,
+                "batch_regions": batch_regions,
+                "init": None if run.init is None else str(run.init),
+                "cycles": 1 + (run.init is not None),
+            },
+            cache / "state.pt",
+        )
+    return {"history": run.hist}
+
+
+def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
+    """Cached canvases, the classifier with its trainable part, AdamW, the state of a resumed
+    run (or the network of ``init``), the bag layout and the type/source-balanced region weights."""
+    from types import SimpleNamespace
+
+    import torch
+
     tr, va = _load(cache, "train"), _load(cache, "val")
     clf = _new_clf(pretrained=not resume)
     frozen = _trainable(clf)
@@ -324,77 +372,73 @@ def train(
         opt.load_state_dict(st["opt"])
         start, hist, total = int(st["epoch"]), st["history"], int(st["total_epochs"])
         init = st.get("init")
-    X = torch.as_tensor(tr["X"])
     Y = torch.as_tensor(tr["Y"])
     n = len(Y)
-    starts = np.searchsorted(tr["owner"], np.arange(n)).astype(np.int64)
-    counts = np.bincount(tr["owner"], minlength=n).astype(np.int64)
     # region weights: rarer types count more (sqrt-balanced), sources balanced
     freq = Y.numpy().mean(0) + 1e-3
     w = (Y.numpy() / np.sqrt(freq)).max(1)
     for s in np.unique(tr["source"]):
         m = tr["source"] == s
         w[m] /= w[m].sum()
-    w = w / w.sum()
-    rng = np.random.default_rng(seed + start)
-    gen = torch.Generator().manual_seed(seed + start)
-    lossf = torch.nn.BCEWithLogitsLoss()
-    end = min(total, start + int(epochs))
-    for epoch in range(start, end):
-        t0 = time.time()
-        clf.net.train()
-        for mod in frozen:
-            mod.eval()
-        pick = rng.choice(n, size=int(regions_per_epoch), replace=True, p=w)
-        steps = int(np.ceil(len(pick) / batch_regions))
-        tot = 0.0
-        for b in range(steps):
-            lr_now = lr * 0.5 * (1 + np.cos(np.pi * (epoch + b / steps) / total))
-            for g in opt.param_groups:
-                g["lr"] = lr_now
-            reg = pick[b * batch_regions : (b + 1) * batch_regions]
-            rows, local = _rows(starts, counts, reg)
-            x = _normalise(augment_batch(X[rows], gen), clf)
-            logits = segment_max(clf.net(x), local, len(reg))
-            loss = lossf(logits, Y[reg])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += loss.item() * len(reg)
-        vp = region_probs(clf, va)
-        vm = {}
-        for s in ("xu", "chula"):
-            for k in ("single", "patch", "occluded"):
-                m = (va["source"] == s) & (va["kind"] == k)
-                if m.any():
-                    vm[f"{s}/{k}"] = round(exact_match(vp[m], va["Y"][m]), 4)
-        hist.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "loss": tot / len(pick),
-                "val_exact": vm,
-                "seconds": round(time.time() - t0, 1),
-            }
-        )
-        log(json.dumps(hist[-1]))
-        torch.save(
-            {
-                "net": clf.net.state_dict(),
-                "opt": opt.state_dict(),
-                "epoch": epoch + 1,
-                "history": hist,
-                "total_epochs": total,
-                "seed": seed,
-                "lr": lr,
-                "regions_per_epoch": regions_per_epoch,
-                "batch_regions": batch_regions,
-                "init": None if init is None else str(init),
-                "cycles": 1 + (init is not None),
-            },
-            cache / "state.pt",
-        )
-    return {"history": hist}
+    return SimpleNamespace(
+        clf=clf,
+        frozen=frozen,
+        opt=opt,
+        start=start,
+        hist=hist,
+        total=total,
+        init=init,
+        va=va,
+        X=torch.as_tensor(tr["X"]),
+        Y=Y,
+        n=n,
+        starts=np.searchsorted(tr["owner"], np.arange(n)).astype(np.int64),
+        counts=np.bincount(tr["owner"], minlength=n).astype(np.int64),
+        w=w / w.sum(),
+        rng=np.random.default_rng(seed + start),
+        gen=torch.Generator().manual_seed(seed + start),
+        lossf=torch.nn.BCEWithLogitsLoss(),
+    )
+
+
+def _train_one_epoch(run, epoch: int, lr: float, regions_per_epoch: int, batch_regions: int):
+    """``regions_per_epoch`` weighted draws in batches of ``batch_regions``, the learning rate
+    on a per-step cosine over ``run.total`` epochs; (regions drawn, summed loss)."""
+    from ..models.multilabel import segment_max
+
+    clf, opt = run.clf, run.opt
+    clf.net.train()
+    for mod in run.frozen:
+        mod.eval()
+    pick = run.rng.choice(run.n, size=int(regions_per_epoch), replace=True, p=run.w)
+    steps = int(np.ceil(len(pick) / batch_regions))
+    tot = 0.0
+    for b in range(steps):
+        lr_now = lr * 0.5 * (1 + np.cos(np.pi * (epoch + b / steps) / run.total))
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        reg = pick[b * batch_regions : (b + 1) * batch_regions]
+        rows, local = _rows(run.starts, run.counts, reg)
+        x = _normalise(augment_batch(run.X[rows], run.gen), clf)
+        logits = segment_max(clf.net(x), local, len(reg))
+        loss = run.lossf(logits, run.Y[reg])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tot += loss.item() * len(reg)
+    return len(pick), tot
+
+
+def _validate(clf, va) -> dict:
+    """Exact match per source and kind of validation region."""
+    vp = region_probs(clf, va)
+    vm = {}
+    for s in ("xu", "chula"):
+        for k in ("single", "patch", "occluded"):
+            m = (va["source"] == s) & (va["kind"] == k)
+            if m.any():
+                vm[f"{s}/{k}"] = round(exact_match(vp[m], va["Y"][m]), 4)
+    return vm
 
 
 def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 0, threads: int = 2, log=print) -> dict:

@@ -5,7 +5,6 @@ before any heavy import."""
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import json
 import math
@@ -69,25 +68,16 @@ def on_sigterm(signum, frame):  # pragma: no cover - exercised through a subproc
 # ---------------------------------------------------------------------------------------
 # options
 # ---------------------------------------------------------------------------------------
-def parse_value(text: str):
-    """A Python literal, yes/no/on/off as a bool, anything else the text itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        low = text.lower()
-        if low in ("true", "yes", "on"):
-            return True
-        if low in ("false", "no", "off"):
-            return False
-        return text
-
-
 def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> ``(key, value)``; dashes in the key become underscores."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"option {text!r} is not KEY=VALUE")
-    key, _, value = text.partition("=")
-    return key.strip().replace("-", "_"), parse_value(value.strip())
+    """``KEY=VALUE`` -> ``(key, value)`` as ``training.recipes.parse_option`` reads it, with
+    argparse's error type so a malformed ``-o`` is a usage error."""
+    from ..training.recipes import RecipeError
+    from ..training.recipes import parse_option as _parse
+
+    try:
+        return _parse(text)
+    except RecipeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_option_argument(p: argparse.ArgumentParser, help: str) -> None:

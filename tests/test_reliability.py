@@ -251,6 +251,26 @@ def test_npe2_writers_leave_nothing_behind_on_a_full_disk(tmp_path, monkeypatch)
             write(folder / name)
 
 
+def test_leftovers_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILL skips atomic_write's clean-up; the next run removes that process's temporary
+    file, but not one a live process (or another machine) is writing."""
+    import subprocess
+    import sys
+
+    from napari_sickle._atomic import _host, _temp_path, remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    live = _temp_path(tmp_path / "a.png_regions.csv")  # this process: alive
+    stale = tmp_path / f".b.png_regions.csv.{_host()}-{dead_pid}-0123abcd.tmp.csv"
+    other_host = tmp_path / f".c.png_regions.csv.elsewhere-{dead_pid}-0123abcd.tmp.csv"
+    user_file = tmp_path / ".notes.tmp.csv"
+    for p in (stale, other_host, user_file):
+        p.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name, user_file.name])
+
+
 # ------------------------------------------------------------------ 5. reruns
 def test_rerun_skips_each_done_image_and_loads_no_model_when_nothing_is_left(
     tmp_path, tiny_rbc_models, monkeypatch, capsys

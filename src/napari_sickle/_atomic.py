@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Callable
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+#: ``.NAME.HOST-PID-TOKEN.tmpSUFFIX``: the writer's machine and process are in the name, so a
+#: later run can tell the leftovers of a killed process from files being written right now
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>\w+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp(\.\w+)?$")
 
 
 def _temp_path(path: Path) -> Path:
     """A new, empty temporary file next to ``path`` (same suffix, hidden name), umask permissions."""
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        tmp = path.parent / f".{path.name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}"
         try:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
@@ -27,6 +38,29 @@ def _temp_path(path: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))  # pragma: no cover
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Remove the temporary files that a killed process of this machine left in ``folder``
+    (a SIGKILL skips the clean-up of :func:`atomic_write`); files of live processes and of
+    other machines stay. Returns how many were removed."""
+    n, host = 0, _host()
+    for p in Path(folder).glob(".*.tmp*"):
+        m = _TEMP_NAME.match(p.name)
+        if m and m["host"] == host and not _alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def _fsync(path: Path) -> None:

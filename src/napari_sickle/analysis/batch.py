@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._atomic import remove_stale_temporaries
 from .batch_engine import (  # noqa: F401 - _cores and the engine are looked up here (tests patch them)
     _analyze_indices,
     _cores,
@@ -206,6 +207,7 @@ def analyze_batch(
     t0 = time.perf_counter()
     out = Path(out)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # leftovers of a killed earlier run
     inputs = list(inputs)
     limit = _pixel_limit(max_pixels)
     ipb = max(1, int(images_per_batch))

@@ -490,6 +490,12 @@ def test_shipped_model_labels_the_fixture_white_cells_the_same_way_every_run():
     labels = [[r.class_names[k] for k in r.predicted] for r in runs]
     assert labels[0] == labels[1] == list(table["class_name"])
     assert np.array_equal(runs[0].probabilities, runs[1].probabilities)
+    # the widget's call (explain: heatmaps) shows the same probabilities and explains that class
+    from napari_sickle.analysis.bm import explain
+
+    ex = explain(cells, name, device="cpu", faithfulness=None)
+    assert np.allclose(ex.probabilities, runs[0].probabilities, atol=1e-6)
+    assert list(ex.targets) == list(runs[0].predicted)
 
 
 def test_background_erase_keeps_the_cell_and_whitens_the_rest():

@@ -207,7 +207,8 @@ def analyze_batch(
     t0 = time.perf_counter()
     out = Path(out)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # leftovers of a killed earlier run
+    for folder in (out, out / STATE_DIR):  # leftovers of a killed earlier run
+        remove_stale_temporaries(folder)
     inputs = list(inputs)
     limit = _pixel_limit(max_pixels)
     ipb = max(1, int(images_per_batch))

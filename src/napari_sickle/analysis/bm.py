@@ -444,26 +444,20 @@ def _cam(cam_cls, method: str, net, model, batch_size: int):
             quiet[0].tqdm = quiet[1]
 
 
-def _explain_batch(cam, x, net, chosen, metric, n: int):
-    """One preprocessed batch of ``n`` cells -> (CAM maps (n, S, S) in [0, 1], softmax
-    probabilities, explained class per cell, faithfulness per cell or None)."""
-    import torch
+def _explain_batch(cam, x, net, tgt, metric):
+    """One preprocessed batch -> (CAM maps (n, S, S) in [0, 1] of the classes ``tgt``,
+    faithfulness per cell or None)."""
     from pytorch_grad_cam.utils.model_targets import (
         ClassifierOutputSoftmaxTarget,
         ClassifierOutputTarget,
     )
 
-    # targets=None: pytorch-grad-cam explains each image's own top class
-    cam_targets = None if chosen is None else [ClassifierOutputTarget(chosen)] * n
-    grayscale = cam(input_tensor=x, targets=cam_targets)
-    logits = cam.outputs.detach()
-    tgt = logits.argmax(1).cpu().numpy() if chosen is None else np.full(n, chosen)
-    probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in tgt])
     faith = None
     if metric is not None:
         soft = [ClassifierOutputSoftmaxTarget(int(t)) for t in tgt]
         faith = np.asarray(metric(x, grayscale, soft, net), dtype=np.float32).reshape(-1)
-    return grayscale, probs, tgt, faith
+    return grayscale, faith
 
 
 def explain(
@@ -477,9 +471,13 @@ def explain(
     device="auto",
     faithfulness: str | None = "confidence",
     progress=None,
+    tta=None,
 ) -> BMResult:
     """Classify cells and compute one CAM heatmap per cell.
 
+    The probabilities are those of :func:`classify_cells` (the recipe's test-time views, or
+    ``tta``), so the widget shows what ``classify_cells`` and ``evaluate bm`` compute; the
+    heatmap is computed on the cell as it is.
     ``target``: None (each cell's predicted class), a class index, or a class name/code
     (the same class for every cell). Heatmaps are resized to each cell's own size.
     """
@@ -501,7 +499,9 @@ def explain(
         p.requires_grad_(True)
     n = len(cells)
     bs = max(1, int(batch_size))
-    probs, targets, heatmaps, faith = [], [], [], []
+    probs = classify_cells(cells, model, batch_size=bs, device=device, tta=tta).probabilities
+    targets = probs.argmax(1) if chosen is None else np.full(n, chosen)
+    heatmaps, faith = [], []
     metric = _faithfulness_metric(faithfulness)
     report(progress, "explain", 0, n)
     with torch.enable_grad(), torch.inference_mode(False), _cam(cam_cls, method, net, model, bs) as cam:
@@ -509,21 +509,18 @@ def explain(
             batch = cells[start : start + bs]
             windows: list = []
             x = preprocess(batch, model, boxes=windows).to(dev)
-            grayscale, p, tgt, f = _explain_batch(cam, x, net, chosen, metric, len(batch))
-            probs.append(p)
-            targets.append(tgt)
+            grayscale, f = _explain_batch(cam, x, net, targets[start : start + bs], metric)
             if f is not None:
                 faith.append(f)
             g = torch.from_numpy(np.ascontiguousarray(grayscale, dtype=np.float32))[:, None]
             for j, shp in enumerate(shapes[start : start + bs]):
                 heatmaps.append(_heatmap_on_cell(g[j : j + 1], shp, windows[j]))
             report(progress, "explain", min(start + bs, n), n)
-    p = np.concatenate(probs)
     return _result(
         model,
-        p,
+        probs,
         top_k,
-        np.concatenate(targets),
+        targets,
         shapes,
         heatmaps=heatmaps,
         faithfulness=np.concatenate(faith) if faith else None,

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,25 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: unknown detector training option(s) crop; valid: ") and "crop_size" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_protocol_refuses_an_unknown_option_in_one_line(tmp_path, capsys):
+    """multilabel-protocol has no recipe class; its -o keys are run_protocol's keywords."""
+    import imageio.v3 as iio
+
+    from napari_sickle.cli.train import main
+
+    crops = tmp_path / "crops"
+    for folder in ("Discocytes", "Elongated"):
+        (crops / folder).mkdir(parents=True)
+        for i in range(2):
+            iio.imwrite(crops / folder / f"P{i}_{i}.png", np.full((24, 24), 90 + 40 * i, np.uint8))
+    out = tmp_path / "p"
+    code = main(["multilabel-protocol", "--data", str(crops), "--out", str(out), "-o", "n_train_patch=6"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: unknown multilabel-protocol option(s) n_train_patch; valid: ")
+    assert "n_train_patches" in err and not out.exists()
 
 
 def test_checkpoint_config_records_the_recipe(tmp_path):

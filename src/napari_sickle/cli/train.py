@@ -341,9 +341,9 @@ def _train(args: argparse.Namespace, out: Path, rep: Reporter, ddp_glue) -> int:
     _check_args(args, out, ddp_glue)
     from ..training.recipes import recipe_kwargs
 
-    recipe_kwargs(args.kind, build_kwargs(args, None, None))  # unknown -o keys: exit 2 before any work
-    check_data(args.data, args.kind)
     trainer = get_trainer(args.kind)
+    recipe_kwargs(args.kind, build_kwargs(args, None, None), trainer)  # unknown -o keys: exit 2 before any work
+    check_data(args.data, args.kind)
     out.mkdir(parents=True, exist_ok=True)
     ctx = ddp_glue.init_from_env(args.device)
     if args.kind != PROTOCOL:  # rank 0's resume decision for all (a node may not see OUT yet)

@@ -140,7 +140,7 @@ def run_protocol(
     cell_split: dict | None = None,
     splitter: dict | None = None,
     splitter_options: dict | None = None,
-    **_ignored,
+    **unknown,
 ) -> dict:
     """Run Table 1 (Models A, A*, B) with k-fold CV; returns the train-entry-point dict
     with ``metrics`` (mean over folds) and ``report`` (per fold and mean).
@@ -151,7 +151,9 @@ def run_protocol(
 
     from .._device import resolve_device
     from .multilabel import DEFAULT_EPOCHS, DEFAULT_HEAD_BATCH_SIZE
+    from .recipes import check_keywords
 
+    check_keywords("multilabel-protocol", run_protocol, unknown)  # -o typos are not run silently
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

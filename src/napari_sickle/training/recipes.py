@@ -379,12 +379,28 @@ def recipe_class(kind: str) -> type[Recipe] | None:
     return RECIPES.get(kind)
 
 
-def recipe_kwargs(kind: str, kwargs: Mapping[str, Any]) -> dict:
+def check_keywords(kind: str, trainer, options: Mapping[str, Any]) -> None:
+    """For a trainer without a recipe class: RecipeError naming the valid keys when an
+    option is not one of ``trainer``'s keyword parameters."""
+    import inspect
+
+    params = inspect.signature(trainer).parameters.values()
+    named = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    unknown = sorted(k for k in options if k not in named)
+    if unknown:
+        valid = sorted(k for k in named if k not in ("data", "out", *RUN_KEYS))
+        raise RecipeError(f"unknown {kind} option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+
+def recipe_kwargs(kind: str, kwargs: Mapping[str, Any], trainer=None) -> dict:
     """A trainer call's keyword arguments with every recipe setting gathered into
-    ``recipe=`` (unknown keys refused); unchanged for kinds without a recipe. ``None`` values
+    ``recipe=`` (unknown keys refused); for kinds without a recipe the keys are checked
+    against ``trainer``'s keywords (when given) and passed on unchanged. ``None`` values
     of the CLI's common flags (not given) are left to the recipe's defaults."""
     cls = recipe_class(kind)
     if cls is None:
+        if trainer is not None:
+            check_keywords(kind, trainer, kwargs)
         return dict(kwargs)
     run = {k: v for k, v in kwargs.items() if k in RUN_KEYS}
     options = {k: v for k, v in kwargs.items() if k not in RUN_KEYS and not (v is None and k in ("epochs", "backbone"))}

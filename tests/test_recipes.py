@@ -79,6 +79,17 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_class_name_options_given_as_text_are_lists_of_names():
+    from napari_sickle.training.recipes import BMRecipe, DetectorRecipe, parse_option
+
+    assert BMRecipe.from_options(dict([parse_option("class_names=neutrophil, lymphocyte")])).class_names == (
+        "neutrophil",
+        "lymphocyte",
+    )
+    assert DetectorRecipe.from_options(dict([parse_option("classes=RBC")])).classes == ("RBC",)
+    assert DetectorRecipe.from_options(dict([parse_option("classes=['RBC', 'WBC']")])).classes == ["RBC", "WBC"]
+
+
 def test_protocol_refuses_an_unknown_option_in_one_line(tmp_path, capsys):
     """multilabel-protocol has no recipe class; its -o keys are run_protocol's keywords."""
     import imageio.v3 as iio

@@ -52,9 +52,16 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), parse_value(value.strip())
 
 
-def _coerce(default, value):
-    """Strings for non-string settings are parsed as ``-o`` values; an int for a float setting
-    becomes a float. Anything else is kept as given (the trainer checks it)."""
+#: settings that hold class names: ``-o classes=RBC,WBC`` is the tuple ("RBC", "WBC")
+NAME_LISTS = ("classes", "class_names")
+
+
+def _coerce(default, value, key: str = ""):
+    """Strings for non-string settings are parsed as ``-o`` values, comma-separated text of a
+    class-name setting becomes a tuple of names; an int for a float setting becomes a float.
+    Anything else is kept as given (the trainer checks it)."""
+    if key in NAME_LISTS and isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
     if isinstance(value, str) and default is not None and not isinstance(default, str):
         value = parse_value(value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -96,7 +103,7 @@ class Recipe:
                 f"unknown {cls.label} training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        return cls(**{k: _coerce(defaults[k], v) for k, v in options.items()})
+        return cls(**{k: _coerce(defaults[k], v, k) for k, v in options.items()})
 
     def replace(self, **changes):
         """A copy with ``changes`` (checked like :meth:`from_options`)."""

@@ -111,26 +111,26 @@ def _sim_small():
     return simulate_smear(seed=5, shape=(300, 400))
 
 
+#: options of a U-Net that trains in seconds on tiny simulated smears (tests share them)
+TINY_UNET = dict(
+    device="cpu",
+    simulated_shape=(160, 160),
+    steps_per_epoch=2,
+    batch_size=2,
+    crop=64,
+    scale=0.5,
+    base_channels=8,
+    depth=2,
+)
+
+
 @functools.lru_cache(maxsize=None)
 def _tiny_unet() -> str:
     """A tiny U-Net checkpoint trained for a few steps on tiny simulated smears."""
     from napari_sickle.training.unet import train_unet
 
     out = Path(tempfile.mkdtemp(prefix="sickle-unet-"))
-    res = train_unet(
-        "simulated",
-        out,
-        epochs=1,
-        device="cpu",
-        n_simulated=2,
-        simulated_shape=(160, 160),
-        steps_per_epoch=2,
-        batch_size=2,
-        crop=64,
-        scale=0.5,
-        base_channels=8,
-        depth=2,
-    )
+    res = train_unet("simulated", out, epochs=1, n_simulated=2, **TINY_UNET)
     return res["checkpoint"]
 
 

@@ -9,17 +9,9 @@ import pytest
 def _tiny(tmp, **kw):
     from napari_sickle.training.unet import train_unet
 
-    opts = dict(
-        device="cpu",
-        n_simulated=3,
-        simulated_shape=(160, 160),
-        steps_per_epoch=2,
-        batch_size=2,
-        crop=64,
-        scale=0.5,
-        base_channels=8,
-        depth=2,
-    )
+    from conftest import TINY_UNET
+
+    opts = dict(TINY_UNET, n_simulated=3)
     opts.update(kw)
     return train_unet("simulated", tmp, **opts)
 

@@ -133,19 +133,24 @@ def test_tiny_training_run_writes_a_loadable_classifier(tmp_path):
     assert clf.abnormal_proba(p).shape == (2,)
 
 
-def test_training_canvases_match_the_inference_inputs():
-    """The cached training canvases are what ``predict_boxes`` feeds the network (up to uint8 rounding)."""
+@pytest.mark.parametrize("split", ["cells", "unet"])
+def test_training_canvases_match_the_inference_inputs(split):
+    """The cached training canvases are what ``predict_boxes`` feeds the network (up to uint8
+    rounding), with the rule-based and with the learned split (here an untrained network)."""
     import torch
 
     from napari_sickle.training import real_classifier as rc
 
-    clf = rc._new_clf(pretrained=False)
+    torch.manual_seed(0)
+    clf = rc._new_clf(pretrained=False, split=split)
+    if split == "unet":
+        clf.config["splitter"]["trained"] = True
     img = np.full((90, 130, 3), 205, np.uint8)
     yy, xx = np.mgrid[:90, :130]
     for cy, cx in ((45, 40), (45, 82)):  # two touching discs: split into two cells
         img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 22**2] = (120, 80, 110)
     train = rc._normalise(torch.as_tensor(rc._canvases(clf, img)).float(), clf)
     crops, owner = clf.region_crops(img, np.array([[0, 0, 130, 90]], np.float32))
-    assert train.shape == crops.shape and len(owner) == 2
+    assert train.shape == crops.shape and len(owner) == (2 if split == "cells" else len(train))
     std = torch.as_tensor(clf.config["std"]).view(1, 3, 1, 1) * 255
     assert float(((train - crops).abs() * std).max()) <= 1.0  # within one grey level

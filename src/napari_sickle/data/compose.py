@@ -522,6 +522,7 @@ def compose_occluded(
     min_visible: float = 0.6,
     margin: int = 4,
     scale=(0.85, 1.15),
+    return_masks: bool = False,
 ) -> list[tuple]:
     """``n`` patches of ``min_cells..max_cells`` cells stacked on top of each other.
 
@@ -531,7 +532,8 @@ def compose_occluded(
     placed cell and painted *over* what is there (opaque, soft edge), so cells hide parts of
     each other; a placement is kept only if every cell keeps at least ``min_visible`` of its
     area visible. Returns ``(patch rgb uint8, types (6,) int 0/1, n_cells)`` like
-    :func:`compose_patches`."""
+    :func:`compose_patches`; with ``return_masks=True`` each item also carries the (h, w)
+    int32 mask of the visible part of each cell (1..n_cells, the top cell where they overlap)."""
     rng = np.random.default_rng(seed)
     bg_all, noise_all = _bg_level(crops)
     out = []
@@ -584,5 +586,6 @@ def compose_occluded(
         )
         types = np.zeros(len(RBC_TYPES), np.int64)
         types[[p.type_index for p in pieces]] = 1
-        out.append((img, types, len(pieces)))
+        item = (img, types, len(pieces))
+        out.append(item + (owner[y0:y1, x0:x1].copy(),) if return_masks else item)
     return out

@@ -265,12 +265,13 @@ def _cell_cut(labels, c: int, regf, bg, dilate: int):
     return np.clip(np.rint(cut), 0, 255).astype(np.uint8)
 
 
-def _region_cuts(region, p: dict, splitter=None):
-    """The cell split of one region and its cells' cuts: ``(cuts, fill (3,) uint8)``; the region
-    itself as the only cut when it holds at most one cell."""
+def _region_cuts(region, p: dict, splitter=None, labels=None):
+    """The cell split of one region (or its given ``labels``) and its cells' cuts: ``(cuts,
+    fill (3,) uint8)``; the region itself as the only cut when it holds at most one cell."""
     from .cells import region_background, split_cells
 
-    labels = split_cells(region, p) if splitter is None else np.asarray(splitter(region), np.int32)
+    if labels is None:
+        labels = split_cells(region, p) if splitter is None else np.asarray(splitter(region), np.int32)
     regf = region.astype(np.float32)
     bg = region_background(regf, labels > 0)
     fill = np.clip(np.rint(np.asarray(bg, np.float32)), 0, 255).astype(np.uint8)
@@ -287,7 +288,8 @@ def cell_cuts(image, boxes, min_side: int, params: dict | None = None, splitter=
 
     The regions are independent, so the rule-based split runs on :func:`split_workers` threads
     (SciPy, scikit-image and NumPy release the GIL in their loops); each region's result is
-    the same as computed alone. The learned splitter (``splitter``) runs on one thread."""
+    the same as computed alone. A learned splitter with a ``many`` method
+    (:class:`~napari_sickle.models.splitter.LearnedSplit`) labels all regions in batches first."""
     from .cells import DEFAULT_SPLIT
 
     p = {**DEFAULT_SPLIT, **(params or {})}
@@ -297,8 +299,11 @@ def cell_cuts(image, boxes, min_side: int, params: dict | None = None, splitter=
     for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
         x0, y0, x1, y1 = _region_window(box, H, W, int(p["margin"]))
         regions.append(img[y0:y1, x0:x1, :3])
-    n = split_workers(len(regions), workers) if splitter is None else 1
-    if n > 1:
+    n = split_workers(len(regions), workers) if splitter is None or hasattr(splitter, "many") else 1
+    if splitter is not None and hasattr(splitter, "many"):
+        labels = splitter.many(regions, workers=n)
+        per_region = [_region_cuts(r, p, labels=lab) for r, lab in zip(regions, labels)]
+    elif n > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(n, thread_name_prefix="cell-split") as ex:

@@ -313,8 +313,9 @@ class RBCClassifier:
         return crops, np.arange(len(crops), dtype=np.int64)
 
     def splitter_fn(self):
-        """``region -> labels`` of the learned splitter (``split="unet"``), else None (the
-        rule-based :func:`napari_sickle.models.cells.split_cells`)."""
+        """``region -> labels`` of the learned splitter (``split="unet"``; a
+        :class:`~napari_sickle.models.splitter.LearnedSplit`), else None (the rule-based
+        :func:`napari_sickle.models.cells.split_cells`)."""
         if self.split != "unet":
             return None
         cfg = self.config.get("splitter") or {}
@@ -323,10 +324,9 @@ class RBCClassifier:
                 "this classifier's learned cell splitter (split='unet') is not trained yet; "
                 "train it with napari_sickle.training.splitter.train_splitter or use split='cells'"
             )
-        from .splitter import split_cells_learned
+        from .splitter import LearnedSplit
 
-        net = self.net.splitter
-        return lambda region: split_cells_learned(net, region, cfg)
+        return LearnedSplit(self.net.splitter, cfg)
 
     def crops(self, image, boxes):
         """One input per box (the whole region; ``split="none"``)."""

@@ -47,16 +47,28 @@ def build_splitter(cfg: dict | None = None):
     )
 
 
+#: regions are padded to a multiple of this many pixels, so regions of similar size share a batch
+BUCKET = 32
+
+
+def padded_side(n: int, multiple: int) -> int:
+    """Padded size of a side of ``n`` px: a multiple of :data:`BUCKET` and of the network's
+    ``multiple``. It depends on the region alone, so a region's result does not depend on the
+    other regions of its batch."""
+    step = int(np.lcm(BUCKET, int(multiple)))
+    return -(-int(n) // step) * step
+
+
 def region_tensor(region: np.ndarray, multiple: int):
     """(1, 3, H', W') float32 input of an RGB uint8 region, per-image standardised and padded
-    (edge values) to a multiple of ``multiple``; returns (tensor, (H, W))."""
+    (edge values) to :func:`padded_side`; returns (tensor, (H, W))."""
     import torch
 
     from .unet_processing import normalize_image
 
     a = normalize_image(np.asarray(region)[..., :3])
     h, w = a.shape[1:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = padded_side(h, multiple) - h, padded_side(w, multiple) - w
     if ph or pw:
         a = np.pad(a, ((0, 0), (0, ph), (0, pw)), mode="edge")
     return torch.from_numpy(np.ascontiguousarray(a))[None], (h, w)
@@ -77,15 +89,62 @@ def split_probabilities(net, region: np.ndarray) -> np.ndarray:
 def split_cells_learned(net, region: np.ndarray, cfg: dict | None = None) -> np.ndarray:
     """Instance labels (int32, 0 = background) of the cells of a region image; all zeros
     when no cell is found (the caller then treats the region as one cell)."""
-    from .cells import cell_foreground, drop_foreign_pieces
-    from .unet_processing import unet_probabilities_to_instances
+    return split_many_learned(net, [region], cfg)[0]
+
+
+def _has_cells(region: np.ndarray) -> bool:
+    from .cells import cell_foreground
+
+    # no edges, no cell (per-image standardisation would turn a blank region's noise into contrast)
+    return region.shape[0] >= 8 and region.shape[1] >= 8 and bool(cell_foreground(region).any())
+
+
+def split_many_learned(net, regions, cfg: dict | None = None, batch_pixels: int = 1 << 20, workers: int = 1):
+    """:func:`split_cells_learned` of many regions: regions of the same padded size go through
+    the network together (at most ``batch_pixels`` input pixels per call), and the
+    post-processing runs on ``workers`` threads. Each region's labels are the same as alone."""
+    import torch
 
     c = {**DEFAULT_SPLITTER, **(cfg or {})}
-    region = np.asarray(region)
-    if region.shape[0] < 8 or region.shape[1] < 8 or not cell_foreground(region).any():
-        # no edges, no cell (per-image standardisation would turn a blank region's noise into contrast)
-        return np.zeros(region.shape[:2], np.int32)
-    probs = split_probabilities(net, region)
+    regions = [np.asarray(r) for r in regions]
+    out: list = [np.zeros(r.shape[:2], np.int32) for r in regions]
+    todo = [i for i, r in enumerate(regions) if _has_cells(r)]
+    groups: dict = {}
+    for i in todo:
+        h, w = regions[i].shape[:2]
+        groups.setdefault((padded_side(h, net.multiple), padded_side(w, net.multiple)), []).append(i)
+    dev = next(net.parameters()).device
+    net.eval()
+    probs: dict = {}
+    for (ph, pw), idx in groups.items():
+        step = max(1, int(batch_pixels) // (ph * pw))
+        for k in range(0, len(idx), step):
+            part = idx[k : k + step]
+            xs = [region_tensor(regions[i], net.multiple)[0] for i in part]
+            with torch.inference_mode():
+                p = torch.softmax(net(torch.cat(xs).to(dev)).float(), 1).cpu().numpy()
+            for j, i in enumerate(part):
+                h, w = regions[i].shape[:2]
+                probs[i] = p[j, :, :h, :w]
+
+    def post(i):
+        out[i] = _instances(probs.pop(i), c)
+
+    if workers > 1 and len(todo) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(int(workers), len(todo)), thread_name_prefix="cell-split") as ex:
+            list(ex.map(post, todo))
+    else:
+        for i in todo:
+            post(i)
+    return out
+
+
+def _instances(probs: np.ndarray, c: dict) -> np.ndarray:
+    from .cells import drop_foreign_pieces
+    from .unet_processing import unet_probabilities_to_instances
+
     labels = unet_probabilities_to_instances(
         probs,
         min_size=int(c["min_size"]),
@@ -94,3 +153,17 @@ def split_cells_learned(net, region: np.ndarray, cfg: dict | None = None) -> np.
         min_seed_size=int(c["min_seed_size"]),
     )
     return drop_foreign_pieces(labels, None, float(c["edge_fraction"]))
+
+
+class LearnedSplit:
+    """``region -> labels`` of a trained splitter network, plus :meth:`many` for a batch of
+    regions (what :func:`napari_sickle.models.crops.cell_cuts` uses)."""
+
+    def __init__(self, net, cfg: dict | None = None):
+        self.net, self.cfg = net, {**DEFAULT_SPLITTER, **(cfg or {})}
+
+    def __call__(self, region: np.ndarray) -> np.ndarray:
+        return split_many_learned(self.net, [region], self.cfg)[0]
+
+    def many(self, regions, workers: int = 1) -> list:
+        return split_many_learned(self.net, regions, self.cfg, workers=workers)

@@ -8,9 +8,12 @@ Recipe (recorded in the checkpoint's ``recipe``):
   blending models (:func:`~napari_sickle.data.compose.compose_patches` at 10-40% allowed
   overlap, :func:`~napari_sickle.data.compose.compose_occluded` with >= 60% of every cell
   visible), Xu and Chula cells composed separately;
-* every region goes through the inference path of :class:`RBCClassifier` with
-  ``split="cells"``: split into cells, each cell centred on a ``min_side`` canvas, resized
-  to ``input_size``; those canvases are computed once (:func:`prepare`) and cached;
+* every region goes through the inference path of :class:`RBCClassifier`: split into cells,
+  each cell centred on a ``min_side`` canvas, resized to ``input_size``; those canvases are
+  computed once (:func:`prepare`) and cached. The split (``SPLIT``) is the learned splitter
+  (:mod:`napari_sickle.models.splitter`), trained first on patches composed from the training
+  cells, occluded ones included, so a half-hidden cell is found as a cell of its own;
+  ``--split cells`` uses the rule-based split instead;
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
   grayscale conversion (:func:`augment_batch`); a region's logits are the largest over its
@@ -37,6 +40,13 @@ MIN_SIDE = 72
 BACKBONE = "efficientnet-lite0"
 #: efficientnet-lite0 blocks below this index stay frozen (with the stem)
 FREEZE_BLOCKS = 2
+#: how regions are split into cells: "unet" (learned splitter) or "cells" (rule-based)
+SPLIT = "cells"
+#: learned splitter: network settings, training options, and how many Chula training cells
+#: join the Xu training crops it is trained on
+SPLITTER_NET = {"base_channels": 16}
+SPLITTER_TRAIN = {"n_patches": 600, "n_occluded": 600, "min_visible": 0.5, "steps": 1000}
+SPLITTER_CHULA_CELLS = 700
 DEFAULTS = dict(
     n_chula_oval=2500,
     n_xu_patches=1500,
@@ -57,7 +67,9 @@ def _canvases(clf, image) -> np.ndarray:
     h, w = image.shape[:2]
     m = torch.zeros(3, 1, 1)
     s = torch.full((3, 1, 1), 1 / 255.0)
-    cv = cell_canvases(image, [0, 0, w, h], int(clf.config["min_side"]), clf.config.get("cell_split"))
+    cv = cell_canvases(
+        image, [0, 0, w, h], int(clf.config["min_side"]), clf.config.get("cell_split"), splitter=clf.splitter_fn()
+    )
     return np.stack([canvas_tensor(c, clf.input_size, m, s).round().clamp(0, 255).byte().numpy() for c in cv])
 
 
@@ -86,25 +98,16 @@ class RegionSet:
         }
 
 
-def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **counts) -> dict:
+def prepare(sickle_root, chula_root, cache, *, seed: int = 0, split: str = SPLIT, log=print, **counts) -> dict:
     """Build and cache (``cache/train.npz``, ``cache/val.npz``) the training and validation
-    regions as cell canvases. Returns the counts."""
+    regions as cell canvases, after training the learned splitter (``cache/splitter.pt``) when
+    ``split="unet"``. Returns the counts."""
     from ..data.real_cells import chula_cells, xu_cells
-    from ..models.multilabel import new_classifier
 
     c = {**DEFAULTS, **counts}
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    clf = new_classifier(
-        BACKBONE,
-        input_size=INPUT_SIZE,
-        min_side=MIN_SIDE,
-        pretrained=False,
-        pool="avg",
-        standardize=False,
-        tta="none",
-        split="cells",
-    )
+    clf = _new_clf(pretrained=False, split=split)
     rng = np.random.default_rng(seed)
     t0 = time.time()
     xu = xu_cells(sickle_root)
@@ -112,6 +115,9 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **count
     ch = chula_cells(chula_root, mapped_only=True)
     log(f"chula mapped cells {len(ch)} ({time.time() - t0:.0f}s)")
     info = {}
+    if split == "unet":
+        info["splitter"] = _fit_splitter(clf, xu, ch, cache, seed)
+        log(f"splitter {info['splitter']} ({time.time() - t0:.0f}s)")
     for split in ("train", "val"):
         rs = _split_regions(split, xu, ch, clf, rng, c, seed)
         arr = rs.arrays()
@@ -129,6 +135,23 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, log=print, **count
     info["config"] = dict(clf.config)
     (cache / "prepare.json").write_text(json.dumps(info, indent=1))
     return info
+
+
+def _fit_splitter(clf, xu, ch, cache: Path, seed: int) -> dict:
+    """Train ``clf``'s learned splitter on the training cells (Xu crops and a sample of Chula
+    cells) and save it as ``cache/splitter.pt``; returns the training stats."""
+    import torch
+
+    from ..data.real_cells import to_crops
+    from .splitter import fit_classifier_splitter
+
+    rng = np.random.default_rng(seed + 1)
+    cs = [x for x in ch if x.split == "train"]
+    cs = [cs[i] for i in sorted(rng.choice(len(cs), min(len(cs), SPLITTER_CHULA_CELLS), replace=False))]
+    crops = to_crops([x for x in xu if x.split == "train"]) + to_crops(cs)
+    stats = fit_classifier_splitter(clf, crops, seed=seed, **SPLITTER_TRAIN)
+    torch.save(clf.net.splitter.state_dict(), cache / "splitter.pt")
+    return stats
 
 
 def _split_regions(split: str, xu, ch, clf, rng, c: dict, seed: int) -> "RegionSet":
@@ -266,10 +289,14 @@ def exact_match(probs, y):
     return float(np.mean(np.all((probs >= 0.5) == (y >= 0.5), axis=1)))
 
 
-def _new_clf(pretrained=True):
+def _new_clf(pretrained=True, split: str = SPLIT, cache: Path | None = None):
+    """A fresh classifier of this recipe; with ``cache``, the split of that cache's ``prepare``
+    (and its trained splitter)."""
     from ..models.multilabel import new_classifier
 
-    return new_classifier(
+    if cache is not None:
+        split = json.loads((Path(cache) / "prepare.json").read_text()).get("config", {}).get("split", "cells")
+    clf = new_classifier(
         BACKBONE,
         input_size=INPUT_SIZE,
         min_side=MIN_SIDE,
@@ -277,13 +304,22 @@ def _new_clf(pretrained=True):
         pool="avg",
         standardize=False,
         tta="none",
-        split="cells",
+        split=split,
+        splitter=SPLITTER_NET if split == "unet" else None,
     )
+    if split == "unet" and cache is not None:
+        import torch
+
+        clf.net.splitter.load_state_dict(torch.load(Path(cache) / "splitter.pt", map_location="cpu", weights_only=True))
+        clf.config["splitter"]["trained"] = True
+    return clf
 
 
 def _trainable(clf):
     bb = clf.net.backbone
     frozen = [bb.conv_stem, bb.bn1] + [bb.blocks[i] for i in range(FREEZE_BLOCKS)]
+    if getattr(clf.net, "splitter", None) is not None:  # trained before the canvases were made
+        frozen.append(clf.net.splitter)
     for mod in frozen:
         for p in mod.parameters():
             p.requires_grad_(False)
@@ -356,7 +392,7 @@ def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
     import torch
 
     tr, va = _load(cache, "train"), _load(cache, "val")
-    clf = _new_clf(pretrained=not resume)
+    clf = _new_clf(pretrained=not resume, cache=cache)
     frozen = _trainable(clf)
     params = [p for p in clf.net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -452,7 +488,7 @@ def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 
     torch.set_num_threads(threads)
     cache = Path(cache)
     st = torch.load(cache / "state.pt", map_location="cpu", weights_only=False)
-    clf = _new_clf(pretrained=False)
+    clf = _new_clf(pretrained=False, cache=cache)
     clf.net.load_state_dict(st["net"])
     clf.config["tta"] = fit_tta
     clf.config["pretrained"] = True
@@ -469,6 +505,15 @@ def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 
         "input_size": INPUT_SIZE,
         "min_side": MIN_SIDE,
         "freeze_blocks": FREEZE_BLOCKS,
+        "split": clf.split,
+        "splitter": {
+            "net": SPLITTER_NET,
+            "train": SPLITTER_TRAIN,
+            "chula_cells": SPLITTER_CHULA_CELLS,
+            "stats": prep.get("splitter"),
+        }
+        if clf.split == "unet"
+        else None,
         "epochs": st["epoch"],
         "lr": st["lr"],
         "regions_per_epoch": st["regions_per_epoch"],
@@ -507,6 +552,9 @@ def main(argv=None):
     ap.add_argument("--init", default=None, help="start from the network of this state.pt (new schedule)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--split", choices=("unet", "cells"), default=SPLIT, help="prepare: how regions are split into cells"
+    )
     a = ap.parse_args(argv)
     from .._malloc import tune_malloc
 
@@ -515,7 +563,7 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     if a.step == "prepare":
-        prepare(Path(a.data) / "sickle-rbc", Path(a.data) / "chula-rbc12", a.cache, seed=a.seed)
+        prepare(Path(a.data) / "sickle-rbc", Path(a.data) / "chula-rbc12", a.cache, seed=a.seed, split=a.split)
     elif a.step == "train":
         train(
             a.cache,

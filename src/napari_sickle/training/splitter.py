@@ -1,7 +1,9 @@
 """Train the learned cell splitter (:mod:`napari_sickle.models.splitter`) from single-cell crops.
 
 Training images: ``n_patches`` multi-cell patches composed from the crops (2-``max_cells``
-touching/overlapping cells, with the composer's instance masks) plus every crop itself as a
+touching/overlapping cells, with the composer's instance masks), ``n_occluded`` patches of
+opaque cells stacked on each other (:func:`napari_sickle.data.compose.compose_occluded`,
+every cell at least ``min_visible`` visible; target: each cell's visible part), plus every crop itself as a
 one-cell image (its segmented cell; pixels of neighbouring cells at the crop's edge are
 ignored by the loss, not taught as background). Targets: background / interior / inner
 boundary (:func:`napari_sickle.models.unet_processing.unet_targets`). Random ``size`` px windows with
@@ -16,14 +18,23 @@ import time
 import numpy as np
 
 IGNORE = 255
-DEFAULTS = {"n_patches": 600, "max_cells": 4, "steps": 400, "batch": 8, "size": 96, "lr": 3e-3}
+DEFAULTS = {
+    "n_patches": 600,
+    "n_occluded": 0,
+    "min_visible": 0.6,
+    "max_cells": 4,
+    "steps": 400,
+    "batch": 8,
+    "size": 96,
+    "lr": 3e-3,
+}
 
 
-def _samples(crops, n_patches: int, max_cells: int, seed: int):
+def _samples(crops, n_patches: int, max_cells: int, seed: int, n_occluded: int = 0, min_visible: float = 0.6):
     """(normalised image (3, h, w) float32, target (h, w) uint8) pairs."""
     from scipy import ndimage as ndi
 
-    from ..data.compose import compose_patches
+    from ..data.compose import compose_occluded, compose_patches
     from ..models.cells import cell_foreground
     from ..models.unet_processing import normalize_image, unet_targets
 
@@ -32,6 +43,11 @@ def _samples(crops, n_patches: int, max_cells: int, seed: int):
         crops, n_patches, seed=seed, min_cells=2, max_cells=max_cells, return_masks=True
     ):
         out.append((normalize_image(img), unet_targets(inst, inst.shape)))
+    if n_occluded:
+        for img, _types, _n, inst in compose_occluded(
+            crops, n_occluded, seed=seed + 1, max_cells=max_cells, min_visible=min_visible, return_masks=True
+        ):
+            out.append((normalize_image(img), unet_targets(inst, inst.shape)))
     for c in crops:
         mask = np.asarray(c.mask, bool)
         t = unet_targets(mask.astype(np.int32), mask.shape)
@@ -59,8 +75,9 @@ def _window(x, t, size: int, rng):
     return np.ascontiguousarray(x), np.ascontiguousarray(t)
 
 
-def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, **options):
-    """Train a splitter network on ``crops`` (:class:`napari_sickle.data.compose.Crop`).
+def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, net_config=None, **options):
+    """Train a splitter network on ``crops`` (:class:`napari_sickle.data.compose.Crop`);
+    ``net_config``: the network settings (:data:`napari_sickle.models.splitter.DEFAULT_SPLITTER`).
 
     Returns ``(net (eval mode, on ``device``), stats)``; ``stats`` holds the options, the
     number of training images, the final loss and the seconds taken. ``progress(stage, done,
@@ -79,10 +96,17 @@ def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, **optio
     t0 = time.time()
     if progress is not None:
         progress("splitter data", 0, 1)
-    samples = _samples(crops, int(opts["n_patches"]), int(opts["max_cells"]), seed)
+    samples = _samples(
+        crops,
+        int(opts["n_patches"]),
+        int(opts["max_cells"]),
+        seed,
+        int(opts["n_occluded"]),
+        float(opts["min_visible"]),
+    )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = build_splitter().to(device)
+    net = build_splitter(net_config).to(device)
     steps, size, bs = int(opts["steps"]), int(opts["size"]), int(opts["batch"])
     opt = torch.optim.Adam(net.parameters(), lr=float(opts["lr"]))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
@@ -116,7 +140,9 @@ def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, **optio
 def fit_classifier_splitter(clf, crops, *, seed: int = 0, device="cpu", progress=None, **options) -> dict:
     """Train the learned splitter of a ``split="unet"`` classifier on ``crops`` and install it
     (``clf.net.splitter``, ``clf.config["splitter"]["trained"]``); returns the stats."""
-    net, stats = train_splitter(crops, seed=seed, device=device, progress=progress, **options)
+    net, stats = train_splitter(
+        crops, seed=seed, device=device, progress=progress, net_config=clf.config.get("splitter"), **options
+    )
     clf.net.splitter.load_state_dict(net.state_dict())
     clf.config["splitter"]["trained"] = True
     return stats

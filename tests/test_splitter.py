@@ -85,3 +85,32 @@ def test_fit_classifier_splitter_installs_the_trained_network(crops):
     assert any(not torch.equal(before[k], v) for k, v in clf.net.splitter.state_dict().items())
     img = compose_patches(crops, 1, seed=3, min_cells=2, max_cells=2)[0][0]
     assert clf.predict_boxes(img, [[0, 0, img.shape[1], img.shape[0]]]).shape == (1, 6)
+
+
+def test_half_scale_splitter_with_occluded_patches_labels_regions_at_full_size(crops):
+    """A splitter that sees regions at half scale, trained with occluded patches too: labels
+    come back at the region's own size, and a batch gives each region the labels it gets alone."""
+    from napari_sickle.data.compose import compose_occluded
+    from napari_sickle.models.splitter import DEFAULT_SPLITTER, LearnedSplit
+
+    cfg = {**DEFAULT_SPLITTER, "scale": 0.5}
+    torch.manual_seed(0)
+    net, stats = train_splitter(crops, seed=0, n_patches=20, n_occluded=20, steps=40, size=48, net_config=cfg)
+    assert stats["images"] == 40 + len(crops)
+    split = LearnedSplit(net, cfg)
+    regions = [p[0] for p in compose_occluded(crops, 4, seed=3, return_masks=True)] + [
+        np.full((30, 50, 3), 200, np.uint8)
+    ]
+    many = split.many(regions, workers=2)
+    for r, lab in zip(regions, many):
+        assert lab.shape == r.shape[:2] and lab.dtype == np.int32
+        np.testing.assert_array_equal(lab, split(r))
+    assert many[-1].max() == 0  # a blank region has no cell
+
+
+def test_occluded_patches_return_the_visible_part_of_each_cell(crops):
+    from napari_sickle.data.compose import compose_occluded
+
+    for img, types, n, inst in compose_occluded(crops, 5, seed=1, min_visible=0.6, return_masks=True):
+        assert inst.shape == img.shape[:2] and set(np.unique(inst)) == set(range(n + 1))
+        assert types.sum() >= 1

@@ -33,6 +33,7 @@ DEFAULT_SPLITTER = {
     "min_seed_size": 8,
     "min_size": 30,
     "edge_fraction": 0.4,
+    "scale": 1.0,
     "trained": False,
 }
 
@@ -59,31 +60,33 @@ def padded_side(n: int, multiple: int) -> int:
     return -(-int(n) // step) * step
 
 
-def region_tensor(region: np.ndarray, multiple: int):
-    """(1, 3, H', W') float32 input of an RGB uint8 region, per-image standardised and padded
-    (edge values) to :func:`padded_side`; returns (tensor, (H, W))."""
+def scaled_input(region: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(3, h, w) float32 network input of an RGB uint8 region: per-image standardised, then
+    resized by ``scale`` (bilinear, antialiased). The network sees every region at this scale
+    in training and in prediction; a smaller scale makes it cheaper."""
     import torch
 
-    from .unet_processing import normalize_image
+    from .unet_processing import normalize_image, resize_chw
 
     a = normalize_image(np.asarray(region)[..., :3])
+    if float(scale) == 1.0:
+        return a
+    h, w = a.shape[1:]
+    size = (max(1, int(round(h * float(scale)))), max(1, int(round(w * float(scale)))))
+    return resize_chw(torch.from_numpy(a), size).numpy()
+
+
+def region_tensor(region: np.ndarray, multiple: int, scale: float = 1.0):
+    """(1, 3, H', W') float32 input of an RGB uint8 region (:func:`scaled_input`), padded
+    (edge values) to :func:`padded_side`; returns (tensor, (h, w) before padding)."""
+    import torch
+
+    a = scaled_input(region, scale)
     h, w = a.shape[1:]
     ph, pw = padded_side(h, multiple) - h, padded_side(w, multiple) - w
     if ph or pw:
         a = np.pad(a, ((0, 0), (0, ph), (0, pw)), mode="edge")
     return torch.from_numpy(np.ascontiguousarray(a))[None], (h, w)
-
-
-def split_probabilities(net, region: np.ndarray) -> np.ndarray:
-    """(3, H, W) softmax probabilities (background, interior, boundary) of a region."""
-    import torch
-
-    dev = next(net.parameters()).device
-    x, (h, w) = region_tensor(region, net.multiple)
-    net.eval()
-    with torch.inference_mode():
-        p = torch.softmax(net(x.to(dev)).float(), 1)[0, :, :h, :w]
-    return p.cpu().numpy()
 
 
 def split_cells_learned(net, region: np.ndarray, cfg: dict | None = None) -> np.ndarray:
@@ -109,23 +112,28 @@ def split_many_learned(net, regions, cfg: dict | None = None, batch_pixels: int 
     regions = [np.asarray(r) for r in regions]
     out: list = [np.zeros(r.shape[:2], np.int32) for r in regions]
     todo = [i for i, r in enumerate(regions) if _has_cells(r)]
-    groups: dict = {}
-    for i in todo:
-        h, w = regions[i].shape[:2]
-        groups.setdefault((padded_side(h, net.multiple), padded_side(w, net.multiple)), []).append(i)
     dev = next(net.parameters()).device
     net.eval()
+    scale = float(c["scale"])
+    inputs = {i: region_tensor(regions[i], net.multiple, scale) for i in todo}
+    groups: dict = {}
+    for i in todo:
+        groups.setdefault(tuple(inputs[i][0].shape[-2:]), []).append(i)
     probs: dict = {}
     for (ph, pw), idx in groups.items():
         step = max(1, int(batch_pixels) // (ph * pw))
         for k in range(0, len(idx), step):
             part = idx[k : k + step]
-            xs = [region_tensor(regions[i], net.multiple)[0] for i in part]
             with torch.inference_mode():
-                p = torch.softmax(net(torch.cat(xs).to(dev)).float(), 1).cpu().numpy()
+                p = torch.softmax(net(torch.cat([inputs[i][0] for i in part]).to(dev)).float(), 1).cpu()
             for j, i in enumerate(part):
-                h, w = regions[i].shape[:2]
-                probs[i] = p[j, :, :h, :w]
+                h, w = inputs[i][1]
+                q = p[j, :, :h, :w]
+                if scale != 1.0:  # back to the region's pixels
+                    q = torch.nn.functional.interpolate(
+                        q[None], size=regions[i].shape[:2], mode="bilinear", align_corners=False
+                    )[0]
+                probs[i] = q.numpy()
 
     def post(i):
         out[i] = _instances(probs.pop(i), c)

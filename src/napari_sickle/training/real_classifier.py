@@ -44,7 +44,7 @@ FREEZE_BLOCKS = 2
 SPLIT = "cells"
 #: learned splitter: network settings, training options, and how many Chula training cells
 #: join the Xu training crops it is trained on
-SPLITTER_NET = {"base_channels": 16}
+SPLITTER_NET = {"base_channels": 16, "scale": 0.5}
 SPLITTER_TRAIN = {"n_patches": 600, "n_occluded": 600, "min_visible": 0.5, "steps": 1000}
 SPLITTER_CHULA_CELLS = 700
 DEFAULTS = dict(

@@ -30,30 +30,39 @@ DEFAULTS = {
 }
 
 
-def _samples(crops, n_patches: int, max_cells: int, seed: int, n_occluded: int = 0, min_visible: float = 0.6):
-    """(normalised image (3, h, w) float32, target (h, w) uint8) pairs."""
+def _samples(
+    crops, n_patches: int, max_cells: int, seed: int, n_occluded: int = 0, min_visible: float = 0.6, scale: float = 1.0
+):
+    """(network input (3, h, w) float32 at ``scale``, target (h, w) uint8) pairs."""
     from scipy import ndimage as ndi
+    from skimage.transform import resize
 
     from ..data.compose import compose_occluded, compose_patches
     from ..models.cells import cell_foreground
-    from ..models.unet_processing import normalize_image, unet_targets
+    from ..models.splitter import scaled_input
+    from ..models.unet_processing import unet_targets
+
+    def pair(img, inst, ignore=None):
+        x = scaled_input(img, scale)
+        t = unet_targets(inst, x.shape[1:])
+        if ignore is not None:
+            t[resize(ignore, x.shape[1:], order=0, anti_aliasing=False) > 0] = IGNORE
+        return x, t
 
     out = []
     for img, _types, _n, inst in compose_patches(
         crops, n_patches, seed=seed, min_cells=2, max_cells=max_cells, return_masks=True
     ):
-        out.append((normalize_image(img), unet_targets(inst, inst.shape)))
+        out.append(pair(img, inst))
     if n_occluded:
         for img, _types, _n, inst in compose_occluded(
             crops, n_occluded, seed=seed + 1, max_cells=max_cells, min_visible=min_visible, return_masks=True
         ):
-            out.append((normalize_image(img), unet_targets(inst, inst.shape)))
+            out.append(pair(img, inst))
     for c in crops:
         mask = np.asarray(c.mask, bool)
-        t = unet_targets(mask.astype(np.int32), mask.shape)
         other = cell_foreground(c.image) & ~ndi.binary_dilation(mask, iterations=2)
-        t[other] = IGNORE
-        out.append((normalize_image(c.image), t))
+        out.append(pair(c.image, mask.astype(np.int32), other))
     return out
 
 
@@ -85,7 +94,7 @@ def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, net_con
     import torch
     import torch.nn.functional as F
 
-    from ..models.splitter import build_splitter
+    from ..models.splitter import DEFAULT_SPLITTER, build_splitter
 
     opts = {**DEFAULTS, **options}
     unknown = set(options) - set(DEFAULTS)
@@ -103,6 +112,7 @@ def train_splitter(crops, *, seed: int = 0, device="cpu", progress=None, net_con
         seed,
         int(opts["n_occluded"]),
         float(opts["min_visible"]),
+        float({**DEFAULT_SPLITTER, **(net_config or {})}["scale"]),
     )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

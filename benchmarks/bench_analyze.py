@@ -3,6 +3,7 @@
     python benchmarks/bench_analyze.py [--threads 2] [--interop-threads 1] [--repeats 3] [--seeds 2026 2027]
                                        [--detector D.pt --classifier C.pt] [--crop-path batched|per-region]
                                        [--recipe accurate --compare-regions 40] [--tune-malloc] [--profile]
+                                       [--no-fuse] [--no-channels-last] [--compare-fuse]
 
 On held-out simulated 1920x1080 smears (seeds never used for training) it prints one JSON
 object with: end-to-end seconds of ``analyze_smear`` (median of --repeats), batched vs
@@ -19,7 +20,14 @@ the paths on the first ``--compare-regions`` regions. ``--tune-malloc`` applies
 The JSON also has the cell split's time on each smear's regions (``models.crops.cell_cuts``,
 on torch's thread count and on one thread). ``--profile`` adds a ``torch.profiler`` run (CPU;
 CUDA too on a GPU) over one ``analyze_smear`` call of the first smear: wall time, time inside
-torch operators and the top operators by self time (``--profile-top``).
+torch operators, the batch-norm operators' self time and the top operators by self time
+(``--profile-top``).
+
+The models are loaded as the analysis loads them (``models.registry.load_models``: batch norm
+folded into the convolutions, channels_last weights); ``--no-fuse`` / ``--no-channels-last``
+load them without. ``--compare-fuse`` also loads the unfolded NCHW pair and the folded NCHW
+pair and times ``analyze_smear`` with all three in turn (A, B, C, A, B, C, ...), same smears,
+same run, with the largest probability difference to the main models on matched regions.
 """
 
 from __future__ import annotations
@@ -81,15 +89,66 @@ def profile(models, image, device, top: int = 12) -> dict:
     ev = prof.key_averages()
     key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     top_level = [e for e in prof.events() if e.cpu_parent is None]
+    bn = [e for e in ev if "batch_norm" in e.key]
     return {
         "wall_s": round(wall, 3),
         "torch_ops_s": round(sum(e.cpu_time_total for e in top_level) / 1e6, 3),
         "operator_calls": int(sum(e.count for e in ev)),
+        "batch_norm_calls": int(sum(e.count for e in bn)),
+        "batch_norm_self_ms": round(sum(getattr(e, key, 0) or 0 for e in bn) / 1e3, 1),
         "top": [
             {"name": e.key, "calls": e.count, "self_ms": round(getattr(e, key, 0) / 1e3, 1)}
             for e in sorted(ev, key=lambda e: getattr(e, key, 0) or 0, reverse=True)[:top]
         ],
     }
+
+
+def load_variants(args, load_models) -> dict:
+    """The main models (as the analysis loads them, unless --no-fuse / --no-channels-last) and,
+    with --compare-fuse, the unfolded NCHW and folded NCHW pairs."""
+    kw = dict(device=args.device, model=args.model)
+    out = {
+        "main": load_models(
+            args.detector, args.classifier, fuse=not args.no_fuse, channels_last=not args.no_channels_last, **kw
+        )
+    }
+    if args.compare_fuse:
+        out["unfolded_nchw"] = load_models(args.detector, args.classifier, fuse=False, channels_last=False, **kw)
+        out["folded_nchw"] = load_models(args.detector, args.classifier, fuse=True, channels_last=False, **kw)
+    return out
+
+
+def timed_runs(variants: dict, img, repeats: int, device) -> tuple[dict, dict]:
+    """Seconds of ``analyze_smear`` per variant (a warm-up each, then ``repeats`` rounds taking
+    the variants in turn) and each variant's last result."""
+    from napari_sickle.analysis.smear import analyze_smear
+
+    for m in variants.values():
+        analyze_smear(img, m, device=device)  # warm-up
+    times = {k: [] for k in variants}
+    last = {}
+    for _ in range(repeats):
+        for k, m in variants.items():
+            t = time.perf_counter()
+            last[k] = analyze_smear(img, m, device=device)
+            times[k].append(time.perf_counter() - t)
+    return times, last
+
+
+def fuse_comparison(times: dict, last: dict) -> dict:
+    """Median and all times per variant, and each variant's regions and largest probability
+    difference to the main models (regions matched by IoU)."""
+    ref = last["main"]
+    out = {}
+    for k, v in times.items():
+        row = {"median_s": round(statistics.median(v), 3), "all_s": [round(x, 3) for x in v]}
+        res = last[k]
+        row["regions"] = int(len(res))
+        if k != "main" and len(res) and len(ref):
+            j = iou_matrix(ref.boxes, res.boxes).argmax(axis=1)
+            row["max_abs_prob_diff_vs_main"] = float(np.abs(ref.probs - res.probs[j]).max())
+        out[k] = row
+    return out
 
 
 def main(argv=None):
@@ -113,6 +172,11 @@ def main(argv=None):
     ap.add_argument("--tune-malloc", action="store_true")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over one analyze_smear call")
     ap.add_argument("--profile-top", type=int, default=12)
+    ap.add_argument("--no-fuse", action="store_true", help="keep batch norm separate (load_models(fuse=False))")
+    ap.add_argument("--no-channels-last", action="store_true", help="NCHW weights (load_models(channels_last=False))")
+    ap.add_argument(
+        "--compare-fuse", action="store_true", help="also time unfolded NCHW and folded NCHW models in turn"
+    )
     args = ap.parse_args(argv)
     import os
 
@@ -127,18 +191,20 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.interop_threads:
         torch.set_num_interop_threads(args.interop_threads)
-    from napari_sickle.analysis.smear import analyze_smear
     from napari_sickle.constants import RBC_TYPES
     from napari_sickle.data.simulate import simulate_smear
     from napari_sickle.models.registry import load_models
 
     t = time.perf_counter()
-    models = load_models(args.detector, args.classifier, device=args.device, model=args.model)
+    variants = load_variants(args, load_models)
+    models = variants["main"]
     if args.recipe == "accurate":
         from napari_sickle.models.multilabel import new_classifier
 
-        models.classifier = new_classifier(pretrained=True, device=args.device)
-    models.classifier.crop_path = args.crop_path
+        for m in variants.values():
+            m.classifier = new_classifier(pretrained=True, device=args.device)
+    for m in variants.values():
+        m.classifier.crop_path = args.crop_path
     load_s = time.perf_counter() - t
     out = {
         "threads": args.threads,
@@ -147,6 +213,8 @@ def main(argv=None):
         "crop_path": args.crop_path,
         "recipe": args.recipe,
         "tune_malloc": args.tune_malloc,
+        "fuse": not args.no_fuse,
+        "channels_last": not args.no_channels_last,
         "load_average_before": [round(x, 2) for x in load_before],
         "model_load_seconds": round(load_s, 2),
         "detector": models.detector_path,
@@ -162,12 +230,8 @@ def main(argv=None):
     for seed in args.seeds:
         sm = simulate_smear(seed=seed)
         img = sm.image
-        analyze_smear(img, models, device=args.device)  # warm-up
-        times, res = [], None
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            res = analyze_smear(img, models, device=args.device)
-            times.append(time.perf_counter() - t)
+        all_times, last = timed_runs(variants, img, args.repeats, args.device)
+        times, res = all_times["main"], last["main"]
         # batched vs one region at a time, same regions, same run
         clf = models.classifier
         cmp_boxes = res.boxes[: args.compare_regions] if args.compare_regions else res.boxes
@@ -228,6 +292,7 @@ def main(argv=None):
                 "batched_equals_single": bool(np.allclose(p_batched, p_single, atol=1e-4)),
                 "compared_regions": int(len(cmp_boxes)),
                 "cell_split_seconds": split,
+                "fuse_compare": fuse_comparison(all_times, last) if args.compare_fuse else None,
                 "crop_paths": {
                     "batched": paths["batched_seconds"],
                     "per_region": paths["per-region_seconds"],

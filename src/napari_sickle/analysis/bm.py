@@ -344,13 +344,14 @@ def classify_cells(
 
     from .._device import resolve_device
     from ..models.bm import load_bm_model, tta_mode, tta_views
+    from ..models.fuse import inference_copy
 
     model = load_bm_model(model)
     mode = tta_mode((getattr(model, "recipe", None) or {}).get("tta", "none") if tta is None else tta)
     cells = [_shape_cell(c) for c in as_cell_list(images)]
     shapes = [tuple(int(s) for s in c.shape[:2]) for c in cells]
     dev = resolve_device(device)
-    net = model.module.to(dev).eval()
+    net = inference_copy(model.module.to(dev))  # batch norm folded; model.module keeps it
     n = len(cells)
     bs = max(1, int(batch_size))
     probs = []

@@ -17,17 +17,31 @@ class RBCModels:
     name: str = ""  # the shipped model's name, "" for user checkpoints
 
 
-def load_models(detector=None, classifier=None, device="auto", progress=None, model: str | None = None) -> RBCModels:
-    """Load the detector and classifier.
+def load_models(
+    detector=None,
+    classifier=None,
+    device="auto",
+    progress=None,
+    model: str | None = None,
+    fuse: bool = True,
+    channels_last: bool = True,
+) -> RBCModels:
+    """Load the detector and classifier for analysis.
 
     ``model`` names a shipped RBC model (None: the shipped default). ``detector`` and
     ``classifier`` override its files with a checkpoint path or another shipped model's name.
     Wrong-kind checkpoints raise CheckpointError; missing or tampered shipped files raise
     zoo.ModelFileError. ``progress(stage, done, total)`` reports the loading steps.
+    The networks are prepared for inference only (``models.fuse.prepare_inference``): batch
+    norm folded into the convolutions unless ``fuse=False``, weights in channels_last layout
+    on the CPU and CUDA unless ``channels_last=False`` (both measured faster on the CPU,
+    docs/performance.md). To train or save, load with ``RegionDetector.from_checkpoint`` /
+    ``RBCClassifier.from_checkpoint`` instead.
     """
     from .._device import detection_device, resolve_device
     from . import zoo
     from .detector import RegionDetector
+    from .fuse import prepare_inference
     from .multilabel import RBCClassifier
 
     dev = resolve_device(device)
@@ -45,6 +59,8 @@ def load_models(detector=None, classifier=None, device="auto", progress=None, mo
     if progress is not None:
         progress("loading models", 1, 2)
     clf = RBCClassifier.from_checkpoint(clf_path, device=dev)
+    prepare_inference(det.model, det_dev, fold=fuse, channels_last=channels_last)
+    prepare_inference(clf.net, dev, fold=fuse, channels_last=channels_last)
     if progress is not None:
         progress("loading models", 2, 2)
     name = base.name if base is not None and detector in (None, "") and classifier in (None, "") else ""

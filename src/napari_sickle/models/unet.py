@@ -94,13 +94,17 @@ def build_unet(config: dict | None = None) -> UNet:
     )
 
 
-def load_unet(path_or_ckpt, device="cpu"):
-    """Load a U-Net checkpoint (path or already-loaded dict) -> (model in eval mode, config)."""
+def load_unet(path_or_ckpt, device="cpu", fuse: bool = True):
+    """Load a U-Net checkpoint (path or already-loaded dict) for inference -> (model in eval
+    mode, config). Its batch norms are folded into the convolutions unless ``fuse=False``
+    (``models.fuse``: the model can no longer train or be saved; build one with
+    :func:`build_unet` and load the state dict for that)."""
     from .checkpoint import load_checkpoint
+    from .fuse import prepare_inference
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt, kind="unet")
     cfg = {**DEFAULT_CONFIG, **ckpt.get("config", {})}
     model = build_unet(cfg)
     model.load_state_dict(ckpt["state_dict"])
-    model.to(device).eval()
+    prepare_inference(model.to(device), device, fold=fuse)
     return model, cfg

@@ -16,7 +16,9 @@ once (pinned memory, non-blocking copy) and all canvases of a batch are made the
 * ``split="cells"`` / ``"unet"``: the split into cells (scikit-image watershed or the learned
   splitter) runs per region on the host, the regions of an image on several threads
   (:func:`cell_cuts`); each cell's blended cut is placed and resized on the device in the same
-  batched way.
+  batched way. The rule-based split can instead run batched on the device
+  (:mod:`napari_sickle.models.cells_torch`: ``backend="torch"``, or ``"auto"``: there on CUDA,
+  on the host elsewhere); the cuts are then made on the host from its labels.
 
 The results equal the per-region path's to float rounding (tests/test_crops.py). The
 per-region path stays available (:func:`region_crops` with ``path="per-region"``) for
@@ -281,7 +283,16 @@ def _region_cuts(region, p: dict, splitter=None, labels=None):
     return [_cell_cut(labels, c, regf, bg, int(p["dilate"])) for c in range(1, k + 1)], fill
 
 
-def cell_cuts(image, boxes, min_side: int, params: dict | None = None, splitter=None, workers: int | None = None):
+def cell_cuts(
+    image,
+    boxes,
+    min_side: int,
+    params: dict | None = None,
+    splitter=None,
+    workers: int | None = None,
+    backend: str = "skimage",
+    device=None,
+):
     """Host part of the cell split: for every cell of every box, its blended cut (uint8,
     (h, w, 3)) and canvas fill colour, as ``models.cells.cell_canvases`` makes them before
     centring. Returns ``(cuts, fills (M, 3) uint8, owner (M,))``.
@@ -289,19 +300,27 @@ def cell_cuts(image, boxes, min_side: int, params: dict | None = None, splitter=
     The regions are independent, so the rule-based split runs on :func:`split_workers` threads
     (SciPy, scikit-image and NumPy release the GIL in their loops); each region's result is
     the same as computed alone. A learned splitter with a ``many`` method
-    (:class:`~napari_sickle.models.splitter.LearnedSplit`) labels all regions in batches first."""
+    (:class:`~napari_sickle.models.splitter.LearnedSplit`) labels all regions in batches first.
+    ``backend`` (``models.cells_torch.BACKENDS``) on ``device``: ``"torch"`` labels all regions
+    with the rule-based split batched there (:func:`napari_sickle.models.cells_torch.split_windows`),
+    ``"auto"`` does so on CUDA only; ``"skimage"``: on the host threads."""
     from .cells import DEFAULT_SPLIT
+    from .cells_torch import resolve_backend
 
     p = {**DEFAULT_SPLIT, **(params or {})}
     img = np.asarray(image)
     H, W = img.shape[:2]
-    regions = []
-    for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        x0, y0, x1, y1 = _region_window(box, H, W, int(p["margin"]))
-        regions.append(img[y0:y1, x0:x1, :3])
+    windows = [_region_window(b, H, W, int(p["margin"])) for b in np.asarray(boxes, np.float64).reshape(-1, 4)]
+    regions = [img[y0:y1, x0:x1, :3] for x0, y0, x1, y1 in windows]
     n = split_workers(len(regions), workers) if splitter is None or hasattr(splitter, "many") else 1
+    labels = None
     if splitter is not None and hasattr(splitter, "many"):
         labels = splitter.many(regions, workers=n)
+    elif splitter is None and regions and resolve_backend(backend, device) == "torch":
+        from .cells_torch import split_windows
+
+        labels = split_windows(img, windows, p, device or "cpu")
+    if labels is not None:
         per_region = [_region_cuts(r, p, labels=lab) for r, lab in zip(regions, labels)]
     elif n > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -370,6 +389,8 @@ def region_crops(classifier, image, boxes, path: str = "batched"):
             int(cfg.get("min_side", CELL_MIN_SIDE)),
             cfg.get("cell_split"),
             splitter=classifier.splitter_fn(),
+            backend=getattr(classifier, "cell_split_backend", "auto"),
+            device=dev,
         )
         return canvases_from_cuts(cuts, fills, size, int(cfg.get("min_side", CELL_MIN_SIDE)), dev, mean, std), owner
     img = image_to_device(image, dev)

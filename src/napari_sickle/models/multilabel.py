@@ -259,6 +259,9 @@ class RBCClassifier:
     #: on the device, :mod:`napari_sickle.models.crops`) or ``"per-region"`` (one at a time on the
     #: host, :meth:`region_crops_per_region`); both give the same inputs (tests/test_crops.py)
     crop_path: str = "batched"
+    #: where the batched path's rule-based cell split runs (``models.cells_torch.BACKENDS``):
+    #: ``"auto"`` (batched on the device when it is CUDA, else on the host), ``"skimage"``, ``"torch"``
+    cell_split_backend: str = "auto"
 
     @property
     def types(self) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Batch norm folding and channels_last on the shipped models: outputs and speed.
 
     python benchmarks/bench_fuse.py [--threads 2] [--repeats 5] [--seed 2026] [--fixtures 2] [--bm-cells 8]
-                                    [--no-speed] [--archs det:mobilenet-v3 clf:resnet18@64 ...]
+                                    [--no-speed] [--bf16] [--archs det:mobilenet-v3 clf:resnet18@64 ...]
 
 Loads the shipped default RBC detector and classifier once without folding, then compares four
 variants of each network on one simulated 1920x1080 smear: as loaded (NCHW), batch norm folded
@@ -18,7 +18,8 @@ with:
   features of the smear's regions, median of ``--repeats`` runs taken in turn (variant A, B, C,
   D, A, B, ...) so a change of load touches every variant alike; ``--archs`` times the same
   variants for other detector architectures and classifier backbones (random weights: speed
-  only). The load average is recorded.
+  only); ``--bf16`` times the folded channels_last pair with CPU bfloat16 autocast against
+  float32 and reports how far its boxes and probabilities move. The load average is recorded.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _match_diff(a, b) -> dict:
     each box of ``a`` matched to the nearest box of ``b``."""
     ba, sa, _ = (np.asarray(x) for x in a)
     bb, sb, _ = (np.asarray(x) for x in b)
-    out = {"n_unfolded": int(len(ba)), "n_folded": int(len(bb))}
+    out = {"n_reference": int(len(ba)), "n_compared": int(len(bb))}
     if len(ba) and len(bb):
         d = np.abs(ba[:, None, :] - bb[None, :, :]).max(-1)
         j = d.argmin(1)
@@ -147,6 +148,43 @@ def time_variants(det, clf, img, repeats: int, torch) -> dict:
     }
 
 
+def bf16_check(det, clf, img, repeats: int, torch) -> dict:
+    """The folded channels_last pair with and without CPU bfloat16 autocast: median seconds of
+    the detector's forward pass and the classifier's features (in turn), the detector's boxes
+    matched to the float32 ones, and the largest probability difference on the same boxes."""
+    import contextlib
+
+    from napari_sickle.models.fuse import prepare_inference
+
+    det_f = dataclasses.replace(det, model=prepare_inference(copy.deepcopy(det.model), "cpu", channels_last=True))
+    clf_f = dataclasses.replace(clf, net=prepare_inference(copy.deepcopy(clf.net), "cpu", channels_last=True))
+    t_img = torch.as_tensor(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    scale = det.image_scale(img)
+    ref_det = det_f.detect(img)
+    crops, owner = clf_f.region_crops(img, ref_det[0])
+    modes = {"float32": contextlib.nullcontext, "bfloat16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
+    times = {k: {"detector": [], "classifier": []} for k in modes}
+    out = {}
+    for r in range(repeats + 1):
+        for k, ctx in modes.items():
+            with ctx():
+                t = time.perf_counter()
+                found = det_f.detect_tensors([t_img], scales=[scale])[0]
+                td = time.perf_counter() - t
+                t = time.perf_counter()
+                feats = clf_f.features(crops)
+                tc = time.perf_counter() - t
+            if r:
+                times[k]["detector"].append(td)
+                times[k]["classifier"].append(tc)
+            out[k] = (found, clf_f.region_probs(feats, owner, len(ref_det[0])))
+    return {
+        "median_seconds": {k: {p: round(statistics.median(v), 4) for p, v in d.items()} for k, d in times.items()},
+        "detector_bf16_vs_fp32": _match_diff(out["float32"][0], out["bfloat16"][0]),
+        "classifier_bf16_max_abs_prob": float(np.abs(out["float32"][1] - out["bfloat16"][1]).max()),
+    }
+
+
 def time_other_archs(archs, repeats: int, torch) -> dict:
     """Median seconds of the four variants for other (randomly initialised) networks: detector
     architectures (``det:<arch>``, one forward pass of a 960x540 image) and classifier
@@ -185,6 +223,7 @@ def main(argv=None):
     ap.add_argument("--fixtures", type=int, default=2, help="real chula-rbc12 fixture smears to compare on")
     ap.add_argument("--bm-cells", type=int, default=8, help="pbc-wbc fixture cells for the white-cell model")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also time CPU bfloat16 autocast (folded, channels_last)")
     ap.add_argument(
         "--archs",
         nargs="*",
@@ -208,6 +247,8 @@ def main(argv=None):
         out["bm"] = compare_bm(args.bm_cells, torch)
     if not args.no_speed:
         out["speed"] = time_variants(models.detector, models.classifier, img, args.repeats, torch)
+    if args.bf16:
+        out["bf16"] = bf16_check(models.detector, models.classifier, img, args.repeats, torch)
     if args.archs:
         out["other_archs"] = time_other_archs(args.archs, args.repeats, torch)
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

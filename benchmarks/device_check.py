@@ -20,7 +20,12 @@ CPU-vs-device agreement, in one run (no napari needed; the script fails if napar
 4. Peak GPU memory of step 2 (``torch.cuda.max_memory_allocated``).
 5. Agreement: the first smear analysed with the models on the CPU and on ``--device``: the
    same regions (boxes matched at IoU >= 0.9) and probabilities within ``--prob-tol``.
-6. With ``--profile``: ``torch.profiler`` over one ``analyze_smear`` call (CPU and CUDA
+6. Cell split: the regions of step 2 split into cells with the host split (scikit-image, on
+   ``models.crops.split_workers`` threads) and with the batched torch split on ``--device``
+   (``models.cells_torch``), and the host part of the crop path (``models.crops.cell_cuts``)
+   with each; seconds (median of at most 3 after a warm-up) and agreement of the torch labels
+   with the host labels (benchmarks/bench_cell_split.py, ``compare_split``).
+7. With ``--profile``: ``torch.profiler`` over one ``analyze_smear`` call (CPU and CUDA
    activities): the top operators by self time, the number of operator calls and CUDA kernel
    launches, and the time inside torch operators against the wall time (the rest is Python,
    NumPy and scikit-image outside PyTorch).
@@ -187,6 +192,14 @@ def classify_paths(clf, image, boxes, dev, repeats: int) -> dict:
     clf.crop_path = "batched"
     out["max_abs_prob_diff"] = float(np.abs(probs["batched"] - probs["per-region"]).max()) if len(boxes) else 0.0
     return out
+
+
+def cell_split(image, boxes, dev, repeats: int) -> dict:
+    """Host against batched torch cell split of the regions (benchmarks/bench_cell_split.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_cell_split import compare_split
+
+    return compare_split(image, boxes, dev, repeats)
 
 
 def throughput(folder: Path, out: Path, device: str, n: int, extra: list[str]) -> dict:
@@ -367,6 +380,8 @@ def main(argv=None) -> int:
             **classify_paths(acc, image, boxes, dev, max(1, min(3, args.repeats))),
         }
         del acc
+    if len(res):
+        report["cell_split"] = cell_split(image, res.boxes, dev, max(1, min(3, args.repeats)))
     if dev.type == "cuda":
         report["peak_gpu_memory_mib_stages"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
@@ -419,6 +434,19 @@ def print_table(r: dict) -> None:
         for p in ("batched", "per-region"):
             print(f"| {p} | {c[p]['classify_s']:.4f} | {c[p]['crops_s']:.4f} | {c[p]['inputs']} |")
         print(f"max |p_batched - p_per_region| = {c['max_abs_prob_diff']:.2e}")
+    c = r.get("cell_split")
+    if c:
+        print(
+            f"\ncell split of the {c['regions']} regions (median of at most 3):\n"
+            "| split | split s | cell_cuts s | cells |\n|---|---|---|---|\n"
+            f"| host (scikit-image, {c['host_threads']} threads) | {c['host_s']:.4f} | {c['cuts_host_s']:.4f} "
+            f"| {c['host_cells']} |\n"
+            f"| torch ({r['device']}) | {c['torch_s']:.4f} | {c['cuts_torch_s']:.4f} | {c['torch_cells']} |"
+        )
+        print(
+            f"torch vs host: same cell count in {c['same_count']:.1%} of the regions, identical labels in "
+            f"{c['identical']:.1%}, matched IoU mean {c['mean_matched_iou']} (5th percentile {c['p5_matched_iou']})"
+        )
     if "peak_gpu_memory_mib_stages" in r:
         print(f"\npeak GPU memory (torch.cuda.max_memory_allocated, stages): {r['peak_gpu_memory_mib_stages']:.0f} MiB")
     t = r.get("throughput")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check of the RBC analysis (per-stage table, smears/min through `python -m
+# Device check of the RBC analysis (per-stage table, host vs torch cell split, smears/min through `python -m
 # napari_sickle.analyze FOLDER`, peak GPU memory, CPU-vs-GPU agreement); see
 # benchmarks/device_check.py. Needs PyTorch and the package's dependencies, not napari.
 #   bash benchmarks/device_check.sh                 # GPU: cuda, 200 smears (< 5 min)

@@ -132,7 +132,7 @@ def test_touching_discs_single_cells_blank_regions_and_edge_pieces():
         assert lab.dtype == np.int32 and not lab.any()
 
 
-def test_batched_equals_one_at_a_time_and_windows_equal_regions():
+def test_batched_equals_one_at_a_time_and_windows_equal_regions(monkeypatch):
     rng = np.random.default_rng(5)
     regions = [
         _disc_image([(40, 45), (42, 92)], [24, 26], shape=(85, 140), seed=1),
@@ -140,8 +140,11 @@ def test_batched_equals_one_at_a_time_and_windows_equal_regions():
         _disc_image([(45, 40), (40, 85), (80, 60)], [22, 24, 21], shape=(110, 120), seed=3),
         np.clip(180 + rng.normal(0, 2, (50, 70, 3)), 0, 255).astype(np.uint8),
     ]
-    together = ct.split_regions(regions, budget=1 << 30)  # all in one padded batch
     alone = [ct.split_regions([r])[0] for r in regions]
+    hs, ws = [r.shape[0] for r in regions], [r.shape[1] for r in regions]
+    assert len(ct.size_groups(hs, ws)) > 1 and len(ct.size_groups(hs, ws, 1 << 30, ratio=None)) == 1
+    monkeypatch.setattr(ct, "_groups", lambda hs, ws, dev, budget: ct.size_groups(hs, ws, 1 << 30, ratio=None))
+    together = ct.split_regions(regions)  # all in one padded batch, as on CUDA
     for a, b in zip(together, alone):
         np.testing.assert_array_equal(a, b)
     assert [int(x.max()) for x in together] == [int(split_cells(r).max()) for r in regions] == [2, 1, 2, 0]
@@ -199,3 +202,20 @@ def test_backend_choice_and_the_crop_path_hook():
     for a, b in zip(dev[0], host[0]):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(dev[1], host[1])
+
+
+def test_the_cuda_forms_of_morphology_and_maxima_give_the_same_labels(monkeypatch):
+    """``conv2d`` disk morphology and ``max_pool2d`` maxima (used on CUDA) run here on the CPU."""
+    regions = [
+        _disc_image([(40, 45), (42, 92)], [24, 26], shape=(85, 140), seed=1),
+        _disc_image([(45, 40), (40, 85), (80, 60)], [22, 24, 21], shape=(110, 120), seed=3),
+        _disc_image([(45, 75)], [28], outline=True),
+    ]
+    shifted = ct.split_regions(regions)
+    m = torch.from_numpy(np.random.default_rng(2).random((2, 30, 41)) < 0.2).float()
+    plain = [ct._dilate(m, 3), ct._erode(m, 2, 1.0), ct._max3x3(m)]
+    monkeypatch.setattr(ct, "_on_cuda", lambda x: True)
+    for a, b in zip(plain, [ct._dilate(m, 3), ct._erode(m, 2, 1.0), ct._max3x3(m)]):
+        assert torch.equal(a, b)
+    for a, b in zip(shifted, ct.split_regions(regions)):
+        np.testing.assert_array_equal(a, b)

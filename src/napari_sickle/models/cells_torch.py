@@ -1,33 +1,30 @@
 """The rule-based cell split of :mod:`napari_sickle.models.cells`, batched in PyTorch.
 
 :func:`napari_sickle.models.cells.split_cells` runs per region on the host (SciPy and
-scikit-image). Here the same steps run on a batch of regions with torch operators only, on
-any device (CPU or CUDA), so a smear's regions are split where the image already is:
+scikit-image). Here its steps run on a batch of regions with torch operators only, on any
+device, so a smear's regions are split where the image is:
 
-* regions of similar size are padded to a common canvas (each region at the top-left corner,
-  :func:`size_groups`); every step knows each region's own height and width, so a region's
-  result does not depend on the others of its batch: the filters reflect at the region's own
-  edges (gathered reflected rows and columns, then ``conv2d``), the morphology treats the
-  outside of the region as the host code does (``conv2d`` with disk kernels), the medians and
-  sizes are per region;
-* connected components (4-connected, as ``scipy.ndimage.label``): iterative minimum-label
-  propagation with pointer jumping, each component named by its first pixel in raster order,
-  so components and markers keep the host code's order;
-* the Euclidean distance transform is exact (column distances, then a minimum over column
-  offsets); the h-maxima are a grey reconstruction by dilation (``max_pool2d``);
-* the marker watershed (:func:`basins`): every pixel climbs to a local maximum of the smoothed
-  distance map along its steepest 4-neighbour (pointer doubling); marked maxima name their
-  basins, and an unmarked basin joins the labelled one it meets at the highest pass, which is
-  where scikit-image's priority flooding enters it first. Boundaries can differ from the
-  flooding's by a pixel where two basins meet on a plateau or beside an unmarked basin; the
-  number of cells rarely differs (tests/test_cells_torch.py states the agreement floor);
-* the pieces of neighbouring cells cut by the region's edge are dropped as in
-  :func:`napari_sickle.models.cells.drop_foreign_pieces`.
+* regions are padded to a common canvas (each at the top-left corner; :func:`size_groups`),
+  and every step uses each region's own size, so a region's labels do not depend on its batch:
+  the filters reflect at the region's edges, the morphology sees the outside as the host code
+  does, medians and sizes are per region. Filters are sums of shifted views (the same bits
+  whatever the batch's shape); disk morphology and 3x3 maxima are ``conv2d`` / ``max_pool2d``
+  on CUDA and maxima of shifted views elsewhere (cheaper on CPUs);
+* connected components (4-connected): labels hooked with a scatter-min and pointer jumping,
+  each component named by its first pixel in raster order, so markers keep the host's order;
+* an exact Euclidean distance transform; h-maxima by grey reconstruction (3x3 maxima);
+* the marker watershed (:func:`basins`): every pixel climbs its steepest 4-neighbour to a
+  local maximum of the smoothed distance map (pointer doubling); marked maxima name their
+  basins, and an unmarked basin joins the labelled one it meets at the highest pass, where
+  scikit-image's priority flooding enters it first. Boundaries can differ by a pixel where
+  basins meet on a plateau or beside an unmarked basin; the number of cells rarely
+  (tests/test_cells_torch.py states the agreement floor);
+* the pieces of neighbouring cells cut by the region's edge are dropped
+  (:func:`napari_sickle.models.cells.drop_foreign_pieces`).
 
-The loops run a fixed number of steps, or check for convergence every few steps (one host
-synchronisation per check). :data:`BACKENDS` names the choices of the crop path
-(:mod:`napari_sickle.models.crops`): ``"auto"`` is this split on CUDA and the host split
-elsewhere. No Qt/napari imports.
+Loops check for convergence every few steps (one host synchronisation per check).
+:data:`BACKENDS`: the choices of the crop path (:mod:`napari_sickle.models.crops`); ``"auto"``
+is this split on CUDA and the host split elsewhere. No Qt/napari imports.
 """
 
 from __future__ import annotations
@@ -40,8 +37,11 @@ import numpy as np
 BACKENDS = ("skimage", "torch", "auto")
 #: convergence checks of the iterative loops, every this many steps
 CHECK_EVERY = 4
-#: at most this many canvas pixels (regions x height x width) per batch
+#: at most this many canvas pixels (regions x height x width) per batch: on CPUs, where
+#: batches of similar sizes waste little on padding; on CUDA, where one batch per image keeps
+#: the number of kernel launches and synchronisations down
 BATCH_PIXELS = 1 << 21
+BATCH_PIXELS_CUDA = 1 << 24
 
 
 def _torch():
@@ -89,22 +89,14 @@ def _gauss1d(sigma: float, truncate: float = 4.0):
 
 
 def _sep(x, ky, kx, hs, ws):
-    """Separable correlation of (B, H, W) ``x`` with 1-D kernels (odd lengths), reflect mode:
-    ``conv2d`` on CUDA; elsewhere weighted sums of shifted views in a fixed order, so that a
-    region's result is the same bit for bit whatever the shape of its batch."""
-    torch = _torch()
-    import torch.nn.functional as F
-
+    """Separable correlation of (B, H, W) ``x`` with 1-D kernels (odd lengths), reflect mode, as
+    weighted sums of shifted views in a fixed order: the same bits whatever the batch's shape
+    or the device (no TF32 ``conv2d`` on CUDA, which would round the grey levels)."""
     r = max(len(ky), len(kx)) // 2
     p = _reflect_pad(x, r, hs, ws)
     oy, ox = r - len(ky) // 2, r - len(kx) // 2
     p = p[:, oy : p.shape[1] - oy, ox : p.shape[2] - ox]
-    if x.device.type == "cuda":
-        ty = torch.tensor(ky, dtype=x.dtype, device=x.device).view(1, 1, -1, 1)
-        tx = torch.tensor(kx, dtype=x.dtype, device=x.device).view(1, 1, 1, -1)
-        return F.conv2d(F.conv2d(p[:, None], ty), tx)[:, 0]
     H, W = x.shape[1:]
-    cols = p.shape[2]
     out = None
     for i, k in enumerate(ky):
         if k != 0:
@@ -113,7 +105,7 @@ def _sep(x, ky, kx, hs, ws):
     p, out = out, None
     for j, k in enumerate(kx):
         if k != 0:
-            t = p[:, :, j : j + cols - len(kx) + 1] * float(k)
+            t = p[:, :, j : j + W] * float(k)
             out = t if out is None else out + t
     return out
 
@@ -133,6 +125,11 @@ def sobel(x, hs, ws):
 
 
 # -------------------------------------------------------------------------- morphology
+def _on_cuda(x) -> bool:
+    """Whether the single-kernel forms (``conv2d``, ``max_pool2d``) pay: on CUDA."""
+    return x.device.type == "cuda"
+
+
 def _disk(r: int, device, dtype):
     torch = _torch()
     y, x = np.mgrid[-r : r + 1, -r : r + 1]
@@ -146,7 +143,7 @@ def _dilate(m, r: int, pad_value: float = 0.0):
     import torch.nn.functional as F
 
     p = F.pad(m[:, None], (r, r, r, r), value=pad_value)[:, 0]
-    if m.device.type == "cuda":
+    if _on_cuda(m):  # exact: sums of 0/1 products
         return (F.conv2d(p[:, None], _disk(r, m.device, m.dtype))[:, 0] > 0.5).to(m.dtype)
     H, W = m.shape[1:]
     out, row, width = None, p[:, :, r : r + W], 0
@@ -165,7 +162,7 @@ def _max3x3(x):
     torch = _torch()
     import torch.nn.functional as F
 
-    if x.device.type == "cuda":
+    if _on_cuda(x):
         return F.max_pool2d(x[:, None], 3, 1, 1)[:, 0]
     p = F.pad(x[:, None], (1, 1, 0, 0), value=float("-inf"))[:, 0]
     r = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 2:]), x)
@@ -295,11 +292,9 @@ def _fill_holes(fg, valid):
     torch = _torch()
     bg = ~fg | ~valid
     lab = label(bg)
-    seed = ~valid.clone()
-    seed[:, 0, :] = True
-    seed[:, -1, :] = True
-    seed[:, :, 0] = True
-    seed[:, :, -1] = True
+    seed = ~valid
+    seed[:, [0, -1], :] = True
+    seed[:, :, [0, -1]] = True
     seed &= bg
     outside = torch.zeros(lab.numel() + 1, dtype=torch.bool, device=fg.device)
     outside[lab[seed]] = True
@@ -331,7 +326,7 @@ def distance(fg, valid):
 
         win = F.pad(d2[:, None], (reach, reach), value=inf)[:, 0].unfold(2, W, 1)  # (B, H, 2R+1, W)
         k2 = (torch.arange(-reach, reach + 1, device=fg.device, dtype=torch.float32) ** 2).view(1, 1, -1, 1)
-        step = max(1, (1 << 25) // max(1, B * H * W))
+        step = max(1, (1 << (27 if fg.device.type == "cuda" else 25)) // max(1, B * H * W))
         for k0 in range(0, 2 * reach + 1, step):
             best = torch.minimum(best, (win[:, :, k0 : k0 + step] + k2[:, :, k0 : k0 + step]).amin(2))
     return torch.where(fg, best.sqrt(), 0.0)
@@ -451,7 +446,7 @@ def basins(dist, fg, seeds):
     return torch.where(fg, lab[root], 0)
 
 
-def drop_pieces(lab, comps, valid, hs, ws, edge_fraction: float):
+def drop_pieces(lab, comps, valid, edge_fraction: float):
     """:func:`napari_sickle.models.cells.drop_foreign_pieces` of each region, and its labels
     renumbered 1..k in the order of their keys: int32 (B, H, W)."""
     torch = _torch()
@@ -465,24 +460,18 @@ def drop_pieces(lab, comps, valid, hs, ws, edge_fraction: float):
     sizes = torch.bincount(dense.reshape(-1), minlength=m)
     sizes[0] = 0
     largest = torch.zeros(B, dtype=sizes.dtype, device=dev).scatter_reduce(0, sample, sizes, "amax")
-    yy = torch.arange(H, device=dev).view(1, H, 1)
-    xx = torch.arange(W, device=dev).view(1, 1, W)
-    h = torch.from_numpy(np.asarray(hs, np.int64)).to(dev).view(B, 1, 1)
-    w = torch.from_numpy(np.asarray(ws, np.int64)).to(dev).view(B, 1, 1)
-    border = valid & ((yy == 0) | (yy == h - 1) | (xx == 0) | (xx == w - 1))
+    up, down, left, right = _views(_pad(valid, False))
+    border = valid & ~(up & down & left & right)
     edge = torch.zeros(m, dtype=torch.bool, device=dev)
     edge[dense[border]] = True
     comp_of = torch.zeros(m, dtype=comps.dtype, device=dev).scatter_reduce(
         0, dense.reshape(-1), comps.reshape(-1), "amax"
     )
-    csz = torch.bincount(comps.reshape(-1), minlength=B * H * W + 1)
-    csz[0] = 0
-    csample = torch.arange(B * H * W + 1, device=dev).clamp(min=1).sub_(1) // (H * W)
-    cmax = torch.zeros(B, dtype=csz.dtype, device=dev).scatter_reduce(0, csample, csz, "amax")
-    cand = (csz == cmax[csample]) & (csz > 0)
-    labels_c = torch.arange(B * H * W + 1, device=dev)
-    main = torch.full((B,), B * H * W + 2, dtype=torch.int64, device=dev)
-    main = main.scatter_reduce(0, csample[cand], labels_c[cand], "amin")
+    # the main component: the largest, the first in raster order among equals
+    csz = torch.bincount(comps.reshape(-1), minlength=B * H * W + 1)[comps].float()
+    px_sample = torch.arange(B, device=dev).view(B, 1, 1).expand(B, H, W)
+    first = _first_max(csz, px_sample, comps > 0, B)  # B (a pixel of region 0) where no component
+    main = comps.reshape(-1)[(first - 1).clamp(max=B * H * W - 1)]
     lf = largest.to(fdt)[sample]
     cut = edge & ((sizes.to(fdt) < float(edge_fraction) * lf) | (comp_of != main[sample]))
     small = (sizes > 0) & (sizes.to(fdt) < 0.08 * lf)
@@ -518,19 +507,19 @@ def split_batch(images, hs, ws, params: dict | None = None):
     dist = torch.where(valid, dist, 0.0)
     seeds = markers(dist, fg, comps, valid, p)
     lab = basins(dist, fg, seeds)
-    return drop_pieces(lab, comps, valid, hs, ws, float(p["edge_fraction"]))
+    return drop_pieces(lab, comps, valid, float(p["edge_fraction"]))
 
 
-def size_groups(hs, ws, budget: int = BATCH_PIXELS) -> list[np.ndarray]:
+def size_groups(hs, ws, budget: int = BATCH_PIXELS, ratio: float | None = 1.25) -> list[np.ndarray]:
     """Index groups of regions of similar size (sorted by their longer side, a new group when
-    a region is over 1.25 times the group's first plus 8 px, or when the padded canvases
-    would exceed ``budget`` pixels)."""
+    a region is over ``ratio`` times the group's first plus 8 px (``None``: never), or when
+    the padded canvases would exceed ``budget`` pixels)."""
     hs, ws = np.asarray(hs, np.int64), np.asarray(ws, np.int64)
     side = np.maximum(hs, ws)
     groups, cur, hm, wm, first = [], [], 0, 0, 0
     for i in np.argsort(side, kind="stable"):
         nh, nw = max(hm, int(hs[i])), max(wm, int(ws[i]))
-        if cur and ((len(cur) + 1) * nh * nw > budget or side[i] > 1.25 * first + 8):
+        if cur and ((len(cur) + 1) * nh * nw > budget or (ratio is not None and side[i] > ratio * first + 8)):
             groups.append(np.asarray(cur))
             cur, nh, nw = [], int(hs[i]), int(ws[i])
         if not cur:
@@ -542,30 +531,45 @@ def size_groups(hs, ws, budget: int = BATCH_PIXELS) -> list[np.ndarray]:
     return groups
 
 
-def split_regions(regions, params: dict | None = None, device="cpu", budget: int = BATCH_PIXELS) -> list[np.ndarray]:
+def _groups(hs, ws, dev, budget):
+    """:func:`size_groups` for ``dev``: few large batches on CUDA, similar sizes elsewhere."""
+    if dev.type == "cuda":
+        return size_groups(hs, ws, budget or BATCH_PIXELS_CUDA, ratio=None)
+    return size_groups(hs, ws, budget or BATCH_PIXELS)
+
+
+def _split_groups(hs, ws, dev, budget, params, make_batch) -> list[np.ndarray]:
+    """:func:`split_batch` of each group's batch (``make_batch(group)``), labels back on the host
+    (16-bit on the way: a region never holds that many cells)."""
+    out: list = [None] * len(hs)
+    for g in _groups(hs, ws, dev, budget):
+        lab = split_batch(make_batch(g), hs[g], ws[g], params).short().cpu().numpy()
+        for k, i in enumerate(g):
+            out[i] = lab[k, : hs[i], : ws[i]].astype(np.int32)
+    return out
+
+
+def split_regions(regions, params: dict | None = None, device="cpu", budget: int | None = None) -> list[np.ndarray]:
     """:func:`split_batch` of host region images ((h, w) or (h, w, C) arrays), grouped by size
-    (:func:`size_groups`) and padded per group: one int32 label array per region, in order."""
+    (:func:`size_groups`; ``budget`` pixels per batch, default :data:`BATCH_PIXELS`, on CUDA
+    :data:`BATCH_PIXELS_CUDA`) and padded per group: one int32 label array per region, in order."""
     torch = _torch()
     dev = torch.device(device)
     regs = [np.asarray(r) for r in regions]
     regs = [r[..., None] if r.ndim == 2 else r[..., :3] for r in regs]
     hs = np.array([r.shape[0] for r in regs], np.int64)
     ws = np.array([r.shape[1] for r in regs], np.int64)
-    out: list = [None] * len(regs)
-    for g in size_groups(hs, ws, budget):
-        c = max(regs[i].shape[2] for i in g)
-        buf = np.zeros((len(g), int(hs[g].max()), int(ws[g].max()), c), np.float32)
-        for k, i in enumerate(g):
-            buf[k, : hs[i], : ws[i], : regs[i].shape[2]] = regs[i]
-            buf[k, : hs[i], : ws[i], regs[i].shape[2] :] = regs[i][..., :1]
-        t = torch.from_numpy(buf).to(dev).permute(0, 3, 1, 2)
-        lab = split_batch(t, hs[g], ws[g], params).cpu().numpy()
-        for k, i in enumerate(g):
-            out[i] = lab[k, : hs[i], : ws[i]].copy()
-    return out
+
+    def batch(g):
+        buf = np.zeros((len(g), int(hs[g].max()), int(ws[g].max()), 3), np.float32)
+        for k, i in enumerate(g):  # a grey region repeats its channel
+            buf[k, : hs[i], : ws[i]] = regs[i] if regs[i].shape[2] == 3 else regs[i][..., :1]
+        return torch.from_numpy(buf).to(dev).permute(0, 3, 1, 2)
+
+    return _split_groups(hs, ws, dev, budget, params, batch)
 
 
-def split_windows(image, windows, params: dict | None = None, device="cpu", budget: int = BATCH_PIXELS):
+def split_windows(image, windows, params: dict | None = None, device="cpu", budget: int | None = None):
     """:func:`split_batch` of the windows (N, 4) ``x0, y0, x1, y1`` (max exclusive, inside the
     image) of one (H, W, 3+) uint8 image (NumPy, copied to ``device`` once, or a tensor
     there): one int32 label array per window, in order."""
@@ -579,13 +583,10 @@ def split_windows(image, windows, params: dict | None = None, device="cpu", budg
     H, W = img.shape[:2]
     win = np.asarray(windows, np.int64).reshape(-1, 4)
     hs, ws = win[:, 3] - win[:, 1], win[:, 2] - win[:, 0]
-    out: list = [None] * len(win)
-    for g in size_groups(hs, ws, budget):
-        hm, wm = int(hs[g].max()), int(ws[g].max())
-        rows = torch.from_numpy(win[g, 1:2] + np.arange(hm)).clamp_(max=H - 1).to(dev)
-        cols = torch.from_numpy(win[g, 0:1] + np.arange(wm)).clamp_(max=W - 1).to(dev)
-        batch = img[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        lab = split_batch(batch, hs[g], ws[g], params).cpu().numpy()
-        for k, i in enumerate(g):
-            out[i] = lab[k, : hs[i], : ws[i]].copy()
-    return out
+
+    def batch(g):
+        rows = torch.from_numpy(win[g, 1:2] + np.arange(int(hs[g].max()))).clamp_(max=H - 1).to(dev)
+        cols = torch.from_numpy(win[g, 0:1] + np.arange(int(ws[g].max()))).clamp_(max=W - 1).to(dev)
+        return img[rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+    return _split_groups(hs, ws, dev, budget, params, batch)

@@ -270,6 +270,40 @@ def test_other_detector_architectures_fold(arch):
         assert float((b[k] - a[k]).abs().max()) <= 1e-4 * float(a[k].abs().max())
 
 
+class SideNet(nn.Module):
+    """A traceable forward that uses one child; the other is called by other code."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.side = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+
+    def forward(self, x):
+        return self.main(x)
+
+
+def test_children_forward_never_calls_are_folded():
+    m = randomize_bn(SideNet())
+    assert sorted(conv_bn_pairs(m)) == [("main.0", "main.1"), ("side.0", "side.1")]
+    x = torch.randn(1, 3, 8, 8)
+    ref, out = folded_copy(m)
+    torch.testing.assert_close(out.side(x), ref.side(x), **TOL)
+
+
+def test_classifier_with_learned_splitter_folds_it_too():
+    """The splitter is a child that ``forward`` never calls; it is folded all the same."""
+    from napari_sickle.models.multilabel import make_net
+    from napari_sickle.models.splitter import DEFAULT_SPLITTER
+
+    torch.manual_seed(0)
+    net = make_net("resnet18", pretrained=False, splitter=dict(DEFAULT_SPLITTER))
+    assert n_bn(net.splitter) > 0
+    ref, out = folded_copy(randomize_bn(net))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(out.splitter(x), ref.splitter(x), **TOL)
+
+
 def test_resnet_classifier_avgmax_folds():
     from napari_sickle.models.multilabel import make_net
 

@@ -9,7 +9,8 @@ traced with ``torch.fx`` (convolutions and batch norms kept as leaves, so timm's
 ``Conv2dSame`` and ``BatchNormAct2d`` count as well), and a pair is folded only when the batch
 norm's one input is the convolution's output and nothing else reads that output. A module that
 cannot be traced (Faster R-CNN's top level, torchvision's FPN) is searched child by child; in an
-``nn.Sequential`` (its own forward) adjacent children are a pair. torchvision's ``FrozenBatchNorm2d`` folds like
+``nn.Sequential`` (its own forward) adjacent children are a pair. Children that the traced
+forward never calls (the classifier's learned cell splitter) are searched on their own. torchvision's ``FrozenBatchNorm2d`` folds like
 ``BatchNorm2d``; timm's ``BatchNormAct2d`` leaves its dropout and activation behind.
 
 Folding is for inference: the folded module is put in eval mode, any later forward call in
@@ -113,6 +114,10 @@ def _collect(module, prefix: str, pairs: list) -> None:
         graph = None
     if graph is not None:
         pairs.extend((prefix + c, prefix + b) for c, b in _graph_pairs(graph, module))
+        called = {n.target for n in graph.nodes if n.op == "call_module"}
+        for name, child in module.named_children():  # children forward never calls (a splitter)
+            if not any(t == name or t.startswith(name + ".") for t in called):
+                _collect(child, f"{prefix}{name}.", pairs)
         return
     if type(module).forward is nn.Sequential.forward:  # each child feeds the next one only
         kids = list(module.named_children())

@@ -37,11 +37,12 @@ import numpy as np
 BACKENDS = ("skimage", "torch", "auto")
 #: convergence checks of the iterative loops, every this many steps
 CHECK_EVERY = 4
-#: at most this many canvas pixels (regions x height x width) per batch: on CPUs, where
-#: batches of similar sizes waste little on padding; on CUDA, where one batch per image keeps
-#: the number of kernel launches and synchronisations down
-BATCH_PIXELS = 1 << 21
-BATCH_PIXELS_CUDA = 1 << 24
+#: at most this many canvas pixels (regions x height x width) per batch, and the size ratio
+#: that starts a new batch (:func:`size_groups`): on CPUs, batches of similar sizes waste
+#: little on padding; on CUDA, fewer and larger batches mean fewer kernel launches and
+#: synchronisations (each batch runs the same sequence of a few thousand small operators)
+BATCH_PIXELS, BATCH_RATIO = 1 << 21, 1.25
+BATCH_PIXELS_CUDA, BATCH_RATIO_CUDA = 1 << 23, 2.0
 
 
 def _torch():
@@ -510,7 +511,7 @@ def split_batch(images, hs, ws, params: dict | None = None):
     return drop_pieces(lab, comps, valid, float(p["edge_fraction"]))
 
 
-def size_groups(hs, ws, budget: int = BATCH_PIXELS, ratio: float | None = 1.25) -> list[np.ndarray]:
+def size_groups(hs, ws, budget: int = BATCH_PIXELS, ratio: float | None = BATCH_RATIO) -> list[np.ndarray]:
     """Index groups of regions of similar size (sorted by their longer side, a new group when
     a region is over ``ratio`` times the group's first plus 8 px (``None``: never), or when
     the padded canvases would exceed ``budget`` pixels)."""
@@ -532,10 +533,10 @@ def size_groups(hs, ws, budget: int = BATCH_PIXELS, ratio: float | None = 1.25) 
 
 
 def _groups(hs, ws, dev, budget):
-    """:func:`size_groups` for ``dev``: few large batches on CUDA, similar sizes elsewhere."""
+    """:func:`size_groups` for ``dev``: fewer, larger batches on CUDA."""
     if dev.type == "cuda":
-        return size_groups(hs, ws, budget or BATCH_PIXELS_CUDA, ratio=None)
-    return size_groups(hs, ws, budget or BATCH_PIXELS)
+        return size_groups(hs, ws, budget or BATCH_PIXELS_CUDA, BATCH_RATIO_CUDA)
+    return size_groups(hs, ws, budget or BATCH_PIXELS, BATCH_RATIO)
 
 
 def _split_groups(hs, ws, dev, budget, params, make_batch) -> list[np.ndarray]:

@@ -154,3 +154,48 @@ def test_training_canvases_match_the_inference_inputs(split):
     assert train.shape == crops.shape and len(owner) == (2 if split == "cells" else len(train))
     std = torch.as_tensor(clf.config["std"]).view(1, 3, 1, 1) * 255
     assert float(((train - crops).abs() * std).max()) <= 1.0  # within one grey level
+
+
+def test_attach_splitter_gives_a_trained_classifier_the_learned_split(tmp_path):
+    """``attach-splitter``: the network and abnormal model stay as trained, the regions are
+    split by the cache's splitter; a cache without one is refused with a clear message."""
+    import json
+
+    import torch
+
+    from napari_sickle.models.checkpoint import save_checkpoint
+    from napari_sickle.models.multilabel import RBCClassifier
+    from napari_sickle.models.splitter import DEFAULT_SPLITTER, build_splitter
+    from napari_sickle.training import real_classifier as rc
+
+    torch.manual_seed(0)
+    clf = rc._new_clf(pretrained=False, split="cells")
+    save_checkpoint(clf.to_checkpoint(), tmp_path / "clf.pt")
+    (tmp_path / "prepare.json").write_text(json.dumps({"config": {"split": "cells"}}))
+    with pytest.raises(ValueError, match="no learned splitter"):
+        rc.attach_splitter(tmp_path / "clf.pt", tmp_path, tmp_path / "out.pt", log=lambda *_: None)
+    cfg = {**DEFAULT_SPLITTER, **rc.SPLITTER_NET, "trained": True}
+    net = build_splitter(cfg)
+    torch.save(net.state_dict(), tmp_path / "splitter.pt")
+    (tmp_path / "prepare.json").write_text(json.dumps({"config": {"split": "unet", "splitter": cfg}, "splitter": {}}))
+    rc.main(
+        [
+            "attach-splitter",
+            "--cache",
+            str(tmp_path),
+            "--classifier",
+            str(tmp_path / "clf.pt"),
+            "--out",
+            str(tmp_path / "out.pt"),
+        ]
+    )
+    out = RBCClassifier.from_checkpoint(tmp_path / "out.pt")
+    assert out.split == "unet" and out.config["splitter"]["scale"] == rc.SPLITTER_NET["scale"]
+    assert out.recipe["splitter"]["attached_after_training"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(out.net.splitter.state_dict()[k], v)
+    for k, v in clf.net.heads.state_dict().items():
+        assert torch.equal(out.net.heads.state_dict()[k], v)
+    img = np.full((80, 120, 3), 200, np.uint8)
+    img[20:60, 20:60] = 90
+    assert out.predict_boxes(img, np.array([[10, 10, 70, 70]], np.float32)).shape == (1, 6)

@@ -91,7 +91,7 @@ def test_half_scale_splitter_with_occluded_patches_labels_regions_at_full_size(c
     """A splitter that sees regions at half scale, trained with occluded patches too: labels
     come back at the region's own size, and a batch gives each region the labels it gets alone."""
     from napari_sickle.data.compose import compose_occluded
-    from napari_sickle.models.splitter import DEFAULT_SPLITTER, LearnedSplit
+    from napari_sickle.models.splitter import DEFAULT_SPLITTER, LearnedSplit, split_many_learned
 
     cfg = {**DEFAULT_SPLITTER, "scale": 0.5}
     torch.manual_seed(0)
@@ -101,11 +101,14 @@ def test_half_scale_splitter_with_occluded_patches_labels_regions_at_full_size(c
     regions = [p[0] for p in compose_occluded(crops, 4, seed=3, return_masks=True)] + [
         np.full((30, 50, 3), 200, np.uint8)
     ]
+    regions += [r[::-1].copy() for r in regions[:2]]  # same padded sizes: shared network calls
     many = split.many(regions, workers=2)
-    for r, lab in zip(regions, many):
+    batched = split_many_learned(net, regions, cfg, batch_pixels=1 << 20)  # several regions per call
+    for r, lab, lab_b in zip(regions, many, batched):
+        np.testing.assert_array_equal(lab, lab_b)
         assert lab.shape == r.shape[:2] and lab.dtype == np.int32
         np.testing.assert_array_equal(lab, split(r))
-    assert many[-1].max() == 0  # a blank region has no cell
+    assert many[4].max() == 0  # a blank region has no cell
 
 
 def test_occluded_patches_return_the_visible_part_of_each_cell(crops):

@@ -102,10 +102,12 @@ def _has_cells(region: np.ndarray) -> bool:
     return region.shape[0] >= 8 and region.shape[1] >= 8 and bool(cell_foreground(region).any())
 
 
-def split_many_learned(net, regions, cfg: dict | None = None, batch_pixels: int = 1 << 20, workers: int = 1):
-    """:func:`split_cells_learned` of many regions: regions of the same padded size go through
-    the network together (at most ``batch_pixels`` input pixels per call), and the
-    post-processing runs on ``workers`` threads. Each region's labels are the same as alone."""
+def split_many_learned(net, regions, cfg: dict | None = None, batch_pixels: int | None = None, workers: int = 1):
+    """:func:`split_cells_learned` of many regions; the post-processing runs on ``workers``
+    threads. Regions of the same padded size go through the network together, at most
+    ``batch_pixels`` input pixels per call (default: one region per call on the CPU, where
+    batching is no faster and a region's labels then do not depend on its batch; 4 M pixels
+    on a GPU)."""
     import torch
 
     c = {**DEFAULT_SPLITTER, **(cfg or {})}
@@ -113,6 +115,8 @@ def split_many_learned(net, regions, cfg: dict | None = None, batch_pixels: int 
     out: list = [np.zeros(r.shape[:2], np.int32) for r in regions]
     todo = [i for i, r in enumerate(regions) if _has_cells(r)]
     dev = next(net.parameters()).device
+    if batch_pixels is None:
+        batch_pixels = 1 << 22 if dev.type == "cuda" else 1
     net.eval()
     scale = float(c["scale"])
     inputs = {i: region_tensor(regions[i], net.multiple, scale) for i in todo}

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .real_splitter import SPLITTER_NET, attach_splitter, fit_splitter, splitter_recipe
+
 INPUT_SIZE = 64
 MIN_SIDE = 72
 BACKBONE = "efficientnet-lite0"
@@ -42,11 +44,6 @@ BACKBONE = "efficientnet-lite0"
 FREEZE_BLOCKS = 2
 #: how regions are split into cells: "unet" (learned splitter) or "cells" (rule-based)
 SPLIT = "cells"
-#: learned splitter: network settings, training options, and how many Chula training cells
-#: join the Xu training crops it is trained on
-SPLITTER_NET = {"base_channels": 16, "scale": 0.5}
-SPLITTER_TRAIN = {"n_patches": 600, "n_occluded": 600, "min_visible": 0.5, "steps": 1000}
-SPLITTER_CHULA_CELLS = 700
 DEFAULTS = dict(
     n_chula_oval=2500,
     n_xu_patches=1500,
@@ -116,7 +113,7 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, split: str = SPLIT
     log(f"chula mapped cells {len(ch)} ({time.time() - t0:.0f}s)")
     info = {}
     if split == "unet":
-        info["splitter"] = _fit_splitter(clf, xu, ch, cache, seed)
+        info["splitter"] = fit_splitter(clf, xu, ch, cache, seed)
         log(f"splitter {info['splitter']} ({time.time() - t0:.0f}s)")
     for split in ("train", "val"):
         rs = _split_regions(split, xu, ch, clf, rng, c, seed)
@@ -135,23 +132,6 @@ def prepare(sickle_root, chula_root, cache, *, seed: int = 0, split: str = SPLIT
     info["config"] = dict(clf.config)
     (cache / "prepare.json").write_text(json.dumps(info, indent=1))
     return info
-
-
-def _fit_splitter(clf, xu, ch, cache: Path, seed: int) -> dict:
-    """Train ``clf``'s learned splitter on the training cells (Xu crops and a sample of Chula
-    cells) and save it as ``cache/splitter.pt``; returns the training stats."""
-    import torch
-
-    from ..data.real_cells import to_crops
-    from .splitter import fit_classifier_splitter
-
-    rng = np.random.default_rng(seed + 1)
-    cs = [x for x in ch if x.split == "train"]
-    cs = [cs[i] for i in sorted(rng.choice(len(cs), min(len(cs), SPLITTER_CHULA_CELLS), replace=False))]
-    crops = to_crops([x for x in xu if x.split == "train"]) + to_crops(cs)
-    stats = fit_classifier_splitter(clf, crops, seed=seed, **SPLITTER_TRAIN)
-    torch.save(clf.net.splitter.state_dict(), cache / "splitter.pt")
-    return stats
 
 
 def _split_regions(split: str, xu, ch, clf, rng, c: dict, seed: int) -> "RegionSet":
@@ -506,14 +486,7 @@ def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 
         "min_side": MIN_SIDE,
         "freeze_blocks": FREEZE_BLOCKS,
         "split": clf.split,
-        "splitter": {
-            "net": SPLITTER_NET,
-            "train": SPLITTER_TRAIN,
-            "chula_cells": SPLITTER_CHULA_CELLS,
-            "stats": prep.get("splitter"),
-        }
-        if clf.split == "unet"
-        else None,
+        "splitter": splitter_recipe(prep.get("splitter")) if clf.split == "unet" else None,
         "epochs": st["epoch"],
         "lr": st["lr"],
         "regions_per_epoch": st["regions_per_epoch"],
@@ -538,7 +511,7 @@ def main(argv=None):
     import os
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=("prepare", "train", "finish"))
+    ap.add_argument("step", choices=("prepare", "train", "finish", "attach-splitter"))
     ap.add_argument("--cache", default="runs/real_classifier")
     ap.add_argument("--data", default=os.environ.get("SICKLE_DATA", "../shared/data"))
     ap.add_argument("--epochs", type=int, default=4)
@@ -551,6 +524,7 @@ def main(argv=None):
     ap.add_argument("--fit-tta", default="none", help="views of the training outputs the abnormal model is fitted on")
     ap.add_argument("--init", default=None, help="start from the network of this state.pt (new schedule)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--classifier", default=None, help="attach-splitter: the trained classifier checkpoint")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--split", choices=("unet", "cells"), default=SPLIT, help="prepare: how regions are split into cells"
@@ -576,6 +550,10 @@ def main(argv=None):
             threads=a.threads,
             init=a.init,
         )
+    elif a.step == "attach-splitter":
+        if not a.classifier or not a.out:
+            ap.error("attach-splitter needs --classifier and --out")
+        attach_splitter(a.classifier, a.cache, a.out)
     else:
         finish(
             a.cache,

@@ -284,7 +284,9 @@ class SideNet(nn.Module):
 
 def test_children_forward_never_calls_are_folded():
     m = randomize_bn(SideNet())
+    m.side.eval()  # finding the pairs leaves every module's mode as it was
     assert sorted(conv_bn_pairs(m)) == [("main.0", "main.1"), ("side.0", "side.1")]
+    assert m.training and m.main[1].training and not m.side[1].training
     x = torch.randn(1, 3, 8, 8)
     ref, out = folded_copy(m)
     torch.testing.assert_close(out.side(x), ref.side(x), **TOL)

@@ -131,12 +131,13 @@ def _collect(module, prefix: str, pairs: list) -> None:
 def conv_bn_pairs(module) -> list[tuple[str, str]]:
     """Qualified names of the (convolution, batch norm) pairs of ``module`` that fold."""
     pairs: list[tuple[str, str]] = []
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()  # trace the inference code path
     try:
         _collect(module, "", pairs)
     finally:
-        module.train(was_training)
+        for m, mode in modes:  # each module's own mode back (a model may mix them)
+            m.training = mode
     seen, out = set(), []
     for conv, bn in pairs:
         if conv not in seen and bn not in seen:

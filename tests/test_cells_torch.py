@@ -160,6 +160,39 @@ def test_batched_equals_one_at_a_time_and_windows_equal_regions(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_cell_on_the_region_edge_is_kept_and_a_small_cut_piece_dropped():
+    """The main cell touching the region's edge (tight boxes) stays; a small piece cut by the
+    opposite edge and apart from it goes (``drop_foreign_pieces``), in one batch and alone."""
+    edge = _disc_image([(45, 22)], [26], shape=(90, 110))  # cut by the left edge
+    both = _disc_image([(45, 22), (45, 130)], [26, 24], shape=(90, 120), seed=4)  # and a piece on the right
+    labs = ct.split_regions([edge, both, _disc_image([(45, 75)], [28])])
+    for r, lab in zip((edge, both), labs):
+        assert int(lab.max()) == 1
+        np.testing.assert_array_equal(lab, split_cells(r))
+    assert not labs[1][:, 110:].any()
+    assert int(ct.split_regions([edge])[0].max()) == 1
+
+
+def test_agreement_with_the_host_split_on_simulated_smear_regions():
+    """The connected regions of small simulated smears (cells cut by the window's edge, tight
+    boxes): the same number of cells in every region, a mean matched IoU of 0.999 or more."""
+    from napari_sickle.data.simulate import simulate_smear
+    from napari_sickle.models.crops import _region_window
+
+    host, dev = [], []
+    for seed in (11, 12):
+        sm = simulate_smear(seed=seed, shape=(480, 640))
+        boxes = sm.regions[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+        windows = [_region_window(b, 480, 640, 4) for b in boxes]
+        host += [split_cells(sm.image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows]
+        dev += ct.split_windows(sm.image, windows)
+    same = np.mean([a.max() == b.max() for a, b in zip(host, dev)])
+    ious = [v for a, b in zip(host, dev) for v in _matched_iou(a, b)]
+    assert len(host) >= 30 and sum(int(a.max()) > 1 for a in host) >= 5
+    assert same >= SAME_COUNT_FLOOR, same
+    assert np.mean(ious) >= MEAN_IOU_FLOOR, np.mean(ious)
+
+
 def test_agreement_with_the_host_split_on_composed_patches(crops):
     from napari_sickle.data.compose import compose_patches
 

@@ -242,12 +242,12 @@ def _scatter_max(values, index, n: int):
 
 def _first_max(values, lab, sel, n: int):
     """Per label (``lab`` values < ``n``, over the pixels ``sel``): the flat index (1 + ...) of
-    its largest value's first pixel in raster order; ``n`` for labels without pixels."""
+    its largest value's first pixel in raster order; ``lab.numel() + 1`` for labels without pixels."""
     torch = _torch()
     idx = torch.arange(1, lab.numel() + 1, device=lab.device).view(lab.shape)
     vmax = _scatter_max(values[sel], lab[sel], n)
     at = sel & (values == vmax[lab])
-    first = torch.full((n,), n, dtype=torch.int64, device=lab.device)
+    first = torch.full((n,), lab.numel() + 1, dtype=torch.int64, device=lab.device)
     return first.scatter_reduce(0, lab[at], idx[at], "amin")
 
 
@@ -471,7 +471,7 @@ def drop_pieces(lab, comps, valid, edge_fraction: float):
     # the main component: the largest, the first in raster order among equals
     csz = torch.bincount(comps.reshape(-1), minlength=B * H * W + 1)[comps].float()
     px_sample = torch.arange(B, device=dev).view(B, 1, 1).expand(B, H, W)
-    first = _first_max(csz, px_sample, comps > 0, B)  # B (a pixel of region 0) where no component
+    first = _first_max(csz, px_sample, comps > 0, B)  # past the end where no component: no labels there
     main = comps.reshape(-1)[(first - 1).clamp(max=B * H * W - 1)]
     lf = largest.to(fdt)[sample]
     cut = edge & ((sizes.to(fdt) < float(edge_fraction) * lf) | (comp_of != main[sample]))

@@ -29,6 +29,9 @@ def test_missing_and_unknown_models_give_one_line(tiny_zoo):
         load_models(device="cpu")
     with pytest.raises(zoo.ModelFileError, match="unknown model 'no-such-model'"):
         load_models(device="cpu", model="no-such-model")
+    with pytest.raises(zoo.ModelFileError, match="'rbc-real-v1' is no longer shipped; use rbc-real-v2") as exc:
+        zoo.get("rbc-real-v1")
+    assert "\n" not in str(exc.value)
 
 
 def test_corrupt_registered_file_is_refused_before_unpickling(tiny_zoo):

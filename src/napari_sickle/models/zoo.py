@@ -1,6 +1,6 @@
 """Named, versioned models shipped inside the package (``napari_sickle/weights``).
 
-``weights/manifest.json`` lists each model: a name (``rbc-real-v1``), its task (``rbc``,
+``weights/manifest.json`` lists each model: a name (``rbc-real-v2``), its task (``rbc``,
 ``wbc`` or ``unet``), one file per role (``detector`` / ``classifier`` for ``rbc``,
 ``classifier`` for ``wbc``, ``unet`` for ``unet``) with the file's sha256, a one-line
 description of its training data for the GUI, and whether it is the task's default.
@@ -77,11 +77,17 @@ def models(task: str | None = None) -> list[ShippedModel]:
     return sorted(out, key=lambda m: (not m.default, m.name))
 
 
+#: models no longer shipped, and what replaced them (named in the error for the old name)
+RETIRED = {"rbc-real-v1": "rbc-real-v2 (same detector; its classifier adds a learned cell splitter)"}
+
+
 def get(name: str) -> ShippedModel:
     for m in models():
         if m.name == name:
             return m
     known = ", ".join(m.name for m in models()) or "none"
+    if name in RETIRED:
+        raise ModelFileError(f"model {name!r} is no longer shipped; use {RETIRED[name]}. Shipped models: {known}")
     raise ModelFileError(f"unknown model {name!r}; shipped models: {known}")
 
 

@@ -443,6 +443,7 @@ def print_table(r: dict) -> None:
             f"| {c['host_cells']} |\n"
             f"| torch ({r['device']}) | {c['torch_s']:.4f} | {c['cuts_torch_s']:.4f} | {c['torch_cells']} |"
         )
+        print(f"torch split: {c['batches']} padded batches, {c['torch_ops']} torch operator calls")
         print(
             f"torch vs host: same cell count in {c['same_count']:.1%} of the regions, identical labels in "
             f"{c['identical']:.1%}, matched IoU mean {c['mean_matched_iou']} (5th percentile {c['p5_matched_iou']})"

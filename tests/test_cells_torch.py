@@ -1,9 +1,8 @@
 """The batched torch cell split (models/cells_torch.py) against the host split (models/cells.py).
 
-Agreement floors, measured on composed patches of 2-4 sickle-rbc cells (6 crops per class
-folder, seeds 0-4, 40 patches each; docs/performance.md, "Device cell split"): the same number
-of cells as the host split in every patch and a mean matched IoU of 0.993-0.999 per seed.
-The floors below sit a little under that.
+The agreement floors sit a little under what was measured on these inputs and on the regions
+of 1920x1080 simulated smears (docs/performance.md, "Device cell split"): composed patches of
+2-4 sickle-rbc cells (6 crops per class folder) and small simulated smears.
 """
 
 from __future__ import annotations

@@ -274,8 +274,9 @@ def _new_clf(pretrained=True, split: str = SPLIT, cache: Path | None = None):
     (and its trained splitter)."""
     from ..models.multilabel import new_classifier
 
-    if cache is not None:
-        split = json.loads((Path(cache) / "prepare.json").read_text()).get("config", {}).get("split", "cells")
+    if cache is not None:  # a cache made before the learned split existed has no config: rule-based
+        prep = Path(cache) / "prepare.json"
+        split = json.loads(prep.read_text()).get("config", {}).get("split", "cells") if prep.is_file() else "cells"
     clf = new_classifier(
         BACKBONE,
         input_size=INPUT_SIZE,

@@ -251,3 +251,24 @@ def test_the_cuda_forms_of_morphology_and_maxima_give_the_same_labels(monkeypatc
         assert torch.equal(a, b)
     for a, b in zip(shifted, ct.split_regions(regions)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_classifier_option_selects_the_split():
+    """``RBCClassifier.cell_split_backend`` reaches the crop path: the same inputs either way here."""
+    from napari_sickle.models.multilabel import new_classifier
+
+    torch.manual_seed(0)
+    clf = new_classifier("efficientnet-lite0", input_size=32, min_side=80, pretrained=False, tta="none")
+    assert clf.split == "cells" and clf.cell_split_backend == "auto"
+    img = np.full((100, 400, 3), 190, np.uint8)
+    img[:90, :150] = _disc_image([(45, 50), (45, 99)], [25, 25])
+    img[:90, 250:400] = _disc_image([(45, 75)], [28])
+    boxes = [[0, 0, 150, 90], [250, 0, 400, 90]]
+    host, owner = clf.region_crops(img, boxes)
+    clf.cell_split_backend = "torch"
+    dev, owner_t = clf.region_crops(img, boxes)
+    assert owner.tolist() == owner_t.tolist() == [0, 0, 1]
+    assert torch.equal(host, dev)
+    clf.cell_split_backend = "gpu"
+    with pytest.raises(ValueError, match="unknown cell split backend"):
+        clf.region_crops(img, boxes)

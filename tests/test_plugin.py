@@ -117,6 +117,11 @@ def test_wheel_contains_manifest_and_installs_for_npe2(tmp_path):
         assert "napari_sickle/plugin/_reader.py" in names
         ep = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         eps = zf.read(ep).decode()
+        # every shipped model file travels in the wheel, all of them under 60 MB together
+        manifest = json.loads(zf.read("napari_sickle/weights/manifest.json"))
+        shipped = [f"napari_sickle/weights/{f['file']}" for m in manifest["models"] for f in m["files"].values()]
+        assert shipped and set(shipped) <= set(names)
+        assert sum(zf.getinfo(n).file_size for n in names if n.startswith("napari_sickle/weights/")) < 60e6
     assert "[napari.manifest]" in eps and "napari-sickle = napari_sickle:napari.yaml" in eps
 
     # A fresh venv as a user has it: napari & co. available, napari-sickle installed

@@ -205,19 +205,23 @@ def label(mask, max_iter: int | None = None):
     idx = torch.arange(1, n + 1, device=mask.device).view(B, H, W)
     lab = torch.where(mask, idx, big)
     limit = max_iter or (H * W + 1)
+    # persistent buffers: the padded labels (their four neighbour views) and the flat pointer
+    # table (its last entry, the background's, stays ``big``: only ``big`` is ever hooked there)
+    p = torch.full((B, H + 2, W + 2), big, dtype=lab.dtype, device=mask.device)
+    views = _views(p)
+    flat = torch.full((n + 1,), big, dtype=lab.dtype, device=mask.device)
+    body = flat[:n].view(B, H, W)
     for it in range(limit):
-        p = _pad(lab, big)
-        nb = torch.minimum(
-            torch.minimum(p[:, :-2, 1:-1], p[:, 2:, 1:-1]), torch.minimum(p[:, 1:-1, :-2], p[:, 1:-1, 2:])
-        )
+        p[:, 1:-1, 1:-1] = lab
+        nb = torch.minimum(torch.minimum(views[0], views[1]), torch.minimum(views[2], views[3]))
         nb = torch.where(mask, torch.minimum(nb, lab), big)
-        flat = torch.cat([lab.reshape(-1), lab.new_full((1,), big)])
-        flat.scatter_reduce_(0, (lab - 1).reshape(-1), nb.reshape(-1), "amin")  # hooking
-        flat[n] = big
-        new = torch.minimum(nb, flat[(lab - 1).clamp_(max=n)])
+        body.copy_(lab)
+        ptr = lab - 1
+        flat.scatter_reduce_(0, ptr.reshape(-1), nb.reshape(-1), "amin")  # hooking
+        new = torch.minimum(nb, flat[ptr])
         for _ in range(2):  # pointer jumping
-            flat = torch.cat([new.reshape(-1), new.new_full((1,), big)])
-            new = flat[(new - 1).clamp_(max=n)]
+            body.copy_(new)
+            new = flat[new - 1]
         done = (it + 1) % 2 == 0 and bool(torch.equal(new, lab))
         lab = new
         if done:

@@ -8,6 +8,8 @@ the settings of ``training.real_splitter.SPLITTER_NET``). Regions: the held-out 
 single crops, and 2-4 of those cells composed by ``bench_real_classifier.independent_patches``
 with each cell at least 90% (light) / 60% (heavy) visible. Prints one JSON object: per set,
 the share of regions with exactly the right number of cells, fewer (merged) and more (cut).
+``bbbc041``: the connected mask regions of the held-out BBBC041Seg images (larger cells, no
+per-cell truth): the share of regions each split cuts into several cells.
 """
 
 from __future__ import annotations
@@ -52,6 +54,31 @@ def counts(fn, regions) -> dict:
     }
 
 
+def bbbc041_multi(root: Path, learned) -> dict | None:
+    from scipy import ndimage as ndi
+
+    from napari_sickle.io.images import read_image, to_rgb_uint8
+    from napari_sickle.models.cells import split_cells
+
+    if not (root / "images").is_dir():
+        return None
+    names = sorted(p.name for p in (root / "images").glob("*.png"))[3::4]  # the held-out images
+    many = {"rule": [], "learned": []}
+    for name in names:
+        img = to_rgb_uint8(read_image(root / "images" / name))
+        m = np.asarray(read_image(sorted((root / "masks").glob(name.split(".")[0] + "*"))[0]))
+        lab, _ = ndi.label((m[..., 0] if m.ndim == 3 else m) > 0)
+        for k, sl in enumerate(ndi.find_objects(lab)):
+            if sl is None or (lab[sl] == k + 1).sum() < 200:
+                continue
+            reg = img[max(0, sl[0].start - 4) : sl[0].stop + 4, max(0, sl[1].start - 4) : sl[1].stop + 4]
+            many["rule"].append(int(split_cells(reg).max()) > 1)
+            many["learned"].append(int(learned(reg).max()) > 1)
+    return {"images": len(names), "regions": len(many["rule"])} | {
+        f"{k}_several_cells": round(float(np.mean(v)), 3) for k, v in many.items()
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("splitter")
@@ -78,6 +105,7 @@ def main(argv=None):
     out = {"splitter": a.splitter}
     for name, regions in sets.items():
         out[name] = {"rule": counts(split_cells, regions), "learned": counts(learned, regions)}
+    out["bbbc041"] = bbbc041_multi(Path(a.data) / "bbbc041seg", learned)
     out["seconds"] = round(time.time() - t0, 1)
     out["loadavg"] = os.getloadavg()
     print(json.dumps(out, indent=1))

@@ -142,3 +142,19 @@ def sim_small():
 @pytest.fixture(scope="session")
 def tiny_unet():
     return _tiny_unet()
+
+
+def disc_image(centres, radii, shape=(90, 150), outline=False, seed=0):
+    """Grey background with dark (filled, or outline-style ring) discs: cells for split tests."""
+    import numpy as np
+
+    yy, xx = np.indices(shape)
+    img = np.full(shape, 190.0)
+    for (cy, cx), r in zip(centres, radii):
+        d = np.hypot(yy - cy, xx - cx)
+        if outline:
+            img[(d <= r) & (d >= r - 3)] = 90.0
+        else:
+            img[d <= r] = 120.0
+    img = img + np.random.default_rng(seed).normal(0, 1.5, shape)
+    return np.clip(img, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)

@@ -8,46 +8,33 @@ from napari_sickle.models.cells import cell_canvases, split_cells
 from napari_sickle.models.multilabel import RBCClassifier, new_classifier, segment_max
 from napari_sickle.training.multilabel import Bags, _train_heads, region_logits
 
-
-def _disc_image(centres, radii, shape=(90, 150), outline=False):
-    """Grey background with dark (filled, or outline-style ring) discs."""
-    yy, xx = np.indices(shape)
-    img = np.full(shape, 190.0)
-    for (cy, cx), r in zip(centres, radii):
-        d = np.hypot(yy - cy, xx - cx)
-        if outline:
-            img[(d <= r) & (d >= r - 3)] = 90.0
-        else:
-            img[d <= r] = 120.0
-    rng = np.random.default_rng(0)
-    img = img + rng.normal(0, 1.5, shape)
-    return np.clip(img, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
+from conftest import disc_image
 
 
 def test_touching_discs_are_split_and_a_single_cell_is_one():
-    two = _disc_image([(45, 50), (45, 99)], [25, 25])  # touching at one point
+    two = disc_image([(45, 50), (45, 99)], [25, 25])  # touching at one point
     lab = split_cells(two)
     assert lab.max() == 2
     # each cell is (mostly) one label
     assert len(np.unique(lab[45, 30:45])) == 1 and len(np.unique(lab[45, 105:120])) == 1
     assert lab[45, 40] != lab[45, 110]
-    one = _disc_image([(45, 75)], [28])
+    one = disc_image([(45, 75)], [28])
     assert split_cells(one).max() == 1
-    ring = _disc_image([(45, 75)], [28], outline=True)  # outline-style cell: filled, one cell
+    ring = disc_image([(45, 75)], [28], outline=True)  # outline-style cell: filled, one cell
     lab = split_cells(ring)
     assert lab.max() == 1 and lab[45, 75] == 1
     assert split_cells(np.full((60, 60, 3), 170, np.uint8)).max() == 0
 
 
 def test_a_piece_of_a_neighbour_cut_by_the_region_edge_is_not_a_cell():
-    img = _disc_image([(45, 60), (45, 140)], [26, 22])  # the second disc is cut by the right edge
+    img = disc_image([(45, 60), (45, 140)], [26, 22])  # the second disc is cut by the right edge
     img = img[:, :125]
     lab = split_cells(img)
     assert lab.max() == 1 and lab[45, 60] == 1
 
 
 def test_cell_canvases_put_each_cell_alone_on_the_background():
-    img = _disc_image([(45, 50), (45, 99)], [25, 25])
+    img = disc_image([(45, 50), (45, 99)], [25, 25])
     canv = cell_canvases(img, [0, 0, 150, 90], min_side=80)
     assert len(canv) == 2
     for c in canv:
@@ -65,8 +52,8 @@ def test_region_inputs_and_probabilities_follow_the_owner():
     clf = new_classifier("efficientnet-lite0", input_size=32, min_side=80, pretrained=False, tta="none")
     assert clf.split == "cells" and clf.config["cell_split"]["h"] == 1.0
     img = np.full((100, 400, 3), 190, np.uint8)
-    img[:90, :150] = _disc_image([(45, 50), (45, 99)], [25, 25])
-    img[:90, 250:400] = _disc_image([(45, 75)], [28])
+    img[:90, :150] = disc_image([(45, 50), (45, 99)], [25, 25])
+    img[:90, 250:400] = disc_image([(45, 75)], [28])
     boxes = [[0, 0, 150, 90], [250, 0, 400, 90]]
     crops, owner = clf.region_crops(img, boxes)
     assert owner.tolist() == [0, 0, 1]

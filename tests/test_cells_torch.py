@@ -18,23 +18,11 @@ from scipy import ndimage as ndi
 from napari_sickle.models import cells_torch as ct
 from napari_sickle.models.cells import split_cells
 
+from conftest import disc_image
+
 SAME_COUNT_FLOOR = 0.95
 MEAN_IOU_FLOOR = 0.97
 PATCHES = 40
-
-
-def _disc_image(centres, radii, shape=(90, 150), outline=False, seed=0):
-    """Grey background with dark (filled, or outline-style ring) discs (as tests/test_cells.py)."""
-    yy, xx = np.indices(shape)
-    img = np.full(shape, 190.0)
-    for (cy, cx), r in zip(centres, radii):
-        d = np.hypot(yy - cy, xx - cx)
-        if outline:
-            img[(d <= r) & (d >= r - 3)] = 90.0
-        else:
-            img[d <= r] = 120.0
-    img = img + np.random.default_rng(seed).normal(0, 1.5, shape)
-    return np.clip(img, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
 
 
 def _matched_iou(ref, lab):
@@ -112,10 +100,10 @@ def test_distance_and_morphology_match_scipy_per_region_size():
 
 # ------------------------------------------------------------------ the split itself
 def test_touching_discs_single_cells_blank_regions_and_edge_pieces():
-    two = _disc_image([(45, 50), (45, 99)], [25, 25])
-    one = _disc_image([(45, 75)], [28])
-    ring = _disc_image([(45, 75)], [28], outline=True)
-    cut = _disc_image([(45, 60), (45, 140)], [26, 22])[:, :125]  # the second disc cut by the edge
+    two = disc_image([(45, 50), (45, 99)], [25, 25])
+    one = disc_image([(45, 75)], [28])
+    ring = disc_image([(45, 75)], [28], outline=True)
+    cut = disc_image([(45, 60), (45, 140)], [26, 22])[:, :125]  # the second disc cut by the edge
     rng = np.random.default_rng(3)
     blanks = [
         np.clip(170 + rng.normal(0, 2, (h, w, 3)), 0, 255).astype(np.uint8) for h, w in ((60, 60), (5, 40), (90, 7))
@@ -134,9 +122,9 @@ def test_touching_discs_single_cells_blank_regions_and_edge_pieces():
 def test_batched_equals_one_at_a_time_and_windows_equal_regions(monkeypatch):
     rng = np.random.default_rng(5)
     regions = [
-        _disc_image([(40, 45), (42, 92)], [24, 26], shape=(85, 140), seed=1),
-        _disc_image([(30, 30)], [22], shape=(64, 66), seed=2),
-        _disc_image([(45, 40), (40, 85), (80, 60)], [22, 24, 21], shape=(110, 120), seed=3),
+        disc_image([(40, 45), (42, 92)], [24, 26], shape=(85, 140), seed=1),
+        disc_image([(30, 30)], [22], shape=(64, 66), seed=2),
+        disc_image([(45, 40), (40, 85), (80, 60)], [22, 24, 21], shape=(110, 120), seed=3),
         np.clip(180 + rng.normal(0, 2, (50, 70, 3)), 0, 255).astype(np.uint8),
     ]
     alone = [ct.split_regions([r])[0] for r in regions]
@@ -162,9 +150,9 @@ def test_batched_equals_one_at_a_time_and_windows_equal_regions(monkeypatch):
 def test_a_cell_on_the_region_edge_is_kept_and_a_small_cut_piece_dropped():
     """The main cell touching the region's edge (tight boxes) stays; a small piece cut by the
     opposite edge and apart from it goes (``drop_foreign_pieces``), in one batch and alone."""
-    edge = _disc_image([(45, 22)], [26], shape=(90, 110))  # cut by the left edge
-    both = _disc_image([(45, 22), (45, 130)], [26, 24], shape=(90, 120), seed=4)  # and a piece on the right
-    labs = ct.split_regions([edge, both, _disc_image([(45, 75)], [28])])
+    edge = disc_image([(45, 22)], [26], shape=(90, 110))  # cut by the left edge
+    both = disc_image([(45, 22), (45, 130)], [26, 24], shape=(90, 120), seed=4)  # and a piece on the right
+    labs = ct.split_regions([edge, both, disc_image([(45, 75)], [28])])
     for r, lab in zip((edge, both), labs):
         assert int(lab.max()) == 1
         np.testing.assert_array_equal(lab, split_cells(r))
@@ -225,8 +213,8 @@ def test_backend_choice_and_the_crop_path_hook():
     with pytest.raises(ValueError, match="unknown cell split backend"):
         ct.resolve_backend("gpu")
     img = np.full((100, 400, 3), 190, np.uint8)
-    img[:90, :150] = _disc_image([(45, 50), (45, 99)], [25, 25])
-    img[:90, 250:400] = _disc_image([(45, 75)], [28])
+    img[:90, :150] = disc_image([(45, 50), (45, 99)], [25, 25])
+    img[:90, 250:400] = disc_image([(45, 75)], [28])
     boxes = [[4, 4, 146, 86], [254, 4, 396, 86]]
     host = cell_cuts(img, boxes, 80, backend="skimage")
     dev = cell_cuts(img, boxes, 80, backend="torch", device="cpu")
@@ -239,9 +227,9 @@ def test_backend_choice_and_the_crop_path_hook():
 def test_the_cuda_forms_of_morphology_and_maxima_give_the_same_labels(monkeypatch):
     """``conv2d`` disk morphology and ``max_pool2d`` maxima (used on CUDA) run here on the CPU."""
     regions = [
-        _disc_image([(40, 45), (42, 92)], [24, 26], shape=(85, 140), seed=1),
-        _disc_image([(45, 40), (40, 85), (80, 60)], [22, 24, 21], shape=(110, 120), seed=3),
-        _disc_image([(45, 75)], [28], outline=True),
+        disc_image([(40, 45), (42, 92)], [24, 26], shape=(85, 140), seed=1),
+        disc_image([(45, 40), (40, 85), (80, 60)], [22, 24, 21], shape=(110, 120), seed=3),
+        disc_image([(45, 75)], [28], outline=True),
     ]
     shifted = ct.split_regions(regions)
     m = torch.from_numpy(np.random.default_rng(2).random((2, 30, 41)) < 0.2).float()
@@ -261,8 +249,8 @@ def test_the_classifier_option_selects_the_split():
     clf = new_classifier("efficientnet-lite0", input_size=32, min_side=80, pretrained=False, tta="none")
     assert clf.split == "cells" and clf.cell_split_backend == "auto"
     img = np.full((100, 400, 3), 190, np.uint8)
-    img[:90, :150] = _disc_image([(45, 50), (45, 99)], [25, 25])
-    img[:90, 250:400] = _disc_image([(45, 75)], [28])
+    img[:90, :150] = disc_image([(45, 50), (45, 99)], [25, 25])
+    img[:90, 250:400] = disc_image([(45, 75)], [28])
     boxes = [[0, 0, 150, 90], [250, 0, 400, 90]]
     host, owner = clf.region_crops(img, boxes)
     clf.cell_split_backend = "torch"

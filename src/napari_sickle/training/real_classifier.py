@@ -10,10 +10,11 @@ Recipe (recorded in the checkpoint's ``recipe``):
   visible), Xu and Chula cells composed separately;
 * every region goes through the inference path of :class:`RBCClassifier`: split into cells,
   each cell centred on a ``min_side`` canvas, resized to ``input_size``; those canvases are
-  computed once (:func:`prepare`) and cached. The split (``SPLIT``) is the learned splitter
-  (:mod:`napari_sickle.models.splitter`), trained first on patches composed from the training
-  cells, occluded ones included, so a half-hidden cell is found as a cell of its own;
-  ``--split cells`` uses the rule-based split instead;
+  computed once (:func:`prepare`) and cached. The split (``SPLIT``) is the rule-based one;
+  ``prepare --split unet`` first trains the learned splitter
+  (:mod:`napari_sickle.models.splitter`, :mod:`.real_splitter`) on patches composed from the
+  training cells, occluded ones included, and splits with it; ``attach-splitter`` gives an
+  already trained classifier that splitter (how the shipped ``rbc-real-v2`` is built);
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
   grayscale conversion (:func:`augment_batch`); a region's logits are the largest over its

@@ -9,6 +9,7 @@ import os
 import sys
 
 from napari_sickle.cli import train
+from napari_sickle.training.distributed import exit_process
 
 
 def _crashing(log):
@@ -31,4 +32,4 @@ if __name__ == "__main__":
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         build = train.build_kwargs
         train.build_kwargs = lambda args, progress, log: build(args, progress, _crashing(log))
-    sys.exit(train.main(sys.argv[1:]))
+    exit_process(train.main(sys.argv[1:]))

@@ -147,6 +147,26 @@ def test_weighted_sampler_shares_one_global_draw():
     assert abs(frac - 0.5) < 0.03  # still class-balanced on one rank
 
 
+def test_exit_process_skips_interpreter_shutdown_only_under_torchrun(monkeypatch, capsys):
+    """Under torchrun the worker flushes and leaves with ``os._exit`` (a gloo thread freeing a
+    tensor during interpreter shutdown aborts the process); elsewhere it is a plain exit."""
+    from napari_sickle.training import distributed
+
+    for var in distributed.TORCHRUN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as plain:
+        distributed.exit_process(3)
+    assert plain.value.code == 3
+    codes = []
+    monkeypatch.setattr(distributed.os, "_exit", codes.append)
+    for var in distributed.TORCHRUN_VARS:
+        monkeypatch.setenv(var, "0")
+    print("last line", end="")
+    distributed.exit_process(None)
+    assert codes == [0]
+    assert capsys.readouterr().out == "last line"
+
+
 def test_two_ranks_train_and_match_one_process(single, tmp_path):
     ref_out, ref_ev = single
     ev = _torchrun(tmp_path / "ddp")

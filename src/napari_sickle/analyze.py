@@ -3,4 +3,6 @@
 from .cli.analyze import main
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    from .training.distributed import exit_process
+
+    exit_process(main())

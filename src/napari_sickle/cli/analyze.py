@@ -362,4 +362,6 @@ def _report(args, inputs, dist, rep, world) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..training.distributed import exit_process
+
+    exit_process(main())

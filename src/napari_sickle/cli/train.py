@@ -432,4 +432,6 @@ def _failed(args: argparse.Namespace, exc: Exception, rep: Reporter, ddp_glue) -
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from ..training.distributed import exit_process
+
+    exit_process(main())

@@ -29,7 +29,7 @@ import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 #: Environment variable torchrun sets for every worker; used to detect a torchrun launch.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -160,6 +160,29 @@ def cleanup(success: bool = True) -> None:
         finally:
             dist.destroy_process_group()
     _CTX = DistContext()
+
+
+def exit_process(code: int | None) -> NoReturn:
+    """Leave the process with ``code``: ``SystemExit`` normally; ``os._exit`` under torchrun.
+
+    Gloo's worker threads free the last collectives' tensors just after those collectives
+    return, and freeing a tensor that Python once held takes the GIL. When the interpreter is
+    already shutting down, that aborts the process ("terminate called without an active
+    exception", SIGABRT) and torchrun reports a finished run as failed. Under torchrun the
+    output is flushed and the interpreter's shutdown skipped."""
+    code = 0 if code is None else int(code)
+    if not launched_by_torchrun():
+        raise SystemExit(code)
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more to save
+            pass
+    os._exit(code)
 
 
 def barrier() -> None:

@@ -36,7 +36,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(a.threads)
-    from bench_real_classifier import independent_patches
+    from bench_real_classifier import OVERLAP_SETS, overlap_set
 
     from napari_sickle.data.real_cells import to_crops, xu_cells
     from napari_sickle.models import zoo
@@ -46,8 +46,8 @@ def main(argv=None):
     xs = xu_cells(Path(a.data) / "sickle-rbc", split="val")
     crops = to_crops(xs)
     sets = {"xu_single": [(c.image, c.y) for c in xs]}
-    for name, mv in (("xu_multi_light", 0.9), ("xu_multi_heavy", 0.6)):
-        sets[name] = [(p, t) for p, t, _ in independent_patches(crops, a.patches, a.seed + int(mv * 10), mv)]
+    for name in OVERLAP_SETS:
+        sets[f"xu_multi_{name}"] = [(p, t) for p, t, _ in overlap_set(crops, a.patches, a.seed, name)]
     out = {"classifiers": a.classifiers}
     for name, items in sets.items():
         probs = [

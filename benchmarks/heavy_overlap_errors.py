@@ -30,7 +30,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(a.threads)
-    from bench_real_classifier import independent_patches
+    from bench_real_classifier import overlap_set
 
     from napari_sickle.constants import RBC_TYPES
     from napari_sickle.data.real_cells import to_crops, xu_cells
@@ -41,7 +41,7 @@ def main(argv=None):
     path = str(zoo.resolve(a.classifier, "rbc", "classifier")) if zoo.is_model_name(a.classifier) else a.classifier
     clf = RBCClassifier.from_checkpoint(path)
     xs = xu_cells(Path(a.data) / "sickle-rbc", split="val")
-    pats = independent_patches(to_crops(xs), 300, 7 + 6, 0.6)  # the benchmark's heavy set
+    pats = overlap_set(to_crops(xs), 300, 7, "heavy")  # the benchmark's heavy set
     Y = np.stack([t for _, t, _ in pats]) >= 0.5
     split = clf.splitter_fn() or split_cells
     for j, views in enumerate(a.views):

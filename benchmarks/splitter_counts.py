@@ -90,7 +90,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(a.threads)
-    from bench_real_classifier import independent_patches
+    from bench_real_classifier import OVERLAP_SETS, overlap_set
 
     from napari_sickle.data.real_cells import to_crops, xu_cells
     from napari_sickle.models.cells import split_cells
@@ -99,9 +99,8 @@ def main(argv=None):
     learned = _learned(a.splitter)
     xs = xu_cells(Path(a.data) / "sickle-rbc", split="val")
     sets = {"single": [(c.image, 1) for c in xs]}
-    for name, mv in (("light", 0.9), ("heavy", 0.6)):
-        pats = independent_patches(to_crops(xs), a.patches, a.seed + int(mv * 10), mv)
-        sets[name] = [(p[0], p[2]) for p in pats]
+    for name in OVERLAP_SETS:
+        sets[name] = [(p[0], p[2]) for p in overlap_set(to_crops(xs), a.patches, a.seed, name)]
     out = {"splitter": a.splitter}
     for name, regions in sets.items():
         out[name] = {"rule": counts(split_cells, regions), "learned": counts(learned, regions)}

@@ -39,15 +39,17 @@ from scipy import ndimage as ndi
 OVERLAP_SETS = {"light": 0.9, "heavy": 0.6}
 
 
-def overlap_set(crops, n: int, seed: int, name: str):
+def overlap_set(crops, n: int, seed: int, name: str, keep_cells: bool = False):
     """The benchmark's ``name`` set (:data:`OVERLAP_SETS`) of ``n`` patches at base ``seed``:
     the same patches in every benchmark that asks for it."""
     mv = OVERLAP_SETS[name]
-    return independent_patches(crops, n, seed + int(mv * 10), mv)
+    return independent_patches(crops, n, seed + int(mv * 10), mv, keep_cells=keep_cells)
 
 
-def independent_patches(crops, n, seed, min_visible, max_cells=4):
-    """Multi-cell patches from single crops (see the module docstring); (image, types, k)."""
+def independent_patches(crops, n, seed, min_visible, max_cells=4, keep_cells=False):
+    """Multi-cell patches from single crops (see the module docstring); (image, types, k), and
+    with ``keep_cells`` a fourth item: each cell alone, pasted the same way on the patch's
+    background (:func:`cell_alone`), i.e. the patch's cells as if nothing hid them."""
     from napari_sickle.constants import RBC_TYPES
 
     rng = np.random.default_rng(seed)
@@ -107,8 +109,25 @@ def independent_patches(crops, n, seed, min_visible, max_cells=4):
         patch = np.clip(canvas[y0:y1, x0:x1] + rng.normal(0, 1.5, canvas[y0:y1, x0:x1].shape), 0, 255).astype(np.uint8)
         types = np.zeros(len(RBC_TYPES), int)
         types[[t for _, _, t, _ in cells]] = 1
-        out.append((patch, types, k))
+        if keep_cells:
+            out.append((patch, types, k, [cell_alone(img, m, bg, len(out)) for img, m, _t, _b in cells]))
+        else:
+            out.append((patch, types, k))
     return out
+
+
+def cell_alone(img, mask, bg, seed: int) -> np.ndarray:
+    """One transformed cell of :func:`independent_patches` pasted alone on ``bg`` as the
+    composer pastes it (soft mask edge, 5 px margin, the same noise), uint8."""
+    h, w = mask.shape
+    canvas = np.empty((h + 10, w + 10, 3), np.float32)
+    canvas[:] = bg
+    a_ = ndi.gaussian_filter(mask.astype(np.float32), 0.6)[..., None]
+    canvas[5 : 5 + h, 5 : 5 + w] = canvas[5 : 5 + h, 5 : 5 + w] * (1 - a_) + img * a_
+    ys, xs = np.nonzero(mask)
+    canvas = canvas[ys.min() : ys.max() + 11, xs.min() : xs.max() + 11]
+    noise = np.random.default_rng(seed).normal(0, 1.5, canvas.shape)
+    return np.clip(canvas + noise, 0, 255).astype(np.uint8)
 
 
 def _exact(clf, items):

@@ -14,7 +14,7 @@ Recipe (recorded in the checkpoint's ``recipe``):
   ``prepare --split unet`` first trains the learned splitter
   (:mod:`napari_sickle.models.splitter`, :mod:`.real_splitter`) on patches composed from the
   training cells, occluded ones included, and splits with it; ``attach-splitter`` gives an
-  already trained classifier that splitter (how the shipped ``rbc-real-v2`` is built);
+  already trained classifier that splitter (how the classifier of the shipped ``rbc-real-v3`` is built);
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
   grayscale conversion (:func:`augment_batch`); a region's logits are the largest over its

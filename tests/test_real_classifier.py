@@ -187,10 +187,13 @@ def test_attach_splitter_gives_a_trained_classifier_the_learned_split(tmp_path):
             str(tmp_path / "clf.pt"),
             "--out",
             str(tmp_path / "out.pt"),
+            "--occlusion",
+            "ellipse-min",
         ]
     )
     out = RBCClassifier.from_checkpoint(tmp_path / "out.pt")
     assert out.split == "unet" and out.config["splitter"]["scale"] == rc.SPLITTER_NET["scale"]
+    assert out.occlusion == out.recipe["occlusion"] == "ellipse-min"
     assert out.recipe["splitter"]["attached_after_training"]
     for k, v in net.state_dict().items():
         assert torch.equal(out.net.splitter.state_dict()[k], v)

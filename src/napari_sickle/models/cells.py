@@ -149,12 +149,22 @@ def region_background(region: np.ndarray, fg: np.ndarray) -> np.ndarray:
     return np.median(px.reshape(-1, region.shape[-1]), axis=0)
 
 
-def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = None, splitter=None) -> list[np.ndarray]:
+def cell_canvases(
+    image: np.ndarray,
+    box,
+    min_side: int,
+    params: dict | None = None,
+    splitter=None,
+    occlusion: str = "none",
+    partners: list | None = None,
+) -> list[np.ndarray]:
     """Square uint8 canvases (s, s, 3), one per cell of the region ``box`` (x0, y0, x1, y1;
     max exclusive) of an RGB uint8 ``image``: each cell on the region's background colour,
     centred, ``s = max(cell height, cell width, min_side)``. One canvas of the whole region
     when no cell is found. ``splitter(region) -> labels`` replaces :func:`split_cells` (the
-    region is the box plus ``margin`` px, clipped to the image)."""
+    region is the box plus ``margin`` px, clipped to the image). With an ``occlusion`` rule
+    (:mod:`napari_sickle.models.occlusion`) the canvases of the completed cells follow, and
+    ``partners`` (a list) receives, for each, the index of the cell it completes."""
     p = {**DEFAULT_SPLIT, **(params or {})}
     img = np.asarray(image)
     H, W = img.shape[:2]
@@ -174,6 +184,18 @@ def cell_canvases(image: np.ndarray, box, min_side: int, params: dict | None = N
         mask = ndi.binary_dilation(labels == c, iterations=int(p["dilate"]))
         alpha = ndi.gaussian_filter(mask.astype(np.float32), 1.0)
         out.append(_centre(region.astype(np.float32), alpha, bg, min_side, mask))
+    if occlusion != "none":
+        from .occlusion import completed
+
+        for c in range(1, n + 1):
+            done = completed(labels, c, region.astype(np.float32))
+            if done is None:
+                continue
+            mask = ndi.binary_dilation(done[0] == c, iterations=int(p["dilate"]))
+            alpha = ndi.gaussian_filter(mask.astype(np.float32), 1.0)
+            out.append(_centre(done[1], alpha, bg, min_side, mask))
+            if partners is not None:
+                partners.append(c - 1)
     return out
 
 

@@ -267,10 +267,14 @@ def _cell_cut(labels, c: int, regf, bg, dilate: int):
     return np.clip(np.rint(cut), 0, 255).astype(np.uint8)
 
 
-def _region_cuts(region, p: dict, splitter=None, labels=None):
+def _region_cuts(region, p: dict, splitter=None, labels=None, occlusion: str = "none"):
     """The cell split of one region (or its given ``labels``) and its cells' cuts: ``(cuts,
-    fill (3,) uint8)``; the region itself as the only cut when it holds at most one cell."""
+    fill (3,) uint8, partners)``; the region itself as the only cut when it holds at most one
+    cell. With ``occlusion="ellipse-min"`` (:mod:`napari_sickle.models.occlusion`) the cuts of
+    the cells it completes follow the visible cuts, ``partners[i]`` naming the visible cut
+    (index within the region) the ``i``-th of them completes."""
     from .cells import region_background, split_cells
+    from .occlusion import completed
 
     if labels is None:
         labels = split_cells(region, p) if splitter is None else np.asarray(splitter(region), np.int32)
@@ -279,8 +283,17 @@ def _region_cuts(region, p: dict, splitter=None, labels=None):
     fill = np.clip(np.rint(np.asarray(bg, np.float32)), 0, 255).astype(np.uint8)
     k = int(labels.max())
     if k <= 1:
-        return [region], fill
-    return [_cell_cut(labels, c, regf, bg, int(p["dilate"])) for c in range(1, k + 1)], fill
+        return [region], fill, []
+    d = int(p["dilate"])
+    cuts = [_cell_cut(labels, c, regf, bg, d) for c in range(1, k + 1)]
+    partners = []
+    if occlusion != "none":
+        for c in range(1, k + 1):
+            done = completed(labels, c, regf)
+            if done is not None:
+                cuts.append(_cell_cut(done[0], c, done[1], bg, d))
+                partners.append(c - 1)
+    return cuts, fill, partners
 
 
 def cell_cuts(
@@ -292,10 +305,13 @@ def cell_cuts(
     workers: int | None = None,
     backend: str = "skimage",
     device=None,
+    occlusion: str = "none",
 ):
     """Host part of the cell split: for every cell of every box, its blended cut (uint8,
     (h, w, 3)) and canvas fill colour, as ``models.cells.cell_canvases`` makes them before
-    centring. Returns ``(cuts, fills (M, 3) uint8, owner (M,))``.
+    centring. Returns ``(cuts, fills (M, 3) uint8, owner (M,))``. With an ``occlusion`` rule
+    the completed cells' cuts follow each region's cells, ``owner = -1 - j`` pointing at cut
+    ``j``, the visible cell they complete (``occlusion.apply_rule`` folds them back).
 
     The regions are independent, so the rule-based split runs on :func:`split_workers` threads
     (SciPy, scikit-image and NumPy release the GIL in their loops); each region's result is
@@ -321,19 +337,20 @@ def cell_cuts(
 
         labels = split_windows(img, windows, p, device or "cpu")
     if labels is not None:
-        per_region = [_region_cuts(r, p, labels=lab) for r, lab in zip(regions, labels)]
+        per_region = [_region_cuts(r, p, labels=lab, occlusion=occlusion) for r, lab in zip(regions, labels)]
     elif n > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(n, thread_name_prefix="cell-split") as ex:
-            per_region = list(ex.map(lambda r: _region_cuts(r, p), regions))
+            per_region = list(ex.map(lambda r: _region_cuts(r, p, occlusion=occlusion), regions))
     else:
-        per_region = [_region_cuts(r, p, splitter) for r in regions]
+        per_region = [_region_cuts(r, p, splitter, occlusion=occlusion) for r in regions]
     cuts, fills, owner = [], [], []
-    for i, (c, fill) in enumerate(per_region):
+    for i, (c, fill, partners) in enumerate(per_region):
+        first = len(cuts)
         cuts += c
         fills += [fill] * len(c)
-        owner += [i] * len(c)
+        owner += [i] * (len(c) - len(partners)) + [-1 - (first + j) for j in partners]
     return cuts, np.asarray(fills, np.uint8).reshape(-1, 3), np.asarray(owner, np.int64)
 
 
@@ -391,6 +408,7 @@ def region_crops(classifier, image, boxes, path: str = "batched"):
             splitter=classifier.splitter_fn(),
             backend=getattr(classifier, "cell_split_backend", "auto"),
             device=dev,
+            occlusion=classifier.occlusion,
         )
         return canvases_from_cuts(cuts, fills, size, int(cfg.get("min_side", CELL_MIN_SIDE)), dev, mean, std), owner
     img = image_to_device(image, dev)
@@ -406,12 +424,13 @@ def batch_region_crops(classifier, images, boxes_list, path: str = "batched"):
     one forward pass covers all their regions and views): ``(crops, owner)`` with ``owner``
     numbering the regions of all images in order (image 0's first, then image 1's, ...)."""
     torch = _torch()
-    crops, owners, offset = [], [], 0
+    crops, owners, offset, rows = [], [], 0, 0
     for image, boxes in zip(images, boxes_list):
         c, o = region_crops(classifier, image, boxes, path)
         crops.append(c)
-        owners.append(o + offset)
+        owners.append(np.where(o >= 0, o + offset, o - rows))  # o < 0 points at a row: shift it too
         offset += len(np.asarray(boxes).reshape(-1, 4))
+        rows += len(c)
     if not crops:
         s = classifier.input_size
         return torch.zeros((0, 3, s, s)), np.zeros(0, np.int64)

@@ -27,6 +27,10 @@ without them loads with the original behaviour):
   ``"unet"``: the same, with the cells found by a small learned splitter
   (:mod:`napari_sickle.models.splitter`, trained from the training crops by
   ``train_multilabel``) instead of the rule-based watershed.
+* ``occlusion``: ``"none"`` (default; checkpoints without it): each cell is read as it is
+  visible. ``"ellipse-min"``: a cell partly hidden by a neighbour is also read completed, and
+  its Elongated/Sickle probability is the smaller of both readings
+  (:mod:`napari_sickle.models.occlusion`).
 * ``pool``: how the backbone's feature maps become one vector. ``"avg"`` (original):
   global average pooling of the last map. ``"avgmax-s4"`` (default for new models): average
   and max of the last map plus the max of an intermediate stage (efficientnet-lite0 stage 4,
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import ABNORMAL_TYPES, IMAGENET_MEAN, IMAGENET_STD, RBC_TYPES
+from .occlusion import OCCLUSION_RULES
 from .region_inputs import (  # noqa: F401 (public here too)
     CELL_MIN_SIDE,
     DEFAULT_MIN_SIDE,
@@ -289,6 +294,12 @@ class RBCClassifier:
     def split(self) -> str:
         return str(self.config.get("split", "none"))
 
+    @property
+    def occlusion(self) -> str:
+        """How a cell half hidden by a neighbour is read (:mod:`napari_sickle.models.occlusion`):
+        ``"none"`` (visible part only; checkpoints without the setting) or ``"ellipse-min"``."""
+        return str(self.config.get("occlusion", "none"))
+
     def region_crops(self, image, boxes):
         """Network inputs for region boxes: ``(crops (M, 3, s, s), owner (M,))``, one input per
         box (``split="none"``, ``owner = arange``) or per cell of a box (``split="cells"`` or
@@ -311,6 +322,7 @@ class RBCClassifier:
                 std,
                 device=self.device or "cpu",
                 splitter=self.splitter_fn(),
+                occlusion=self.occlusion,
             )
         crops = self.crops(image, boxes)
         return crops, np.arange(len(crops), dtype=np.int64)
@@ -390,8 +402,12 @@ class RBCClassifier:
 
     def region_probs(self, feats, owner, n: int) -> np.ndarray:
         """Per-region probabilities (n, 6) from the features of the inputs of ``n`` regions
-        (``owner[i]``: region of input ``i``): the largest over each region's inputs."""
-        return segment_max(self.head_probs(feats), owner, n)
+        (``owner[i]``: region of input ``i``): the largest over each region's inputs, after
+        the occlusion rule folded completed cells (``owner < 0``) into their visible cells."""
+        from .occlusion import apply_rule
+
+        probs, owner = apply_rule(self.head_probs(feats), owner, self.types)
+        return segment_max(probs, owner, n)
 
     def predict_boxes(self, image, boxes, batch_size: int = 64, progress=None) -> np.ndarray:
         """Per-type probabilities (N, 6) for region boxes of an RGB uint8 image."""
@@ -451,12 +467,13 @@ class RBCClassifier:
             or cfg.get("crop", "stretch") not in CROPS
             or cfg.get("tta", "none") not in TTAS
             or cfg.get("split", "none") not in SPLITS
+            or cfg.get("occlusion", "none") not in OCCLUSION_RULES
         ):
             raise CheckpointError(
                 f"Multi-label checkpoint: unknown pooling {cfg.get('pool')!r}, crop "
-                f"{cfg.get('crop')!r}, tta {cfg.get('tta')!r} or split {cfg.get('split')!r}; "
-                f"this napari-sickle knows pools {POOLS}, crops {CROPS}, tta {TTAS} and "
-                f"splits {SPLITS}"
+                f"{cfg.get('crop')!r}, tta {cfg.get('tta')!r}, split {cfg.get('split')!r} or occlusion "
+                f"rule {cfg.get('occlusion')!r}; this napari-sickle knows pools {POOLS}, crops {CROPS}, "
+                f"tta {TTAS}, splits {SPLITS} and occlusion rules {OCCLUSION_RULES}"
             )
         # shipped models leave out the frozen ImageNet backbone tensors: they come from the installed package
         packaged = cfg.get("backbone_weights") == "package"

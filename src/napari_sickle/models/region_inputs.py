@@ -91,11 +91,13 @@ def cell_crops_from_boxes(
     std=IMAGENET_STD,
     device="cpu",
     splitter=None,
+    occlusion: str = "none",
 ):
     """One normalised input per *cell* of each box (``models.cells.cell_canvases``).
 
     Returns ``(crops (M, 3, size, size), owner (M,) int64)``: ``owner[i]`` is the index of the
-    box that cell ``i`` belongs to (every box has at least one)."""
+    box that cell ``i`` belongs to (every box has at least one); with an ``occlusion`` rule,
+    ``owner[i] = -1 - j`` marks input ``i`` as the completed reading of input ``j``."""
     import torch
 
     from .cells import cell_canvases
@@ -106,9 +108,14 @@ def cell_crops_from_boxes(
     s = torch.as_tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
     tensors, owner = [], []
     for i, box in enumerate(b):
-        for canvas in cell_canvases(img, box, int(min_side), params, splitter=splitter):
+        partners: list[int] = []
+        canvases = cell_canvases(
+            img, box, int(min_side), params, splitter=splitter, occlusion=occlusion, partners=partners
+        )
+        first, n_visible = len(tensors), len(canvases) - len(partners)
+        for j, canvas in enumerate(canvases):
             tensors.append(canvas_tensor(canvas, size, m, s, device))
-            owner.append(i)
+            owner.append(i if j < n_visible else -1 - (first + partners[j - n_visible]))
     if not tensors:
         return torch.zeros((0, 3, size, size), device=device), np.zeros(0, np.int64)
     return torch.stack(tensors), np.asarray(owner, np.int64)

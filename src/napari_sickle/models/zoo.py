@@ -1,6 +1,6 @@
 """Named, versioned models shipped inside the package (``napari_sickle/weights``).
 
-``weights/manifest.json`` lists each model: a name (``rbc-real-v3``), its task (``rbc``,
+``weights/manifest.json`` lists each model: a name (``rbc-real-v4``), its task (``rbc``,
 ``wbc`` or ``unet``), one file per role (``detector`` / ``classifier`` for ``rbc``,
 ``classifier`` for ``wbc``, ``unet`` for ``unet``) with the file's sha256, a one-line
 description of its training data for the GUI, and whether it is the task's default.
@@ -79,8 +79,9 @@ def models(task: str | None = None) -> list[ShippedModel]:
 
 #: models no longer shipped, and what replaced them (named in the error for the old name)
 RETIRED = {
-    "rbc-real-v1": "rbc-real-v3 (its detector trained longer at a 45 px cell diameter; its classifier adds a learned cell splitter)",
-    "rbc-real-v2": "rbc-real-v3 (the same classifier; its detector trained longer at a 45 px cell diameter)",
+    "rbc-real-v1": "rbc-real-v4 (its detector trained longer at a 45 px cell diameter; its classifier adds a learned cell splitter and reads half-hidden cells completed)",
+    "rbc-real-v2": "rbc-real-v4 (its detector trained longer at a 45 px cell diameter; its classifier reads half-hidden cells completed)",
+    "rbc-real-v3": "rbc-real-v4 (the same networks; its classifier also reads each half-hidden cell completed and calls it Elongated/Sickle only when the completed cell is elongated too)",
 }
 
 

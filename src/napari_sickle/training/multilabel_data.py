@@ -216,6 +216,9 @@ def compute_features(clf, ps: PatchSet, batch_size: int = 64, progress=None) -> 
 
     for image, boxes in ps.items:
         crops, owner = clf.region_crops(image, boxes)
+        if (owner < 0).any():  # training reads each cell as visible: drop the occlusion rule's completed cells
+            keep = owner >= 0
+            crops, owner = crops[torch.from_numpy(keep).to(crops.device)], owner[keep]
         pending.append(crops.cpu())
         owners.append(owner + n_boxes)
         n_boxes += len(boxes)

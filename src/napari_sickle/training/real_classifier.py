@@ -14,7 +14,9 @@ Recipe (recorded in the checkpoint's ``recipe``):
   ``prepare --split unet`` first trains the learned splitter
   (:mod:`napari_sickle.models.splitter`, :mod:`.real_splitter`) on patches composed from the
   training cells, occluded ones included, and splits with it; ``attach-splitter`` gives an
-  already trained classifier that splitter (how the classifier of the shipped ``rbc-real-v3`` is built);
+  already trained classifier that splitter and, with ``--occlusion ellipse-min``, the occlusion
+  rule of :mod:`napari_sickle.models.occlusion` (how the classifier of the shipped ``rbc-real-v4``
+  is built);
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
   grayscale conversion (:func:`augment_batch`); a region's logits are the largest over its
@@ -512,6 +514,8 @@ def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 
 def main(argv=None):
     import os
 
+    from ..models.occlusion import OCCLUSION_RULES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("prepare", "train", "finish", "attach-splitter"))
     ap.add_argument("--cache", default="runs/real_classifier")
@@ -528,6 +532,12 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--classifier", default=None, help="attach-splitter: the trained classifier checkpoint")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--occlusion",
+        choices=OCCLUSION_RULES,
+        default="none",
+        help="attach-splitter: how a cell half hidden by a neighbour is read at prediction (models.occlusion)",
+    )
     ap.add_argument(
         "--split", choices=("unet", "cells"), default=SPLIT, help="prepare: how regions are split into cells"
     )
@@ -555,7 +565,7 @@ def main(argv=None):
     elif a.step == "attach-splitter":
         if not a.classifier or not a.out:
             ap.error("attach-splitter needs --classifier and --out")
-        attach_splitter(a.classifier, a.cache, a.out)
+        attach_splitter(a.classifier, a.cache, a.out, occlusion=a.occlusion)
     else:
         finish(
             a.cache,

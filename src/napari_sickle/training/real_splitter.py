@@ -41,14 +41,16 @@ def fit_splitter(clf, xu, ch, cache: Path, seed: int) -> dict:
     return stats
 
 
-def attach_splitter(classifier, cache, out, *, log=print) -> dict:
+def attach_splitter(classifier, cache, out, *, occlusion: str = "none", log=print) -> dict:
     """Give a trained classifier the learned splitter of ``cache`` (``prepare --split unet``):
     the network and abnormal model stay as trained; at prediction the regions are split by
-    the splitter instead of the rule-based split. Writes ``out``; returns the recipe."""
+    the splitter instead of the rule-based split, and half-hidden cells are read by the
+    ``occlusion`` rule (:mod:`napari_sickle.models.occlusion`). Writes ``out``; returns the recipe."""
     import torch
 
     from ..models.checkpoint import save_checkpoint
     from ..models.multilabel import RBCClassifier
+    from ..models.occlusion import check_rule
     from ..models.splitter import build_splitter
 
     prep = json.loads((Path(cache) / "prepare.json").read_text())
@@ -61,11 +63,13 @@ def attach_splitter(classifier, cache, out, *, log=print) -> dict:
     clf.net.splitter = net.eval()
     clf.config["split"] = "unet"
     clf.config["splitter"] = {**cfg, "trained": True}
+    clf.config["occlusion"] = check_rule(occlusion)
     clf.recipe = {
         **(clf.recipe or {}),
         "split": "unet",
         "splitter": {**splitter_recipe(prep.get("splitter")), "attached_after_training": True},
+        "occlusion": clf.config["occlusion"],
     }
     save_checkpoint(clf.to_checkpoint(), out)
-    log(f"wrote {out}: split='unet'")
+    log(f"wrote {out}: split='unet', occlusion={clf.config['occlusion']!r}")
     return clf.recipe

@@ -30,8 +30,10 @@ def _two_cells(shape=(100, 130)):
 
 def test_hidden_part_restores_the_covered_part_of_a_round_cell():
     labels, truth = _two_cells()
-    add = O.hidden_part(labels, 1)
-    assert add is not None
+    rc = O.hidden_part(labels, 1)
+    assert rc is not None
+    add = np.zeros_like(truth)
+    add[rc] = True
     assert not (add & (labels != 2)).any()  # only pixels of the neighbour are given to the cell
     iou = (add & truth).sum() / (add | truth).sum()
     assert iou > 0.7
@@ -52,11 +54,15 @@ def test_completed_paints_the_hidden_part_in_the_cells_colour():
     region = np.full(labels.shape + (3,), 230.0, np.float32)
     region[labels == 1] = (200, 120, 130)
     region[labels == 2] = (180, 90, 100)
-    lab, reg = O.completed(labels, 1, region)
-    add = (lab == 1) & (labels == 2)
-    assert add.any()
+    lab, reg, win = O.completed(labels, 1, region, reach=7)
+    assert (lab == labels[win]).sum() < lab.size and reg.shape == region[win].shape
+    add = (lab == 1) & (labels[win] == 2)
+    assert add.any() and ((lab != labels[win]) == add).all()  # only the hidden part changes
     np.testing.assert_allclose(reg[add], np.broadcast_to([200, 120, 130], reg[add].shape))
-    assert (reg[labels == 2 & ~add] == region[labels == 2 & ~add]).all()
+    np.testing.assert_array_equal(reg[~add], region[win][~add])
+    ys, xs = np.nonzero(lab == 1)  # the window holds the completed cell and 7 + 2 px around it
+    assert ys.min() >= 9 and xs.min() >= 9 and lab.shape[0] - 1 - ys.max() >= 9
+    assert lab.shape[1] - 1 - xs.max() >= 9 or win[1].stop == labels.shape[1]
     assert O.completed(_disc((60, 60), 30, 30, 15).astype(np.int32), 1, region[:60, :60]) is None
 
 

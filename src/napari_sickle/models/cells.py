@@ -188,7 +188,7 @@ def cell_canvases(
         from .occlusion import completed
 
         for c in range(1, n + 1):
-            done = completed(labels, c, region.astype(np.float32))
+            done = completed(labels, c, region.astype(np.float32), reach=int(p["dilate"]) + 4)
             if done is None:
                 continue
             mask = ndi.binary_dilation(done[0] == c, iterations=int(p["dilate"]))

@@ -33,18 +33,34 @@ def check_rule(rule) -> str:
     return rule
 
 
-def hidden_part(labels: np.ndarray, c: int) -> np.ndarray | None:
-    """Pixels of other cells that cell ``c`` of ``labels`` would cover if it were the ellipse
-    fitted to its own outline; None when the cell touches no other cell, shares too little or
-    too much of its outline, or no plausible ellipse fits (area 0.8-2.2x the visible part,
-    holding at least 85% of it)."""
+def _window(mask: np.ndarray, pad: int):
+    """Slices of ``mask``'s box grown by ``pad`` px, clipped to the array."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (
+        slice(max(int(ys.min()) - pad, 0), min(int(ys.max()) + 1 + pad, h)),
+        slice(max(int(xs.min()) - pad, 0), min(int(xs.max()) + 1 + pad, w)),
+    )
+
+
+def hidden_part(labels: np.ndarray, c: int):
+    """``(rows, cols)`` of the pixels of other cells that cell ``c`` of ``labels`` would cover
+    if it were the ellipse fitted to its own outline; None when the cell touches no other
+    cell, shares too little of its outline, or no plausible ellipse fits (area 0.8-2.2x the
+    visible part, holding at least 85% of it). The outline is found on the cell's box only."""
     from scipy import ndimage as ndi
     from skimage.draw import ellipse
     from skimage.measure import EllipseModel
 
-    own = labels == c
-    others = (labels > 0) & ~own
-    if not others.any() or own.sum() < 30:
+    own_full = labels == c
+    n_own = int(own_full.sum())
+    if n_own < 30:
+        return None
+    win = _window(own_full, 4)
+    lab = labels[win]
+    own = lab == c
+    others = (lab > 0) & ~own
+    if not others.any():
         return None
     edge = own & ~ndi.binary_erosion(own)
     near = ndi.binary_dilation(others, iterations=2)
@@ -52,38 +68,44 @@ def hidden_part(labels: np.ndarray, c: int) -> np.ndarray | None:
     if (edge & near).sum() < MIN_SHARED * edge.sum() or natural.sum() < MIN_OWN_EDGE:
         return None
     ys, xs = np.nonzero(natural)
-    model = EllipseModel.from_estimate(np.column_stack([xs, ys]).astype(float))
+    model = EllipseModel.from_estimate(np.column_stack([xs + win[1].start, ys + win[0].start]).astype(float))
     if not model:
         return None
     (xc, yc), (a, b), theta = model.center, model.axis_lengths, model.theta
     area = np.pi * a * b
-    if not np.isfinite(area) or area > own.sum() / 0.45 or area < own.sum() * 0.8:
+    if not np.isfinite(area) or area > n_own / 0.45 or area < n_own * 0.8:
         return None
     for r_row, r_col in ((a, b), (b, a)):  # the axis order of the fit and of skimage.draw differ by case
         rr, cc = ellipse(yc, xc, r_row, r_col, shape=labels.shape, rotation=theta)
-        ell = np.zeros_like(own)
-        ell[rr, cc] = True
-        if (ell & own).sum() >= 0.85 * own.sum():
-            return ell & others
+        if own_full[rr, cc].sum() >= 0.85 * n_own:
+            on = labels[rr, cc]
+            keep = (on > 0) & (on != c)
+            return rr[keep], cc[keep]
     return None
 
 
-def completed(labels: np.ndarray, c: int, region: np.ndarray):
-    """``(labels, region)`` with cell ``c`` completed (:func:`hidden_part` labelled ``c`` and
-    painted in the median colour of the cell's inner pixels), or None when it is not."""
+def completed(labels: np.ndarray, c: int, region: np.ndarray, reach: int = 0):
+    """Cell ``c`` completed: its :func:`hidden_part` labelled ``c`` and painted in the median
+    colour of the cell's inner pixels, on the window of the completed cell grown by ``reach``
+    px: ``(labels, region, (row slice, col slice))``, or None when it is not completed."""
     from scipy import ndimage as ndi
 
     add = hidden_part(labels, c)
-    if add is None or not add.any():
+    if add is None or len(add[0]) == 0:
         return None
-    inner = ndi.binary_erosion(labels == c, iterations=2)
+    own = labels == c
+    full = own.copy()
+    full[add] = True
+    win = _window(full, reach + 2)
+    inner = ndi.binary_erosion(own[win], iterations=2)
     if inner.sum() < 10:
-        inner = labels == c
-    lab = labels.copy()
-    lab[add] = c
-    reg = np.array(region, dtype=np.float32, copy=True)
-    reg[add] = np.median(reg[inner], axis=0)
-    return lab, reg
+        inner = own[win]
+    lab = np.array(labels[win], copy=True)
+    reg = np.array(region[win], dtype=np.float32, copy=True)
+    local = (add[0] - win[0].start, add[1] - win[1].start)
+    lab[local] = c
+    reg[local] = np.median(reg[inner], axis=0)
+    return lab, reg, win
 
 
 def apply_rule(probs: np.ndarray, owner: np.ndarray, types) -> tuple[np.ndarray, np.ndarray]:

@@ -289,9 +289,8 @@ def _region_cuts(region, p: dict, splitter=None, labels=None, occlusion: str = "
     partners = []
     if occlusion != "none":
         for c in range(1, k + 1):
-            done = completed(
-                labels, c, regf, reach=d + 4
-            )  # window covers the cut's reach: same cut as on the whole region
+            # the window covers the cut's reach, so the cut equals the whole region's
+            done = completed(labels, c, regf, reach=d + 4)
             if done is not None:
                 cuts.append(_cell_cut(done[0], c, done[1], bg, d))
                 partners.append(c - 1)

@@ -8,7 +8,7 @@ match; for the first setting also the exact match of the patches the split finds
 merged or cut, and the false / missed calls of each type. ``--ceiling`` also scores the same
 patches with every cell classified fully visible (alone, pasted the same way) and a region's
 types the union of its cells' calls: what a perfect split with the hidden parts restored
-could reach.
+could reach; and how many of the patches with a false Elongated/Sickle call are right that way.
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ def main(argv=None):
     from napari_sickle.models import zoo
     from napari_sickle.models.cells import split_cells
     from napari_sickle.models.multilabel import RBCClassifier
+    from napari_sickle.models.occlusion import SHAPE_TYPE
 
     path = str(zoo.resolve(a.classifier, "rbc", "classifier")) if zoo.is_model_name(a.classifier) else a.classifier
     clf = RBCClassifier.from_checkpoint(path)
     xs = xu_cells(Path(a.data) / "sickle-rbc", split="val")
     pats = overlap_set(to_crops(xs), 300, 7, "heavy", keep_cells=True)  # the benchmark's heavy set
     Y = np.stack([t for _, t, _, _ in pats]) >= 0.5
+    SHAPE = RBC_TYPES.index(SHAPE_TYPE)
     split = clf.splitter_fn() or split_cells
     for j, views in enumerate(a.views):
         clf.config["tta"] = views
@@ -57,6 +59,7 @@ def main(argv=None):
         print(f"views {views}: exact match {ok.mean():.3f} (n={len(ok)})")
         if j:
             continue
+        false_shape = (P[:, SHAPE] >= 0.5) & ~Y[:, SHAPE]
         k = np.array([n for _, _, n, _ in pats])
         found = np.array([max(1, int(split(p).max())) for p, _, _, _ in pats])
         for name, m in (("split right", found == k), ("merged", found < k), ("cut", found > k)):
@@ -70,7 +73,12 @@ def main(argv=None):
             return clf.predict_boxes(im, np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32))[0]
 
         P = np.stack([np.max([types(c) for c in cells], axis=0) for _, _, _, cells in pats])
-        print(f"each cell fully visible ({a.views[0]}): exact match {np.all((P >= 0.5) == Y, axis=1).mean():.3f}")
+        alone_ok = np.all((P >= 0.5) == Y, axis=1)
+        print(f"each cell fully visible ({a.views[0]}): exact match {alone_ok.mean():.3f}")
+        print(
+            f"  patches with a false Elongated/Sickle call: {int(false_shape.sum())}, "
+            f"right with each cell fully visible: {int((false_shape & alone_ok).sum())}"
+        )
     print("loadavg", os.getloadavg())
 
 

@@ -187,8 +187,9 @@ def cell_canvases(
     if occlusion != "none":
         from .occlusion import completed
 
+        regf = region.astype(np.float32)
         for c in range(1, n + 1):
-            done = completed(labels, c, region.astype(np.float32), reach=int(p["dilate"]) + 4)
+            done = completed(labels, c, regf, reach=int(p["dilate"]) + 4)
             if done is None:
                 continue
             mask = ndi.binary_dilation(done[0] == c, iterations=int(p["dilate"]))

@@ -143,27 +143,25 @@ def _exact(clf, items):
     return {"exact_match": round(float(np.mean(hits)), 4), "n": len(hits)}
 
 
-def chula_scores(clf, root):
-    from napari_sickle.data.real_cells import (
-        CHULA_CLASSES,
-        chula_is_val,
-        chula_type_row,
-        cut_cell,
-        read_chula_points,
-        smear_cell_labels,
-    )
+def chula_smears(root):
+    """``(image id, RGB uint8, points)`` of every Chula validation smear with labelled points."""
+    from napari_sickle.data.real_cells import chula_is_val, read_chula_points
     from napari_sickle.io.images import read_image, to_rgb_uint8
 
-    rows = []  # (mode, class_id, probs, p_abn)
-    files = sorted((Path(root) / "Label").glob("*.txt"), key=lambda p: int(p.stem))
-    for lf in files:
-        if not chula_is_val(lf.stem):
+    for lf in sorted((Path(root) / "Label").glob("*.txt"), key=lambda p: int(p.stem)):
+        ip = Path(root) / "Dataset" / f"{lf.stem}.jpg"
+        if not chula_is_val(lf.stem) or not ip.exists():
             continue
         pts = read_chula_points(lf)
-        ip = Path(root) / "Dataset" / f"{lf.stem}.jpg"
-        if not ip.exists() or not len(pts):
-            continue
-        rgb = to_rgb_uint8(read_image(ip))
+        if len(pts):
+            yield lf.stem, to_rgb_uint8(read_image(ip)), pts
+
+
+def chula_scores(clf, root):
+    from napari_sickle.data.real_cells import cut_cell, smear_cell_labels
+
+    rows = []  # (mode, class_id, probs)
+    for _name, rgb, pts in chula_smears(root):
         labels, bg = smear_cell_labels(rgb, pts)
         areas = np.bincount(labels.ravel(), minlength=len(pts) + 1)[1:]
         med = float(np.median(areas[areas > 0]))
@@ -188,29 +186,40 @@ def chula_scores(clf, root):
         r = [x for x in rows if x[0] == mode]
         cls = np.array([c for _, c, _ in r])
         P = np.stack([p for *_, p in r])
-        abn = clf.abnormal_proba(P) >= 0.5
-        mapped = np.array([chula_type_row(c) is not None for c in cls])
-        Y = np.stack([chula_type_row(c) for c in cls[mapped]])
-        res = {
-            "exact_type_match": round(float(np.mean(np.all((P[mapped] >= 0.5) == (Y >= 0.5), axis=1))), 4),
-            "n_mapped": int(mapped.sum()),
-            "n_normal": int((cls == 0).sum()),
-            "n_abnormal_mapped": int(np.isin(cls, [5, 8, 12]).sum()),
-            "normal_called_normal": round(float(np.mean(~abn[cls == 0])), 4),
-            "ovalocyte_called_normal": round(float(np.mean(~abn[cls == 6])), 4),
-            "abnormal_called_abnormal": round(float(np.mean(abn[np.isin(cls, [5, 8, 12])])), 4),
-            "per_class_exact": {
-                CHULA_CLASSES[c]: round(
-                    float(np.mean(np.all((P[cls == c] >= 0.5) == (chula_type_row(c) >= 0.5), axis=1))), 4
-                )
-                for c in (0, 6, 5, 8, 12)
-            },
-            "unmapped_called_abnormal": {
-                CHULA_CLASSES[c]: round(float(np.mean(abn[cls == c])), 3) for c in sorted(set(cls[~mapped].tolist()))
-            },
-        }
-        out[mode] = res
+        out[mode] = chula_metrics(cls, P, clf.abnormal_proba(P) >= 0.5)
     return out
+
+
+def chula_metrics(cls, P, abn) -> dict:
+    """The Chula aims on cells of Chula class ids ``cls`` with type probabilities ``P`` and
+    abnormal calls ``abn``: exact type match on the mapped classes, normal (class 0) and
+    ovalocyte called normal, mapped abnormal classes called abnormal, per class exact match,
+    and the share of each unmapped class called abnormal (information, no target)."""
+    from napari_sickle.data.real_cells import CHULA_CLASSES, chula_type_row
+
+    cls, P, abn = np.asarray(cls), np.asarray(P), np.asarray(abn, bool)
+    mapped = np.array([chula_type_row(c) is not None for c in cls])
+    Y = np.stack([chula_type_row(c) for c in cls[mapped]])
+    abnormal = np.isin(cls, [5, 8, 12])
+    return {
+        "exact_type_match": round(float(np.mean(np.all((P[mapped] >= 0.5) == (Y >= 0.5), axis=1))), 4),
+        "n_mapped": int(mapped.sum()),
+        "n_normal": int((cls == 0).sum()),
+        "n_abnormal_mapped": int(abnormal.sum()),
+        "normal_called_normal": round(float(np.mean(~abn[cls == 0])), 4),
+        "ovalocyte_called_normal": round(float(np.mean(~abn[cls == 6])), 4),
+        "abnormal_called_abnormal": round(float(np.mean(abn[abnormal])), 4),
+        "per_class_exact": {
+            CHULA_CLASSES[c]: round(
+                float(np.mean(np.all((P[cls == c] >= 0.5) == (chula_type_row(c) >= 0.5), axis=1))), 4
+            )
+            for c in (0, 6, 5, 8, 12)
+            if (cls == c).any()
+        },
+        "unmapped_called_abnormal": {
+            CHULA_CLASSES[c]: round(float(np.mean(abn[cls == c])), 3) for c in sorted(set(cls[~mapped].tolist()))
+        },
+    }
 
 
 def speed(clf, threads):

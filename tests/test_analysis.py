@@ -158,6 +158,24 @@ def test_region_merge_one_box_per_connected_region():
         apply_region_merge(gray, boxes, scores, np.ones(4, np.int64), {"method": "nms"})
 
 
+def test_region_masks_fill_pale_centres_not_concavities():
+    """A cell whose pale centre reaches the background through a broken rim gets its centre;
+    a crescent keeps its concave side (both are what Otsu's threshold gives on real smears)."""
+    from napari_sickle.analysis.smear import region_masks_from_boxes
+
+    yy, xx = np.mgrid[:60, :130]
+    r1 = np.hypot(yy - 30, xx - 30)
+    ring = (r1 < 20) & (r1 >= 9) & ~((np.abs(yy - 30) < 3) & (xx > 30))  # rim broken by a 5 px gap
+    crescent = (np.hypot(yy - 30, xx - 95) < 20) & (np.hypot(yy - 30, xx - 107) >= 17)
+    fg = ring | crescent
+    boxes = np.array([[10, 10, 51, 51], [75, 10, 116, 51]], np.float32)
+    m = region_masks_from_boxes(fg, boxes, np.array([0.9, 0.8], np.float32))
+    assert (m[r1 < 9] == 1).all()  # the pale centre is the cell's
+    assert (m[ring] == 1).all() and (m[crescent] == 2).all()
+    assert m[30, 110] == 0 and (m == 2).sum() == crescent.sum()  # the crescent's concave side stays background
+    assert not ((m == 1) & (r1 >= 20)).any()  # nothing grows outside the cell
+
+
 def test_detector_validates_on_part_of_train_split():
     from napari_sickle.training.detector import _split_items
 

@@ -32,6 +32,8 @@ SCD_RULE = (
 MIN_IMAGE_SIDE = 16
 #: Cells must be at least this much darker (0-255 gray) than the background to count as cells.
 MIN_CONTRAST = 12.0
+#: a region's pale cell centres are filled across rim gaps up to about twice this share of its box's short side
+PALLOR_GAP = 0.1
 #: Detections whose box holds less than this fraction of cell pixels are dropped.
 MIN_BOX_FOREGROUND = 0.05
 
@@ -176,9 +178,7 @@ def merge_by_connected_region(fg: np.ndarray, boxes: np.ndarray, scores: np.ndar
 
 def region_masks_from_boxes(fg: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """(H, W) int32: the cell pixels inside each box, id = row + 1; where boxes overlap the
-    higher-scoring region wins. Holes inside a region's cells are filled."""
-    from scipy import ndimage as ndi
-
+    higher-scoring region wins. Pale cell centres are included (:func:`fill_pallor`)."""
     h, w = fg.shape
     out = np.zeros((h, w), np.int32)
     order = np.argsort(-np.asarray(scores), kind="stable")
@@ -188,10 +188,34 @@ def region_masks_from_boxes(fg: np.ndarray, boxes: np.ndarray, scores: np.ndarra
         x1, y1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
         if x1 <= x0 or y1 <= y0:
             continue
-        sub = ndi.binary_fill_holes(fg[y0:y1, x0:x1])
+        sub = fill_pallor(fg[y0:y1, x0:x1], PALLOR_GAP * min(x1 - x0, y1 - y0))
         view = out[y0:y1, x0:x1]
         view[(view == 0) & sub] = i + 1
     return out
+
+
+def fill_pallor(mask: np.ndarray, gap: float) -> np.ndarray:
+    """``mask`` with its holes filled, also holes whose rim is broken by gaps of up to about
+    ``2 * gap`` px: a pale cell centre often reaches the background through a faint part of
+    the rim, and Otsu's threshold then leaves a notch instead of a hole. Only what closes such
+    a hole is added (a closing by a disk of radius ``gap`` finds it); outer concavities, e.g.
+    of a sickle cell, stay as they are."""
+    from scipy import ndimage as ndi
+
+    filled = ndi.binary_fill_holes(mask)
+    r = float(gap)
+    if r < 1 or not mask.any():
+        return filled
+    pad = int(np.ceil(r)) + 1
+    m = np.pad(mask, pad)
+    closed = ndi.distance_transform_edt(ndi.distance_transform_edt(~m) <= r) > r  # closing, disk r
+    closed = closed[pad:-pad, pad:-pad]
+    holes = ndi.binary_fill_holes(closed) & ~closed
+    if not holes.any():
+        return filled
+    lab, _ = ndi.label(ndi.binary_fill_holes(closed) & ~mask)
+    ids = np.unique(lab[holes])
+    return filled | np.isin(lab, ids[ids > 0])
 
 
 def _empty(shape, name, thr, timings=None) -> SmearResult:

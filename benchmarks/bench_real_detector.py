@@ -10,7 +10,10 @@ labelled cells (points) inside a detected box; BBBC041, region AP50 (one box per
 region of mask pixels) and recall at IoU 0.5; BCCD, RBC AP50 (``training.detector.ap50``'s
 Pascal VOC all-point AP). AP uses every detection (score >= 0.05); recall, precision and the
 points use the boxes ``analyze_smear`` keeps (score >= 0.5). Also: the estimated cell diameter
-against the annotated median box size, and the detection seconds per image.
+against the annotated median box size, and the detection seconds per image. ``--analyze`` also
+scores the regions the Analyze button shows (``analysis.smear.detect_regions`` with its
+defaults: score >= 0.5, boxes without cell pixels dropped, the model's own merge setting), as
+``sources_analyze``: the figures a user of the plugin gets.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="at most N validation images per source")
     ap.add_argument("--score", type=float, default=0.5, help="score threshold for recall / points inside")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--analyze", action="store_true", help="also score the regions analyze_smear keeps")
     args = ap.parse_args(argv)
 
     import torch
@@ -81,14 +85,23 @@ def main(argv=None):
         "load_average": os.getloadavg(),
         "sources": res,
     }
+    if args.analyze:
+        from napari_sickle.analysis.smear import detect_regions
+
+        kept = []
+        for it in items:
+            b, sc, _fg = detect_regions(it["image"], det, score_threshold=args.score)
+            kept.append((b, sc, np.ones(len(b), np.int64)))
+        out["sources_analyze"] = score_real(kept, items, score_threshold=args.score)
     print(
         f"{'source':<13} {'images':>6} {'boxes':>6} {'AP50':>6} {'recall':>6} {'points in':>9} "
         f"{'est/box d (5/50/95%)':>22}"
     )
-    for src, r in res.items():
+    rows = [(src, r, "/".join(f"{v:.2f}" for v in r["estimate_over_box_size"])) for src, r in res.items()]
+    rows += [(f"{src} (Analyze)", r, "") for src, r in out.get("sources_analyze", {}).items()]
+    for src, r, q in rows:
         pin = f"{r['points_inside']:.4f}" if "points_inside" in r else "-"
         apv = f"{r['ap50']:.4f}" if r["ap50"] is not None else "-"
-        q = "/".join(f"{v:.2f}" for v in r["estimate_over_box_size"])
         print(f"{src:<13} {r['n_images']:>6} {r['n_boxes']:>6} {apv:>6} {r['recall']:>6.3f} {pin:>9} {q:>22}")
     print(f"detect: {out['seconds_per_image']} s/image ({args.threads} threads, load {os.getloadavg()[0]:.2f})")
     if args.json:

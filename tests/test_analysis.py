@@ -176,6 +176,33 @@ def test_region_masks_fill_pale_centres_not_concavities():
     assert not ((m == 1) & (r1 >= 20)).any()  # nothing grows outside the cell
 
 
+def test_detect_regions_merges_only_for_detectors_without_their_own_setting():
+    """A detector trained on real smears (``region_merge: False``) keeps its boxes: merging by
+    connected cell pixels would join a crowded field into one box. Without a setting
+    (simulated smears) detections on one connected group of cells become one region."""
+    from napari_sickle.analysis.smear import detect_regions
+
+    gray = _three_cells()
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.uint8)
+    boxes = np.array([[15, 25, 46, 56], [43, 25, 74, 56], [115, 35, 146, 66]], np.float32)
+
+    class Fake:
+        class_names = ["cell region"]
+
+        def __init__(self, merge):
+            self.config = {"region_merge": merge}
+
+        def detect(self, image, **kw):
+            return boxes.copy(), np.array([0.9, 0.8, 0.7], np.float32), np.ones(3, np.int64)
+
+    kept, _, _ = detect_regions(rgb, Fake(False))
+    np.testing.assert_allclose(kept, boxes)
+    merged, _, _ = detect_regions(rgb, Fake(None))
+    assert len(merged) == 2  # the two touching cells are one region
+    np.testing.assert_allclose(merged[0], [15, 25, 74, 56], atol=1)
+    assert len(detect_regions(rgb, Fake(None), merge_regions=False)[0]) == 3
+
+
 def test_detector_validates_on_part_of_train_split():
     from napari_sickle.training.detector import _split_items
 

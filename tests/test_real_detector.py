@@ -178,6 +178,7 @@ def test_train_detector_on_real_spec(tmp_path):
     )
     ck = load_checkpoint(r["checkpoint"], kind="detector")
     assert ck["config"]["cell_diameter"] == 20.0 and ck["recipe"]["source_balance"] is True
+    assert ck["config"]["region_merge"] is False  # analyze_smear keeps the boxes it learned
     ep = [d for d in logs if d["event"] == "epoch"][0]
     assert set(ep["per_source"]) == {"bccd", "bbbc041seg", "chula-rbc12"}
     assert "points_inside" in ep["per_source"]["chula-rbc12"]

@@ -34,8 +34,10 @@ MIN_IMAGE_SIDE = 16
 MIN_CONTRAST = 12.0
 #: a region's pale cell centres are filled across rim gaps up to about twice this share of its box's short side
 PALLOR_GAP = 0.1
-#: Detections whose box holds less than this fraction of cell pixels are dropped.
-MIN_BOX_FOREGROUND = 0.05
+#: Detections whose box holds less than this fraction of cell pixels are dropped (an empty field
+#: has none). Small: Otsu's threshold misses pale red cells in smears with dark white cells, and
+#: 5% dropped 28 true BCCD cells in 87 photographs (docs/models.md).
+MIN_BOX_FOREGROUND = 0.005
 
 
 @dataclass
@@ -313,8 +315,9 @@ def detect_regions(
     if len(boxes):
         ok &= box_foreground_fraction(fg, boxes) >= MIN_BOX_FOREGROUND
     boxes, scores = boxes[ok], scores[ok]
-    if merge_regions and len(boxes) and not detector.config.get("region_merge"):
-        # (a detector with its own region_merge setting already returned one box per region)
+    if merge_regions and len(boxes) and detector.config.get("region_merge") is None:
+        # (a detector with its own region_merge setting merged, or not, in detect(); False: its
+        # boxes are regions already, e.g. one trained on real smears' region boxes)
         boxes, scores = merge_by_connected_region(fg, boxes, scores)
     return boxes, scores, fg
 
@@ -381,7 +384,9 @@ def analyze_smear(
     (default) detections that fall on the same connected region of cell pixels are merged into
     one region box (the region's bounding box): a region is a connected group of cells, as in
     the paper's ground truth. A detector whose checkpoint carries its own ``region_merge``
-    setting (models.detector) does this itself, with the same setting as ``evaluate``.
+    setting (models.detector) does this itself, with the same setting as ``evaluate``; with
+    ``region_merge: False`` (detectors trained on real smears, which learned the regions) its
+    boxes are kept as they are.
     ``cell_diameter``: optional override of the red cell diameter in pixels (see
     :func:`detect_regions`; by default it is estimated from the image).
 

@@ -24,7 +24,9 @@ of the connected region of cell pixels it sits on (cell pixels: differing from t
 background by more than ``delta`` gray levels; :mod:`napari_sickle.models.region_merge`), and
 detections on the same region become one (best score). ``evaluate`` and ``analyze_smear`` both
 go through :meth:`RegionDetector.detect`, so they apply the same setting. Models trained on
-per-cell boxes (BCCD) keep it off.
+per-cell boxes (BCCD) keep it off. None (the default) leaves ``analyze_smear`` its own merge of
+detections by Otsu cell pixels (simulated smears); ``False`` turns both off: the boxes are
+regions already (detectors trained on real smears).
 
 Cell diameter (a per-model setting, ``config["cell_diameter"]``; None for models trained at
 one fixed ``scale``): the median cell diameter, as ``models.scale.estimate_cell_diameter``

@@ -50,7 +50,10 @@ Options for composed smears: ``cluster_fraction`` (compose_smear's share of cell
 another; training smears only) and ``region_merge`` (True or a dict of
 ``models.detector.REGION_MERGE_DEFAULTS`` keys): store the "one box per connected region"
 post-processing in the checkpoint, so validation, ``evaluate`` and ``analyze_smear`` all apply it.
-Leave it off for per-cell boxes (BCCD). ``evaluate_detector(..., region_merge=False)`` scores
+Leave it off for per-cell boxes (BCCD). A detector trained on ``real`` data (or with
+``region_merge=False``) stores ``False``: ``analyze_smear`` then keeps its boxes as they are
+instead of merging detections on one connected region of cell pixels (that merge joins whole
+crowded fields of a real smear into one box; docs/models.md). ``evaluate_detector(..., region_merge=False)`` scores
 the raw detections of such a model.
 """
 
@@ -153,6 +156,18 @@ def train_detector(
     return _finish(run, out, t0, emit)
 
 
+def _region_merge_setting(region_merge, real: bool):
+    """The checkpoint's ``region_merge``: the foreground merge's settings when asked for (so
+    evaluate and analyze_smear apply it too); False for real smears or when set False (the
+    detector learns the regions itself, and analyze_smear keeps its boxes instead of merging
+    them by connected cell pixels); else None (analyze_smear's own merge)."""
+    if region_merge:
+        from ..models.detector import REGION_MERGE_DEFAULTS
+
+        return {**REGION_MERGE_DEFAULTS, **(region_merge if isinstance(region_merge, dict) else {})}
+    return False if (region_merge is False or real) else None
+
+
 def _load(data, recipe: DetectorRecipe, *, resume, device, progress, emit) -> SimpleNamespace:
     """Checks, data, train/validation split and the detector (new or from ``resume``); the
     training crops' source images prepared at the training scale."""
@@ -183,13 +198,7 @@ def _load(data, recipe: DetectorRecipe, *, resume, device, progress, emit) -> Si
         r = r.replace(backbone=det.config["arch"], scale=float(det.config["scale"]))
     else:
         det = new_detector(r.backbone, class_names=class_names, scale=r.scale, pretrained=r.pretrained, device=det_dev)
-        if r.region_merge:  # stored in the checkpoint: evaluate and analyze_smear apply it too
-            from ..models.detector import REGION_MERGE_DEFAULTS
-
-            det.config["region_merge"] = {
-                **REGION_MERGE_DEFAULTS,
-                **(r.region_merge if isinstance(r.region_merge, dict) else {}),
-            }
+        det.config["region_merge"] = _region_merge_setting(r.region_merge, by_source)
         if r.cell_diameter:  # stored: detect() resizes every image to this cell diameter
             det.config["cell_diameter"] = float(r.cell_diameter)
     if tta is not None:  # stored in the checkpoint: evaluate and analyze_smear apply it

@@ -15,7 +15,7 @@ Recipe (recorded in the checkpoint's ``recipe``):
   (:mod:`napari_sickle.models.splitter`, :mod:`.real_splitter`) on patches composed from the
   training cells, occluded ones included, and splits with it; ``attach-splitter`` gives an
   already trained classifier that splitter and, with ``--occlusion ellipse-min``, the occlusion
-  rule of :mod:`napari_sickle.models.occlusion` (how the classifier of the shipped ``rbc-real-v4``
+  rule of :mod:`napari_sickle.models.occlusion` (how the classifier of the shipped ``rbc-real-v5``
   is built);
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and

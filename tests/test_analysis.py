@@ -372,3 +372,18 @@ def test_analyze_cli(tmp_path, models):
     assert (out / "smear.png_overlay.png").is_file() and (out / "gray.tif_overlay.png").is_file()
     summ = pd.read_csv(out / "summary.csv")
     assert len(summ) == 2 and {"n_regions", "abnormal_fraction", "scd_call"} <= set(summ.columns)
+
+
+def test_demo_counts_a_cell_found_by_its_own_box_or_its_groups_box(small_smear):
+    """The demo's cell figure accepts both region conventions: one box per cell, or one box
+    per touching group (the simulator's region truth); nothing found gives 0."""
+    from napari_sickle.cli.demo import _cells_found_at_50, _recall_at_50
+
+    cells, regions = small_smear.cells, small_smear.regions
+    assert (regions["n_cells"] > 1).any()  # the smear has touching groups
+    assert _cells_found_at_50(small_smear, cells) == 1.0
+    assert _cells_found_at_50(small_smear, regions) == 1.0
+    assert _cells_found_at_50(small_smear, cells.iloc[:0]) == 0.0
+    assert _recall_at_50(regions, cells) < 1.0  # per-cell boxes miss the groups' boxes
+    half = cells.iloc[: len(cells) // 2]
+    assert 0.0 < _cells_found_at_50(small_smear, half) < 1.0

@@ -34,17 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def point_regions(result, pts) -> tuple[np.ndarray, np.ndarray]:
     """Per point, the 1-based region id under it (0: none), and the (points, regions) matrix of
     which boxes contain which points."""
+    from napari_sickle.data.real_smears import points_in_boxes
+
     M = result.region_masks
     x = np.clip(np.floor(pts[:, 0]).astype(int), 0, M.shape[1] - 1)
     y = np.clip(np.floor(pts[:, 1]).astype(int), 0, M.shape[0] - 1)
-    b = result.boxes
-    inside = (
-        (pts[:, :1] >= b[None, :, 0])
-        & (pts[:, :1] < b[None, :, 2])
-        & (pts[:, 1:2] >= b[None, :, 1])
-        & (pts[:, 1:2] < b[None, :, 3])
-    )
-    return M[y, x], inside
+    return M[y, x], points_in_boxes(result.boxes, pts[:, :2])
 
 
 def main(argv=None):

@@ -212,10 +212,11 @@ def fill_pallor(mask: np.ndarray, gap: float) -> np.ndarray:
     m = np.pad(mask, pad)
     closed = ndi.distance_transform_edt(ndi.distance_transform_edt(~m) <= r) > r  # closing, disk r
     closed = closed[pad:-pad, pad:-pad]
-    holes = ndi.binary_fill_holes(closed) & ~closed
+    closed_filled = ndi.binary_fill_holes(closed)
+    holes = closed_filled & ~closed
     if not holes.any():
         return filled
-    lab, _ = ndi.label(ndi.binary_fill_holes(closed) & ~mask)
+    lab, _ = ndi.label(closed_filled & ~mask)
     ids = np.unique(lab[holes])
     return filled | np.isin(lab, ids[ids > 0])
 

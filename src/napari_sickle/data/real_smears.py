@@ -220,16 +220,18 @@ def load_real_smears(root=None, split: str = "train", sources=SOURCES, limit: in
     return items
 
 
-def points_inside(boxes, points) -> np.ndarray:
-    """(n,) bool: each point (x, y) lies inside at least one box."""
+def points_in_boxes(boxes, points) -> np.ndarray:
+    """(n points, m boxes) bool: point (x, y) lies inside box (x0, y0, x1, y1), edges included."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(b) == 0 or len(p) == 0:
-        return np.zeros(len(p), bool)
-    inside = (
+    return (
         (p[:, None, 0] >= b[None, :, 0])
         & (p[:, None, 0] <= b[None, :, 2])
         & (p[:, None, 1] >= b[None, :, 1])
         & (p[:, None, 1] <= b[None, :, 3])
     )
-    return inside.any(axis=1)
+
+
+def points_inside(boxes, points) -> np.ndarray:
+    """(n,) bool: each point (x, y) lies inside at least one box."""
+    return points_in_boxes(boxes, points).any(axis=1)

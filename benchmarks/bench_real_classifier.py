@@ -20,6 +20,10 @@ JSON object:
   included): exact type match, normal (class 0) called normal, ovalocyte called normal,
   mapped abnormal classes called abnormal; ``unmapped_called_abnormal``: the fraction of
   each unmapped class called abnormal (no target; information);
+* ``bccd``: the annotated red-cell boxes of the BCCD ``val.txt`` photos (another lab's camera:
+  crowded, paler and softer cells, refractile specks), classified in the photo. BCCD has no
+  type labels, so there is no target: the share called abnormal, the share with no type and
+  the share of each type (by eye most of these cells are normal discocytes);
 * ``speed``: classification of the truth regions of a 1920x1080 simulated smear (seed 2026,
   as ``bench_analyze.py``), batched vs one region at a time, with the load average.
 """
@@ -222,6 +226,26 @@ def chula_metrics(cls, P, abn) -> dict:
     }
 
 
+def bccd_calls(clf, root) -> dict:
+    """Calls on the annotated RBC boxes of the BCCD validation photos (see the module docstring)."""
+    from napari_sickle.constants import RBC_TYPES
+    from napari_sickle.data.real_smears import load_real_smears
+
+    P = [
+        clf.predict_boxes(it["image"], it["boxes"].astype(np.float32))
+        for it in load_real_smears(root, "val", sources=("bccd",))
+        if len(it["boxes"])
+    ]
+    P = np.concatenate(P)
+    on = P >= 0.5
+    return {
+        "n_boxes": int(len(P)),
+        "called_abnormal": round(float(np.mean(clf.abnormal_proba(P) >= 0.5)), 4),
+        "no_type": round(float(np.mean(~on.any(axis=1))), 4),
+        "type_share": {t: round(float(on[:, j].mean()), 4) for j, t in enumerate(RBC_TYPES)},
+    }
+
+
 def speed(clf, threads):
     from napari_sickle.data.simulate import simulate_smear
 
@@ -292,6 +316,7 @@ def main(argv=None):
     pp = compose_patches(crops, a.patches, seed=a.seed, min_cells=2)
     out["xu_multi_project_composer"] = _exact(clf, [(p, None, t) for p, t, _ in pp])
     out["chula"] = chula_scores(clf, data / "chula-rbc12")
+    out["bccd"] = bccd_calls(clf, data)
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=1))
 

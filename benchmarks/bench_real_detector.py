@@ -10,7 +10,8 @@ labelled cells (points) inside a detected box; BBBC041, region AP50 (one box per
 region of mask pixels) and recall at IoU 0.5; BCCD, RBC AP50 (``training.detector.ap50``'s
 Pascal VOC all-point AP). AP uses every detection (score >= 0.05); recall, precision and the
 points use the boxes ``analyze_smear`` keeps (score >= 0.5). Also: the estimated cell diameter
-against the annotated median box size, and the detection seconds per image. ``--analyze`` also
+against the annotated median box size, the detection seconds per image, and checks on the
+labels (``score_real``: images without a box, AP50 on the others, kept boxes touching no box). ``--analyze`` also
 scores the regions the Analyze button shows (``analysis.smear.detect_regions`` with its
 defaults: score >= 0.5, boxes without cell pixels dropped, the model's own merge setting), as
 ``sources_analyze``: the figures a user of the plugin gets.
@@ -103,6 +104,12 @@ def main(argv=None):
         pin = f"{r['points_inside']:.4f}" if "points_inside" in r else "-"
         apv = f"{r['ap50']:.4f}" if r["ap50"] is not None else "-"
         print(f"{src:<13} {r['n_images']:>6} {r['n_boxes']:>6} {apv:>6} {r['recall']:>6.3f} {pin:>9} {q:>22}")
+    for src, r, _q in rows:  # the labels themselves: BCCD leaves many red cells unboxed
+        ap_b = "-" if r["ap50_images_with_boxes"] is None else f"{r['ap50_images_with_boxes']:.4f}"
+        print(
+            f"{src}: {r['n_images_without_boxes']} images without a box; AP50 on the others {ap_b}; "
+            f"kept boxes touching no annotated box {r['kept_touching_no_box']:.3f}"
+        )
     print(f"detect: {out['seconds_per_image']} s/image ({args.threads} threads, load {os.getloadavg()[0]:.2f})")
     if args.json:
         with open(args.json, "w") as f:

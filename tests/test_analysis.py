@@ -50,6 +50,27 @@ def test_ap50_hand_computed_case():
     assert ap_many == pytest.approx(1.0)
 
 
+def test_score_real_checks_the_labels():
+    """An image with no annotated box only adds false positives: score_real counts it, gives
+    AP50 without it, and the share of kept boxes touching no annotated box."""
+    from napari_sickle.training.detector_metrics import score_real
+
+    cell = np.array([[0, 0, 10, 10]], float)
+    items = [
+        {"source": "bccd", "boxes": cell},
+        {"source": "bccd", "boxes": np.zeros((0, 4))},  # cells on it, none boxed
+    ]
+    preds = [
+        (np.array([[0, 0, 10, 10], [40, 40, 50, 50]], float), np.array([0.6, 0.3]), np.ones(2, int)),
+        (np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float), np.array([0.9, 0.8]), np.ones(2, int)),
+    ]
+    r = score_real(preds, items, score_threshold=0.5)["bccd"]
+    assert r["n_images_without_boxes"] == 1
+    assert r["ap50"] == pytest.approx(1 / 3)  # ranked FP, FP, TP: precision 1/3 at recall 1
+    assert r["ap50_images_with_boxes"] == pytest.approx(1.0)
+    assert r["n_detections"] == 3 and r["kept_touching_no_box"] == pytest.approx(2 / 3)
+
+
 def test_crops_from_boxes_resizes_region():
     from napari_sickle.models.multilabel import crops_from_boxes
 

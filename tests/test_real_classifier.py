@@ -100,6 +100,28 @@ def test_augment_batch_gray_and_colour():
     assert torch.allclose(g[:, 0], g[:, 1], atol=1e-4) or float((g[:, 0] - g[:, 1]).abs().max()) < 10
 
 
+def test_augment_batch_defocus_and_pale_stain():
+    """``blur_p`` defocuses canvases (softer edges), ``zoom`` > 1 shrinks the cell; the recipe's
+    settings draw as the defaults."""
+    import torch
+
+    from napari_sickle.training.real_classifier import AUGMENT, augment_batch
+
+    x = torch.full((6, 3, 32, 32), 200, dtype=torch.uint8)
+    x[:, :, 8:24, 8:24] = 90
+
+    def edge(t):  # the steepest step between neighbouring pixels, per canvas
+        return (t[..., 1:] - t[..., :-1]).abs().amax(dim=(1, 2, 3))
+
+    sharp = augment_batch(x, torch.Generator().manual_seed(0), p_gray=1.0, min_gain=1.0)
+    soft = augment_batch(x, torch.Generator().manual_seed(0), p_gray=1.0, min_gain=1.0, blur_p=1.0, blur_sigma=3.0)
+    assert float((edge(soft) / edge(sharp)).max()) < 0.8
+    wide = augment_batch(x, torch.Generator().manual_seed(0), p_gray=1.0, min_gain=1.0, zoom=(1.5, 1.5))
+    assert float((wide < 150).float().mean()) < 0.6 * float((sharp < 150).float().mean())  # the cell shrank
+    old = augment_batch(x, torch.Generator().manual_seed(3))
+    assert torch.equal(old, augment_batch(x, torch.Generator().manual_seed(3), **AUGMENT))
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_tiny_training_run_writes_a_loadable_classifier(tmp_path):
     from napari_sickle.models.multilabel import RBCClassifier
@@ -126,6 +148,7 @@ def test_tiny_training_run_writes_a_loadable_classifier(tmp_path):
     rc.finish(tmp_path, tmp_path / "clf.pt", log=lambda *_: None)
     clf = RBCClassifier.from_checkpoint(tmp_path / "clf.pt")
     assert clf.input_size == s and clf.split == "cells" and clf.recipe["epochs"] == 1
+    assert clf.recipe["augment"] == rc.AUGMENT  # the augmentation it was trained with
     img = np.full((80, 120, 3), 200, np.uint8)
     img[20:60, 20:60] = 90
     p = clf.predict_boxes(img, np.array([[10, 10, 70, 70], [60, 0, 120, 80]], np.float32))

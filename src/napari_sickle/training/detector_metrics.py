@@ -83,7 +83,10 @@ def score_real(preds, items, score_threshold: float = 0.5) -> dict:
     Pascal VOC), recall and precision at IoU 0.5 of the boxes scoring >= ``score_threshold``,
     and for items with point labels (Chula) the share of points inside such a box.
     ``aim``: the figure the source is judged by (points inside for point-labelled sources, else
-    AP50)."""
+    AP50). Two checks on the labels themselves (BCCD leaves many red cells unboxed):
+    ``n_images_without_boxes`` and ``ap50_images_with_boxes`` (AP50 over the images with at
+    least one annotated box), and ``kept_touching_no_box``, the share of kept boxes that overlap
+    no annotated box at all (an unannotated cell, or a box on no cell)."""
     from ..data.real_smears import points_inside
 
     out = {}
@@ -92,7 +95,9 @@ def score_real(preds, items, score_threshold: float = 0.5) -> dict:
         p = [preds[i] for i in idx]
         gts = [items[i]["boxes"] for i in idx]
         ap, n_gt = average_precision([(b, sc) for b, sc, _ in p], gts, 0.5)
-        tp = fn = n_det = 0
+        boxed = [k for k, g in enumerate(gts) if len(np.asarray(g).reshape(-1, 4))]
+        ap_boxed, _ = average_precision([(p[k][0], p[k][1]) for k in boxed], [gts[k] for k in boxed], 0.5)
+        tp = fn = n_det = alone = 0
         pin, n_pts = 0, 0
         for (b, sc, _), it in zip(p, (items[i] for i in idx)):
             kb = np.asarray(b).reshape(-1, 4)[np.asarray(sc) >= score_threshold]
@@ -103,12 +108,17 @@ def score_real(preds, items, score_threshold: float = 0.5) -> dict:
                 found = iou.max(axis=0) >= 0.5
                 tp += int(found.sum())
                 fn += int((~found).sum())
+                alone += int((iou.max(axis=1) <= 0).sum())
             else:
                 fn += len(g)
+                alone += len(kb)
             if it.get("points") is not None:
                 pin += int(points_inside(kb, it["points"]).sum())
                 n_pts += len(it["points"])
         rec = {"n_images": len(idx), "n_boxes": n_gt, "ap50": ap, "recall": tp / max(tp + fn, 1), "n_detections": n_det}
+        rec["n_images_without_boxes"] = len(idx) - len(boxed)
+        rec["ap50_images_with_boxes"] = ap_boxed
+        rec["kept_touching_no_box"] = alone / max(n_det, 1)
         if n_pts:
             rec["points_inside"] = pin / n_pts
             rec["n_points"] = n_pts

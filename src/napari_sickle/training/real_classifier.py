@@ -19,7 +19,7 @@ Recipe (recorded in the checkpoint's ``recipe``):
   is built);
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
-  grayscale conversion (:func:`augment_batch`); a region's logits are the largest over its
+  grayscale conversion (:mod:`.canvas_augment`); a region's logits are the largest over its
   cells (the same multiple-instance rule as in prediction); regions are drawn with weights
   that balance the types;
 * the gradient-boosting abnormal model is fitted on the six outputs of the training regions.
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .canvas_augment import AUGMENT, augment_batch  # noqa: F401 (augment_batch: public here too)
 from .real_splitter import SPLITTER_NET, attach_splitter, fit_splitter, splitter_recipe
 
 INPUT_SIZE = 64
@@ -189,44 +190,8 @@ def _compose_jobs(split: str, xc, cc, c: dict, s0: int) -> list:
 
 
 # ------------------------------------------------------------------------------------------
-# augmentation
+# batches (augmentation: canvas_augment.py)
 # ------------------------------------------------------------------------------------------
-def augment_batch(x, gen, p_gray: float = 0.3, p_tint: float = 0.5):
-    """Random d4 symmetry, stain/colour jitter and grayscale conversion of uint8 canvases
-    (B, 3, S, S) -> float (B, 3, S, S) in 0..255 (torch, per image). The jitter works on optical
-    density relative to the canvas background (its 95th percentile per channel): per-channel
-    gain (a pink/purple tint for gray canvases with probability ``p_tint``), contrast and
-    brightness; then gray with probability ``p_gray``; light noise."""
-    import torch
-
-    x = x.float()
-    B = x.shape[0]
-    k = int(torch.randint(0, 4, (1,), generator=gen))
-    x = x.rot90(k, (-2, -1))
-    flip = torch.rand(B, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    bg = torch.quantile(x.flatten(2), 0.95, dim=2)[:, :, None, None] + 1.0
-    od = -torch.log(((x + 1.0) / bg).clamp(1e-3, 1.5))
-    gray = (x[:, 0] - x[:, 1]).abs().mean((1, 2)) + (x[:, 1] - x[:, 2]).abs().mean((1, 2)) < 2.0
-    tint = gray & (torch.rand(B, generator=gen) < p_tint)
-    lo = torch.tensor([0.5, 1.0, 0.6])
-    hi = torch.tensor([0.9, 1.6, 1.1])
-    g_tint = lo + (hi - lo) * torch.rand(B, 3, generator=gen)
-    g_plain = 0.85 + 0.3 * torch.rand(B, 3, generator=gen)
-    gain = torch.where(tint[:, None], g_tint, g_plain) * (0.75 + 0.55 * torch.rand(B, 1, generator=gen))
-    od = od * gain[:, :, None, None]
-    bg_new = (
-        bg
-        * (0.85 + 0.2 * torch.rand(B, 1, 1, 1, generator=gen))
-        * (0.96 + 0.08 * torch.rand(B, 3, 1, 1, generator=gen))
-    )
-    y = bg_new * torch.exp(-od) - 1.0
-    to_gray = torch.rand(B, generator=gen) < p_gray
-    y = torch.where(to_gray[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)
-    y = y + torch.randn(y.shape, generator=gen) * (torch.rand(B, 1, 1, 1, generator=gen) * 3.0)
-    return y.clamp(0, 255)
-
-
 def _normalise(x, clf):
     import torch
 
@@ -324,16 +289,20 @@ def train(
     total_epochs: int | None = None,
     threads: int = 2,
     init=None,
+    augment: dict | None = None,
     log=print,
 ) -> dict:
     """Fine-tune for ``epochs`` epochs (continuing ``cache/state.pt`` with ``resume``); the
     learning rate follows a cosine over ``total_epochs`` (default: ``epochs``). ``init``: start
-    from the network of another ``state.pt`` (a new schedule, e.g. a second cosine cycle)."""
+    from the network of another ``state.pt`` (a new schedule, e.g. a second cosine cycle).
+    ``augment``: :func:`augment_batch`'s ``blur_p`` / ``blur_sigma`` / ``min_gain`` / ``zoom`` (default
+    :data:`AUGMENT`; a resumed run keeps its own)."""
     import torch
 
     torch.set_num_threads(threads)
     cache = Path(cache)
     run = _load_run(cache, epochs=epochs, resume=resume, seed=seed, lr=lr, total_epochs=total_epochs, init=init)
+    run.augment = {**AUGMENT, **(augment or {})} if not resume else run.augment
     end = min(run.total, run.start + int(epochs))
     for epoch in range(run.start, end):
         t0 = time.time()
@@ -362,6 +331,7 @@ def train(
                 "batch_regions": batch_regions,
                 "init": None if run.init is None else str(run.init),
                 "cycles": 1 + (run.init is not None),
+                "augment": run.augment,
             },
             cache / "state.pt",
         )
@@ -380,7 +350,7 @@ def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
     frozen = _trainable(clf)
     params = [p for p in clf.net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    start, hist = 0, []
+    start, hist, augment = 0, [], None
     total = int(total_epochs or epochs)
     if init is not None and not resume:
         st = torch.load(init, map_location="cpu", weights_only=False)
@@ -392,6 +362,7 @@ def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
         opt.load_state_dict(st["opt"])
         start, hist, total = int(st["epoch"]), st["history"], int(st["total_epochs"])
         init = st.get("init")
+        augment = st.get("augment", AUGMENT)
     Y = torch.as_tensor(tr["Y"])
     n = len(Y)
     # region weights: rarer types count more (sqrt-balanced), sources balanced
@@ -418,6 +389,7 @@ def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
         rng=np.random.default_rng(seed + start),
         gen=torch.Generator().manual_seed(seed + start),
         lossf=torch.nn.BCEWithLogitsLoss(),
+        augment=augment,
     )
 
 
@@ -439,7 +411,7 @@ def _train_one_epoch(run, epoch: int, lr: float, regions_per_epoch: int, batch_r
             g["lr"] = lr_now
         reg = pick[b * batch_regions : (b + 1) * batch_regions]
         rows, local = _rows(run.starts, run.counts, reg)
-        x = _normalise(augment_batch(run.X[rows], run.gen), clf)
+        x = _normalise(augment_batch(run.X[rows], run.gen, **run.augment), clf)
         logits = segment_max(clf.net(x), local, len(reg))
         loss = run.lossf(logits, run.Y[reg])
         opt.zero_grad()
@@ -498,6 +470,7 @@ def finish(cache, out, *, tta: str = "none", fit_tta: str = "none", seed: int = 
         "seed": st["seed"],
         "abnormal_fit_tta": fit_tta,
         "cosine_cycles": st.get("cycles", 1),
+        "augment": st.get("augment", AUGMENT),
         "data": {k: prep[k] for k in ("train", "val")},
         "tta": tta,
     }
@@ -532,6 +505,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--classifier", default=None, help="attach-splitter: the trained classifier checkpoint")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blur-p", type=float, default=AUGMENT["blur_p"], help="train: share of canvases defocused")
+    ap.add_argument("--blur-sigma", type=float, default=AUGMENT["blur_sigma"], help="train: largest blur sigma (px)")
+    ap.add_argument("--min-gain", type=float, default=AUGMENT["min_gain"], help="train: palest stain (OD gain)")
+    ap.add_argument("--zoom", type=float, nargs=2, default=AUGMENT["zoom"], help="train: field width range of a canvas")
     ap.add_argument(
         "--occlusion",
         choices=OCCLUSION_RULES,
@@ -561,6 +538,7 @@ def main(argv=None):
             total_epochs=a.total_epochs,
             threads=a.threads,
             init=a.init,
+            augment={"blur_p": a.blur_p, "blur_sigma": a.blur_sigma, "min_gain": a.min_gain, "zoom": list(a.zoom)},
         )
     elif a.step == "attach-splitter":
         if not a.classifier or not a.out:

@@ -11,10 +11,11 @@ region of mask pixels) and recall at IoU 0.5; BCCD, RBC AP50 (``training.detecto
 Pascal VOC all-point AP). AP uses every detection (score >= 0.05); recall, precision and the
 points use the boxes ``analyze_smear`` keeps (score >= 0.5). Also: the estimated cell diameter
 against the annotated median box size, the detection seconds per image, and checks on the
-labels (``score_real``: images without a box, AP50 on the others, kept boxes touching no box). ``--analyze`` also
-scores the regions the Analyze button shows (``analysis.smear.detect_regions`` with its
-defaults: score >= 0.5, boxes without cell pixels dropped, the model's own merge setting), as
-``sources_analyze``: the figures a user of the plugin gets.
+labels (``score_real``: images without a box, AP50 on the others, kept boxes touching no
+box). ``--analyze`` also scores the regions the Analyze button shows
+(``analysis.smear.detect_regions`` with its defaults: score >= 0.5, boxes without cell pixels
+dropped, the model's own merge setting), as ``sources_analyze``: the figures a user of the
+plugin gets.
 """
 
 from __future__ import annotations

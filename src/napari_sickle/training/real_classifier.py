@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .canvas_augment import AUGMENT, augment_batch  # noqa: F401 (augment_batch: public here too)
+from .canvas_augment import AUGMENT, augment_batch
 from .real_splitter import SPLITTER_NET, attach_splitter, fit_splitter, splitter_recipe
 
 INPUT_SIZE = 64
@@ -301,8 +301,9 @@ def train(
 
     torch.set_num_threads(threads)
     cache = Path(cache)
-    run = _load_run(cache, epochs=epochs, resume=resume, seed=seed, lr=lr, total_epochs=total_epochs, init=init)
-    run.augment = {**AUGMENT, **(augment or {})} if not resume else run.augment
+    run = _load_run(
+        cache, epochs=epochs, resume=resume, seed=seed, lr=lr, total_epochs=total_epochs, init=init, augment=augment
+    )
     end = min(run.total, run.start + int(epochs))
     for epoch in range(run.start, end):
         t0 = time.time()
@@ -338,9 +339,10 @@ def train(
     return {"history": run.hist}
 
 
-def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
+def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init, augment=None):
     """Cached canvases, the classifier with its trainable part, AdamW, the state of a resumed
-    run (or the network of ``init``), the bag layout and the type/source-balanced region weights."""
+    run (or the network of ``init``), the bag layout, the type/source-balanced region weights and
+    the augmentation settings (``augment`` over :data:`AUGMENT`; a resumed run keeps its own)."""
     from types import SimpleNamespace
 
     import torch
@@ -350,7 +352,8 @@ def _load_run(cache: Path, *, epochs, resume, seed, lr, total_epochs, init):
     frozen = _trainable(clf)
     params = [p for p in clf.net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    start, hist, augment = 0, [], None
+    start, hist = 0, []
+    augment = {**AUGMENT, **(augment or {})}
     total = int(total_epochs or epochs)
     if init is not None and not resume:
         st = torch.load(init, map_location="cpu", weights_only=False)

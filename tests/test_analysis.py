@@ -270,6 +270,28 @@ def test_scd_rule():
     assert summarize(lab[:10], lab[:10, 1] > 0)["scd_call"] == "inconclusive"
 
 
+def test_scd_call_needs_sure_sickle_calls_and_certain_types():
+    """Elongated/Sickle calls under 0.9 do not make a smear positive, and a smear whose type
+    calls are uncertain (another lab's camera) gets no call at all, with the reason."""
+    from napari_sickle.analysis.smear import TYPE_UNCERTAINTY_MAX, summarize, type_uncertainty
+
+    p = np.zeros((40, 6))
+    p[:, 0] = 1.0
+    p[:4, 1] = 0.6  # labelled Elongated/Sickle, not surely
+    s = summarize(p, np.zeros(40, bool))
+    assert s["counts"]["elongated_sickle"] == 4 and s["scd_call"] == "negative"
+    assert s["type_uncertainty"] == pytest.approx(4 * 0.4 / 40) and not s["types_uncertain"]
+    p[:4, 1] = 0.95
+    assert summarize(p, np.zeros(40, bool))["scd_call"] == "positive"
+    assert type_uncertainty(np.full((5, 6), 0.5)) == pytest.approx(3.0) and type_uncertainty(np.zeros((0, 6))) == 0
+    q = p.copy()
+    q[:, 2:] = 0.4  # every region unsure of four types: 4 * 0.4 = 1.6 > TYPE_UNCERTAINTY_MAX
+    s = summarize(q, np.zeros(40, bool))
+    assert s["type_uncertainty"] > TYPE_UNCERTAINTY_MAX and s["types_uncertain"]
+    assert s["scd_call"] == "inconclusive" and "uncertain" in s["scd_reason"]
+    assert summarize(p[:10], np.zeros(10, bool))["scd_reason"] == "fewer than 20 regions"
+
+
 def test_bad_inputs(models, small_smear):
     from napari_sickle.analysis.smear import analyze_smear
     from napari_sickle.data.simulate import simulate_smear

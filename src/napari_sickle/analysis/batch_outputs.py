@@ -100,7 +100,9 @@ def summary_row(name, src, result, csv_path, png_path) -> dict:
         **{f"n_{t}": c for t, c in s["counts"].items()},
         "n_abnormal": s["n_abnormal"],
         "abnormal_fraction": s["abnormal_fraction"],
+        "type_uncertainty": round(s["type_uncertainty"], 4),
         "scd_call": s["scd_call"],
+        "scd_reason": s["scd_reason"],
         "regions_csv": Path(csv_path).name,
         "overlay_png": Path(png_path).name if png_path else "",
     }

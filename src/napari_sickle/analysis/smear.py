@@ -2,11 +2,15 @@
 
 ``analyze_smear(image, models)`` -> :class:`SmearResult` (plain dataclass, no napari).
 
-SCD screening rule (``summary["scd_call"]``):
+SCD screening rule (``summary["scd_call"]``, the reason in ``summary["scd_reason"]``):
 
-* ``"inconclusive"`` when fewer than ``SCD_MIN_REGIONS`` (20) regions were found;
-* ``"positive"`` when at least ``SCD_MIN_SICKLE`` (3) regions are labelled Elongated/Sickle
-  *and* they make up at least ``SCD_MIN_FRACTION`` (5%) of all regions;
+* ``"inconclusive"`` when fewer than ``SCD_MIN_REGIONS`` (20) regions were found, or when the
+  smear's type calls are uncertain (``summary["type_uncertainty"]`` above
+  ``TYPE_UNCERTAINTY_MAX``: the classifier does not know images like this one, see
+  :func:`type_uncertainty`);
+* ``"positive"`` when at least ``SCD_MIN_SICKLE`` (3) regions are labelled Elongated/Sickle with
+  probability at least ``SCD_MIN_PROB`` (0.9) *and* they make up at least ``SCD_MIN_FRACTION``
+  (5%) of all regions;
 * ``"negative"`` otherwise.
 
 This is a screening aid for the user's review of the flagged regions, not a diagnosis.
@@ -24,9 +28,14 @@ from ..constants import RBC_TYPE_LABELS, RBC_TYPES
 SCD_MIN_REGIONS = 20
 SCD_MIN_SICKLE = 3
 SCD_MIN_FRACTION = 0.05
+#: only Elongated/Sickle calls this sure count towards a positive SCD call
+SCD_MIN_PROB = 0.9
+#: above this type uncertainty (see :func:`type_uncertainty`) a smear gets no SCD call
+TYPE_UNCERTAINTY_MAX = 0.5
 SCD_RULE = (
-    f"positive if >= {SCD_MIN_SICKLE} regions and >= {SCD_MIN_FRACTION:.0%} of regions are Elongated/Sickle; "
-    f"inconclusive if fewer than {SCD_MIN_REGIONS} regions; otherwise negative"
+    f"positive if >= {SCD_MIN_SICKLE} regions and >= {SCD_MIN_FRACTION:.0%} of regions are Elongated/Sickle "
+    f"with probability >= {SCD_MIN_PROB}; inconclusive if fewer than {SCD_MIN_REGIONS} regions or type "
+    f"uncertainty above {TYPE_UNCERTAINTY_MAX}; otherwise negative"
 )
 #: Images smaller than this (either side) hold no cell: empty result.
 MIN_IMAGE_SIDE = 16
@@ -91,25 +100,47 @@ class SmearResult:
         return df
 
 
-def summarize(labels: np.ndarray, abnormal: np.ndarray) -> dict:
-    labels = np.asarray(labels).reshape(-1, len(RBC_TYPES))
+def type_uncertainty(probs) -> float:
+    """How far a smear's type calls are from certain: per region the sum over the six types of
+    ``min(p, 1 - p)``, averaged over the regions (0: every call certain; 3: every probability
+    0.5). Low on smears like the training images (held-out Chula smears: median 0.28); high
+    on another lab's camera (BCCD photos: 0.61) and on smears full of cells with none of the
+    six types (target cells, spherocytes): there the types are unreliable (docs/analysis.md)."""
+    p = np.asarray(probs, np.float64).reshape(-1, len(RBC_TYPES))
+    return float(np.minimum(p, 1.0 - p).sum(1).mean()) if len(p) else 0.0
+
+
+def summarize(probs, abnormal, type_threshold: float = 0.5) -> dict:
+    """Counts per type (labels at ``type_threshold``), abnormal count and fraction, the type
+    uncertainty and the SCD screening call (module docstring) of regions with six-type
+    probabilities ``probs``."""
+    probs = np.asarray(probs, np.float64).reshape(-1, len(RBC_TYPES))
+    labels = probs >= type_threshold
     n = int(len(labels))
     counts = {t: int(labels[:, j].sum()) for j, t in enumerate(RBC_TYPES)}
     n_abn = int(np.asarray(abnormal).sum())
-    n_sickle = counts["elongated_sickle"]
+    j = RBC_TYPES.index("elongated_sickle")
+    n_sure = int((labels[:, j] & (probs[:, j] >= SCD_MIN_PROB)).sum())
+    unc = type_uncertainty(probs)
     if n < SCD_MIN_REGIONS:
+        call, why = "inconclusive", f"fewer than {SCD_MIN_REGIONS} regions"
+    elif unc > TYPE_UNCERTAINTY_MAX:
         call = "inconclusive"
-    elif n_sickle >= SCD_MIN_SICKLE and n_sickle >= SCD_MIN_FRACTION * n:
-        call = "positive"
+        why = f"type calls uncertain ({unc:.2f} > {TYPE_UNCERTAINTY_MAX}): cells unlike the classifier's training data"
+    elif n_sure >= SCD_MIN_SICKLE and n_sure >= SCD_MIN_FRACTION * n:
+        call, why = "positive", f"{n_sure} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
     else:
-        call = "negative"
+        call, why = "negative", f"{n_sure} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
     return {
         "n_regions": n,
         "counts": counts,
         "n_abnormal": n_abn,
         "abnormal_fraction": float(n_abn / n) if n else 0.0,
-        "sickle_fraction": float(n_sickle / n) if n else 0.0,
+        "sickle_fraction": float(counts["elongated_sickle"] / n) if n else 0.0,
+        "type_uncertainty": unc,
+        "types_uncertain": bool(n and unc > TYPE_UNCERTAINTY_MAX),
         "scd_call": call,
+        "scd_reason": why,
         "scd_rule": SCD_RULE,
     }
 
@@ -350,7 +381,7 @@ def finish_result(
         p_abn.astype(np.float32),
         abnormal,
         masks,
-        summarize(labels, abnormal),
+        summarize(probs, abnormal, type_threshold),
         tuple(rgb_shape[:2]),
         image_name,
         float(type_threshold),

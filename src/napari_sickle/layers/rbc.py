@@ -219,5 +219,6 @@ def summary_table(summary: dict) -> dict:
         rows.append([f"{RBC_TYPE_LABELS[t]} ({TYPE_CODES[t]})", str(summary.get("counts", {}).get(t, 0))])
     rows.append(["abnormal", str(summary.get("n_abnormal", 0))])
     rows.append(["abnormal fraction", f"{summary.get('abnormal_fraction', 0.0):.0%}"])
+    rows.append(["type uncertainty", f"{summary.get('type_uncertainty', 0.0):.2f}"])
     rows.append(["SCD screening", str(summary.get("scd_call", ""))])
     return {"item": [r[0] for r in rows], "value": [r[1] for r in rows]}

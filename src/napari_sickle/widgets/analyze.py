@@ -13,7 +13,7 @@ from magicgui.widgets import (
 )
 
 from ..constants import DEVICES
-from ._base import LIVE_WIDGETS, TaskWidget
+from ._base import LIVE_WIDGETS, TaskWidget, notify
 from ._display import show_table, wrap
 from ._models import ModelPicker, path_or_none
 
@@ -205,8 +205,15 @@ class AnalyzeRBCWidget(TaskWidget):
             self.status.value = (
                 f"{s['n_regions']} regions boxed (a region is one cell or a group of touching cells); "
                 f"{s['n_abnormal']} called abnormal ({s['abnormal_fraction']:.0%}). "
-                f"SCD screening: {s['scd_call']}."
+                f"SCD screening: {s['scd_call']} ({s['scd_reason']})."
             )
+            if s["types_uncertain"]:
+                notify(
+                    f"The cell types are uncertain on this smear (type uncertainty {s['type_uncertainty']:.2f}): "
+                    "its cells look unlike the classifier's training data (another camera or stain, or cells "
+                    "with none of the six types, such as target cells). No SCD call is made. Check the types "
+                    "on a few cells by eye, or train on labelled cells of your own."
+                )
 
     def _result_layer(self, index: int):
         layers = getattr(self, "_layers", None)

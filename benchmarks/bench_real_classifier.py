@@ -23,7 +23,9 @@ JSON object:
 * ``bccd``: the annotated red-cell boxes of the BCCD ``val.txt`` photos (another lab's camera:
   crowded, paler and softer cells, refractile specks), classified in the photo. BCCD has no
   type labels, so there is no target: the share called abnormal, the share with no type and
-  the share of each type (by eye most of these cells are normal discocytes);
+  the share of each type (by eye most of these cells are normal discocytes), read as the photo
+  is (``as_is``) and as the Analyze button reads them (``analyze``: uncertain photos read again
+  with their cell lightness matched to the training smears);
 * ``speed``: classification of the truth regions of a 1920x1080 simulated smear (seed 2026,
   as ``bench_analyze.py``), batched vs one region at a time, with the load average.
 """
@@ -227,16 +229,28 @@ def chula_metrics(cls, P, abn) -> dict:
 
 
 def bccd_calls(clf, root) -> dict:
-    """Calls on the annotated RBC boxes of the BCCD validation photos (see the module docstring)."""
-    from napari_sickle.constants import RBC_TYPES
+    """Calls on the annotated RBC boxes of the BCCD validation photos (see the module docstring):
+    read as the photo is (``as_is``) and as the Analyze button reads them
+    (``analysis.smear.classify_regions``: an uncertain photo is read again with its cell
+    lightness matched to the training smears)."""
+    from napari_sickle.analysis.smear import classify_regions
     from napari_sickle.data.real_smears import load_real_smears
 
-    P = [
-        clf.predict_boxes(it["image"], it["boxes"].astype(np.float32))
-        for it in load_real_smears(root, "val", sources=("bccd",))
-        if len(it["boxes"])
-    ]
-    P = np.concatenate(P)
+    items = [it for it in load_real_smears(root, "val", sources=("bccd",)) if len(it["boxes"])]
+    plain = np.concatenate([clf.predict_boxes(it["image"], it["boxes"].astype(np.float32)) for it in items])
+    read = [classify_regions(it["image"], it["boxes"].astype(np.float32), clf) for it in items]
+    out = {
+        "n_photos": len(items),
+        "as_is": _calls(clf, plain),
+        "analyze": _calls(clf, np.concatenate([p for p, _ in read])),
+    }
+    out["analyze"]["photos_lightness_matched"] = int(sum(m for _, m in read))
+    return out
+
+
+def _calls(clf, P) -> dict:
+    from napari_sickle.constants import RBC_TYPES
+
     on = P >= 0.5
     return {
         "n_boxes": int(len(P)),

@@ -11,7 +11,9 @@ BBBC041 malaria, Chula a mix in which some smears are almost all elliptocytes (m
 Elongated/Sickle, so "positive" is the mapping's answer there). Per source it prints the
 smears' ``type_uncertainty`` (5 / 50 / 95%), the share above ``TYPE_UNCERTAINTY_MAX``, the SCD
 calls, and how many smears the rule without its two guards (every Elongated/Sickle label
-counted, no uncertainty check) would call positive. Also the load average.
+counted, no uncertainty check) would call positive; the share of smears read with their cell
+lightness matched to the classifier's training smears (``analysis.smear.classify_regions``), and
+over all regions the share called abnormal, with no type, and Oval/Disc. Also the load average.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def unguarded_call(probs: np.ndarray) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="shipped RBC model (default: the shipped default)")
+    ap.add_argument("--detector", default=None)
+    ap.add_argument("--classifier", default=None)
     ap.add_argument("--data", default=os.environ.get("SICKLE_DATA", "../shared/data"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="at most N smears per source")
@@ -72,21 +76,39 @@ def main(argv=None):
     from napari_sickle.analysis.smear import TYPE_UNCERTAINTY_MAX, analyze_smear
     from napari_sickle.models.registry import load_models
 
-    models = load_models(model=a.model)
-    rows = []  # (source, type uncertainty, call, unguarded call)
+    models = load_models(detector=a.detector, classifier=a.classifier, model=a.model)
+    rows = []  # (source, type uncertainty, call, unguarded call, lightness matched, probs, abnormal)
     t0 = time.time()
     for src, rgb in smears(Path(a.data), a.limit):
         r = analyze_smear(rgb, models)
-        rows.append((src, r.summary["type_uncertainty"], r.summary["scd_call"], unguarded_call(r.probs)))
+        s = r.summary
+        rows.append(
+            (
+                src,
+                s["type_uncertainty"],
+                s["scd_call"],
+                unguarded_call(r.probs),
+                s["lightness_matched"],
+                r.probs,
+                r.abnormal,
+            )
+        )
     out = {"model": a.model or "default", "type_uncertainty_max": TYPE_UNCERTAINTY_MAX, "sources": {}}
     for src in dict.fromkeys(s for s, *_ in rows):
         u = np.array([x[1] for x in rows if x[0] == src])
+        P = np.concatenate([x[5] for x in rows if x[0] == src]).reshape(-1, 6)
+        abn = np.concatenate([x[6] for x in rows if x[0] == src]).astype(bool)
         out["sources"][src] = {
             "smears": len(u),
             "type_uncertainty_q05_q50_q95": [round(float(q), 3) for q in np.quantile(u, [0.05, 0.5, 0.95])],
             "share_uncertain": round(float(np.mean(u > TYPE_UNCERTAINTY_MAX)), 3),
             "scd_calls": dict(Counter(x[2] for x in rows if x[0] == src)),
             "unguarded_calls": dict(Counter(x[3] for x in rows if x[0] == src)),
+            "share_lightness_matched": round(float(np.mean([x[4] for x in rows if x[0] == src])), 3),
+            "regions": int(len(P)),
+            "regions_abnormal": round(float(np.mean(abn)), 3) if len(P) else None,
+            "regions_no_type": round(float(np.mean(~(P >= 0.5).any(axis=1))), 3) if len(P) else None,
+            "regions_oval_disc": round(float(np.mean(P[:, 0] >= 0.5)), 3) if len(P) else None,
         }
     out["seconds"] = round(time.time() - t0, 1)
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]

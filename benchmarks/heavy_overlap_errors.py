@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("classifier", nargs="?", default="rbc-real-v5")
+    ap.add_argument("classifier", nargs="?", default="rbc-real-v6")
     ap.add_argument("--data", default=os.environ.get("SICKLE_DATA", "../shared/data"))
     ap.add_argument("--views", nargs="+", default=["hflip", "flip4", "d4"])
     ap.add_argument("--threads", type=int, default=2)

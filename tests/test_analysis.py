@@ -290,6 +290,8 @@ def test_scd_call_needs_sure_sickle_calls_and_certain_types():
     assert s["type_uncertainty"] > TYPE_UNCERTAINTY_MAX and s["types_uncertain"]
     assert s["scd_call"] == "inconclusive" and "uncertain" in s["scd_reason"]
     assert summarize(p[:10], np.zeros(10, bool))["scd_reason"] == "fewer than 20 regions"
+    s = summarize(p, np.zeros(40, bool), lightness_matched=True)  # sure, but only after matching
+    assert s["lightness_matched"] and s["scd_call"] == "inconclusive" and "lightness matched" in s["scd_reason"]
 
 
 def test_bad_inputs(models, small_smear):

@@ -180,10 +180,11 @@ def test_analyze_widget_no_regions_says_why(make_napari_viewer, qtbot, tiny_mode
     assert "No regions found" in widget.status.value and "tiny test models" in widget.status.value
 
 
-@pytest.mark.parametrize("unsure", [True, False])
-def test_analyze_widget_warns_when_the_types_are_uncertain(make_napari_viewer, qtbot, tiny_zoo, monkeypatch, unsure):
-    """A smear whose type calls are uncertain (a camera unlike the training images) gets a
-    notification and no SCD call; a confident one gets neither."""
+@pytest.mark.parametrize("case", ["uncertain", "lightness matched", "sure"])
+def test_analyze_widget_warns_when_the_types_are_uncertain(make_napari_viewer, qtbot, tiny_zoo, monkeypatch, case):
+    """A smear whose type calls are uncertain (a camera unlike the training images), or were
+    read only after matching its cell lightness, gets a notification and no SCD call; a smear
+    read surely gets neither."""
     from napari_sickle.analysis.smear import finish_result
     from napari_sickle.widgets import analyze
 
@@ -194,13 +195,15 @@ def test_analyze_widget_warns_when_the_types_are_uncertain(make_napari_viewer, q
     n = 30
     probs = np.zeros((n, 6), np.float32)
     probs[:, 0] = 0.98
-    if unsure:
+    if case == "uncertain":
         probs[:, 4] = 0.45  # Echinocyte near 0.5 in every region
         probs[:, 1] = 0.3
     boxes = np.array([[10 * i, 0, 10 * i + 8, 8] for i in range(n)], np.float32)
 
     def fake_run(image, **_kw):
-        return finish_result(image.shape, boxes, np.ones(n), probs, _Abnormal())
+        return finish_result(
+            image.shape, boxes, np.ones(n), probs, _Abnormal(), lightness_matched=case == "lightness matched"
+        )
 
     seen = []
     monkeypatch.setattr(analyze, "_run_analysis", fake_run)
@@ -215,8 +218,12 @@ def test_analyze_widget_warns_when_the_types_are_uncertain(make_napari_viewer, q
     assert widget.last_error is None, widget.last_error
     rows = dict(zip(widget.summary.to_dataframe().index, widget.summary.to_dataframe()["regions"]))
     assert float(rows["type uncertainty"]) == pytest.approx(widget.last_result.summary["type_uncertainty"], abs=0.005)
-    if unsure:
+    assert rows["cell lightness matched"] == ("yes" if case == "lightness matched" else "no")
+    if case == "uncertain":
         assert rows["SCD screening"] == "inconclusive" and "type calls uncertain" in widget.status.value
         assert len(seen) == 1 and "uncertain on this smear" in seen[0]
+    elif case == "lightness matched":
+        assert rows["SCD screening"] == "inconclusive" and "lightness matched" in widget.status.value
+        assert len(seen) == 1 and "lightness matched" in seen[0]
     else:
         assert rows["SCD screening"] == "negative" and not seen

@@ -29,8 +29,8 @@ def test_missing_and_unknown_models_give_one_line(tiny_zoo):
         load_models(device="cpu")
     with pytest.raises(zoo.ModelFileError, match="unknown model 'no-such-model'"):
         load_models(device="cpu", model="no-such-model")
-    for old in ("rbc-real-v1", "rbc-real-v2", "rbc-real-v3", "rbc-real-v4"):
-        with pytest.raises(zoo.ModelFileError, match=f"'{old}' is no longer shipped; use rbc-real-v5") as exc:
+    for old in ("rbc-real-v1", "rbc-real-v2", "rbc-real-v3", "rbc-real-v4", "rbc-real-v5"):
+        with pytest.raises(zoo.ModelFileError, match=f"'{old}' is no longer shipped; use rbc-real-v6") as exc:
             zoo.get(old)
         assert "\n" not in str(exc.value)
 

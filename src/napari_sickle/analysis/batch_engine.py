@@ -140,7 +140,7 @@ def _analyze_indices(
 def _analyze_group(items, models, det_opts, type_threshold, batch_size, writer) -> None:
     """Detect the smears of ``items`` ((index, reader item) pairs) in one detector call,
     classify each smear's regions, queue its results for writing."""
-    from .smear import _empty, finish_result
+    from .smear import _empty, classify_regions, finish_result
 
     clf = models.classifier
     rgbs = [_np(it["rgb"]) for _, it in items]
@@ -155,10 +155,16 @@ def _analyze_group(items, models, det_opts, type_threshold, batch_size, writer) 
         boxes, scores = found.get(k, (np.zeros((0, 4), np.float32), np.zeros(0, np.float32)))
         n = len(boxes)
         if n:
-            crops, owner = clf.region_crops(rgbs[k], boxes)
-            probs = clf.region_probs(clf.features(crops, batch_size=batch_size), owner, n)
+            probs, matched = classify_regions(rgbs[k], boxes, clf, batch_size=batch_size)
             res = finish_result(
-                rgbs[k].shape, boxes, scores, probs, clf, type_threshold=type_threshold, image_name=name
+                rgbs[k].shape,
+                boxes,
+                scores,
+                probs,
+                clf,
+                type_threshold=type_threshold,
+                image_name=name,
+                lightness_matched=matched,
             )
         else:
             res = _empty(rgbs[k].shape, name, type_threshold)

@@ -7,7 +7,9 @@ SCD screening rule (``summary["scd_call"]``, the reason in ``summary["scd_reason
 * ``"inconclusive"`` when fewer than ``SCD_MIN_REGIONS`` (20) regions were found, or when the
   smear's type calls are uncertain (``summary["type_uncertainty"]`` above
   ``TYPE_UNCERTAINTY_MAX``: the classifier does not know images like this one, see
-  :func:`type_uncertainty`);
+  :func:`type_uncertainty`), or were uncertain on the image as it is and were read with its
+  cell lightness matched to the training smears (``summary["lightness_matched"]``,
+  :func:`classify_regions`);
 * ``"positive"`` when at least ``SCD_MIN_SICKLE`` (3) regions are labelled Elongated/Sickle with
   probability at least ``SCD_MIN_PROB`` (0.9) *and* they make up at least ``SCD_MIN_FRACTION``
   (5%) of all regions;
@@ -34,8 +36,8 @@ SCD_MIN_PROB = 0.9
 TYPE_UNCERTAINTY_MAX = 0.5
 SCD_RULE = (
     f"positive if >= {SCD_MIN_SICKLE} regions and >= {SCD_MIN_FRACTION:.0%} of regions are Elongated/Sickle "
-    f"with probability >= {SCD_MIN_PROB}; inconclusive if fewer than {SCD_MIN_REGIONS} regions or type "
-    f"uncertainty above {TYPE_UNCERTAINTY_MAX}; otherwise negative"
+    f"with probability >= {SCD_MIN_PROB}; inconclusive if fewer than {SCD_MIN_REGIONS} regions, type "
+    f"uncertainty above {TYPE_UNCERTAINTY_MAX} or cell lightness matched; otherwise negative"
 )
 #: Images smaller than this (either side) hold no cell: empty result.
 MIN_IMAGE_SIDE = 16
@@ -110,10 +112,11 @@ def type_uncertainty(probs) -> float:
     return float(np.minimum(p, 1.0 - p).sum(1).mean()) if len(p) else 0.0
 
 
-def summarize(probs, abnormal, type_threshold: float = 0.5) -> dict:
+def summarize(probs, abnormal, type_threshold: float = 0.5, lightness_matched: bool = False) -> dict:
     """Counts per type (labels at ``type_threshold``), abnormal count and fraction, the type
     uncertainty and the SCD screening call (module docstring) of regions with six-type
-    probabilities ``probs``."""
+    probabilities ``probs`` (``lightness_matched``: read on the lightness-matched smear,
+    :func:`classify_regions`)."""
     probs = np.asarray(probs, np.float64).reshape(-1, len(RBC_TYPES))
     labels = probs >= type_threshold
     n = int(len(labels))
@@ -127,6 +130,8 @@ def summarize(probs, abnormal, type_threshold: float = 0.5) -> dict:
     elif unc > TYPE_UNCERTAINTY_MAX:
         call = "inconclusive"
         why = f"type calls uncertain ({unc:.2f} > {TYPE_UNCERTAINTY_MAX}): cells unlike the classifier's training data"
+    elif lightness_matched:
+        call, why = "inconclusive", "type calls uncertain on the image as it is; read with its cell lightness matched"
     elif n_sure >= SCD_MIN_SICKLE and n_sure >= SCD_MIN_FRACTION * n:
         call, why = "positive", f"{n_sure} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
     else:
@@ -139,6 +144,7 @@ def summarize(probs, abnormal, type_threshold: float = 0.5) -> dict:
         "sickle_fraction": float(counts["elongated_sickle"] / n) if n else 0.0,
         "type_uncertainty": unc,
         "types_uncertain": bool(n and unc > TYPE_UNCERTAINTY_MAX),
+        "lightness_matched": bool(lightness_matched),
         "scd_call": call,
         "scd_reason": why,
         "scd_rule": SCD_RULE,
@@ -354,6 +360,35 @@ def detect_regions(
     return boxes, scores, fg
 
 
+def classify_regions(rgb, boxes, classifier, *, batch_size: int = 64, progress=None):
+    """Six-type probabilities of the region ``boxes`` of an RGB uint8 smear, and whether they
+    were read with the smear's cell lightness matched to the classifier's training smears.
+
+    A smear whose calls are uncertain (:func:`type_uncertainty` above ``TYPE_UNCERTAINTY_MAX``:
+    another camera renders cells paler or with more contrast) is read again with
+    ``models.stain.match_lightness`` when the classifier carries a ``stain_reference``, and the
+    surer of the two readings is kept. Smears like the training ones are read once."""
+    probs = classifier.predict_boxes(rgb, boxes, batch_size=batch_size, progress=progress)
+    ref = getattr(classifier, "config", {}).get("stain_reference")
+    if ref is None or len(probs) == 0 or type_uncertainty(probs) <= TYPE_UNCERTAINTY_MAX:
+        return probs, False
+    from ..models.stain import match_lightness
+
+    matched = match_lightness(rgb, ref)
+    if matched is None:
+        return probs, False
+    again = None
+    if progress is not None:
+
+        def again(stage, done, total):
+            progress("classify (cell lightness matched)", done, total)
+
+    probs2 = classifier.predict_boxes(matched, boxes, batch_size=batch_size, progress=again)
+    if type_uncertainty(probs2) < type_uncertainty(probs):
+        return probs2, True
+    return probs, False
+
+
 def finish_result(
     rgb_shape,
     boxes,
@@ -365,9 +400,11 @@ def finish_result(
     masks=None,
     image_name: str = "",
     timings=None,
+    lightness_matched: bool = False,
 ) -> SmearResult:
     """SmearResult from region boxes and their six-type probabilities (labels at
-    ``type_threshold``, abnormal probability from the classifier's abnormal model, summary)."""
+    ``type_threshold``, abnormal probability from the classifier's abnormal model, summary;
+    ``lightness_matched``: the probabilities were read on the lightness-matched smear)."""
     labels = (probs >= type_threshold).astype(np.int64)
     p_abn = classifier.abnormal_proba(probs)
     abnormal = p_abn >= 0.5
@@ -381,7 +418,7 @@ def finish_result(
         p_abn.astype(np.float32),
         abnormal,
         masks,
-        summarize(probs, abnormal, type_threshold),
+        summarize(probs, abnormal, type_threshold, lightness_matched),
         tuple(rgb_shape[:2]),
         image_name,
         float(type_threshold),
@@ -454,14 +491,22 @@ def analyze_smear(
     t1 = time.perf_counter()
     if progress is not None:
         progress("classify", 0, len(boxes))
-    probs = classifier.predict_boxes(rgb, boxes, batch_size=batch_size, progress=progress)
+    probs, matched = classify_regions(rgb, boxes, classifier, batch_size=batch_size, progress=progress)
     timings["classify"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if progress is not None:
         progress("abnormal", 0, 1)
     masks = region_masks_from_boxes(fg, boxes, scores) if region_masks else None
     res = finish_result(
-        rgb.shape, boxes, scores, probs, classifier, type_threshold=type_threshold, masks=masks, image_name=image_name
+        rgb.shape,
+        boxes,
+        scores,
+        probs,
+        classifier,
+        type_threshold=type_threshold,
+        masks=masks,
+        image_name=image_name,
+        lightness_matched=matched,
     )
     timings["abnormal_and_masks"] = time.perf_counter() - t2
     if progress is not None:

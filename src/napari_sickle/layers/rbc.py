@@ -220,5 +220,6 @@ def summary_table(summary: dict) -> dict:
     rows.append(["abnormal", str(summary.get("n_abnormal", 0))])
     rows.append(["abnormal fraction", f"{summary.get('abnormal_fraction', 0.0):.0%}"])
     rows.append(["type uncertainty", f"{summary.get('type_uncertainty', 0.0):.2f}"])
+    rows.append(["cell lightness matched", "yes" if summary.get("lightness_matched") else "no"])
     rows.append(["SCD screening", str(summary.get("scd_call", ""))])
     return {"item": [r[0] for r in rows], "value": [r[1] for r in rows]}

@@ -8,7 +8,7 @@ outline (the part not shared with a neighbour), the ellipse's pixels that lie on
 cells are given to the cell and painted in the cell's median colour. The cell's
 Elongated/Sickle probability is the smaller of the two readings, every other type is read
 from the visible cell: a cell is called elongated only when its completed shape is elongated
-too. Measured in docs/models.md (``rbc-real-v4``, whose classifier ``rbc-real-v5`` ships). No Qt/napari imports here.
+too. Measured in docs/models.md (``rbc-real-v4``, whose networks ``rbc-real-v6`` ships). No Qt/napari imports here.
 """
 
 from __future__ import annotations

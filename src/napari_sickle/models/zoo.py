@@ -1,6 +1,6 @@
 """Named, versioned models shipped inside the package (``napari_sickle/weights``).
 
-``weights/manifest.json`` lists each model: a name (``rbc-real-v5``), its task (``rbc``,
+``weights/manifest.json`` lists each model: a name (``rbc-real-v6``), its task (``rbc``,
 ``wbc`` or ``unet``), one file per role (``detector`` / ``classifier`` for ``rbc``,
 ``classifier`` for ``wbc``, ``unet`` for ``unet``) with the file's sha256, a one-line
 description of its training data for the GUI, and whether it is the task's default.
@@ -79,10 +79,11 @@ def models(task: str | None = None) -> list[ShippedModel]:
 
 #: models no longer shipped, and what replaced them (named in the error for the old name)
 RETIRED = {
-    "rbc-real-v1": "rbc-real-v5 (its detector trained longer at a 45 px cell diameter; its classifier adds a learned cell splitter and reads half-hidden cells completed; its boxes are not merged by connected cell pixels)",
-    "rbc-real-v2": "rbc-real-v5 (its detector trained longer at a 45 px cell diameter; its classifier reads half-hidden cells completed; its boxes are not merged by connected cell pixels)",
-    "rbc-real-v3": "rbc-real-v5 (the same networks; its classifier also reads each half-hidden cell completed; its boxes are not merged by connected cell pixels)",
-    "rbc-real-v4": "rbc-real-v5 (the same networks; the detector's boxes are kept as regions instead of being merged by connected cell pixels, which joined crowded fields into one box)",
+    "rbc-real-v1": "rbc-real-v6 (its detector trained longer at a 45 px cell diameter; its classifier adds a learned cell splitter and reads half-hidden cells completed; its boxes are not merged by connected cell pixels; uncertain smears are read again with their cell lightness matched)",
+    "rbc-real-v2": "rbc-real-v6 (its detector trained longer at a 45 px cell diameter; its classifier reads half-hidden cells completed; its boxes are not merged by connected cell pixels; uncertain smears are read again with their cell lightness matched)",
+    "rbc-real-v3": "rbc-real-v6 (the same networks; its classifier also reads each half-hidden cell completed; its boxes are not merged by connected cell pixels; uncertain smears are read again with their cell lightness matched)",
+    "rbc-real-v4": "rbc-real-v6 (the same networks; the detector's boxes are kept as regions instead of being merged by connected cell pixels, which joined crowded fields into one box; uncertain smears are read again with their cell lightness matched)",
+    "rbc-real-v5": "rbc-real-v6 (the same networks; a smear whose type calls are uncertain, as on another lab's camera, is read again with its cell lightness matched to the training smears)",
 }
 
 

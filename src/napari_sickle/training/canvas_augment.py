@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: the recipe's defocus / pale-stain / zoom settings of :func:`augment_batch` (``rbc-real-v5``'s
+#: the recipe's defocus / pale-stain / zoom settings of :func:`augment_batch` (``rbc-real-v6``'s
 #: network: none of them; ``--blur-p 0.5 --min-gain 0.5`` and ``--zoom 0.9 1.6`` did not help on
 #: BCCD photos, docs/models.md)
 AUGMENT = {"blur_p": 0.0, "blur_sigma": 1.5, "min_gain": 0.75, "zoom": [1.0, 1.0]}

@@ -15,8 +15,8 @@ Recipe (recorded in the checkpoint's ``recipe``):
   (:mod:`napari_sickle.models.splitter`, :mod:`.real_splitter`) on patches composed from the
   training cells, occluded ones included, and splits with it; ``attach-splitter`` gives an
   already trained classifier that splitter and, with ``--occlusion ellipse-min``, the occlusion
-  rule of :mod:`napari_sickle.models.occlusion` (how the classifier of the shipped ``rbc-real-v5``
-  is built);
+  rule of :mod:`napari_sickle.models.occlusion`, and ``attach-stain`` the stain reference of
+  :mod:`.stain_reference` (how the classifier of the shipped ``rbc-real-v6`` is built);
 * the efficientnet-lite0 backbone (ImageNet, offline weights) is fine-tuned from block 2 on,
   with the six heads, on the canvases with random d4 symmetries, stain/colour jitter and
   grayscale conversion (:mod:`.canvas_augment`); a region's logits are the largest over its
@@ -493,7 +493,7 @@ def main(argv=None):
     from ..models.occlusion import OCCLUSION_RULES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=("prepare", "train", "finish", "attach-splitter"))
+    ap.add_argument("step", choices=("prepare", "train", "finish", "attach-splitter", "attach-stain"))
     ap.add_argument("--cache", default="runs/real_classifier")
     ap.add_argument("--data", default=os.environ.get("SICKLE_DATA", "../shared/data"))
     ap.add_argument("--epochs", type=int, default=4)
@@ -543,10 +543,15 @@ def main(argv=None):
             init=a.init,
             augment={"blur_p": a.blur_p, "blur_sigma": a.blur_sigma, "min_gain": a.min_gain, "zoom": list(a.zoom)},
         )
-    elif a.step == "attach-splitter":
+    elif a.step in ("attach-splitter", "attach-stain"):
         if not a.classifier or not a.out:
-            ap.error("attach-splitter needs --classifier and --out")
-        attach_splitter(a.classifier, a.cache, a.out, occlusion=a.occlusion)
+            ap.error(f"{a.step} needs --classifier and --out")
+        if a.step == "attach-stain":
+            from .stain_reference import attach_stain
+
+            attach_stain(a.classifier, Path(a.data) / "chula-rbc12", a.out)
+        else:
+            attach_splitter(a.classifier, a.cache, a.out, occlusion=a.occlusion)
     else:
         finish(
             a.cache,

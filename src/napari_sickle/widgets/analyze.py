@@ -214,6 +214,13 @@ class AnalyzeRBCWidget(TaskWidget):
                     "with none of the six types, such as target cells). No SCD call is made. Check the types "
                     "on a few cells by eye, or train on labelled cells of your own."
                 )
+            elif s["lightness_matched"]:
+                notify(
+                    "The cell types were uncertain on this smear as it is, so they were read with its cells' "
+                    "lightness matched to the classifier's training smears: surer, but not checked on images "
+                    "like yours. No SCD call is made. Check the types on a few cells by eye, or train on "
+                    "labelled cells of your own."
+                )
 
     def _result_layer(self, index: int):
         layers = getattr(self, "_layers", None)

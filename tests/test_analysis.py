@@ -416,7 +416,8 @@ def test_analyze_cli(tmp_path, models):
     assert len(df) > 0 and all(t in df.columns for t in RBC_TYPES)
     assert (out / "smear.png_overlay.png").is_file() and (out / "gray.tif_overlay.png").is_file()
     summ = pd.read_csv(out / "summary.csv")
-    assert len(summ) == 2 and {"n_regions", "abnormal_fraction", "scd_call"} <= set(summ.columns)
+    cols = {"n_regions", "abnormal_fraction", "type_uncertainty", "lightness_matched", "scd_call", "scd_reason"}
+    assert len(summ) == 2 and cols <= set(summ.columns)
 
 
 def test_demo_counts_a_cell_found_by_its_own_box_or_its_groups_box(small_smear):

@@ -101,7 +101,7 @@ def summary_row(name, src, result, csv_path, png_path) -> dict:
         "n_abnormal": s["n_abnormal"],
         "abnormal_fraction": s["abnormal_fraction"],
         "type_uncertainty": round(s["type_uncertainty"], 4),
-        "lightness_matched": bool(s.get("lightness_matched", False)),
+        "lightness_matched": bool(s["lightness_matched"]),
         "scd_call": s["scd_call"],
         "scd_reason": s["scd_reason"],
         "regions_csv": Path(csv_path).name,

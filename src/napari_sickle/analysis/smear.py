@@ -374,15 +374,16 @@ def classify_regions(rgb, boxes, classifier, *, batch_size: int = 64, progress=N
         return probs, False
     from ..models.stain import match_lightness
 
-    matched = match_lightness(rgb, ref)
-    if matched is None:
-        return probs, False
     again = None
     if progress is not None:
 
         def again(stage, done, total):
             progress("classify (cell lightness matched)", done, total)
 
+        again("classify", 0, len(boxes))  # a Cancel point before the second reading
+    matched = match_lightness(rgb, ref)
+    if matched is None:
+        return probs, False
     probs2 = classifier.predict_boxes(matched, boxes, batch_size=batch_size, progress=again)
     if type_uncertainty(probs2) < type_uncertainty(probs):
         return probs2, True
@@ -447,7 +448,8 @@ def analyze_smear(
     models: an object with ``.detector`` (models.detector.RegionDetector) and ``.classifier``
     (models.multilabel.RBCClassifier), e.g. from ``models.registry``. ``device`` moves them
     there (``"auto"``: keep them where they are if already placed, else resolve).
-    Progress stages: "detect", "classify", "abnormal". An image with no cell, or smaller than
+    Progress stages: "detect", "classify" (and "classify (cell lightness matched)" for a smear
+    read twice, :func:`classify_regions`), "abnormal". An image with no cell, or smaller than
     16 px, gives an empty result. Detections whose box holds (almost) no cell pixels - pixels
     darker than the background by Otsu's threshold - are dropped. With ``merge_regions``
     (default) detections that fall on the same connected region of cell pixels are merged into
@@ -460,7 +462,7 @@ def analyze_smear(
     :func:`detect_regions`; by default it is estimated from the image).
 
     The stages are also public (:func:`prepare_image`, :func:`detect_regions`,
-    :func:`finish_result`) for ``analysis.batch``, which classifies the regions of several
+    :func:`classify_regions`, :func:`finish_result`) for ``analysis.batch``, which classifies the regions of several
     smears in one batch.
     """
     import time

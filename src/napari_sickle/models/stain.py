@@ -46,16 +46,20 @@ def stain_reference(measures) -> dict:
     }
 
 
-def match_lightness(rgb: np.ndarray, ref: dict) -> np.ndarray | None:
+def match_lightness(rgb: np.ndarray, ref: dict, rows: int = 256) -> np.ndarray | None:
     """``rgb`` (uint8) with L* mapped so that its cell pixels have the reference mean and
-    spread; None when the cells cannot be measured."""
+    spread; None when the cells cannot be measured. Converted ``rows`` image rows at a time
+    (float32), so a large smear needs little more memory than its output."""
     from skimage.color import lab2rgb, rgb2lab
 
     own = cell_lightness(rgb)
     if own is None:
         return None
     mean, sd = own
-    lab = rgb2lab(np.asarray(rgb, np.float32) / 255.0)  # float32: 15x faster than from uint8 (float64)
     gain = float(ref["cell_lightness_sd"]) / max(sd, 1e-3)
-    lab[..., 0] = np.clip((lab[..., 0] - mean) * gain + float(ref["cell_lightness"]), 0.0, 100.0)
-    return (np.clip(lab2rgb(lab), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    out = np.empty_like(np.asarray(rgb, np.uint8))
+    for r0 in range(0, out.shape[0], rows):
+        lab = rgb2lab(np.asarray(rgb[r0 : r0 + rows], np.float32) / 255.0)  # float32: 15x faster than uint8
+        lab[..., 0] = np.clip((lab[..., 0] - mean) * gain + float(ref["cell_lightness"]), 0.0, 100.0)
+        out[r0 : r0 + rows] = (np.clip(lab2rgb(lab), 0.0, 1.0) * 255.0).round()
+    return out

@@ -21,7 +21,8 @@ def chula_training_lightness(chula_root, log=print) -> list:
     from ..io.images import read_image, to_rgb_uint8
     from ..models.stain import cell_lightness
 
-    paths = sorted((Path(chula_root) / "Dataset").glob("*.jpg"), key=lambda p: int(p.stem))
+    paths = [p for p in (Path(chula_root) / "Dataset").glob("*.jpg") if p.stem.isdigit()]
+    paths = sorted(paths, key=lambda p: int(p.stem))
     paths = [p for p in paths if not chula_is_val(p.stem)]
     if not paths:
         raise FileNotFoundError(f"no Chula RBC-12 training smears under {chula_root}/Dataset")

@@ -427,6 +427,7 @@ def finish_result(
     )
 
 
+# long because its docstring documents every option and stage; the body is the five stages in order
 def analyze_smear(
     image,
     models,

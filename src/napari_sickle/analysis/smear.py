@@ -133,9 +133,9 @@ def summarize(probs, abnormal, type_threshold: float = 0.5, lightness_matched: b
     elif lightness_matched:
         call, why = "inconclusive", "type calls uncertain on the image as it is; read with its cell lightness matched"
     elif n_sure >= SCD_MIN_SICKLE and n_sure >= SCD_MIN_FRACTION * n:
-        call, why = "positive", f"{n_sure} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
+        call, why = "positive", f"{n_sure} of {n} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
     else:
-        call, why = "negative", f"{n_sure} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
+        call, why = "negative", f"{n_sure} of {n} regions ({n_sure / n:.0%}) surely Elongated/Sickle"
     return {
         "n_regions": n,
         "counts": counts,

@@ -208,8 +208,11 @@ class AnalyzeRBCWidget(TaskWidget):
                 f"SCD screening: {s['scd_call']} ({s['scd_reason']})."
             )
             if s["types_uncertain"]:
+                also = (
+                    ", even with its cells' lightness matched to the training smears" if s["lightness_matched"] else ""
+                )
                 notify(
-                    f"The cell types are uncertain on this smear (type uncertainty {s['type_uncertainty']:.2f}): "
+                    f"The cell types are uncertain on this smear (type uncertainty {s['type_uncertainty']:.2f}{also}): "
                     "its cells look unlike the classifier's training data (another camera or stain, or cells "
                     "with none of the six types, such as target cells). No SCD call is made. Check the types "
                     "on a few cells by eye, or train on labelled cells of your own."

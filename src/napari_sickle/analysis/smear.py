@@ -105,9 +105,9 @@ class SmearResult:
 def type_uncertainty(probs) -> float:
     """How far a smear's type calls are from certain: per region the sum over the six types of
     ``min(p, 1 - p)``, averaged over the regions (0: every call certain; 3: every probability
-    0.5). Low on smears like the training images (held-out Chula smears: median 0.28); high
-    on another lab's camera (BCCD photos: 0.61) and on smears full of cells with none of the
-    six types (target cells, spherocytes): there the types are unreliable (docs/analysis.md)."""
+    0.5). Low on smears like the training images; high on another lab's camera and on smears
+    full of cells with none of the six types (target cells, spherocytes), where the types are
+    unreliable (figures per source: docs/analysis.md)."""
     p = np.asarray(probs, np.float64).reshape(-1, len(RBC_TYPES))
     return float(np.minimum(p, 1.0 - p).sum(1).mean()) if len(p) else 0.0
 

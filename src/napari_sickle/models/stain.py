@@ -59,7 +59,9 @@ def match_lightness(rgb: np.ndarray, ref: dict, rows: int = 256) -> np.ndarray |
     gain = float(ref["cell_lightness_sd"]) / max(sd, 1e-3)
     out = np.empty_like(np.asarray(rgb, np.uint8))
     for r0 in range(0, out.shape[0], rows):
-        lab = rgb2lab(np.asarray(rgb[r0 : r0 + rows], np.float32) / 255.0)  # float32: far faster than from uint8 (float64)
+        lab = rgb2lab(
+            np.asarray(rgb[r0 : r0 + rows], np.float32) / 255.0
+        )  # float32: far faster than from uint8 (float64)
         lab[..., 0] = np.clip((lab[..., 0] - mean) * gain + float(ref["cell_lightness"]), 0.0, 100.0)
         out[r0 : r0 + rows] = (np.clip(lab2rgb(lab), 0.0, 1.0) * 255.0).round()
     return out

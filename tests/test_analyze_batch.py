@@ -303,3 +303,24 @@ def test_result_writer_queue_is_bounded_and_keeps_the_order(tmp_path):
     t.join(5)
     w.close()
     assert seen == list(range(6))
+
+
+def test_summary_warns_about_rows_from_an_earlier_version(tmp_path):
+    """A done marker without ``scd_reason`` (written before the type-uncertainty SCD rule) is
+    listed as it is, with a warning that --overwrite redoes it; current markers give none."""
+    import warnings
+
+    from napari_sickle.analysis.batch_outputs import marker_path, write_summary
+
+    inputs = [("a.png", tmp_path / "a.png"), ("b.png", tmp_path / "b.png")]
+    marker_path(tmp_path, "a.png").parent.mkdir(parents=True)
+    old = {"image": "a.png", "n_regions": 30, "scd_call": "positive"}
+    marker_path(tmp_path, "a.png").write_text(json.dumps(old))
+    marker_path(tmp_path, "b.png").write_text(json.dumps({**old, "image": "b.png", "scd_reason": "x"}))
+    with pytest.warns(UserWarning, match="1 image.*earlier version.*--overwrite"):
+        path = write_summary(tmp_path, inputs, {})
+    assert list(pd.read_csv(path)["image"]) == ["a.png", "b.png"]
+    marker_path(tmp_path, "a.png").write_text(json.dumps({**old, "scd_reason": "x"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_summary(tmp_path, inputs, {})

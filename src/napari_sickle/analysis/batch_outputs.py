@@ -125,7 +125,11 @@ def write_image_results(out: Path, name: str, src, rgb, result, *, overlay: bool
 
 
 def write_summary(out: Path, inputs, errors: dict[int, str], path: Path | None = None) -> Path:
-    """``summary.csv`` in input order from the done markers (+ one row per unreadable image)."""
+    """``summary.csv`` in input order from the done markers (+ one row per unreadable image).
+    Markers written by a version before the type-uncertainty SCD rule (no ``scd_reason``) are
+    listed as they are, with a warning that ``--overwrite`` redoes them."""
+    import warnings
+
     import pandas as pd
 
     rows = []
@@ -136,6 +140,13 @@ def write_summary(out: Path, inputs, errors: dict[int, str], path: Path | None =
             rows.append({"image": summary_image(name, src), "error": err})
         elif m.is_file():
             rows.append(json.loads(m.read_text()))
+    old = sum(1 for r in rows if "error" not in r and "scd_reason" not in r)
+    if old:
+        warnings.warn(
+            f"{old} image(s) in {out} were analysed by an earlier version (older SCD rule, no type uncertainty); "
+            "their rows in summary.csv are as they were: rerun with --overwrite to redo them",
+            stacklevel=2,
+        )
     path = path or Path(out) / "summary.csv"
     df = pd.DataFrame(rows)
     if "error" in df.columns:  # error rows last column; counts stay integers next to them

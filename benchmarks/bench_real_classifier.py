@@ -20,6 +20,8 @@ JSON object:
   included): exact type match, normal (class 0) called normal, ovalocyte called normal,
   mapped abnormal classes called abnormal; ``unmapped_called_abnormal``: the fraction of
   each unmapped class called abnormal (no target; information);
+  ``sickle_called``: the share of the items labelled Elongated/Sickle with that probability at
+  0.5 and at 0.9 (the sure calls the SCD rule counts);
 * ``bccd``: the annotated red-cell boxes of the BCCD ``val.txt`` photos (another lab's camera:
   crowded, paler and softer cells, refractile specks), classified in the photo. BCCD has no
   type labels, so there is no target: the share called abnormal, the share with no type and
@@ -140,13 +142,18 @@ def _exact(clf, items):
     """items: (image, box or None, types) -> exact match, n."""
     if not items:
         return None
-    hits = []
+    hits, sickle = [], []  # sickle: Elongated/Sickle probability of the items labelled so
     for img, box, y in items:
         h, w = img.shape[:2]
         b = np.array([box if box is not None else [0, 0, w, h]], np.float32)
         p = clf.predict_boxes(img, b)[0]
         hits.append(bool(np.all((p >= 0.5) == (np.asarray(y) >= 0.5))))
-    return {"exact_match": round(float(np.mean(hits)), 4), "n": len(hits)}
+        if y[1] >= 0.5:
+            sickle.append(float(p[1]))
+    out = {"exact_match": round(float(np.mean(hits)), 4), "n": len(hits)}
+    if sickle:  # what the SCD rule's sure calls (p >= 0.9) keep of the real sickle cells
+        out["sickle_called"] = {t: round(float(np.mean(np.array(sickle) >= t)), 4) for t in (0.5, 0.9)}
+    return out
 
 
 def chula_smears(root):

@@ -13,7 +13,9 @@ smears' ``type_uncertainty`` (5 / 50 / 95%), the share above ``TYPE_UNCERTAINTY_
 calls, and how many smears the rule without its two guards (every Elongated/Sickle label
 counted, no uncertainty check) would call positive; the share of smears read with their cell
 lightness matched to the classifier's training smears (``analysis.smear.classify_regions``), and
-over all regions the share called abnormal, with no type, and Oval/Disc. Also the load average.
+over all regions the share called abnormal, with no type, and Oval/Disc; the median seconds per
+smear of those read once and of those read twice (the first smear includes warm-up). Also the
+load average.
 """
 
 from __future__ import annotations
@@ -78,9 +80,12 @@ def main(argv=None):
 
     models = load_models(detector=a.detector, classifier=a.classifier, model=a.model)
     rows = []  # (source, type uncertainty, call, unguarded call, lightness matched, probs, abnormal)
+    seconds = []  # (source, lightness matched, seconds of analyze_smear)
     t0 = time.time()
     for src, rgb in smears(Path(a.data), a.limit):
+        t = time.perf_counter()
         r = analyze_smear(rgb, models)
+        seconds.append((src, r.summary["lightness_matched"], time.perf_counter() - t))
         s = r.summary
         rows.append(
             (
@@ -109,6 +114,10 @@ def main(argv=None):
             "regions_abnormal": round(float(np.mean(abn)), 3) if len(P) else None,
             "regions_no_type": round(float(np.mean(~(P >= 0.5).any(axis=1))), 3) if len(P) else None,
             "regions_oval_disc": round(float(np.mean(P[:, 0] >= 0.5)), 3) if len(P) else None,
+            "median_seconds_read_once_matched": [
+                round(float(np.median(t)), 2) if t else None
+                for t in ([x[2] for x in seconds if x[0] == src and x[1] == m] for m in (False, True))
+            ],
         }
     out["seconds"] = round(time.time() - t0, 1)
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
